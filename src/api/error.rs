@@ -1,0 +1,121 @@
+//! Every error becomes an `application/problem+json` response here, and only here.
+//! Each has a stable machine `code`; internal details go to the log, never the client.
+use axum::{
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+use crate::ledger;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    pub code: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{detail}")]
+    Problem { status: StatusCode, code: &'static str, detail: String },
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::Problem { status, code, detail: detail.into() }
+    }
+    pub fn invalid_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", detail)
+    }
+    pub fn invalid_amount(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_amount", detail)
+    }
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, detail)
+    }
+
+    /// The status and problem body (for idempotent storage and replay).
+    pub fn problem(&self) -> (StatusCode, Problem) {
+        let (status, code, detail) = match self {
+            ApiError::Problem { status, code, detail } => (*status, *code, detail.clone()),
+            ApiError::Unexpected(e) => {
+                tracing::error!(error = ?e, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "an internal error occurred; it has been logged".into())
+            }
+        };
+        let title = status.canonical_reason().unwrap_or("Error");
+        (status, Problem { kind: format!("/problems/{code}"), title, status: status.as_u16(), detail, code })
+    }
+
+    pub fn is_internal(&self) -> bool {
+        matches!(self, ApiError::Unexpected(_))
+    }
+}
+
+pub fn problem_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let content_type = if status.is_client_error() || status.is_server_error() {
+        "application/problem+json"
+    } else {
+        "application/json"
+    };
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, problem) = self.problem();
+        problem_response(status, serde_json::to_vec(&problem).unwrap_or_default())
+    }
+}
+
+impl From<ledger::Error> for ApiError {
+    fn from(e: ledger::Error) -> Self {
+        use ledger::Error as L;
+        use StatusCode as S;
+        let (status, code) = match &e {
+            L::UserNotFound => (S::NOT_FOUND, "user_not_found"),
+            L::WalletNotFound => (S::NOT_FOUND, "wallet_not_found"),
+            L::TransferNotFound => (S::NOT_FOUND, "transfer_not_found"),
+            L::EntryNotFound => (S::NOT_FOUND, "not_found"),
+            L::UserExists => (S::CONFLICT, "user_exists"),
+            L::WalletExists => (S::CONFLICT, "wallet_exists"),
+            L::AlreadyReversed => (S::CONFLICT, "already_reversed"),
+            L::NotReversible(_) => (S::UNPROCESSABLE_ENTITY, "not_reversible"),
+            L::InsufficientFunds => (S::UNPROCESSABLE_ENTITY, "insufficient_funds"),
+            L::CurrencyMismatch => (S::UNPROCESSABLE_ENTITY, "currency_mismatch"),
+            L::SameAccount => (S::UNPROCESSABLE_ENTITY, "same_account"),
+            L::Shard(crate::sharding::Error::Unavailable { .. }) => (S::SERVICE_UNAVAILABLE, "shard_unavailable"),
+            L::Db(db) if crate::storage::is_lock_timeout(db) => (S::SERVICE_UNAVAILABLE, "busy"),
+            L::Shard(_) | L::Db(_) | L::Invariant(_) => return ApiError::Unexpected(e.into()),
+        };
+        if status == S::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %e, "request refused: dependency unavailable");
+            return ApiError::new(status, code, "a shard is unavailable or busy; retry with the same Idempotency-Key");
+        }
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<crate::sharding::Error> for ApiError {
+    fn from(e: crate::sharding::Error) -> Self {
+        ledger::Error::from(e).into()
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ledger::Error::from(e).into()
+    }
+}

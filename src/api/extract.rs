@@ -1,0 +1,45 @@
+//! Request parsing: bodies, paths and queries turn into domain types or a 400 problem,
+//! never a framework's plain-text rejection.
+use axum::body::Bytes;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::domain::{Currency, UserId};
+
+/// Parses a JSON body into the raw value (kept for the idempotency fingerprint) and `T`.
+pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<(serde_json::Value, T), ApiError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::invalid_request(format!("request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::invalid_request("request body must be a JSON object"));
+    }
+    let typed = serde_json::from_value(value.clone()).map_err(|e| ApiError::invalid_request(format!("request body: {e}")))?;
+    Ok((value, typed))
+}
+
+pub fn user_id(text: &str) -> Result<UserId, ApiError> {
+    UserId::parse(text).map_err(|e| ApiError::invalid_request(e.to_string()))
+}
+
+pub fn currency(text: &str) -> Result<Currency, ApiError> {
+    Currency::parse(text).map_err(|e| ApiError::invalid_request(e.to_string()))
+}
+
+/// `limit` (1-200, default 50) and an opaque `cursor`.
+#[derive(Debug, serde::Deserialize)]
+pub struct PageQuery {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match &self.limit {
+            None => Ok(50),
+            Some(text) => match text.parse::<i64>() {
+                Ok(n) if (1..=200).contains(&n) => Ok(n),
+                _ => Err(ApiError::invalid_request("limit must be an integer from 1 to 200")),
+            },
+        }
+    }
+}

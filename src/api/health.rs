@@ -1,0 +1,69 @@
+//! Liveness, readiness, and the operator views (audit, dead letters).
+use std::time::Duration;
+
+use rdkafka::producer::Producer;
+use axum::{extract::State, http::StatusCode, response::IntoResponse, Json};
+use serde_json::json;
+
+use super::{auth::require_admin, error::ApiError, AppState};
+use crate::{domain::Caller, ledger::verify, messaging::dlq};
+
+pub async fn health() -> impl IntoResponse {
+    Json(json!({ "status": "alive" }))
+}
+
+/// 200 when every shard and the broker answer within a second; else 503 naming what
+/// is down.
+pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let probes = state.router.shards().iter().map(|shard| async move {
+        let probe = async {
+            let client = shard.client().await.map_err(|e| e.to_string())?;
+            client.simple_query("SELECT 1").await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        };
+        let result = match tokio::time::timeout(Duration::from_secs(1), probe).await {
+            Ok(r) => r,
+            Err(_) => Err("timed out".into()),
+        };
+        (shard.name.clone(), result)
+    });
+    let shards = futures::future::join_all(probes).await;
+    let producer = state.producer.clone();
+    let broker = tokio::task::spawn_blocking(move || {
+        producer.client().fetch_metadata(None, Duration::from_secs(1)).map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+
+    let mut down = Vec::new();
+    let mut checks = serde_json::Map::new();
+    for (name, result) in shards.into_iter().chain([("broker".to_string(), broker)]) {
+        match result {
+            Ok(()) => checks.insert(name, json!("up")),
+            Err(e) => {
+                tracing::warn!(component = %name, error = %e, "not ready");
+                down.push(name.clone());
+                checks.insert(name, json!("down"))
+            }
+        };
+    }
+    let status = if down.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if down.is_empty() { "ready" } else { "unavailable" },
+        "down": down,
+        "checks": checks,
+    });
+    (status, Json(body))
+}
+
+pub async fn audit(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&caller)?;
+    Ok(Json(verify::run(&state.router).await?))
+}
+
+pub async fn dead_letters(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&caller)?;
+    let settings = state.settings.kafka.clone();
+    let counts = tokio::task::spawn_blocking(move || dlq::counts(&settings)).await.map_err(anyhow::Error::from)??;
+    Ok(Json(counts))
+}

@@ -1,0 +1,134 @@
+//! Idempotent money-moving requests (Stripe / IETF draft semantics).
+//!
+//! The key is claimed on the shard where the effect happens, in the same transaction
+//! as the effect, with (caller, key) as primary key. A concurrent duplicate waits on
+//! that key and then replays; the same key with another request is 422; a retry gets
+//! the original status and body byte for byte. Business refusals (4xx) are stored too,
+//! so a retry cannot turn a refusal into an effect; internal errors roll back and leave
+//! the key free.
+use axum::{
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::Response,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio_postgres::Transaction;
+
+use super::error::{problem_response, ApiError};
+use crate::{
+    domain::{Caller, IdempotencyKey},
+    ledger,
+    sharding::Shard,
+};
+
+pub const HEADER: &str = "idempotency-key";
+
+pub struct Idempotency {
+    caller: String,
+    key: IdempotencyKey,
+    fingerprint: Vec<u8>,
+}
+
+impl Idempotency {
+    /// Reads the key and fingerprints the request (method, path and the JSON body with
+    /// its keys sorted, so formatting does not matter).
+    pub fn from_request(
+        caller: &Caller,
+        headers: &HeaderMap,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<Self, ApiError> {
+        let raw = headers.get(HEADER).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "idempotency_key_missing", "this request needs an Idempotency-Key header")
+        })?;
+        let key = raw
+            .to_str()
+            .ok()
+            .and_then(|k| IdempotencyKey::parse(k).ok())
+            .ok_or_else(|| ApiError::invalid_request("Idempotency-Key must be 1-255 visible ASCII characters"))?;
+        let mut hash = Sha256::new();
+        hash.update(method.as_bytes());
+        hash.update([0]);
+        hash.update(path.as_bytes());
+        hash.update([0]);
+        hash.update(body.to_string().as_bytes());
+        Ok(Self { caller: caller.subject.clone(), key, fingerprint: hash.finalize().to_vec() })
+    }
+
+    /// Runs `op` once per key on `shard`: claims the key, runs the effect, stores the
+    /// response and commits, all in one transaction. `after_commit` runs only when this
+    /// call committed a new effect.
+    pub async fn run<T: Serialize>(
+        &self,
+        shard: &Shard,
+        success: StatusCode,
+        op: impl AsyncFnOnce(&Transaction<'_>) -> ledger::Result<T>,
+    ) -> Result<(Response, bool), ApiError> {
+        let mut client = shard.client().await?;
+        let tx = client.transaction().await?;
+        if let Some(replay) = self.claim(&tx).await? {
+            return Ok((replay, false));
+        }
+        let (status, body) = match op(&tx).await {
+            Ok(value) => (success, serde_json::to_vec(&value).map_err(anyhow::Error::from)?),
+            Err(e) => {
+                let err = ApiError::from(e);
+                if err.is_internal() || matches!(&err, ApiError::Problem { status, .. } if status.is_server_error()) {
+                    return Err(err);
+                }
+                let (status, problem) = err.problem();
+                (status, serde_json::to_vec(&problem).map_err(anyhow::Error::from)?)
+            }
+        };
+        tx.execute(
+            "UPDATE idempotency_keys SET status_code = $3, response_body = $4 WHERE caller = $1 AND key = $2",
+            &[&self.caller, &self.key.as_str(), &(status.as_u16() as i16), &body],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((problem_response(status, body), status.is_success()))
+    }
+
+    /// `Some(response)` when the key was used before (replay or mismatch), `None` when
+    /// this request now owns it. A duplicate in flight makes this wait for its outcome.
+    async fn claim(&self, tx: &Transaction<'_>) -> Result<Option<Response>, ApiError> {
+        let inserted = tx
+            .execute(
+                "INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body)
+                 VALUES ($1, $2, $3, 0, '') ON CONFLICT DO NOTHING",
+                &[&self.caller, &self.key.as_str(), &self.fingerprint],
+            )
+            .await;
+        match inserted {
+            Ok(1) => return Ok(None),
+            Ok(_) => {}
+            Err(e) if crate::storage::is_lock_timeout(&e) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_request_in_progress",
+                    "a request with this Idempotency-Key is still in progress; retry later",
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let row = tx
+            .query_one(
+                "SELECT request_hash, status_code, response_body FROM idempotency_keys WHERE caller = $1 AND key = $2",
+                &[&self.caller, &self.key.as_str()],
+            )
+            .await?;
+        let (hash, status, body): (Vec<u8>, i16, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+        if hash != self.fingerprint {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different request",
+            ));
+        }
+        let status = StatusCode::from_u16(status as u16).map_err(anyhow::Error::from)?;
+        let mut response = problem_response(status, body);
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        Ok(Some(response))
+    }
+}

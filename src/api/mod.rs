@@ -1,0 +1,58 @@
+//! The REST API. Handlers parse into domain types, ask the router for the shard, and
+//! call the ledger / transfer layers; errors become problems in `error`.
+pub mod auth;
+pub mod error;
+pub mod extract;
+mod health;
+pub mod idempotency;
+mod transfers;
+mod users;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    routing::{get, post},
+    Router as Routes,
+};
+use rdkafka::producer::FutureProducer;
+
+use crate::{config::Settings, messaging::outbox::Wakers, sharding::Router};
+use error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub router: Arc<Router>,
+    pub auth: auth::Auth,
+    pub settings: Arc<Settings>,
+    pub wakers: Wakers,
+    pub producer: FutureProducer,
+}
+
+impl AppState {
+    pub fn try_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.transfers.try_timeout_secs)
+    }
+}
+
+pub fn routes(state: AppState) -> Routes {
+    Routes::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/v1/users", post(users::create_user))
+        .route("/v1/users/{user_id}", get(users::get_user))
+        .route("/v1/users/{user_id}/wallets", post(users::create_wallet).get(users::list_wallets))
+        .route("/v1/users/{user_id}/wallets/{currency}", get(users::get_wallet))
+        .route("/v1/users/{user_id}/wallets/{currency}/entries", get(users::entries))
+        .route("/v1/users/{user_id}/transfers", get(transfers::list_for_user))
+        .route("/v1/transfers", post(transfers::create))
+        .route("/v1/transfers/{transfer_id}", get(transfers::get))
+        .route("/v1/entries/{entry_id}/reversal", post(users::reverse_entry))
+        .route("/v1/admin/adjustments", post(users::adjust))
+        .route("/v1/admin/audit", get(health::audit))
+        .route("/v1/admin/dead-letters", get(health::dead_letters))
+        .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+        })
+        .with_state(state)
+}

@@ -1,0 +1,150 @@
+//! Users, wallets, history, adjustments and reversals.
+use axum::{
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    auth::{require_admin, require_self_or_admin},
+    error::ApiError,
+    extract::{self, json_body, PageQuery},
+    idempotency::Idempotency,
+    AppState,
+};
+use crate::{
+    domain::{Amount, Caller, RoutableId},
+    ledger::{accounts, local, queries},
+};
+
+#[derive(Deserialize)]
+pub struct NewUser {
+    user_id: String,
+}
+
+pub async fn create_user(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let (_, req): (_, NewUser) = json_body(&body)?;
+    let user = extract::user_id(&req.user_id)?;
+    let client = state.router.for_user(&user).client().await?;
+    let view = accounts::create_user(&**client, &user).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+pub async fn get_user(State(state): State<AppState>, caller: Caller, Path(user_id): Path<String>) -> Result<Response, ApiError> {
+    let user = extract::user_id(&user_id)?;
+    require_self_or_admin(&caller, &user)?;
+    let client = state.router.for_user(&user).client().await?;
+    let (view, wallets) = futures::try_join!(accounts::get_user(&**client, &user), queries::list_wallets(&**client, &user))?;
+    Ok(Json(json!({ "user_id": view.user_id, "created_at": view.created_at, "wallets": wallets })).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct NewWallet {
+    currency: String,
+}
+
+pub async fn create_wallet(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(user_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let user = extract::user_id(&user_id)?;
+    let (_, req): (_, NewWallet) = json_body(&body)?;
+    let currency = extract::currency(&req.currency)?;
+    let client = state.router.for_user(&user).client().await?;
+    let view = accounts::create_wallet(&**client, &user, &currency).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+pub async fn list_wallets(State(state): State<AppState>, caller: Caller, Path(user_id): Path<String>) -> Result<Response, ApiError> {
+    let user = extract::user_id(&user_id)?;
+    require_self_or_admin(&caller, &user)?;
+    let client = state.router.for_user(&user).client().await?;
+    if !accounts::user_exists(&**client, &user).await? {
+        return Err(crate::ledger::Error::UserNotFound.into());
+    }
+    Ok(Json(json!({ "data": queries::list_wallets(&**client, &user).await? })).into_response())
+}
+
+pub async fn get_wallet(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user_id, currency)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let user = extract::user_id(&user_id)?;
+    require_self_or_admin(&caller, &user)?;
+    let currency = extract::currency(&currency)?;
+    let client = state.router.for_user(&user).client().await?;
+    Ok(Json(queries::get_wallet(&**client, &user, &currency).await?).into_response())
+}
+
+pub async fn entries(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user_id, currency)): Path<(String, String)>,
+    Query(page): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let user = extract::user_id(&user_id)?;
+    require_self_or_admin(&caller, &user)?;
+    let currency = extract::currency(&currency)?;
+    let limit = page.limit()?;
+    let cursor = match &page.cursor {
+        None => None,
+        Some(c) => Some(c.parse::<i64>().map_err(|_| ApiError::invalid_request("cursor is not one this API returned"))?),
+    };
+    let client = state.router.for_user(&user).client().await?;
+    let (data, next) = queries::entries_page(&**client, &user, &currency, limit, cursor).await?;
+    Ok(Json(json!({ "data": data, "next_cursor": next.map(|n| n.to_string()) })).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct Adjustment {
+    user_id: String,
+    currency: String,
+    #[serde(default)]
+    amount: serde_json::Value,
+    direction: local::Direction,
+    reason: String,
+}
+
+pub async fn adjust(State(state): State<AppState>, caller: Caller, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let (raw, req): (_, Adjustment) = json_body(&body)?;
+    let user = extract::user_id(&req.user_id)?;
+    let currency = extract::currency(&req.currency)?;
+    let amount = Amount::from_json(&req.amount).map_err(|e| ApiError::invalid_amount(e.to_string()))?;
+    if req.reason.trim().is_empty() || req.reason.len() > 500 {
+        return Err(ApiError::invalid_request("reason must be 1-500 characters"));
+    }
+    let idem = Idempotency::from_request(&caller, &headers, "POST", "/v1/admin/adjustments", &raw)?;
+    let bucket = state.router.bucket_of_user(&user) as u16;
+    let shard = state.router.for_user(&user);
+    let (response, _) = idem
+        .run(shard, StatusCode::CREATED, async |tx| {
+            local::adjust(tx, bucket, &user, &currency, &amount, req.direction, &req.reason).await
+        })
+        .await?;
+    Ok(response)
+}
+
+pub async fn reverse_entry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(entry_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let id = RoutableId::parse(&entry_id).ok_or_else(|| ApiError::not_found("not_found", "no such entry"))?;
+    let path = format!("/v1/entries/{id}/reversal");
+    let idem = Idempotency::from_request(&caller, &headers, "POST", &path, &serde_json::Value::Null)?;
+    let shard = state.router.for_id(&id).map_err(|_| ApiError::not_found("not_found", "no such entry"))?;
+    let (response, _) = idem.run(shard, StatusCode::CREATED, async |tx| local::reverse(tx, &id).await).await?;
+    Ok(response)
+}

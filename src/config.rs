@@ -1,0 +1,153 @@
+//! Settings: one TOML file plus `SHARDWALLET__SECTION__KEY` environment overrides.
+use std::{path::Path, time::Duration};
+
+use figment::{
+    providers::{Env, Format, Toml},
+    Figment,
+};
+use serde::Deserialize;
+
+#[derive(Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub shards: ShardSettings,
+    pub auth: AuthSettings,
+    pub kafka: KafkaSettings,
+    #[serde(default)]
+    pub transfers: TransferSettings,
+    #[serde(default)]
+    pub idempotency: IdempotencySettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ServerSettings {
+    pub listen: String,
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ShardSettings {
+    pub map_path: String,
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Clone, Deserialize)]
+pub struct AuthSettings {
+    pub jwt_secret: String,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthSettings { jwt_secret: <redacted> }")
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub group_id: String,
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct TransferSettings {
+    /// A cross-shard transfer whose Try has no answer by then is cancelled.
+    pub try_timeout_secs: u64,
+    /// How often the sweeper looks for stuck transfers.
+    pub sweep_interval_secs: u64,
+    /// A transfer untouched this long gets its stage message re-emitted.
+    #[serde(default = "default_redrive")]
+    pub redrive_after_secs: u64,
+    /// Whether this process publishes its shards' outboxes (tests turn it off to stand
+    /// for a process killed between commit and publish).
+    #[serde(default = "yes")]
+    pub relay_enabled: bool,
+    /// Whether this process consumes stage messages.
+    #[serde(default = "yes")]
+    pub consumer_enabled: bool,
+}
+
+impl Default for TransferSettings {
+    fn default() -> Self {
+        Self {
+            try_timeout_secs: 30,
+            sweep_interval_secs: 5,
+            redrive_after_secs: default_redrive(),
+            relay_enabled: true,
+            consumer_enabled: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct IdempotencySettings {
+    pub retention_hours: u64,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        Self { retention_hours: 24 }
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("server", &self.server)
+            .field("shards", &self.shards)
+            .field("auth", &self.auth)
+            .field("kafka", &self.kafka)
+            .field("transfers", &self.transfers)
+            .field("idempotency", &self.idempotency)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Reads `path`, then applies `SHARDWALLET__SECTION__KEY` overrides.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(Env::prefixed("SHARDWALLET__").split("__"))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("configuration ({}): {e}", path.display()))
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.server.shutdown_grace_secs)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.shards.connect_timeout_ms)
+    }
+}
+
+fn default_grace() -> u64 {
+    20
+}
+fn default_pool_size() -> usize {
+    16
+}
+fn default_connect_timeout() -> u64 {
+    2000
+}
+fn default_partitions() -> i32 {
+    6
+}
+fn default_session_timeout() -> u64 {
+    10_000
+}
+fn default_redrive() -> u64 {
+    10
+}
+fn yes() -> bool {
+    true
+}

@@ -1,0 +1,149 @@
+//! The ledger legs of a cross-shard transfer. The state machine that decides when each
+//! runs is `transfer::tcc`; these functions only move money, inside the caller's
+//! transaction.
+//!
+//! Sender shard: `place_hold` (Try), then `debit_to_transit` (Confirm) or
+//! `release_hold` (Cancel). Receiver shard: `credit_from_transit` (Confirm).
+use chrono::{DateTime, Utc};
+use num_bigint::BigInt;
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use super::{
+    accounts,
+    posting::{self, Account, Kind, Leg, Posting, System},
+    queries::{TransferView, TRANSFER_COLUMNS},
+    Error, Result,
+};
+use crate::domain::{Currency, UserId};
+
+use super::local::TransferRequest;
+
+/// Records a cross-shard transfer in `trying` and reserves the amount on the sender's
+/// wallet (`held` grows; `balance` does not move until confirmation).
+#[tracing::instrument(skip_all, fields(transfer_id = %req.transfer_id))]
+pub async fn place_hold(tx: &Transaction<'_>, req: &TransferRequest<'_>, deadline: DateTime<Utc>) -> Result<TransferView> {
+    if req.from == req.to {
+        return Err(Error::SameAccount);
+    }
+    let Some(wallet) = accounts::lock_wallets(tx, &[req.from], req.currency).await?.pop() else {
+        return Err(accounts::missing_wallet_error(tx, req.from).await?);
+    };
+    let amount = BigInt::from(req.amount.value().clone());
+    if wallet.available() < amount {
+        return Err(Error::InsufficientFunds);
+    }
+    let id = req.transfer_id.uuid();
+    let amount_text = req.amount.to_string();
+    let sql = format!(
+        "WITH t AS (
+             INSERT INTO transfers (transfer_id, from_user, to_user, currency, amount, description, route, state, try_deadline)
+             VALUES ($1, $2, $3, $4, $5::text::numeric, $6, 'cross_shard', 'trying', $7)
+             RETURNING {TRANSFER_COLUMNS}
+         ), h AS (
+             INSERT INTO holds (transfer_id, account_id, amount, expires_at)
+             SELECT transfer_id, $8, $5::text::numeric, $7 FROM t
+         ), w AS (
+             UPDATE accounts SET held = held + $5::text::numeric, updated_at = now() WHERE account_id = $8
+         )
+         SELECT * FROM t"
+    );
+    let row = tx
+        .query_one(
+            &sql,
+            &[
+                &id,
+                &req.from.as_str(),
+                &req.to.as_str(),
+                &req.currency.as_str(),
+                &amount_text,
+                &req.description,
+                &deadline,
+                &wallet.account_id,
+            ],
+        )
+        .await?;
+    Ok(TransferView::from_row(&row))
+}
+
+/// Releases an open hold (on confirm or cancel). Returns the wallet and amount, or
+/// `None` when the hold was already released (a redelivered stage).
+async fn take_hold(tx: &Transaction<'_>, transfer_id: Uuid, by: &str) -> Result<Option<(i64, String)>> {
+    let row = tx
+        .query_opt(
+            "WITH h AS (
+                 UPDATE holds SET released_at = now(), released_by = $2
+                 WHERE transfer_id = $1 AND released_at IS NULL
+                 RETURNING account_id, amount
+             )
+             UPDATE accounts a SET held = a.held - h.amount, updated_at = now()
+             FROM h WHERE a.account_id = h.account_id
+             RETURNING a.account_id, h.amount::text",
+            &[&transfer_id, &by],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Cancel on the sender: the reserved amount becomes available again.
+pub async fn release_hold(tx: &Transaction<'_>, transfer_id: Uuid) -> Result<bool> {
+    Ok(take_hold(tx, transfer_id, "cancel").await?.is_some())
+}
+
+/// Confirm on the sender: the hold becomes a debit of the wallet against the shard's
+/// transit account, which carries the money until the receiver's shard credits it.
+pub async fn debit_to_transit(tx: &Transaction<'_>, transfer_id: Uuid, bucket: u16, currency: &str) -> Result<()> {
+    // Release first: the debit must not push `balance` below the still-counted hold.
+    let (account_id, amount) = take_hold(tx, transfer_id, "confirm")
+        .await?
+        .ok_or_else(|| Error::Invariant(format!("transfer {transfer_id} confirmed without an open hold")))?;
+    let amount = accounts::parse_numeric(&amount)?;
+    posting::post(
+        tx,
+        Posting {
+            kind: Kind::TransferDebit,
+            reference: Some(transfer_id),
+            reverses: None,
+            description: None,
+            bucket,
+            currency,
+            legs: vec![
+                Leg { account: Account::Id(account_id), amount: -amount.clone() },
+                Leg { account: Account::System(System::Transit), amount },
+            ],
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Confirm on the receiver: credit the wallet against this shard's transit account.
+pub async fn credit_from_transit(
+    tx: &Transaction<'_>,
+    transfer_id: Uuid,
+    bucket: u16,
+    to: &UserId,
+    currency: &Currency,
+    amount: &BigInt,
+) -> Result<()> {
+    let Some(wallet) = accounts::lock_wallets(tx, &[to], currency).await?.pop() else {
+        return Err(Error::Invariant(format!("receiver wallet of {transfer_id} vanished after Try")));
+    };
+    posting::post(
+        tx,
+        Posting {
+            kind: Kind::TransferCredit,
+            reference: Some(transfer_id),
+            reverses: None,
+            description: None,
+            bucket,
+            currency: currency.as_str(),
+            legs: vec![
+                Leg { account: Account::System(System::Transit), amount: -amount.clone() },
+                Leg { account: Account::Id(wallet.account_id), amount: amount.clone() },
+            ],
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! Ledger rules that complete inside one shard transaction: operator adjustments,
+//! same-shard transfers and reversals.
+use chrono::{DateTime, Utc};
+use num_bigint::BigInt;
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use super::{
+    accounts::{self, parse_numeric},
+    posting::{self, Account, Kind, Leg, Posting, PostedEntry, System},
+    queries::{TransferView, TRANSFER_COLUMNS},
+    Error, Result,
+};
+use crate::domain::{Amount, Currency, RoutableId, UserId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Credit,
+    Debit,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdjustmentView {
+    pub entry_id: Uuid,
+    pub posting_id: Uuid,
+    pub user_id: String,
+    pub currency: String,
+    pub amount: String,
+    pub direction: Direction,
+    pub balance_after: Option<String>,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+}
+
+fn signed(amount: &Amount) -> BigInt {
+    BigInt::from(amount.value().clone())
+}
+
+/// Credits or debits a wallet against the shard's adjustments account.
+#[tracing::instrument(skip(tx, amount))]
+pub async fn adjust(
+    tx: &Transaction<'_>,
+    bucket: u16,
+    user: &UserId,
+    currency: &Currency,
+    amount: &Amount,
+    direction: Direction,
+    reason: &str,
+) -> Result<AdjustmentView> {
+    let wallet = match accounts::lock_wallets(tx, &[user], currency).await?.pop() {
+        Some(w) => w,
+        None => return Err(accounts::missing_wallet_error(tx, user).await?),
+    };
+    let delta = match direction {
+        Direction::Credit => signed(amount),
+        Direction::Debit if wallet.available() >= signed(amount) => -signed(amount),
+        Direction::Debit => return Err(Error::InsufficientFunds),
+    };
+    let (posting_id, entries) = posting::post(
+        tx,
+        Posting {
+            kind: Kind::Adjustment,
+            reference: None,
+            reverses: None,
+            description: Some(reason),
+            bucket,
+            currency: currency.as_str(),
+            legs: vec![
+                Leg { account: Account::Id(wallet.account_id), amount: delta.clone() },
+                Leg { account: Account::System(System::Adjustments), amount: -delta },
+            ],
+        },
+    )
+    .await?;
+    let entry = wallet_entry(&entries, wallet.account_id)?;
+    Ok(AdjustmentView {
+        entry_id: entry.entry_id,
+        posting_id,
+        user_id: user.to_string(),
+        currency: currency.to_string(),
+        amount: amount.to_string(),
+        direction,
+        balance_after: entry.balance_after.clone(),
+        reason: reason.to_string(),
+        created_at: entry.created_at,
+    })
+}
+
+fn wallet_entry(entries: &[PostedEntry], account_id: i64) -> Result<&PostedEntry> {
+    entries
+        .iter()
+        .find(|e| e.account_id == account_id)
+        .ok_or_else(|| Error::Invariant("posting lost its wallet leg".into()))
+}
+
+pub struct TransferRequest<'a> {
+    pub transfer_id: RoutableId,
+    pub from: &'a UserId,
+    pub to: &'a UserId,
+    pub currency: &'a Currency,
+    pub amount: &'a Amount,
+    pub description: Option<&'a str>,
+}
+
+/// A transfer between two users of this shard: one transaction, completed at once.
+#[tracing::instrument(skip_all, fields(transfer_id = %req.transfer_id))]
+pub async fn transfer(tx: &Transaction<'_>, req: &TransferRequest<'_>) -> Result<TransferView> {
+    if req.from == req.to {
+        return Err(Error::SameAccount);
+    }
+    let wallets = accounts::lock_wallets(tx, &[req.from, req.to], req.currency).await?;
+    let find = |user: &UserId| wallets.iter().find(|w| w.user_id == user.as_str());
+    let Some(sender) = find(req.from) else {
+        return Err(accounts::missing_wallet_error(tx, req.from).await?);
+    };
+    let Some(receiver) = find(req.to) else {
+        return Err(match accounts::missing_wallet_error(tx, req.to).await? {
+            Error::WalletNotFound => Error::CurrencyMismatch,
+            other => other,
+        });
+    };
+    let amount = signed(req.amount);
+    if sender.available() < amount {
+        return Err(Error::InsufficientFunds);
+    }
+    let id = req.transfer_id.uuid();
+    let posting = posting::post(
+        tx,
+        Posting {
+            kind: Kind::Transfer,
+            reference: Some(id),
+            reverses: None,
+            description: req.description,
+            bucket: req.transfer_id.bucket(),
+            currency: req.currency.as_str(),
+            legs: vec![
+                Leg { account: Account::Id(sender.account_id), amount: -amount.clone() },
+                Leg { account: Account::Id(receiver.account_id), amount },
+            ],
+        },
+    );
+    let sql = format!(
+        "INSERT INTO transfers (transfer_id, from_user, to_user, currency, amount, description, route, state, completed_at)
+         VALUES ($1, $2, $3, $4, $5::text::numeric, $6, 'local', 'completed', now())
+         RETURNING {TRANSFER_COLUMNS}"
+    );
+    let amount_text = req.amount.to_string();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+        [&id, &req.from.as_str(), &req.to.as_str(), &req.currency.as_str(), &amount_text, &req.description];
+    // Both statements are sent before either answer is awaited: one round trip saved.
+    let (_, row) = futures::try_join!(posting, async { Ok(tx.query_one(&sql, &params).await?) })?;
+    Ok(TransferView::from_row(&row))
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReversalView {
+    pub posting_id: Uuid,
+    pub reverses_entry_id: Uuid,
+    pub reverses_posting_id: Uuid,
+    pub entries: Vec<ReversalEntry>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReversalEntry {
+    pub entry_id: Uuid,
+    pub amount: String,
+    pub balance_after: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Compensates the posting an entry belongs to with its mirror image. Nothing is
+/// deleted; a posting is reversed at most once (a unique key guarantees it).
+#[tracing::instrument(skip(tx))]
+pub async fn reverse(tx: &Transaction<'_>, entry_id: &RoutableId) -> Result<ReversalView> {
+    let row = tx
+        .query_opt(
+            "SELECT p.posting_id, p.kind, a.currency FROM entries e
+             JOIN postings p USING (posting_id) JOIN accounts a USING (account_id)
+             WHERE e.entry_id = $1",
+            &[&entry_id.uuid()],
+        )
+        .await?
+        .ok_or(Error::EntryNotFound)?;
+    let (original, kind, currency): (Uuid, String, String) = (row.get(0), row.get(1), row.get(2));
+    match Kind::parse(&kind) {
+        Some(Kind::Adjustment | Kind::Transfer) => {}
+        Some(Kind::Reversal) => return Err(Error::NotReversible("a reversal cannot itself be reversed")),
+        _ => {
+            return Err(Error::NotReversible(
+                "a cross-shard transfer leg is settled by its transfer; send a new transfer to move the money back",
+            ))
+        }
+    }
+    // Lock the wallets first (fixed order), then decide: a concurrent reversal of the
+    // same posting waits here and then sees the first one.
+    let legs = tx
+        .query(
+            "SELECT a.account_id, e.amount::text, a.balance::text, a.held::text
+             FROM entries e JOIN accounts a USING (account_id)
+             WHERE e.posting_id = $1 ORDER BY a.account_id FOR UPDATE OF a",
+            &[&original],
+        )
+        .await?;
+    if tx.query_opt("SELECT 1 FROM postings WHERE reverses = $1", &[&original]).await?.is_some() {
+        return Err(Error::AlreadyReversed);
+    }
+    let mut mirror = Vec::with_capacity(legs.len());
+    for leg in &legs {
+        let amount = parse_numeric(leg.get(1))?;
+        let balance: Option<&str> = leg.get(2);
+        if let Some(balance) = balance {
+            let available = parse_numeric(balance)? - parse_numeric(leg.get(3))?;
+            if amount > BigInt::from(0) && available < amount {
+                return Err(Error::InsufficientFunds);
+            }
+        }
+        mirror.push(Leg { account: Account::Id(leg.get(0)), amount: -amount });
+    }
+    let result = posting::post(
+        tx,
+        Posting {
+            kind: Kind::Reversal,
+            reference: Some(original),
+            reverses: Some(original),
+            description: Some("reversal"),
+            bucket: entry_id.bucket(),
+            currency: &currency,
+            legs: mirror,
+        },
+    )
+    .await;
+    let (posting_id, entries) = match result {
+        Err(Error::Db(e)) if crate::storage::is_unique_violation(&e) => return Err(Error::AlreadyReversed),
+        other => other?,
+    };
+    Ok(ReversalView {
+        posting_id,
+        reverses_entry_id: entry_id.uuid(),
+        reverses_posting_id: original,
+        entries: entries
+            .into_iter()
+            .map(|e| ReversalEntry {
+                entry_id: e.entry_id,
+                amount: e.amount.to_string(),
+                balance_after: e.balance_after,
+                created_at: e.created_at,
+            })
+            .collect(),
+    })
+}

@@ -1,0 +1,62 @@
+//! The double-entry ledger of one shard. Every function here takes an open transaction
+//! on the right shard (the router picked it) and applies one ledger rule inside it.
+//!
+//! - `accounts`: users, wallets, system accounts, row locks in a fixed order.
+//! - `posting`: the only writer of entries; every posting sums to zero.
+//! - `local`: adjustments, same-shard transfers, reversals.
+//! - `holds`: the sender and receiver legs of cross-shard transfers.
+//! - `queries`: history, transfer views.
+//! - `verify`: the audit over one shard.
+pub mod accounts;
+pub mod holds;
+pub mod local;
+pub mod posting;
+pub mod queries;
+pub mod verify;
+
+pub use queries::{EntryView, TransferView, WalletView};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("user not found")]
+    UserNotFound,
+    #[error("wallet not found")]
+    WalletNotFound,
+    #[error("transfer not found")]
+    TransferNotFound,
+    #[error("entry not found")]
+    EntryNotFound,
+    #[error("user already exists")]
+    UserExists,
+    #[error("wallet already exists")]
+    WalletExists,
+    #[error("the entry was already reversed")]
+    AlreadyReversed,
+    #[error("this entry cannot be reversed: {0}")]
+    NotReversible(&'static str),
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    #[error("the receiver has no wallet in this currency")]
+    CurrencyMismatch,
+    #[error("sender and receiver are the same wallet")]
+    SameAccount,
+    #[error(transparent)]
+    Shard(#[from] crate::sharding::Error),
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("invariant broken: {0}")]
+    Invariant(String),
+}
+
+impl Error {
+    /// Whether retrying the same work may succeed (lost connection, deadlock...).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Db(e) => crate::storage::is_transient(e),
+            Error::Shard(crate::sharding::Error::Unavailable { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

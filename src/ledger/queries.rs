@@ -1,0 +1,184 @@
+//! Read models: wallets, entry history and transfers, as the API shows them.
+use chrono::{DateTime, Utc};
+use tokio_postgres::{GenericClient, Row};
+use uuid::Uuid;
+
+use super::{accounts, Error, Result};
+use crate::domain::{Currency, UserId};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WalletView {
+    pub user_id: String,
+    pub currency: String,
+    pub balance: String,
+    pub held: String,
+    pub available: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl WalletView {
+    /// From `user_id, currency, balance::text, held::text, updated_at`.
+    pub fn from_row(row: &Row) -> Self {
+        let balance: String = row.get(2);
+        let held: String = row.get(3);
+        let available = match (accounts::parse_numeric(&balance), accounts::parse_numeric(&held)) {
+            (Ok(b), Ok(h)) => (b - h).to_string(),
+            _ => balance.clone(),
+        };
+        Self { user_id: row.get(0), currency: row.get(1), balance, held, available, updated_at: row.get(4) }
+    }
+}
+
+const WALLET_COLUMNS: &str = "user_id, currency, balance::text, held::text, updated_at";
+
+pub async fn get_wallet(client: &impl GenericClient, user: &UserId, currency: &Currency) -> Result<WalletView> {
+    let sql = format!("SELECT {WALLET_COLUMNS} FROM accounts WHERE user_id = $1 AND currency = $2");
+    match client.query_opt(&sql, &[&user.as_str(), &currency.as_str()]).await? {
+        Some(row) => Ok(WalletView::from_row(&row)),
+        None => Err(accounts::missing_wallet_error(client, user).await?),
+    }
+}
+
+pub async fn list_wallets(client: &impl GenericClient, user: &UserId) -> Result<Vec<WalletView>> {
+    let sql = format!("SELECT {WALLET_COLUMNS} FROM accounts WHERE user_id = $1 ORDER BY currency");
+    Ok(client.query(&sql, &[&user.as_str()]).await?.iter().map(WalletView::from_row).collect())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EntryView {
+    pub entry_id: Uuid,
+    pub kind: String,
+    pub amount: String,
+    pub balance_after: Option<String>,
+    pub reference: Option<Uuid>,
+    pub posting_id: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A page of a wallet's entries, newest first. The cursor is the position of the last
+/// entry of the previous page.
+pub async fn entries_page(
+    client: &impl GenericClient,
+    user: &UserId,
+    currency: &Currency,
+    limit: i64,
+    before: Option<i64>,
+) -> Result<(Vec<EntryView>, Option<i64>)> {
+    let account: Option<i64> = client
+        .query_opt("SELECT account_id FROM accounts WHERE user_id = $1 AND currency = $2", &[&user.as_str(), &currency.as_str()])
+        .await?
+        .map(|r| r.get(0));
+    let Some(account) = account else {
+        return Err(accounts::missing_wallet_error(client, user).await?);
+    };
+    let rows = client
+        .query(
+            "SELECT e.seq, e.entry_id, p.kind, e.amount::text, e.balance_after::text, p.reference, p.posting_id, e.created_at
+             FROM entries e JOIN postings p USING (posting_id)
+             WHERE e.account_id = $1 AND e.seq < coalesce($2, 9223372036854775807)
+             ORDER BY e.seq DESC LIMIT $3",
+            &[&account, &before, &(limit + 1)],
+        )
+        .await?;
+    let more = rows.len() as i64 > limit;
+    let page: Vec<EntryView> = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| EntryView {
+            entry_id: r.get(1),
+            kind: r.get(2),
+            amount: r.get(3),
+            balance_after: r.get(4),
+            reference: r.get(5),
+            posting_id: r.get(6),
+            created_at: r.get(7),
+        })
+        .collect();
+    let next = if more { rows.get(limit as usize - 1).map(|r| r.get(0)) } else { None };
+    Ok((page, next))
+}
+
+/// A transfer as the API shows it; `status` hides the internal TCC states.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TransferView {
+    pub transfer_id: Uuid,
+    pub status: &'static str,
+    pub state: String,
+    pub from_user_id: String,
+    pub to_user_id: String,
+    pub currency: String,
+    pub amount: String,
+    pub description: Option<String>,
+    pub route: String,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+pub const TRANSFER_COLUMNS: &str = "transfer_id, state, from_user, to_user, currency, amount::text, description, \
+                                    route, reason, created_at, updated_at, completed_at";
+
+impl TransferView {
+    pub fn from_row(row: &Row) -> Self {
+        let state: String = row.get(1);
+        Self {
+            transfer_id: row.get(0),
+            status: status_of(&state),
+            state,
+            from_user_id: row.get(2),
+            to_user_id: row.get(3),
+            currency: row.get(4),
+            amount: row.get(5),
+            description: row.get(6),
+            route: row.get(7),
+            reason: row.get(8),
+            created_at: row.get(9),
+            updated_at: row.get(10),
+            completed_at: row.get(11),
+        }
+    }
+}
+
+/// The public status of an internal state: in-flight states are all `pending`.
+pub fn status_of(state: &str) -> &'static str {
+    match state {
+        "completed" | "confirmed" => "completed",
+        "cancelled" | "rejected" => "cancelled",
+        _ => "pending",
+    }
+}
+
+pub async fn get_transfer(client: &impl GenericClient, transfer_id: Uuid) -> Result<TransferView> {
+    let sql = format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transfer_id = $1");
+    let row = client.query_opt(&sql, &[&transfer_id]).await?.ok_or(Error::TransferNotFound)?;
+    Ok(TransferView::from_row(&row))
+}
+
+/// A user's transfers, outgoing and incoming, newest first (transfer ids sort by time).
+/// Incoming cross-shard transfers come from the receiver's branch records, whose state
+/// lags the sender's by at most one message.
+pub async fn user_transfers(
+    client: &impl GenericClient,
+    user: &UserId,
+    limit: i64,
+    before: Option<Uuid>,
+) -> Result<(Vec<TransferView>, Option<Uuid>)> {
+    let sql = format!(
+        "SELECT * FROM (
+             SELECT {TRANSFER_COLUMNS} FROM transfers
+             WHERE (from_user = $1 OR to_user = $1) AND ($2::uuid IS NULL OR transfer_id < $2)
+             UNION ALL
+             SELECT transfer_id, state, from_user, to_user, currency, amount::text, description,
+                    'cross_shard', reason, created_at, updated_at,
+                    CASE WHEN state = 'confirmed' THEN updated_at END
+             FROM incoming_transfers
+             WHERE to_user = $1 AND ($2::uuid IS NULL OR transfer_id < $2)
+         ) t ORDER BY transfer_id DESC LIMIT $3"
+    );
+    let rows = client.query(&sql, &[&user.as_str(), &before, &(limit + 1)]).await?;
+    let more = rows.len() as i64 > limit;
+    let page: Vec<TransferView> = rows.iter().take(limit as usize).map(TransferView::from_row).collect();
+    let next = if more { page.last().map(|t| t.transfer_id) } else { None };
+    Ok((page, next))
+}

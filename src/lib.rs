@@ -1,0 +1,30 @@
+//! # shardwallet
+//!
+//! A wallet and double-entry ledger spread over several PostgreSQL shards, with
+//! Try/Confirm/Cancel transfers between shards carried by Kafka.
+//!
+//! # Layout
+//! Data flows one way: HTTP → domain types → shard router → shard transaction →
+//! ledger → storage.
+//!
+//! - [`api`]: axum handlers, auth, idempotency, problem+json errors (`api::error`).
+//! - [`domain`]: parsed value types (`Amount`, `UserId`, `Currency`, `RoutableId`).
+//! - [`sharding`]: `shard-map.toml` and the `Router`, the one place that picks a shard.
+//! - [`ledger`]: double-entry rules inside one shard transaction, and `verify`.
+//! - [`transfer`]: starting transfers; the TCC state machine (`transfer::tcc`); the sweeper.
+//! - [`messaging`]: Kafka clients, the transactional outbox relay, the consumer, the DLQ.
+//! - [`storage`]: migrations and the shard identity check.
+//! - [`startup`]: `Application::build` / `run_until_stopped`; [`cli`]: the subcommands.
+pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod ledger;
+pub mod messaging;
+pub mod sharding;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;
+pub mod testdata;
+pub mod transfer;

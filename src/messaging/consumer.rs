@@ -1,0 +1,159 @@
+//! Consumes stage messages and hands each to `transfer::tcc::handle`.
+//!
+//! Messages are taken in batches; within a batch, messages with the same key (one
+//! transfer) run in order and different transfers run concurrently. Offsets are stored
+//! only after the whole batch's transactions committed, committed every 100 ms, and
+//! committed synchronously when partitions are revoked. Redelivery after a crash or a
+//! rebalance is harmless: every handler is idempotent.
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures::FutureExt;
+use rdkafka::{
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    message::{Header, Message, OwnedHeaders, OwnedMessage},
+    producer::{FutureProducer, FutureRecord},
+    ClientContext, TopicPartitionList,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{kafka::Topics, outbox::Wakers};
+use crate::{sharding::Router, transfer::{messages::StageMessage, tcc}};
+
+const MAX_BATCH: usize = 512;
+
+/// Commits stored offsets before partitions are taken away, so the next owner does
+/// not redo work that is already done.
+pub struct CommitOnRevoke;
+
+impl ClientContext for CommitOnRevoke {}
+
+impl ConsumerContext for CommitOnRevoke {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = rebalance {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %e, "commit on revoke");
+            }
+        }
+    }
+}
+
+pub type StageConsumer = StreamConsumer<CommitOnRevoke>;
+
+pub struct Worker {
+    pub consumer: StageConsumer,
+    pub router: Arc<Router>,
+    pub producer: FutureProducer,
+    pub topics: Topics,
+    pub wakers: Wakers,
+    pub max_attempts: u32,
+}
+
+impl Worker {
+    #[tracing::instrument(name = "consumer", skip_all)]
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = shutdown.cancelled() => break,
+            };
+            let first = match first {
+                Ok(m) => m.detach(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "consume failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(m)) => batch.push(m.detach()),
+                    _ => break,
+                }
+            }
+            self.process(&batch).await;
+            for m in &batch {
+                if let Err(e) = self.consumer.store_offset(m.topic(), m.partition(), m.offset()) {
+                    tracing::warn!(error = %e, "store offset");
+                }
+            }
+        }
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "final commit");
+        }
+        self.consumer.unsubscribe();
+    }
+
+    async fn process(&self, batch: &[OwnedMessage]) {
+        let mut lanes: HashMap<Option<&[u8]>, Vec<&OwnedMessage>> = HashMap::new();
+        for m in batch {
+            lanes.entry(m.key()).or_default().push(m);
+        }
+        let lanes = lanes.into_values().map(|lane| async move {
+            for m in lane {
+                self.process_one(m).await;
+            }
+        });
+        futures::future::join_all(lanes).await;
+    }
+
+    async fn process_one(&self, m: &OwnedMessage) {
+        let payload = m.payload().unwrap_or_default();
+        let msg: StageMessage = match serde_json::from_slice(payload) {
+            Ok(msg) => msg,
+            Err(e) => return self.dead_letter(m, &format!("unreadable message: {e}")).await,
+        };
+        let mut backoff = Duration::from_millis(50);
+        for attempt in 1..=self.max_attempts {
+            match tcc::handle(&self.router, &msg).await {
+                Ok(shard) => return self.wakers.wake(shard),
+                Err(e) if e.is_transient() && attempt < self.max_attempts => {
+                    tracing::warn!(error = %e, attempt, transfer_id = %msg.transfer_id, "stage failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return self.dead_letter(m, &e.to_string()).await,
+            }
+        }
+    }
+
+    async fn dead_letter(&self, m: &OwnedMessage, error: &str) {
+        tracing::error!(error, topic = m.topic(), partition = m.partition(), offset = m.offset(), "message dead-lettered");
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "error", value: Some(error) })
+            .insert(Header { key: "source", value: Some(&format!("{}/{}/{}", m.topic(), m.partition(), m.offset())) });
+        let record = || {
+            let mut record = FutureRecord::to(&self.topics.dead_letters).headers(headers.clone());
+            if let Some(key) = m.key() {
+                record = record.key(key);
+            }
+            if let Some(payload) = m.payload() {
+                record = record.payload(payload);
+            }
+            record
+        };
+        // Keep trying: the offset must not move past a message that is neither handled
+        // nor dead-lettered.
+        let mut backoff = Duration::from_millis(100);
+        while let Err((e, _)) = self.producer.send(record(), Duration::from_secs(10)).await {
+            tracing::warn!(error = %e, "dead-letter publish failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+pub fn subscribe(consumer: &StageConsumer, topics: &Topics) -> anyhow::Result<()> {
+    consumer.subscribe(&[&topics.stages])?;
+    Ok(())
+}
+
+/// Offsets a consumer group has committed on a topic (for the dead-letter counts).
+pub fn committed<C: ConsumerContext, T: Consumer<C>>(consumer: &T, topic: &str, partitions: i32) -> anyhow::Result<i64> {
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(5))?;
+    Ok(committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o >= 0).sum())
+}

@@ -1,0 +1,173 @@
+//! Builds the application from settings and runs it until a shutdown future resolves:
+//! the HTTP server, and per shard an outbox relay and a sweeper, plus the stage consumer.
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::{self, auth::Auth, AppState},
+    config::Settings,
+    messaging::{consumer, kafka, outbox},
+    sharding::{Router, ShardMap},
+    storage::identity,
+    transfer::sweeper::Sweeper,
+};
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    port: u16,
+}
+
+/// Loads the shard map and builds the router (no connection is made yet).
+pub fn router(settings: &Settings) -> anyhow::Result<Router> {
+    let map = ShardMap::load(std::path::Path::new(&settings.shards.map_path))?;
+    Router::new(map, settings.shards.pool_size, settings.connect_timeout())
+}
+
+/// Refuses to serve when a shard was migrated with a different shard map.
+pub async fn check_shard_identities(router: &Router) -> anyhow::Result<()> {
+    for (shard, spec) in router.shards().iter().zip(router.map().shards()) {
+        let client = shard.client().await.with_context(|| format!("connecting to shard '{}'", shard.name))?;
+        let expected = identity::Identity::expected(router.map(), spec);
+        let recorded = identity::read(&**client).await.map_err(|e| {
+            anyhow::anyhow!("shard '{}' has no shard identity ({e}); run `shardwallet migrate` first", shard.name)
+        })?;
+        match recorded {
+            None => anyhow::bail!("shard '{}' has not been migrated: run `shardwallet migrate` first", shard.name),
+            Some(recorded) => {
+                if let Some(why) = identity::mismatch(&recorded, &expected) {
+                    anyhow::bail!(why);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let router = Arc::new(router(&settings)?);
+        check_shard_identities(&router).await?;
+        let producer = kafka::producer(&settings.kafka)?;
+        let listener = TcpListener::bind(&settings.server.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.server.listen))?;
+        let port = listener.local_addr()?.port();
+        let state = AppState {
+            wakers: outbox::Wakers::new(router.shards().len()),
+            router,
+            auth: Auth::new(&settings.auth.jwt_secret),
+            settings: Arc::new(settings),
+            producer,
+        };
+        Ok(Self { listener, state, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
+    /// and background workers finish within the grace period, and returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let token = CancellationToken::new();
+        let mut workers = spawn_workers(&self.state, &token);
+        let settings = self.state.settings.clone();
+        let grace = settings.shutdown_grace();
+        let app = api::routes(self.state).layer(tower_http::trace::TraceLayer::new_for_http());
+        let stop = token.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(self.listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
+        });
+        tracing::info!(port = self.port, "serving");
+        shutdown.await;
+        tracing::info!(grace = ?grace, "shutting down: draining requests and workers");
+        token.cancel();
+        let drained = tokio::time::timeout(grace, async {
+            let served = server.await;
+            while workers.join_next().await.is_some() {}
+            served
+        })
+        .await;
+        match drained {
+            Ok(Ok(Ok(()))) => tracing::info!("stopped cleanly"),
+            Ok(Ok(Err(e))) => return Err(e.into()),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => tracing::warn!("grace period over: abandoning what is still running"),
+        }
+        Ok(())
+    }
+}
+
+fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
+    let settings = &state.settings;
+    let topics = kafka::Topics::new(&settings.kafka.topic_prefix);
+    let mut set = JoinSet::new();
+    for shard in state.router.shards() {
+        if settings.transfers.relay_enabled {
+            let relay = outbox::Relay {
+                shard: shard.clone(),
+                producer: state.producer.clone(),
+                topic: topics.stages.clone(),
+                wakers: state.wakers.clone(),
+            };
+            set.spawn(relay.run(token.clone()));
+        }
+        let sweeper = Sweeper {
+            router: state.router.clone(),
+            shard: shard.clone(),
+            wakers: state.wakers.clone(),
+            interval: Duration::from_secs(settings.transfers.sweep_interval_secs.max(1)),
+            redrive_after: Duration::from_secs(settings.transfers.redrive_after_secs),
+            key_retention: Duration::from_secs(settings.idempotency.retention_hours * 3600),
+        };
+        set.spawn(sweeper.run(token.clone()));
+    }
+    if settings.transfers.consumer_enabled {
+        let state = state.clone();
+        let token = token.clone();
+        set.spawn(async move {
+            let worker = tokio::select! {
+                w = start_consumer(&state, &topics) => w,
+                _ = token.cancelled() => return,
+            };
+            worker.run(token).await;
+        });
+    }
+    set
+}
+
+/// Ensures the topics exist and subscribes, retrying while the broker is away.
+async fn start_consumer(state: &AppState, topics: &kafka::Topics) -> consumer::Worker {
+    let settings = &state.settings.kafka;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            kafka::ensure_topics(settings, topics).await?;
+            let consumer: consumer::StageConsumer =
+                kafka::consumer_config(settings, &settings.group_id).create_with_context(consumer::CommitOnRevoke)?;
+            consumer::subscribe(&consumer, topics)?;
+            anyhow::Ok(consumer)
+        };
+        match attempt.await {
+            Ok(consumer) => {
+                return consumer::Worker {
+                    consumer,
+                    router: state.router.clone(),
+                    producer: state.producer.clone(),
+                    topics: topics.clone(),
+                    wakers: state.wakers.clone(),
+                    max_attempts: 8,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot start the stage consumer yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Storage plumbing shared by every shard: migrations, the shard identity check, and
+//! the SQL error classification the layers above rely on.
+pub mod identity;
+pub mod migrate;
+
+/// SQLSTATE of a failed statement, if it came from the server.
+pub fn sqlstate(err: &tokio_postgres::Error) -> Option<&str> {
+    err.code().map(|c| c.code())
+}
+
+pub fn is_unique_violation(err: &tokio_postgres::Error) -> bool {
+    sqlstate(err) == Some("23505")
+}
+
+pub fn is_lock_timeout(err: &tokio_postgres::Error) -> bool {
+    sqlstate(err) == Some("55P03")
+}
+
+/// Errors worth retrying with the same input: serialization failures, deadlocks,
+/// and lost or refused connections.
+pub fn is_transient(err: &tokio_postgres::Error) -> bool {
+    match sqlstate(err) {
+        Some(code) => matches!(code, "40001" | "40P01" | "55P03" | "57P01" | "57P03" | "53300") || code.starts_with("08"),
+        None => true,
+    }
+}

@@ -1,0 +1,123 @@
+//! The stage messages of a cross-shard transfer (schema version 1; catalog in
+//! docs/EVENTS.md). Every message carries the whole transfer so any instance can route
+//! and handle it without asking another shard; the Kafka key is the transfer id, so one
+//! transfer's stages stay in order on one partition.
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Stage {
+    /// Sender -> receiver: reserve a credit (the sender holds the funds).
+    TryCredit,
+    /// Receiver -> sender: the answer to TryCredit.
+    Tried { ok: bool, reason: Option<String> },
+    /// Sender -> receiver: the sender has debited; credit the receiver.
+    ConfirmCredit,
+    /// Sender -> receiver: the transfer is cancelled; drop the reserved credit.
+    CancelCredit,
+    /// Receiver -> sender: the receiver was credited.
+    Confirmed,
+}
+
+impl Stage {
+    /// Whether the receiver's shard handles this stage (else the sender's).
+    pub fn for_receiver(&self) -> bool {
+        matches!(self, Stage::TryCredit | Stage::ConfirmCredit | Stage::CancelCredit)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Stage::TryCredit => "TryCredit",
+            Stage::Tried { .. } => "Tried",
+            Stage::ConfirmCredit => "ConfirmCredit",
+            Stage::CancelCredit => "CancelCredit",
+            Stage::Confirmed => "Confirmed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageMessage {
+    pub v: u32,
+    #[serde(flatten)]
+    pub stage: Stage,
+    pub transfer_id: Uuid,
+    pub from_user_id: String,
+    pub to_user_id: String,
+    pub currency: String,
+    pub amount: String,
+    pub description: Option<String>,
+    pub sent_at: DateTime<Utc>,
+}
+
+/// The transfer a message is about, as both shards know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferFacts {
+    pub transfer_id: Uuid,
+    pub from_user_id: String,
+    pub to_user_id: String,
+    pub currency: String,
+    pub amount: String,
+    pub description: Option<String>,
+}
+
+impl TransferFacts {
+    pub fn message(&self, stage: Stage) -> StageMessage {
+        StageMessage {
+            v: SCHEMA_VERSION,
+            stage,
+            transfer_id: self.transfer_id,
+            from_user_id: self.from_user_id.clone(),
+            to_user_id: self.to_user_id.clone(),
+            currency: self.currency.clone(),
+            amount: self.amount.clone(),
+            description: self.description.clone(),
+            sent_at: Utc::now(),
+        }
+    }
+}
+
+impl StageMessage {
+    pub fn facts(&self) -> TransferFacts {
+        TransferFacts {
+            transfer_id: self.transfer_id,
+            from_user_id: self.from_user_id.clone(),
+            to_user_id: self.to_user_id.clone(),
+            currency: self.currency.clone(),
+            amount: self.amount.clone(),
+            description: self.description.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_a_stable_wire_form() {
+        let facts = TransferFacts {
+            transfer_id: Uuid::nil(),
+            from_user_id: "alice".into(),
+            to_user_id: "bob".into(),
+            currency: "EUR".into(),
+            amount: "100".into(),
+            description: None,
+        };
+        let msg = facts.message(Stage::Tried { ok: false, reason: Some("user_not_found".into()) });
+        let json: serde_json::Value = serde_json::to_value(&msg).unwrap();
+        assert_eq!(json["v"], 1);
+        assert_eq!(json["type"], "Tried");
+        assert_eq!(json["ok"], false);
+        assert_eq!(json["reason"], "user_not_found");
+        assert_eq!(json["amount"], "100");
+        let back: StageMessage = serde_json::from_value(json).unwrap();
+        assert_eq!(back, msg);
+        let try_credit: StageMessage = serde_json::from_str(&serde_json::to_string(&facts.message(Stage::TryCredit)).unwrap()).unwrap();
+        assert_eq!(try_credit.stage, Stage::TryCredit);
+    }
+}

@@ -1,0 +1,364 @@
+//! The Try/Confirm/Cancel state machine of cross-shard transfers: every state and
+//! every transition is in this file.
+//!
+//! ```text
+//! sender shard (transfers.state)            receiver shard (barriers + incoming_transfers.state)
+//!
+//! API: hold funds ──► trying ──TryCredit──► [try]  user+wallet ok? ─► tried ──Tried{ok}──┐
+//!                       │                     │                                          │
+//!                       │                     └─ no ─► rejected ──Tried{fail}─┐          │
+//!      Tried{fail} or   │ ◄───────────────────────────────────────────────────┘          │
+//!      try timeout      ▼                                                                │
+//!                   cancelled ──CancelCredit──► [cancel] tried ─► cancelled              │
+//!                  (hold released)               no try yet ─► empty rollback:           │
+//!                                                  cancel barrier, a later Try is        │
+//!                                                  suspended (ignored)                   │
+//!      Tried{ok} ◄───────────────────────────────────────────────────────────────────────┘
+//!         ▼
+//!    confirming ──ConfirmCredit──► [confirm] credit wallet from transit ─► confirmed ──Confirmed──┐
+//!  (debit to transit,                                                                            │
+//!   hold released)                                                                               │
+//!    completed ◄─────────────────────────────────────────────────────────────────────────────────┘
+//! ```
+//! Once `confirming` is decided the transfer is never cancelled; the sweeper re-emits
+//! ConfirmCredit until Confirmed arrives. Each handler is one local transaction, and is
+//! idempotent: the sender's transitions are guarded by the current state (row locked),
+//! the receiver's by barrier primary keys under a per-transfer advisory lock.
+use chrono::Utc;
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use super::messages::{Stage, StageMessage, TransferFacts};
+use crate::{
+    domain::{Currency, RoutableId, UserId},
+    ledger::{self, accounts, holds, Error},
+    messaging::outbox,
+    sharding::Router,
+};
+
+/// The sender's states (`transfers.state` of a cross-shard transfer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderState {
+    Trying,
+    Confirming,
+    Completed,
+    Cancelled,
+}
+
+impl SenderState {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "trying" => Self::Trying,
+            "confirming" => Self::Confirming,
+            "completed" => Self::Completed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// What happens to the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderEvent {
+    Tried { ok: bool, reason: Option<String> },
+    TryTimedOut,
+    Confirmed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderStep {
+    /// trying -> confirming: debit the held amount to transit, emit ConfirmCredit.
+    Confirm,
+    /// trying -> cancelled: release the hold, emit CancelCredit.
+    Cancel { reason: String },
+    /// confirming -> completed.
+    Complete,
+    /// A duplicate or late message: nothing changes.
+    Ignore,
+}
+
+pub fn sender_step(state: SenderState, event: &SenderEvent) -> SenderStep {
+    use SenderEvent as E;
+    use SenderState as S;
+    match (state, event) {
+        (S::Trying, E::Tried { ok: true, .. }) => SenderStep::Confirm,
+        (S::Trying, E::Tried { ok: false, reason }) => {
+            SenderStep::Cancel { reason: reason.clone().unwrap_or_else(|| "rejected".into()) }
+        }
+        (S::Trying, E::TryTimedOut) => SenderStep::Cancel { reason: "timeout".into() },
+        (S::Confirming, E::Confirmed) => SenderStep::Complete,
+        // Confirming is never cancelled; late answers to an already decided Try, and
+        // repeated Confirmed, change nothing.
+        _ => SenderStep::Ignore,
+    }
+}
+
+/// What the receiver's shard has recorded about one transfer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Barriers {
+    pub tried: bool,
+    pub confirmed: bool,
+    pub cancelled: bool,
+}
+
+/// The receiver's branch record (`incoming_transfers.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiverState {
+    Tried,
+    Rejected,
+    Confirmed,
+    Cancelled,
+}
+
+impl ReceiverState {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "tried" => Self::Tried,
+            "rejected" => Self::Rejected,
+            "confirmed" => Self::Confirmed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiverStep {
+    /// First Try: check the receiver, record tried or rejected, answer Tried.
+    Try,
+    /// Try after Cancel (suspension): record the barrier, change nothing, answer nothing.
+    Suspend,
+    /// Repeated Try: answer again with what was recorded (the first answer may be lost).
+    AnswerTriedAgain { ok: bool },
+    /// First Confirm: credit the receiver from transit, answer Confirmed.
+    Confirm,
+    /// Repeated Confirm: answer Confirmed again, credit nothing.
+    AnswerConfirmedAgain,
+    /// Cancel with no Try (empty rollback): record the barrier so a late Try is suspended.
+    EmptyRollback,
+    /// Cancel after Try: drop the reserved credit.
+    Cancel,
+    /// A duplicate with nothing to say.
+    Ignore,
+    /// A message the protocol never sends in this state: an error, kept for operators.
+    Violation(&'static str),
+}
+
+pub fn receiver_step(b: Barriers, state: Option<ReceiverState>, stage: &Stage) -> ReceiverStep {
+    use ReceiverState as R;
+    match stage {
+        Stage::TryCredit if b.tried => match state {
+            Some(R::Tried | R::Confirmed) => ReceiverStep::AnswerTriedAgain { ok: true },
+            Some(R::Rejected) => ReceiverStep::AnswerTriedAgain { ok: false },
+            _ => ReceiverStep::Ignore,
+        },
+        Stage::TryCredit if b.cancelled => ReceiverStep::Suspend,
+        Stage::TryCredit => ReceiverStep::Try,
+        Stage::ConfirmCredit if b.confirmed => ReceiverStep::AnswerConfirmedAgain,
+        Stage::ConfirmCredit => match state {
+            Some(R::Tried) if !b.cancelled => ReceiverStep::Confirm,
+            _ => ReceiverStep::Violation("ConfirmCredit for a transfer that was not tried successfully"),
+        },
+        Stage::CancelCredit if b.cancelled => ReceiverStep::Ignore,
+        Stage::CancelCredit if !b.tried => ReceiverStep::EmptyRollback,
+        Stage::CancelCredit => match state {
+            Some(R::Confirmed) => ReceiverStep::Violation("CancelCredit for a confirmed transfer"),
+            _ => ReceiverStep::Cancel,
+        },
+        Stage::Tried { .. } | Stage::Confirmed => ReceiverStep::Violation("sender stage sent to the receiver"),
+    }
+}
+
+/// Handles one stage message in one transaction on the shard it concerns. Returns the
+/// index of the shard whose outbox got a new message (so its relay can be woken).
+#[tracing::instrument(skip_all, fields(transfer_id = %msg.transfer_id, stage = msg.stage.name()))]
+pub async fn handle(router: &Router, msg: &StageMessage) -> ledger::Result<usize> {
+    if msg.stage.for_receiver() {
+        handle_receiver(router, msg).await
+    } else {
+        let event = match &msg.stage {
+            Stage::Tried { ok, reason } => SenderEvent::Tried { ok: *ok, reason: reason.clone() },
+            _ => SenderEvent::Confirmed,
+        };
+        handle_sender(router, msg.transfer_id, &event).await
+    }
+}
+
+/// Applies an event to the sender's transfer (from a message or the sweeper).
+pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEvent) -> ledger::Result<usize> {
+    let id = RoutableId::from_uuid(transfer_id).ok_or(Error::TransferNotFound)?;
+    let shard = router.for_id(&id)?;
+    let mut client = shard.client().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            "SELECT state, from_user, to_user, currency, amount::text, description FROM transfers
+             WHERE transfer_id = $1 AND route = 'cross_shard' FOR UPDATE",
+            &[&transfer_id],
+        )
+        .await?
+        .ok_or(Error::TransferNotFound)?;
+    let state: String = row.get(0);
+    let state = SenderState::parse(&state).ok_or_else(|| Error::Invariant(format!("unknown state {state}")))?;
+    let facts = TransferFacts {
+        transfer_id,
+        from_user_id: row.get(1),
+        to_user_id: row.get(2),
+        currency: row.get(3),
+        amount: row.get(4),
+        description: row.get(5),
+    };
+    let step = sender_step(state, event);
+    tracing::debug!(?state, ?event, ?step, "sender transition");
+    match &step {
+        SenderStep::Confirm => {
+            holds::debit_to_transit(&tx, transfer_id, id.bucket(), &facts.currency).await?;
+            set_state(&tx, transfer_id, "confirming", None).await?;
+            outbox::enqueue(&tx, &facts.message(Stage::ConfirmCredit)).await?;
+        }
+        SenderStep::Cancel { reason } => {
+            holds::release_hold(&tx, transfer_id).await?;
+            set_state(&tx, transfer_id, "cancelled", Some(reason)).await?;
+            outbox::enqueue(&tx, &facts.message(Stage::CancelCredit)).await?;
+        }
+        SenderStep::Complete => set_state(&tx, transfer_id, "completed", None).await?,
+        SenderStep::Ignore => {}
+    }
+    tx.commit().await?;
+    Ok(shard.index)
+}
+
+async fn set_state(tx: &Transaction<'_>, transfer_id: Uuid, state: &str, reason: Option<&str>) -> ledger::Result<()> {
+    tx.execute(
+        "UPDATE transfers SET state = $2, reason = coalesce($3, reason), updated_at = now(),
+             completed_at = CASE WHEN $2 IN ('completed', 'cancelled') THEN now() END
+         WHERE transfer_id = $1",
+        &[&transfer_id, &state, &reason],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<usize> {
+    let to = UserId::parse(&msg.to_user_id).map_err(|e| Error::Invariant(e.to_string()))?;
+    let shard = router.for_user(&to);
+    let mut client = shard.client().await?;
+    let tx = client.transaction().await?;
+    let id = msg.transfer_id;
+    // Serialises Try, Confirm and Cancel of one transfer on this shard, so a Try and a
+    // Cancel handled at the same moment by two instances cannot miss each other.
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", &[&id]).await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+    let (barrier_rows, state_row) = futures::try_join!(
+        tx.query("SELECT branch FROM tcc_barriers WHERE transfer_id = $1", &params),
+        tx.query_opt("SELECT state FROM incoming_transfers WHERE transfer_id = $1", &params),
+    )?;
+    let mut barriers = Barriers::default();
+    for row in &barrier_rows {
+        match row.get::<_, &str>(0) {
+            "try" => barriers.tried = true,
+            "confirm" => barriers.confirmed = true,
+            _ => barriers.cancelled = true,
+        }
+    }
+    let state = state_row.and_then(|r| ReceiverState::parse(r.get(0)));
+    let step = receiver_step(barriers, state, &msg.stage);
+    tracing::debug!(?barriers, ?state, ?step, "receiver transition");
+    let facts = msg.facts();
+    let bucket = router.bucket_of_user(&to) as u16;
+    match step {
+        ReceiverStep::Try => {
+            barrier(&tx, id, "try").await?;
+            let reason = check_receiver(&tx, &to, &msg.currency).await?;
+            tx.execute(
+                "INSERT INTO incoming_transfers (transfer_id, from_user, to_user, currency, amount, description, state, reason)
+                 VALUES ($1, $2, $3, $4, $5::text::numeric, $6, $7, $8)",
+                &[
+                    &id,
+                    &msg.from_user_id,
+                    &msg.to_user_id,
+                    &msg.currency,
+                    &msg.amount,
+                    &msg.description,
+                    &if reason.is_none() { "tried" } else { "rejected" },
+                    &reason,
+                ],
+            )
+            .await?;
+            outbox::enqueue(&tx, &facts.message(Stage::Tried { ok: reason.is_none(), reason })).await?;
+        }
+        ReceiverStep::Suspend => {
+            tracing::warn!("Try arrived after Cancel (suspension): ignored");
+            barrier(&tx, id, "try").await?;
+        }
+        ReceiverStep::AnswerTriedAgain { ok } => {
+            let reason = if ok { None } else { rejection_reason(&tx, id).await? };
+            outbox::enqueue(&tx, &facts.message(Stage::Tried { ok, reason })).await?;
+        }
+        ReceiverStep::Confirm => {
+            barrier(&tx, id, "confirm").await?;
+            let currency = Currency::parse(&msg.currency).map_err(|e| Error::Invariant(e.to_string()))?;
+            let amount = accounts::parse_numeric(&msg.amount)?;
+            holds::credit_from_transit(&tx, id, bucket, &to, &currency, &amount).await?;
+            set_incoming(&tx, id, "confirmed").await?;
+            outbox::enqueue(&tx, &facts.message(Stage::Confirmed)).await?;
+        }
+        ReceiverStep::AnswerConfirmedAgain => outbox::enqueue(&tx, &facts.message(Stage::Confirmed)).await?,
+        ReceiverStep::EmptyRollback => {
+            tracing::info!("Cancel arrived before Try (empty rollback): barrier recorded");
+            barrier(&tx, id, "cancel").await?;
+        }
+        ReceiverStep::Cancel => {
+            barrier(&tx, id, "cancel").await?;
+            tx.execute(
+                "UPDATE incoming_transfers SET state = 'cancelled', updated_at = now()
+                 WHERE transfer_id = $1 AND state = 'tried'",
+                &[&id],
+            )
+            .await?;
+        }
+        ReceiverStep::Ignore => {}
+        ReceiverStep::Violation(what) => return Err(Error::Invariant(what.to_string())),
+    }
+    tx.commit().await?;
+    Ok(shard.index)
+}
+
+async fn barrier(tx: &Transaction<'_>, id: Uuid, branch: &str) -> ledger::Result<()> {
+    tx.execute("INSERT INTO tcc_barriers (transfer_id, branch) VALUES ($1, $2)", &[&id, &branch]).await?;
+    Ok(())
+}
+
+async fn set_incoming(tx: &Transaction<'_>, id: Uuid, state: &str) -> ledger::Result<()> {
+    tx.execute("UPDATE incoming_transfers SET state = $2, updated_at = now() WHERE transfer_id = $1", &[&id, &state])
+        .await?;
+    Ok(())
+}
+
+/// `None` when the receiver can be credited in `currency`, else the reason code.
+async fn check_receiver(tx: &Transaction<'_>, to: &UserId, currency: &str) -> ledger::Result<Option<String>> {
+    let row = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1),
+                    EXISTS (SELECT 1 FROM accounts WHERE user_id = $1 AND currency = $2)",
+            &[&to.as_str(), &currency],
+        )
+        .await?;
+    Ok(match (row.get(0), row.get(1)) {
+        (false, _) => Some("user_not_found".into()),
+        (true, false) => Some("currency_mismatch".into()),
+        (true, true) => None,
+    })
+}
+
+async fn rejection_reason(tx: &Transaction<'_>, id: Uuid) -> ledger::Result<Option<String>> {
+    Ok(tx.query_opt("SELECT reason FROM incoming_transfers WHERE transfer_id = $1", &[&id]).await?.and_then(|r| r.get(0)))
+}
+
+/// The deadline of a new cross-shard transfer's Try.
+pub fn try_deadline(timeout: std::time::Duration) -> chrono::DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::seconds(30))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,60 @@
+use super::*;
+
+fn tried(ok: bool) -> SenderEvent {
+    SenderEvent::Tried { ok, reason: (!ok).then(|| "user_not_found".to_string()) }
+}
+
+#[test]
+fn sender_transition_table() {
+    use SenderState::*;
+    let cancel = |r: &str| SenderStep::Cancel { reason: r.into() };
+    let table = [
+        (Trying, tried(true), SenderStep::Confirm),
+        (Trying, tried(false), cancel("user_not_found")),
+        (Trying, SenderEvent::TryTimedOut, cancel("timeout")),
+        (Trying, SenderEvent::Confirmed, SenderStep::Ignore),
+        (Confirming, tried(true), SenderStep::Ignore),
+        (Confirming, tried(false), SenderStep::Ignore),
+        (Confirming, SenderEvent::TryTimedOut, SenderStep::Ignore),
+        (Confirming, SenderEvent::Confirmed, SenderStep::Complete),
+        (Completed, SenderEvent::Confirmed, SenderStep::Ignore),
+        (Completed, tried(false), SenderStep::Ignore),
+        (Cancelled, tried(true), SenderStep::Ignore),
+        (Cancelled, SenderEvent::TryTimedOut, SenderStep::Ignore),
+        (Cancelled, SenderEvent::Confirmed, SenderStep::Ignore),
+    ];
+    for (state, event, expected) in table {
+        assert_eq!(sender_step(state, &event), expected, "{state:?} + {event:?}");
+    }
+}
+
+#[test]
+fn receiver_handles_duplicates_empty_rollback_and_suspension() {
+    use ReceiverState as R;
+    let none = Barriers::default();
+    let tried = Barriers { tried: true, ..none };
+    let cancelled = Barriers { cancelled: true, ..none };
+    let confirmed = Barriers { tried: true, confirmed: true, ..none };
+    let tried_cancelled = Barriers { tried: true, cancelled: true, ..none };
+    let table = [
+        (none, None, Stage::TryCredit, ReceiverStep::Try),
+        (tried, Some(R::Tried), Stage::TryCredit, ReceiverStep::AnswerTriedAgain { ok: true }),
+        (tried, Some(R::Rejected), Stage::TryCredit, ReceiverStep::AnswerTriedAgain { ok: false }),
+        (cancelled, None, Stage::TryCredit, ReceiverStep::Suspend),
+        (tried_cancelled, None, Stage::TryCredit, ReceiverStep::Ignore),
+        (tried_cancelled, Some(R::Cancelled), Stage::TryCredit, ReceiverStep::Ignore),
+        (tried, Some(R::Tried), Stage::ConfirmCredit, ReceiverStep::Confirm),
+        (confirmed, Some(R::Confirmed), Stage::ConfirmCredit, ReceiverStep::AnswerConfirmedAgain),
+        (none, None, Stage::CancelCredit, ReceiverStep::EmptyRollback),
+        (tried, Some(R::Tried), Stage::CancelCredit, ReceiverStep::Cancel),
+        (tried, Some(R::Rejected), Stage::CancelCredit, ReceiverStep::Cancel),
+        (tried_cancelled, Some(R::Cancelled), Stage::CancelCredit, ReceiverStep::Ignore),
+        (cancelled, None, Stage::CancelCredit, ReceiverStep::Ignore),
+    ];
+    for (barriers, state, stage, expected) in table {
+        assert_eq!(receiver_step(barriers, state, &stage), expected, "{barriers:?} {state:?} {stage:?}");
+    }
+    assert!(matches!(receiver_step(confirmed, Some(R::Confirmed), &Stage::CancelCredit), ReceiverStep::Violation(_)));
+    assert!(matches!(receiver_step(tried, Some(R::Rejected), &Stage::ConfirmCredit), ReceiverStep::Violation(_)));
+    assert!(matches!(receiver_step(none, None, &Stage::ConfirmCredit), ReceiverStep::Violation(_)));
+}
