@@ -1,0 +1,103 @@
+//! Idempotency keys: replay, mismatch, concurrent duplicates, retention.
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_retry_replays_the_original_response_byte_for_byte_and_moves_money_once() {
+    let app = spawn_app().await;
+    let (alice, bob) = (app.user_on_shard("alice", 0), app.user_on_shard("bob", 0));
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    let token = app.user_token(&alice);
+    let first = app.transfer(&token, &alice, &bob, "EUR", "30", "pay-1").await;
+    let first_status = first.status();
+    let first_body = first.bytes().await.expect("body");
+    let retry = app.transfer(&token, &alice, &bob, "EUR", "30", "pay-1").await;
+    assert_eq!(retry.status(), first_status);
+    assert_eq!(retry.headers().get("idempotent-replayed").map(|v| v.as_bytes()), Some(&b"true"[..]));
+    assert_eq!(retry.bytes().await.expect("body"), first_body);
+    assert_eq!(app.balance(&alice, "EUR").await, "70");
+    assert_eq!(app.balance(&bob, "EUR").await, "30");
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_request_is_422_and_a_missing_key_is_400() {
+    let app = spawn_app().await;
+    let (alice, bob) = (app.user_on_shard("alice", 0), app.user_on_shard("bob", 0));
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    let token = app.user_token(&alice);
+    assert_eq!(app.transfer(&token, &alice, &bob, "EUR", "30", "pay-1").await.status(), StatusCode::CREATED);
+    let reused = app.transfer(&token, &alice, &bob, "EUR", "31", "pay-1").await;
+    assert_problem(reused, StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused").await;
+    let body = json!({ "from_user_id": alice, "to_user_id": bob, "currency": "EUR", "amount": "1" });
+    let missing = app.post("/v1/transfers", &token, &body, None).await;
+    assert_problem(missing, StatusCode::BAD_REQUEST, "idempotency_key_missing").await;
+    let too_long = app.post("/v1/transfers", &token, &body, Some(&"k".repeat(256))).await;
+    assert_problem(too_long, StatusCode::BAD_REQUEST, "invalid_request").await;
+    assert_eq!(app.balance(&alice, "EUR").await, "70");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_duplicates_never_apply_twice() {
+    let app = spawn_app().await;
+    let (alice, bob) = (app.user_on_shard("alice", 0), app.user_on_shard("bob", 0));
+    app.funded_user(&alice, "EUR", "1000").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    let token = app.user_token(&alice);
+    let requests = (0..20).map(|_| app.transfer(&token, &alice, &bob, "EUR", "7", "same-key"));
+    let responses = futures::future::join_all(requests).await;
+    let mut bodies = Vec::new();
+    for r in responses {
+        match r.status() {
+            StatusCode::CREATED => bodies.push(r.bytes().await.expect("body")),
+            StatusCode::CONFLICT => {
+                assert_problem(r, StatusCode::CONFLICT, "idempotency_request_in_progress").await;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(!bodies.is_empty());
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "replays differ from the original");
+    assert_eq!(app.balance(&alice, "EUR").await, "993");
+    assert_eq!(app.balance(&bob, "EUR").await, "7");
+}
+
+#[tokio::test]
+async fn a_refusal_is_replayed_too_so_a_retry_cannot_turn_it_into_an_effect() {
+    let app = spawn_app().await;
+    let (alice, bob) = (app.user_on_shard("alice", 0), app.user_on_shard("bob", 0));
+    app.funded_user(&alice, "EUR", "10").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    let token = app.user_token(&alice);
+    let refused = app.transfer(&token, &alice, &bob, "EUR", "50", "big").await;
+    assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds").await;
+    assert_eq!(app.adjust(&alice, "EUR", "100", "credit", "topup").await.status(), StatusCode::CREATED);
+    let retry = app.transfer(&token, &alice, &bob, "EUR", "50", "big").await;
+    assert_problem(retry, StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds").await;
+    assert_eq!(app.balance(&alice, "EUR").await, "110");
+}
+
+#[tokio::test]
+async fn keys_are_pruned_after_the_retention_period() {
+    let deployment = Deployment::new().await;
+    let mut settings = deployment.settings();
+    settings.idempotency.retention_hours = 0;
+    let app = deployment.spawn(settings).await;
+    app.funded_user("alice", "EUR", "0").await;
+    let first = body(app.adjust("alice", "EUR", "5", "credit", "once").await).await;
+    let shard = app.router.for_user(&shardwallet::domain::UserId::parse("alice").expect("id")).index;
+    let db = app.shard_db(shard).await;
+    eventually(Duration::from_secs(10), "the expired key to be pruned", || async {
+        let n: i64 = db.query_one("SELECT count(*) FROM idempotency_keys WHERE key = 'once'", &[]).await.ok()?.get(0);
+        (n == 0).then_some(())
+    })
+    .await;
+    let second = body(app.adjust("alice", "EUR", "5", "credit", "once").await).await;
+    assert_ne!(first["entry_id"], second["entry_id"]);
+    assert_eq!(app.balance("alice", "EUR").await, "10");
+}

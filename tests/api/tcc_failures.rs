@@ -1,0 +1,203 @@
+//! Cross-shard transfers under failure: redelivery, empty rollback, suspension, a
+//! process stopped between commit and publish, timeouts, and two consuming instances.
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use shardwallet::transfer::{
+    messages::{Stage, TransferFacts},
+    tcc,
+};
+
+use crate::helpers::*;
+
+const FINAL_WITHIN: Duration = Duration::from_secs(60);
+
+async fn count(db: &tokio_postgres::Client, sql: &str, id: &uuid::Uuid) -> i64 {
+    db.query_one(sql, &[id]).await.expect("count").get(0)
+}
+
+#[tokio::test]
+async fn every_stage_delivered_twice_changes_nothing() {
+    let app = spawn_app().await;
+    let alice = app.user_on_shard("alice", 0);
+    let bob = app.user_on_shard("bob", 1);
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    let sent = body(app.transfer(&app.user_token(&alice), &alice, &bob, "EUR", "25", "d1").await).await;
+    let id = sent["transfer_id"].as_str().expect("id").to_string();
+    assert_eq!(app.wait_final(&id, FINAL_WITHIN).await["status"], "completed");
+
+    // Redeliver every stage, directly to the handlers and again through the broker.
+    let facts = TransferFacts {
+        transfer_id: id.parse().expect("uuid"),
+        from_user_id: alice.clone(),
+        to_user_id: bob.clone(),
+        currency: "EUR".into(),
+        amount: "25".into(),
+        description: None,
+    };
+    let stages = [Stage::TryCredit, Stage::Tried { ok: true, reason: None }, Stage::ConfirmCredit, Stage::Confirmed];
+    for stage in &stages {
+        tcc::handle(&app.router, &facts.message(stage.clone())).await.expect("redelivered stage");
+    }
+    let producer = shardwallet::messaging::kafka::producer(&app.settings.kafka).expect("producer");
+    let topic = shardwallet::messaging::kafka::Topics::new(&app.settings.kafka.topic_prefix).stages;
+    for stage in &stages {
+        let payload = serde_json::to_string(&facts.message(stage.clone())).expect("json");
+        producer
+            .send(rdkafka::producer::FutureRecord::to(&topic).key(&id).payload(&payload), Duration::from_secs(5))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("publish");
+    }
+    // The receiver answers each duplicate again; wait until those answers were handled.
+    let receiver = app.shard_db(1).await;
+    let sender = app.shard_db(0).await;
+    eventually(Duration::from_secs(20), "duplicates to be answered and drained", || async {
+        let outbox: i64 = sender.query_one("SELECT count(*) FROM outbox", &[]).await.ok()?.get(0);
+        let outbox2: i64 = receiver.query_one("SELECT count(*) FROM outbox", &[]).await.ok()?.get(0);
+        (outbox + outbox2 == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.balance(&alice, "EUR").await, "70");
+    assert_eq!(app.balance(&bob, "EUR").await, "25");
+    assert_eq!(app.get_transfer(&id).await["status"], "completed");
+    let uuid: uuid::Uuid = id.parse().expect("uuid");
+    assert_eq!(count(&receiver, "SELECT count(*) FROM postings WHERE reference = $1", &uuid).await, 1);
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn cancel_before_try_and_try_after_cancel_leave_nothing_stuck_or_doubled() {
+    let app = spawn_app().await;
+    let bob = app.user_on_shard("bob", 1);
+    app.funded_user(&bob, "EUR", "0").await;
+    let alice = app.user_on_shard("alice", 0);
+    let id = app.router.new_id_for(&shardwallet::domain::UserId::parse(&alice).expect("id")).uuid();
+    let facts = TransferFacts {
+        transfer_id: id,
+        from_user_id: alice,
+        to_user_id: bob.clone(),
+        currency: "EUR".into(),
+        amount: "40".into(),
+        description: None,
+    };
+    // Cancel arrives first: empty rollback.
+    tcc::handle(&app.router, &facts.message(Stage::CancelCredit)).await.expect("cancel");
+    // The delayed Try arrives afterwards: suspended, nothing reserved, nothing answered.
+    tcc::handle(&app.router, &facts.message(Stage::TryCredit)).await.expect("late try");
+    tcc::handle(&app.router, &facts.message(Stage::TryCredit)).await.expect("late try again");
+    let db = app.shard_db(1).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM tcc_barriers WHERE transfer_id = $1", &id).await, 2);
+    assert_eq!(count(&db, "SELECT count(*) FROM incoming_transfers WHERE transfer_id = $1", &id).await, 0);
+    let answers: i64 = db.query_one("SELECT count(*) FROM outbox WHERE payload LIKE '%\"Tried\"%'", &[]).await.expect("q").get(0);
+    assert_eq!(answers, 0, "a suspended Try must not be answered");
+    // A Confirm can never follow; if one did, it is refused rather than crediting.
+    assert!(tcc::handle(&app.router, &facts.message(Stage::ConfirmCredit)).await.is_err());
+    assert_eq!(app.balance(&bob, "EUR").await, "0");
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn a_process_stopped_between_commit_and_publish_completes_after_restart() {
+    let deployment = Deployment::new().await;
+    let mut settings = deployment.settings();
+    settings.transfers.relay_enabled = false;
+    let crashed = deployment.spawn(settings).await;
+    let alice = crashed.user_on_shard("alice", 2);
+    let bob = crashed.user_on_shard("bob", 0);
+    crashed.funded_user(&alice, "EUR", "100").await;
+    crashed.funded_user(&bob, "EUR", "0").await;
+    let sent = crashed.transfer(&crashed.user_token(&alice), &alice, &bob, "EUR", "45", "k1").await;
+    assert_eq!(sent.status(), StatusCode::ACCEPTED);
+    let id = body(sent).await["transfer_id"].as_str().expect("id").to_string();
+    // Committed but never published: the sender's funds are held.
+    let held = crashed.wallet(&alice, "EUR").await;
+    assert_eq!((held["held"].as_str(), held["available"].as_str()), (Some("45"), Some("55")));
+    assert_eq!(crashed.get_transfer(&id).await["status"], "pending");
+    crashed.stop().await;
+
+    let restarted = deployment.spawn_default().await;
+    assert_eq!(restarted.wait_final(&id, FINAL_WITHIN).await["status"], "completed");
+    assert_eq!(restarted.balance(&bob, "EUR").await, "45");
+    let wallet = restarted.wallet(&alice, "EUR").await;
+    assert_eq!((wallet["balance"].as_str(), wallet["held"].as_str()), (Some("55"), Some("0")));
+    restarted.assert_verified().await;
+}
+
+#[tokio::test]
+async fn an_unanswered_try_times_out_and_a_late_answer_does_not_revive_it() {
+    let deployment = Deployment::new().await;
+    let mut settings = deployment.settings();
+    settings.transfers.relay_enabled = false;
+    settings.transfers.try_timeout_secs = 1;
+    let app = deployment.spawn(settings).await;
+    let alice = app.user_on_shard("alice", 1);
+    let bob = app.user_on_shard("bob", 2);
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    let sent = body(app.transfer(&app.user_token(&alice), &alice, &bob, "EUR", "80", "t").await).await;
+    let id = sent["transfer_id"].as_str().expect("id").to_string();
+    let done = app.wait_final(&id, Duration::from_secs(20)).await;
+    assert_eq!((done["status"].as_str(), done["reason"].as_str()), (Some("cancelled"), Some("timeout")));
+    assert_eq!(app.wallet(&alice, "EUR").await["held"], "0");
+    app.stop().await;
+
+    // The outbox still holds TryCredit then CancelCredit; publishing them now must
+    // leave the receiver uncredited and the sender whole.
+    let later = deployment.spawn_default().await;
+    let receiver = later.shard_db(2).await;
+    let uuid: uuid::Uuid = id.parse().expect("uuid");
+    eventually(Duration::from_secs(30), "the receiver to see the cancel", || async {
+        let n = count(&receiver, "SELECT count(*) FROM tcc_barriers WHERE transfer_id = $1 AND branch = 'cancel'", &uuid).await;
+        (n == 1).then_some(())
+    })
+    .await;
+    assert_eq!(later.balance(&bob, "EUR").await, "0");
+    assert_eq!(later.balance(&alice, "EUR").await, "100");
+    assert_eq!(later.get_transfer(&id).await["status"], "cancelled");
+    later.assert_verified().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_share_the_work_and_one_stopping_mid_run_loses_nothing() {
+    let deployment = Deployment::new().await;
+    let first = deployment.spawn_default().await;
+    let second = deployment.spawn_default().await;
+    let users: Vec<String> = (0..6).map(|i| first.user_on_shard(&format!("p{i}"), i % SHARDS)).collect();
+    for u in &users {
+        first.funded_user(u, "EUR", "10000").await;
+    }
+    let send = |app: &TestApp, i: usize| {
+        let (from, to) = (users[i % 6].clone(), users[(i + 1) % 6].clone());
+        let token = app.user_token(&from);
+        let (http, url) = (app.http.clone(), app.url("/v1/transfers"));
+        async move {
+            let body = serde_json::json!({ "from_user_id": from, "to_user_id": to, "currency": "EUR", "amount": "7" });
+            let r = http.post(url).bearer_auth(token).header("Idempotency-Key", format!("m{i}")).json(&body).send().await.expect("post");
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<serde_json::Value>().await.expect("json")["transfer_id"].as_str().expect("id").to_string()
+        }
+    };
+    // Both instances take requests and consume stages...
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(send(if i % 2 == 0 { &first } else { &second }, i).await);
+    }
+    // ...then the first stops while its transfers are in flight; the second takes over
+    // its partitions and the rest of the traffic.
+    first.stop().await;
+    for i in 60..120 {
+        ids.push(send(&second, i).await);
+    }
+    for id in &ids {
+        assert_eq!(second.wait_final(id, FINAL_WITHIN).await["status"], "completed");
+    }
+    let mut total = 0u64;
+    for u in &users {
+        total += second.balance(u, "EUR").await.parse::<u64>().expect("n");
+    }
+    assert_eq!(total, 60_000);
+    second.assert_verified().await;
+}
