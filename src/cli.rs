@@ -80,6 +80,10 @@ enum RoleArg {
 }
 
 impl Cli {
+    pub fn is_server(&self) -> bool {
+        matches!(self.command, Command::Serve)
+    }
+
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let settings = || Settings::load(&self.config);
         match self.command {
@@ -110,7 +114,10 @@ impl Cli {
             Command::Testdata { file } => {
                 let router = startup::router(&settings()?)?;
                 let loaded = crate::testdata::load(&router, &file).await?;
-                println!("testdata: {} wallet(s) created and funded, {} already present", loaded.created, loaded.skipped);
+                println!(
+                    "testdata: {} wallet(s) created and funded, {} already present",
+                    loaded.created, loaded.skipped
+                );
             }
             Command::Bench(args) => crate::bench::run(&settings()?, args).await?,
             Command::Dlq { command } => {
@@ -138,7 +145,8 @@ pub async fn migrate_all(settings: &Settings, accept_new_shard_map: bool) -> any
     let map = ShardMap::load(std::path::Path::new(&settings.shards.map_path))?;
     for spec in map.shards() {
         ensure_database(&spec.config).await.with_context(|| format!("shard '{}'", spec.name))?;
-        let applied = migrate::run(&spec.name, &spec.config).await.with_context(|| format!("migrating shard '{}'", spec.name))?;
+        let applied =
+            migrate::run(&spec.name, &spec.config).await.with_context(|| format!("migrating shard '{}'", spec.name))?;
         let (client, conn) = spec.config.connect(tokio_postgres::NoTls).await?;
         let conn = tokio::spawn(conn);
         let expected = identity::Identity::expected(&map, spec);

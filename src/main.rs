@@ -1,8 +1,8 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    shardwallet::telemetry::init();
     let cli = shardwallet::cli::Cli::parse();
+    shardwallet::telemetry::init(if cli.is_server() { "info" } else { "warn" });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

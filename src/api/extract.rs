@@ -8,12 +8,13 @@ use crate::domain::{Currency, UserId};
 
 /// Parses a JSON body into the raw value (kept for the idempotency fingerprint) and `T`.
 pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<(serde_json::Value, T), ApiError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::invalid_request(format!("request body is not valid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_request(format!("request body is not valid JSON: {e}")))?;
     if !value.is_object() {
         return Err(ApiError::invalid_request("request body must be a JSON object"));
     }
-    let typed = serde_json::from_value(value.clone()).map_err(|e| ApiError::invalid_request(format!("request body: {e}")))?;
+    let typed =
+        serde_json::from_value(value.clone()).map_err(|e| ApiError::invalid_request(format!("request body: {e}")))?;
     Ok((value, typed))
 }
 

@@ -1,8 +1,8 @@
 //! Liveness, readiness, and the operator views (audit, dead letters).
 use std::time::Duration;
 
-use rdkafka::producer::Producer;
 use axum::{extract::State, http::StatusCode, response::IntoResponse, Json};
+use rdkafka::producer::Producer;
 use serde_json::json;
 
 use super::{auth::require_admin, error::ApiError, AppState};

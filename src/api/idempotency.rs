@@ -40,7 +40,11 @@ impl Idempotency {
         body: &serde_json::Value,
     ) -> Result<Self, ApiError> {
         let raw = headers.get(HEADER).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "idempotency_key_missing", "this request needs an Idempotency-Key header")
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "idempotency_key_missing",
+                "this request needs an Idempotency-Key header",
+            )
         })?;
         let key = raw
             .to_str()

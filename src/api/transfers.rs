@@ -33,7 +33,12 @@ pub struct NewTransfer {
     description: Option<String>,
 }
 
-pub async fn create(State(state): State<AppState>, caller: Caller, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let (raw, req): (_, NewTransfer) = json_body(&body)?;
     let from = extract::user_id(&req.from_user_id)?;
     let to = extract::user_id(&req.to_user_id)?;
@@ -64,7 +69,11 @@ pub async fn create(State(state): State<AppState>, caller: Caller, headers: Head
     Ok(response)
 }
 
-pub async fn get(State(state): State<AppState>, caller: Caller, Path(transfer_id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(transfer_id): Path<String>,
+) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found("transfer_not_found", "transfer not found");
     let id = RoutableId::parse(&transfer_id).ok_or_else(not_found)?;
     let shard = state.router.for_id(&id).map_err(|_| not_found())?;
@@ -87,7 +96,9 @@ pub async fn list_for_user(
     let limit = page.limit()?;
     let cursor = match &page.cursor {
         None => None,
-        Some(c) => Some(uuid::Uuid::parse_str(c).map_err(|_| ApiError::invalid_request("cursor is not one this API returned"))?),
+        Some(c) => Some(
+            uuid::Uuid::parse_str(c).map_err(|_| ApiError::invalid_request("cursor is not one this API returned"))?,
+        ),
     };
     let client = state.router.for_user(&user).client().await?;
     if !ledger::accounts::user_exists(&**client, &user).await? {

@@ -35,11 +35,16 @@ pub async fn create_user(State(state): State<AppState>, caller: Caller, body: By
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-pub async fn get_user(State(state): State<AppState>, caller: Caller, Path(user_id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(user_id): Path<String>,
+) -> Result<Response, ApiError> {
     let user = extract::user_id(&user_id)?;
     require_self_or_admin(&caller, &user)?;
     let client = state.router.for_user(&user).client().await?;
-    let (view, wallets) = futures::try_join!(accounts::get_user(&**client, &user), queries::list_wallets(&**client, &user))?;
+    let (view, wallets) =
+        futures::try_join!(accounts::get_user(&**client, &user), queries::list_wallets(&**client, &user))?;
     Ok(Json(json!({ "user_id": view.user_id, "created_at": view.created_at, "wallets": wallets })).into_response())
 }
 
@@ -63,7 +68,11 @@ pub async fn create_wallet(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-pub async fn list_wallets(State(state): State<AppState>, caller: Caller, Path(user_id): Path<String>) -> Result<Response, ApiError> {
+pub async fn list_wallets(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(user_id): Path<String>,
+) -> Result<Response, ApiError> {
     let user = extract::user_id(&user_id)?;
     require_self_or_admin(&caller, &user)?;
     let client = state.router.for_user(&user).client().await?;
@@ -97,7 +106,9 @@ pub async fn entries(
     let limit = page.limit()?;
     let cursor = match &page.cursor {
         None => None,
-        Some(c) => Some(c.parse::<i64>().map_err(|_| ApiError::invalid_request("cursor is not one this API returned"))?),
+        Some(c) => {
+            Some(c.parse::<i64>().map_err(|_| ApiError::invalid_request("cursor is not one this API returned"))?)
+        }
     };
     let client = state.router.for_user(&user).client().await?;
     let (data, next) = queries::entries_page(&**client, &user, &currency, limit, cursor).await?;
@@ -114,7 +125,12 @@ pub struct Adjustment {
     reason: String,
 }
 
-pub async fn adjust(State(state): State<AppState>, caller: Caller, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn adjust(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     require_admin(&caller)?;
     let (raw, req): (_, Adjustment) = json_body(&body)?;
     let user = extract::user_id(&req.user_id)?;

@@ -83,7 +83,11 @@ impl LockedWallet {
 /// transactions touching the same wallets cannot deadlock. Missing wallets are absent
 /// from the result.
 #[tracing::instrument(skip(client))]
-pub async fn lock_wallets(client: &impl GenericClient, users: &[&UserId], currency: &Currency) -> Result<Vec<LockedWallet>> {
+pub async fn lock_wallets(
+    client: &impl GenericClient,
+    users: &[&UserId],
+    currency: &Currency,
+) -> Result<Vec<LockedWallet>> {
     let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
     let rows = client
         .query(

@@ -22,7 +22,11 @@ use super::local::TransferRequest;
 /// Records a cross-shard transfer in `trying` and reserves the amount on the sender's
 /// wallet (`held` grows; `balance` does not move until confirmation).
 #[tracing::instrument(skip_all, fields(transfer_id = %req.transfer_id))]
-pub async fn place_hold(tx: &Transaction<'_>, req: &TransferRequest<'_>, deadline: DateTime<Utc>) -> Result<TransferView> {
+pub async fn place_hold(
+    tx: &Transaction<'_>,
+    req: &TransferRequest<'_>,
+    deadline: DateTime<Utc>,
+) -> Result<TransferView> {
     if req.from == req.to {
         return Err(Error::SameAccount);
     }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{
     accounts::{self, parse_numeric},
-    posting::{self, Account, Kind, Leg, Posting, PostedEntry, System},
+    posting::{self, Account, Kind, Leg, PostedEntry, Posting, System},
     queries::{TransferView, TRANSFER_COLUMNS},
     Error, Result,
 };

@@ -65,7 +65,10 @@ pub async fn entries_page(
     before: Option<i64>,
 ) -> Result<(Vec<EntryView>, Option<i64>)> {
     let account: Option<i64> = client
-        .query_opt("SELECT account_id FROM accounts WHERE user_id = $1 AND currency = $2", &[&user.as_str(), &currency.as_str()])
+        .query_opt(
+            "SELECT account_id FROM accounts WHERE user_id = $1 AND currency = $2",
+            &[&user.as_str(), &currency.as_str()],
+        )
         .await?
         .map(|r| r.get(0));
     let Some(account) = account else {

@@ -81,7 +81,12 @@ pub async fn run(router: &Router) -> Result<Report> {
     let mut problems = Vec::new();
     for shard in router.shards() {
         let mut client = shard.client().await?;
-        let tx = client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).read_only(true).start().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
         let mut report = ShardReport {
             shard: shard.name.clone(),
             wallets: 0,

@@ -17,7 +17,10 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 
 use super::{kafka::Topics, outbox::Wakers};
-use crate::{sharding::Router, transfer::{messages::StageMessage, tcc}};
+use crate::{
+    sharding::Router,
+    transfer::{messages::StageMessage, tcc},
+};
 
 const MAX_BATCH: usize = 512;
 
@@ -118,7 +121,13 @@ impl Worker {
     }
 
     async fn dead_letter(&self, m: &OwnedMessage, error: &str) {
-        tracing::error!(error, topic = m.topic(), partition = m.partition(), offset = m.offset(), "message dead-lettered");
+        tracing::error!(
+            error,
+            topic = m.topic(),
+            partition = m.partition(),
+            offset = m.offset(),
+            "message dead-lettered"
+        );
         let headers = OwnedHeaders::new()
             .insert(Header { key: "error", value: Some(error) })
             .insert(Header { key: "source", value: Some(&format!("{}/{}/{}", m.topic(), m.partition(), m.offset())) });
@@ -149,7 +158,11 @@ pub fn subscribe(consumer: &StageConsumer, topics: &Topics) -> anyhow::Result<()
 }
 
 /// Offsets a consumer group has committed on a topic (for the dead-letter counts).
-pub fn committed<C: ConsumerContext, T: Consumer<C>>(consumer: &T, topic: &str, partitions: i32) -> anyhow::Result<i64> {
+pub fn committed<C: ConsumerContext, T: Consumer<C>>(
+    consumer: &T,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<i64> {
     let mut list = TopicPartitionList::new();
     for p in 0..partitions {
         list.add_partition(topic, p);

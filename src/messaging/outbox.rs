@@ -16,11 +16,8 @@ const POLL: Duration = Duration::from_millis(500);
 
 pub async fn enqueue(tx: &Transaction<'_>, msg: &StageMessage) -> Result<(), tokio_postgres::Error> {
     let payload = serde_json::to_string(msg).unwrap_or_default();
-    tx.execute(
-        "INSERT INTO outbox (msg_key, payload) VALUES ($1, $2)",
-        &[&msg.transfer_id.to_string(), &payload],
-    )
-    .await?;
+    tx.execute("INSERT INTO outbox (msg_key, payload) VALUES ($1, $2)", &[&msg.transfer_id.to_string(), &payload])
+        .await?;
     Ok(())
 }
 
@@ -88,10 +85,7 @@ impl Relay {
         let mut client = self.shard.client().await?;
         let tx = client.transaction().await?;
         let rows = tx
-            .query(
-                "SELECT id, msg_key, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                &[&BATCH],
-            )
+            .query("SELECT id, msg_key, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", &[&BATCH])
             .await?;
         if rows.is_empty() {
             return Ok(0);

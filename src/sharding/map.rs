@@ -36,21 +36,14 @@ pub struct ShardSpec {
 impl std::fmt::Debug for ShardSpec {
     // The connection config can carry a password: never print it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardSpec")
-            .field("name", &self.name)
-            .field("ranges", &self.ranges)
-            .finish_non_exhaustive()
+        f.debug_struct("ShardSpec").field("name", &self.name).field("ranges", &self.ranges).finish_non_exhaustive()
     }
 }
 
 impl ShardSpec {
     /// The owned ranges as written in the map, e.g. `0-5460,9000-9999`.
     pub fn ranges_text(&self) -> String {
-        self.ranges
-            .iter()
-            .map(|r| format!("{}-{}", r.start(), r.end()))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.ranges.iter().map(|r| format!("{}-{}", r.start(), r.end())).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -75,10 +68,8 @@ impl ShardMap {
     /// Parses and validates a map. `password_for` supplies a password override per shard
     /// name (from the environment in production; a closure in tests).
     pub fn parse(text: &str, password_for: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let raw: RawMap = toml::from_str(text).map_err(|e| Error::Invalid {
-            entry: "shard-map".into(),
-            reason: e.to_string(),
-        })?;
+        let raw: RawMap =
+            toml::from_str(text).map_err(|e| Error::Invalid { entry: "shard-map".into(), reason: e.to_string() })?;
         if raw.buckets == 0 || raw.buckets > MAX_BUCKETS {
             return Err(invalid("buckets", format!("must be between 1 and {MAX_BUCKETS}, got {}", raw.buckets)));
         }
@@ -96,10 +87,8 @@ impl ShardMap {
             if names.insert(shard.name.clone(), index).is_some() {
                 return Err(invalid(&entry, format!("duplicate shard name '{}'", shard.name)));
             }
-            let mut config: tokio_postgres::Config = shard
-                .url
-                .parse()
-                .map_err(|e| invalid(&entry, format!("bad connection string: {e}")))?;
+            let mut config: tokio_postgres::Config =
+                shard.url.parse().map_err(|e| invalid(&entry, format!("bad connection string: {e}")))?;
             if config.get_dbname().is_none() {
                 return Err(invalid(&entry, "connection string names no database".into()));
             }
@@ -164,12 +153,8 @@ impl ShardMap {
     /// A stable fingerprint of the routing (bucket count, names and ranges, not the
     /// connection strings: a shard may move to another server without re-routing anyone).
     pub fn fingerprint(&self) -> String {
-        let canonical = self
-            .shards
-            .iter()
-            .map(|s| format!("{}={}", s.name, s.ranges_text()))
-            .collect::<Vec<_>>()
-            .join(";");
+        let canonical =
+            self.shards.iter().map(|s| format!("{}={}", s.name, s.ranges_text())).collect::<Vec<_>>().join(";");
         format!("{:016x}", xxh3_64(format!("buckets={};{canonical}", self.buckets).as_bytes()))
     }
 }

@@ -57,6 +57,9 @@ impl Router {
                 let mut config = spec.config.clone();
                 config.connect_timeout(connect_timeout);
                 config.application_name("shardwallet");
+                // A request waiting on a row or key lock gives up after 10 s: the API
+                // answers 409/503 instead of hanging; workers retry.
+                config.options("-c lock_timeout=10000");
                 let manager = Manager::from_config(
                     config,
                     tokio_postgres::NoTls,

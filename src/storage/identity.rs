@@ -25,9 +25,8 @@ impl Identity {
 }
 
 pub async fn read(client: &impl GenericClient) -> Result<Option<Identity>, tokio_postgres::Error> {
-    let row = client
-        .query_opt("SELECT shard_name, map_fingerprint, buckets, owned_ranges FROM shard_identity", &[])
-        .await?;
+    let row =
+        client.query_opt("SELECT shard_name, map_fingerprint, buckets, owned_ranges FROM shard_identity", &[]).await?;
     Ok(row.map(|r| Identity { shard_name: r.get(0), fingerprint: r.get(1), buckets: r.get(2), owned_ranges: r.get(3) }))
 }
 

@@ -20,7 +20,9 @@ pub fn is_lock_timeout(err: &tokio_postgres::Error) -> bool {
 /// and lost or refused connections.
 pub fn is_transient(err: &tokio_postgres::Error) -> bool {
     match sqlstate(err) {
-        Some(code) => matches!(code, "40001" | "40P01" | "55P03" | "57P01" | "57P03" | "53300") || code.starts_with("08"),
+        Some(code) => {
+            matches!(code, "40001" | "40P01" | "55P03" | "57P01" | "57P03" | "53300") || code.starts_with("08")
+        }
         None => true,
     }
 }

@@ -117,7 +117,8 @@ mod tests {
         assert_eq!(json["amount"], "100");
         let back: StageMessage = serde_json::from_value(json).unwrap();
         assert_eq!(back, msg);
-        let try_credit: StageMessage = serde_json::from_str(&serde_json::to_string(&facts.message(Stage::TryCredit)).unwrap()).unwrap();
+        let try_credit: StageMessage =
+            serde_json::from_str(&serde_json::to_string(&facts.message(Stage::TryCredit)).unwrap()).unwrap();
         assert_eq!(try_credit.stage, Stage::TryCredit);
     }
 }

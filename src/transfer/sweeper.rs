@@ -43,7 +43,9 @@ impl Sweeper {
             }
             match self.sweep().await {
                 Ok(r) if r == SweepReport::default() => {}
-                Ok(r) => tracing::info!(timed_out = r.timed_out, redriven = r.redriven, keys_pruned = r.keys_pruned, "swept"),
+                Ok(r) => {
+                    tracing::info!(timed_out = r.timed_out, redriven = r.redriven, keys_pruned = r.keys_pruned, "swept")
+                }
                 Err(e) => tracing::warn!(error = %e, "sweep failed"),
             }
         }

@@ -247,7 +247,7 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
     let id = msg.transfer_id;
     // Serialises Try, Confirm and Cancel of one transfer on this shard, so a Try and a
     // Cancel handled at the same moment by two instances cannot miss each other.
-    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", &[&id]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))", &[&id]).await?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
     let (barrier_rows, state_row) = futures::try_join!(
         tx.query("SELECT branch FROM tcc_barriers WHERE transfer_id = $1", &params),
@@ -352,7 +352,10 @@ async fn check_receiver(tx: &Transaction<'_>, to: &UserId, currency: &str) -> le
 }
 
 async fn rejection_reason(tx: &Transaction<'_>, id: Uuid) -> ledger::Result<Option<String>> {
-    Ok(tx.query_opt("SELECT reason FROM incoming_transfers WHERE transfer_id = $1", &[&id]).await?.and_then(|r| r.get(0)))
+    Ok(tx
+        .query_opt("SELECT reason FROM incoming_transfers WHERE transfer_id = $1", &[&id])
+        .await?
+        .and_then(|r| r.get(0)))
 }
 
 /// The deadline of a new cross-shard transfer's Try.

@@ -10,9 +10,11 @@ async fn missing_malformed_forged_and_expired_tokens_are_401() {
     let app = spawn_app().await;
     let no_token = app.http.get(app.url("/v1/users/alice")).send().await.expect("get");
     assert_problem(no_token, StatusCode::UNAUTHORIZED, "unauthorized").await;
-    let basic = app.http.get(app.url("/v1/users/alice")).header("Authorization", "Basic abc").send().await.expect("get");
+    let basic =
+        app.http.get(app.url("/v1/users/alice")).header("Authorization", "Basic abc").send().await.expect("get");
     assert_problem(basic, StatusCode::UNAUTHORIZED, "unauthorized").await;
-    let forged = Auth::new("another-secret").token("alice", Role::Admin, std::time::Duration::from_secs(60)).expect("token");
+    let forged =
+        Auth::new("another-secret").token("alice", Role::Admin, std::time::Duration::from_secs(60)).expect("token");
     assert_problem(app.get("/v1/users/alice", &forged).await, StatusCode::UNAUTHORIZED, "unauthorized").await;
     let expired = app.auth.token("alice", Role::Admin, std::time::Duration::ZERO).expect("token");
     tokio::time::sleep(std::time::Duration::from_secs(7)).await;
@@ -41,10 +43,20 @@ async fn a_user_can_neither_read_nor_move_another_users_money() {
     let steal = app.transfer(&mallory, alice, mallory_id, "EUR", "100", "steal").await;
     assert_problem(steal, StatusCode::FORBIDDEN, "forbidden").await;
     let mint = app
-        .post("/v1/admin/adjustments", &mallory, &json!({"user_id": mallory_id, "currency": "EUR", "amount": "5", "direction": "credit", "reason": "x"}), Some("k"))
+        .post(
+            "/v1/admin/adjustments",
+            &mallory,
+            &json!({"user_id": mallory_id, "currency": "EUR", "amount": "5", "direction": "credit", "reason": "x"}),
+            Some("k"),
+        )
         .await;
     assert_problem(mint, StatusCode::FORBIDDEN, "forbidden").await;
-    assert_problem(app.post("/v1/users", &mallory, &json!({"user_id": "m2"}), None).await, StatusCode::FORBIDDEN, "forbidden").await;
+    assert_problem(
+        app.post("/v1/users", &mallory, &json!({"user_id": "m2"}), None).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
 
     // Alice's transfer is visible to its parties only.
     let sent = app.transfer(&app.user_token(alice), alice, mallory_id, "EUR", "10", "t1").await;

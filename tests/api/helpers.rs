@@ -9,7 +9,9 @@ use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use shardwallet::{
     api::auth::Auth,
-    config::{AuthSettings, KafkaSettings, ServerSettings, Settings, ShardSettings, TransferSettings, IdempotencySettings},
+    config::{
+        AuthSettings, IdempotencySettings, KafkaSettings, ServerSettings, Settings, ShardSettings, TransferSettings,
+    },
     domain::{Role, UserId},
     ledger::verify,
     sharding::{Router, ShardMap},
@@ -46,7 +48,11 @@ pub const RANGES: [&str; SHARDS] = ["0-5460", "5461-10921", "10922-16383"];
 pub fn shard_map_text(urls: &[String], ranges: &[&str; SHARDS]) -> String {
     let mut text = String::from("buckets = 16384\n");
     for (i, url) in urls.iter().enumerate() {
-        text.push_str(&format!("[[shards]]\nname = \"shard-{}\"\nurl = \"{url}\"\nbuckets = [\"{}\"]\n", i + 1, ranges[i]));
+        text.push_str(&format!(
+            "[[shards]]\nname = \"shard-{}\"\nurl = \"{url}\"\nbuckets = [\"{}\"]\n",
+            i + 1,
+            ranges[i]
+        ));
     }
     text
 }
@@ -91,7 +97,10 @@ async fn template() -> &'static str {
                     .is_some();
                 if !exists {
                     let building = format!("{name}_building");
-                    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)")).await.expect("drop");
+                    admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+                        .await
+                        .expect("drop");
                     admin.batch_execute(&format!("CREATE DATABASE {building}")).await.expect("create template");
                     let config: tokio_postgres::Config = with_db(server, &building).parse().expect("url");
                     migrate::run("template", &config).await.expect("migrate template");
@@ -187,6 +196,8 @@ impl Deployment {
     }
 
     pub async fn spawn(self: &Arc<Self>, settings: Settings) -> TestApp {
+        // RUST_LOG=shardwallet=debug shows what the apps do; quiet by default.
+        shardwallet::telemetry::init("error");
         let app = Application::build(settings.clone()).await.expect("build app");
         let port = app.port();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -332,7 +343,15 @@ impl TestApp {
             .expect("a user id on that shard")
     }
 
-    pub async fn transfer(&self, token: &str, from: &str, to: &str, currency: &str, amount: &str, key: &str) -> Response {
+    pub async fn transfer(
+        &self,
+        token: &str,
+        from: &str,
+        to: &str,
+        currency: &str,
+        amount: &str,
+        key: &str,
+    ) -> Response {
         let body = json!({ "from_user_id": from, "to_user_id": to, "currency": currency, "amount": amount });
         self.post("/v1/transfers", token, &body, Some(key)).await
     }
@@ -410,7 +429,8 @@ pub async fn body(response: Response) -> Value {
 /// Asserts a problem response: status, content type and stable code.
 pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status, "status for expected code {code}");
-    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let content_type =
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     assert_eq!(content_type, "application/problem+json");
     let problem = body(response).await;
     assert_eq!(problem["code"], code, "{problem}");

@@ -28,8 +28,14 @@ async fn users_and_wallets_are_created_once_and_validated() {
     let list = body(app.get("/v1/users/alice/wallets", &app.admin()).await).await;
     assert_eq!(list["data"].as_array().map(Vec::len), Some(2));
     assert_problem(app.get("/v1/users/nobody", &app.admin()).await, StatusCode::NOT_FOUND, "user_not_found").await;
-    assert_problem(app.get("/v1/users/nobody/wallets", &app.admin()).await, StatusCode::NOT_FOUND, "user_not_found").await;
-    assert_problem(app.get("/v1/users/alice/wallets/GBP", &app.admin()).await, StatusCode::NOT_FOUND, "wallet_not_found").await;
+    assert_problem(app.get("/v1/users/nobody/wallets", &app.admin()).await, StatusCode::NOT_FOUND, "user_not_found")
+        .await;
+    assert_problem(
+        app.get("/v1/users/alice/wallets/GBP", &app.admin()).await,
+        StatusCode::NOT_FOUND,
+        "wallet_not_found",
+    )
+    .await;
     assert_problem(app.get("/v1/nowhere", &app.admin()).await, StatusCode::NOT_FOUND, "not_found").await;
 }
 
@@ -52,18 +58,40 @@ async fn malformed_bodies_and_amounts_are_400_problems() {
         .expect("post");
     assert_problem(raw, StatusCode::BAD_REQUEST, "invalid_request").await;
     let wrong_type = json!({ "from_user_id": 5, "to_user_id": bob, "currency": "EUR", "amount": "1" });
-    assert_problem(app.post("/v1/transfers", &token, &wrong_type, Some("k")).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+    assert_problem(
+        app.post("/v1/transfers", &token, &wrong_type, Some("k")).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
 
     let bad_amounts = [
-        json!("01"), json!("1.0"), json!("-5"), json!("+5"), json!("1e3"), json!(""), json!(" 5"), json!("0x10"),
-        json!(0), json!(1.5), json!(null), json!(true), json!("1".repeat(37)),
+        json!("01"),
+        json!("1.0"),
+        json!("-5"),
+        json!("+5"),
+        json!("1e3"),
+        json!(""),
+        json!(" 5"),
+        json!("0x10"),
+        json!(0),
+        json!(1.5),
+        json!(null),
+        json!(true),
+        json!("1".repeat(37)),
     ];
     for (i, amount) in bad_amounts.iter().enumerate() {
         let request = json!({ "from_user_id": alice, "to_user_id": bob, "currency": "EUR", "amount": amount });
         let response = app.post("/v1/transfers", &token, &request, Some(&format!("bad-{i}"))).await;
         assert_problem(response, StatusCode::BAD_REQUEST, "invalid_amount").await;
-        let adjust = json!({ "user_id": alice, "currency": "EUR", "amount": amount, "direction": "debit", "reason": "x" });
-        assert_problem(app.post("/v1/admin/adjustments", &app.admin(), &adjust, Some(&format!("adj-{i}"))).await, StatusCode::BAD_REQUEST, "invalid_amount").await;
+        let adjust =
+            json!({ "user_id": alice, "currency": "EUR", "amount": amount, "direction": "debit", "reason": "x" });
+        assert_problem(
+            app.post("/v1/admin/adjustments", &app.admin(), &adjust, Some(&format!("adj-{i}"))).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_amount",
+        )
+        .await;
     }
     let integer = json!({ "from_user_id": alice, "to_user_id": bob, "currency": "EUR", "amount": 5 });
     assert_eq!(app.post("/v1/transfers", &token, &integer, Some("int")).await.status(), StatusCode::CREATED);
@@ -79,9 +107,16 @@ async fn adjustments_credit_and_debit_and_never_overdraw() {
     let debit = app.adjust("alice", "EUR", "30", "debit", "a2").await;
     assert_eq!(debit.status(), StatusCode::CREATED);
     assert_eq!(body(debit).await["balance_after"], "70");
-    assert_problem(app.adjust("alice", "EUR", "71", "debit", "a3").await, StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds").await;
-    assert_problem(app.adjust("alice", "GBP", "1", "credit", "a4").await, StatusCode::NOT_FOUND, "wallet_not_found").await;
-    assert_problem(app.adjust("ghost", "EUR", "1", "credit", "a5").await, StatusCode::NOT_FOUND, "user_not_found").await;
+    assert_problem(
+        app.adjust("alice", "EUR", "71", "debit", "a3").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    )
+    .await;
+    assert_problem(app.adjust("alice", "GBP", "1", "credit", "a4").await, StatusCode::NOT_FOUND, "wallet_not_found")
+        .await;
+    assert_problem(app.adjust("ghost", "EUR", "1", "credit", "a5").await, StatusCode::NOT_FOUND, "user_not_found")
+        .await;
     assert_eq!(app.balance("alice", "EUR").await, "70");
     app.assert_verified().await;
 }
@@ -113,14 +148,40 @@ async fn same_shard_transfers_complete_at_once_and_refuse_what_they_must() {
         let app = &app;
         async move { app.transfer(&token, &alice, &to, currency, amount, key).await }
     };
-    assert_problem(refuse(alice.clone(), "EUR", "1", "t2").await, StatusCode::UNPROCESSABLE_ENTITY, "same_account").await;
-    assert_problem(refuse(bob.clone(), "EUR", "61", "t3").await, StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds").await;
-    assert_problem(refuse(carol.clone(), "EUR", "1", "t4").await, StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch").await;
-    assert_problem(refuse(app.user_on_shard("ghost", 2), "EUR", "1", "t5").await, StatusCode::NOT_FOUND, "user_not_found").await;
+    assert_problem(refuse(alice.clone(), "EUR", "1", "t2").await, StatusCode::UNPROCESSABLE_ENTITY, "same_account")
+        .await;
+    assert_problem(
+        refuse(bob.clone(), "EUR", "61", "t3").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    )
+    .await;
+    assert_problem(
+        refuse(carol.clone(), "EUR", "1", "t4").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "currency_mismatch",
+    )
+    .await;
+    assert_problem(
+        refuse(app.user_on_shard("ghost", 2), "EUR", "1", "t5").await,
+        StatusCode::NOT_FOUND,
+        "user_not_found",
+    )
+    .await;
     assert_problem(refuse(bob.clone(), "USD", "1", "t6").await, StatusCode::NOT_FOUND, "wallet_not_found").await;
-    assert_problem(app.get("/v1/transfers/not-a-uuid", &app.admin()).await, StatusCode::NOT_FOUND, "transfer_not_found").await;
+    assert_problem(
+        app.get("/v1/transfers/not-a-uuid", &app.admin()).await,
+        StatusCode::NOT_FOUND,
+        "transfer_not_found",
+    )
+    .await;
     let unknown = app.router.new_id_for(&shardwallet::domain::UserId::parse(&alice).expect("id"));
-    assert_problem(app.get(&format!("/v1/transfers/{unknown}"), &app.admin()).await, StatusCode::NOT_FOUND, "transfer_not_found").await;
+    assert_problem(
+        app.get(&format!("/v1/transfers/{unknown}"), &app.admin()).await,
+        StatusCode::NOT_FOUND,
+        "transfer_not_found",
+    )
+    .await;
 
     let listed = body(app.get(&format!("/v1/users/{bob}/transfers"), &app.user_token(&bob)).await).await;
     assert_eq!(listed["data"][0]["transfer_id"], id);
@@ -137,7 +198,8 @@ async fn two_hundred_concurrent_debits_never_overdraw_a_wallet() {
     app.funded_user(&bob, "EUR", "0").await;
     let token = app.user_token(&alice);
     let keys: Vec<String> = (0..200).map(|i| format!("race-{i}")).collect();
-    let responses = futures::future::join_all(keys.iter().map(|k| app.transfer(&token, &alice, &bob, "EUR", "1", k))).await;
+    let responses =
+        futures::future::join_all(keys.iter().map(|k| app.transfer(&token, &alice, &bob, "EUR", "1", k))).await;
     let mut accepted = 0;
     for r in responses {
         match r.status() {
@@ -212,17 +274,31 @@ async fn history_pages_newest_first_until_the_cursor_runs_out() {
         let page = body(app.get(&path, &token).await).await;
         let data = page["data"].as_array().expect("data").clone();
         assert!(data.len() <= 2);
-        seen.extend(data.iter().map(|e| (e["amount"].as_str().unwrap_or("").to_string(), e["balance_after"].as_str().unwrap_or("").to_string())));
+        seen.extend(data.iter().map(|e| {
+            (e["amount"].as_str().unwrap_or("").to_string(), e["balance_after"].as_str().unwrap_or("").to_string())
+        }));
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
             None => break,
         }
     }
-    let expected: Vec<(String, String)> =
-        [("5", "15"), ("4", "10"), ("3", "6"), ("2", "3"), ("1", "1")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let expected: Vec<(String, String)> = [("5", "15"), ("4", "10"), ("3", "6"), ("2", "3"), ("1", "1")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     assert_eq!(seen, expected);
-    assert_problem(app.get("/v1/users/alice/wallets/EUR/entries?limit=0", &token).await, StatusCode::BAD_REQUEST, "invalid_request").await;
-    assert_problem(app.get("/v1/users/alice/wallets/EUR/entries?cursor=zz", &token).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+    assert_problem(
+        app.get("/v1/users/alice/wallets/EUR/entries?limit=0", &token).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
+    assert_problem(
+        app.get("/v1/users/alice/wallets/EUR/entries?cursor=zz", &token).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,10 +319,25 @@ async fn an_entry_is_reversed_at_most_once_with_compensating_entries() {
     assert_eq!(history["data"][0]["kind"], "reversal");
     assert_eq!(history["data"][0]["amount"], "-100");
     assert_eq!(history["data"].as_array().map(Vec::len), Some(2), "nothing deleted");
-    assert_problem(app.post(&path, &app.admin(), &json!({}), Some("r3")).await, StatusCode::CONFLICT, "already_reversed").await;
+    assert_problem(
+        app.post(&path, &app.admin(), &json!({}), Some("r3")).await,
+        StatusCode::CONFLICT,
+        "already_reversed",
+    )
+    .await;
     let unknown = app.router.new_id_for(&shardwallet::domain::UserId::parse("alice").expect("id"));
-    assert_problem(app.post(&format!("/v1/entries/{unknown}/reversal"), &app.admin(), &json!({}), Some("r4")).await, StatusCode::NOT_FOUND, "not_found").await;
-    assert_problem(app.post(&path, &app.user_token("alice"), &json!({}), Some("r5")).await, StatusCode::FORBIDDEN, "forbidden").await;
+    assert_problem(
+        app.post(&format!("/v1/entries/{unknown}/reversal"), &app.admin(), &json!({}), Some("r4")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_problem(
+        app.post(&path, &app.user_token("alice"), &json!({}), Some("r5")).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
     app.assert_verified().await;
 }
 
@@ -264,7 +355,11 @@ async fn verify_catches_a_corrupted_balance_and_the_schema_refuses_a_negative_on
     db.execute("UPDATE accounts SET balance = balance + 1 WHERE user_id = 'alice'", &[]).await.expect("corrupt");
     let report = app.verify().await;
     assert!(!report.ok);
-    assert!(report.problems.iter().any(|p| p.contains("wallet alice/EUR: balance 101, entries sum to 100")), "{:?}", report.problems);
+    assert!(
+        report.problems.iter().any(|p| p.contains("wallet alice/EUR: balance 101, entries sum to 100")),
+        "{:?}",
+        report.problems
+    );
     let audit = body(app.get("/v1/admin/audit", &app.admin()).await).await;
     assert_eq!(audit["ok"], false);
 }

@@ -110,7 +110,9 @@ async fn a_storm_of_concurrent_random_transfers_all_finish_and_conserve_money() 
         let (app, users, tokens) = (&app, &users, &tokens);
         async move {
             let _permit = semaphore.acquire().await.expect("permit");
-            let r = app.transfer(&tokens[*from], &users[*from], &users[*to], "EUR", &amount.to_string(), &format!("s{i}")).await;
+            let r = app
+                .transfer(&tokens[*from], &users[*from], &users[*to], "EUR", &amount.to_string(), &format!("s{i}"))
+                .await;
             match r.status() {
                 StatusCode::CREATED | StatusCode::ACCEPTED => body(r).await["transfer_id"].as_str().map(str::to_string),
                 _ => {

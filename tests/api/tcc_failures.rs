@@ -60,7 +60,7 @@ async fn every_stage_delivered_twice_changes_nothing() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(app.balance(&alice, "EUR").await, "70");
+    assert_eq!(app.balance(&alice, "EUR").await, "75");
     assert_eq!(app.balance(&bob, "EUR").await, "25");
     assert_eq!(app.get_transfer(&id).await["status"], "completed");
     let uuid: uuid::Uuid = id.parse().expect("uuid");
@@ -91,7 +91,8 @@ async fn cancel_before_try_and_try_after_cancel_leave_nothing_stuck_or_doubled()
     let db = app.shard_db(1).await;
     assert_eq!(count(&db, "SELECT count(*) FROM tcc_barriers WHERE transfer_id = $1", &id).await, 2);
     assert_eq!(count(&db, "SELECT count(*) FROM incoming_transfers WHERE transfer_id = $1", &id).await, 0);
-    let answers: i64 = db.query_one("SELECT count(*) FROM outbox WHERE payload LIKE '%\"Tried\"%'", &[]).await.expect("q").get(0);
+    let answers: i64 =
+        db.query_one("SELECT count(*) FROM outbox WHERE payload LIKE '%\"Tried\"%'", &[]).await.expect("q").get(0);
     assert_eq!(answers, 0, "a suspended Try must not be answered");
     // A Confirm can never follow; if one did, it is refused rather than crediting.
     assert!(tcc::handle(&app.router, &facts.message(Stage::ConfirmCredit)).await.is_err());
@@ -150,7 +151,9 @@ async fn an_unanswered_try_times_out_and_a_late_answer_does_not_revive_it() {
     let receiver = later.shard_db(2).await;
     let uuid: uuid::Uuid = id.parse().expect("uuid");
     eventually(Duration::from_secs(30), "the receiver to see the cancel", || async {
-        let n = count(&receiver, "SELECT count(*) FROM tcc_barriers WHERE transfer_id = $1 AND branch = 'cancel'", &uuid).await;
+        let n =
+            count(&receiver, "SELECT count(*) FROM tcc_barriers WHERE transfer_id = $1 AND branch = 'cancel'", &uuid)
+                .await;
         (n == 1).then_some(())
     })
     .await;
@@ -175,7 +178,14 @@ async fn two_instances_share_the_work_and_one_stopping_mid_run_loses_nothing() {
         let (http, url) = (app.http.clone(), app.url("/v1/transfers"));
         async move {
             let body = serde_json::json!({ "from_user_id": from, "to_user_id": to, "currency": "EUR", "amount": "7" });
-            let r = http.post(url).bearer_auth(token).header("Idempotency-Key", format!("m{i}")).json(&body).send().await.expect("post");
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .header("Idempotency-Key", format!("m{i}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("post");
             assert!(r.status().is_success(), "{}", r.status());
             r.json::<serde_json::Value>().await.expect("json")["transfer_id"].as_str().expect("id").to_string()
         }

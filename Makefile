@@ -1,0 +1,109 @@
+# shardwallet: build, local cluster, tests, benchmark and Docker entry points.
+# `make` alone lists the targets. The local cluster (3 PostgreSQL shards + the nisshi
+# broker, no Docker) is managed by scripts/cluster.sh; see its header for details.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+# Prerequisites are listed in the order they must run (cluster before migrate, ...).
+.NOTPARALLEL:
+
+CARGO ?= cargo
+# cargo's output dir follows CARGO_TARGET_DIR when set (Dockerfile.dev sets it).
+BIN := $(or $(CARGO_TARGET_DIR),target)/release/shardwallet
+CLUSTER := bash scripts/cluster.sh
+COMPOSE ?= docker compose
+
+# Where `health` looks; must match server.listen (SHARDWALLET__SERVER__LISTEN).
+SERVICE_URL ?= http://127.0.0.1:8080
+# cargo test's --test-threads.
+TEST_THREADS ?= 6
+# Extra arguments for `shardwallet bench`, e.g. BENCH_ARGS="--clients 64 --mode cross".
+BENCH_ARGS ?=
+# Broker storage when `cluster-up` has to start the broker: postgres (durable) or memory.
+BROKER_STORAGE ?= postgres
+export BROKER_STORAGE
+
+.PHONY: help build cluster-up cluster-down cluster-status migrate testdata health verify \
+	run test bench lint fmt up up-dev down
+
+help: ## list the targets
+	@echo "Usage: make TARGET [VAR=value ...]"
+	@echo
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@echo
+	@echo "Variables: BROKER_STORAGE=$(BROKER_STORAGE) TEST_THREADS=$(TEST_THREADS) SERVICE_URL=$(SERVICE_URL) BENCH_ARGS=$(BENCH_ARGS)"
+
+# --- build -------------------------------------------------------------------
+
+build: ## release build (target/release/shardwallet)
+	$(CARGO) build --release --locked
+
+# --- local cluster (no Docker) ----------------------------------------------
+
+cluster-up: ## install what is missing (postgresql, nisshi), start 3 Postgres shards + broker
+	$(CLUSTER) install up
+
+cluster-down: ## stop the local Postgres shards and the broker
+	$(CLUSTER) down
+
+cluster-status: ## show what of the local cluster runs
+	$(CLUSTER) status
+
+# --- service -----------------------------------------------------------------
+
+migrate: build cluster-up ## apply the migrations to every shard
+	$(BIN) migrate
+
+testdata: migrate ## migrate, then load testdata/testdata.sql users (skipped when loaded)
+	$(BIN) testdata
+
+health: ## GET /health and /ready of a running server
+	@rc=0; \
+	for path in /health /ready; do \
+		printf 'GET %s%s: ' "$(SERVICE_URL)" "$$path"; \
+		if body=$$(curl -sS --fail-with-body -m 5 "$(SERVICE_URL)$$path" 2>&1); then \
+			echo "ok $$body"; \
+		else \
+			echo "FAILED $$body"; rc=1; \
+		fi; \
+	done; \
+	exit $$rc
+
+verify: build ## check the ledger across shards (non-zero exit on discrepancy)
+	$(BIN) verify
+
+run: cluster-up build migrate testdata ## cluster, build, migrate, test data, then serve in the foreground
+	exec $(BIN) serve
+
+# --- tests and benchmark -----------------------------------------------------
+
+# The suite wants a broker it may fill with throw-away topics: start it in memory
+# unless one already runs (scripts/cluster.sh reuses a running broker as it is).
+test: BROKER_STORAGE = memory
+test: cluster-up ## run the whole test suite against the local cluster
+	eval "$$($(CLUSTER) env)"; \
+	$(CARGO) test --locked --all-targets -- --test-threads=$(TEST_THREADS)
+
+bench: cluster-up build migrate testdata ## serve in the background, run shardwallet bench with BENCH_ARGS, then verify
+	SHARDWALLET_BIN=$(BIN) bash scripts/bench.sh $(BENCH_ARGS)
+
+# --- code quality ------------------------------------------------------------
+
+lint: ## cargo fmt --check and clippy with warnings denied
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+# --- Docker (needs a Docker engine) ------------------------------------------
+
+up: ## docker compose: 3 Postgres shards, Kafka and the service (no host ports; see up-dev)
+	$(COMPOSE) -f docker-compose.yaml up -d --build
+
+up-dev: ## docker compose with docker-compose.dev.yaml: host ports 8080, 5441-5443, 9092
+	$(COMPOSE) -f docker-compose.yaml -f docker-compose.dev.yaml up -d --build
+
+down: ## docker compose down (either of the above)
+	$(COMPOSE) -f docker-compose.yaml -f docker-compose.dev.yaml down

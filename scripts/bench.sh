@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Benchmark run used by `make bench` (which has already brought the cluster up, built,
+# migrated and loaded the test data):
+#   1. start `shardwallet serve` in the background (log: .local/logs/bench-serve.log),
+#   2. wait until GET /ready answers 200,
+#   3. run `shardwallet bench "$@"`, then `shardwallet verify`,
+#   4. stop the server, whatever happened (trap).
+#
+# Environment: SERVICE_URL (default http://127.0.0.1:8080), READY_TIMEOUT (seconds, 90),
+#              SHARDWALLET_BIN (default target/release/shardwallet).
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+BIN=${SHARDWALLET_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/shardwallet}
+SERVICE_URL=${SERVICE_URL:-http://127.0.0.1:8080}
+READY_TIMEOUT=${READY_TIMEOUT:-90}
+SERVE_LOG="$LOG_DIR/bench-serve.log"
+SERVER_PID=""
+
+[[ -x $BIN ]] || die "$BIN not found; run 'make build' first"
+# `bench` may compare against plain pgbench; Debian keeps it off PATH.
+if PG_BIN=$(pg_bindir); then export PATH="$PG_BIN:$PATH"; fi
+
+stop_server() {
+	[[ -n $SERVER_PID ]] || return 0
+	if kill -0 "$SERVER_PID" 2>/dev/null; then
+		info "stopping shardwallet serve (pid $SERVER_PID)"
+		kill -TERM "$SERVER_PID" 2>/dev/null || true
+		# The server drains for up to server.shutdown_grace_secs (20 s by default).
+		# shellcheck disable=SC2016 # $0 is expanded by the inner bash
+		if ! wait_until 40 "shardwallet serve to exit" bash -c '! kill -0 "$0" 2>/dev/null' "$SERVER_PID"; then
+			warn "shardwallet serve ignored SIGTERM; killing it"
+			kill -KILL "$SERVER_PID" 2>/dev/null || true
+		fi
+	fi
+	wait "$SERVER_PID" 2>/dev/null || true
+	SERVER_PID=""
+}
+
+server_ready() {
+	kill -0 "$SERVER_PID" 2>/dev/null || {
+		show_log_tail "$SERVE_LOG" 30
+		die "shardwallet serve exited during start-up (log: $SERVE_LOG)"
+	}
+	curl -fsS -m 2 -o /dev/null "$SERVICE_URL/ready" 2>/dev/null
+}
+
+main() {
+	# A server we did not start would be benchmarked and then left running.
+	if curl -sS -m 2 -o /dev/null "$SERVICE_URL/health" 2>/dev/null; then
+		die "something already answers on $SERVICE_URL (a 'make run'?); stop it first"
+	fi
+
+	mkdir -p "$LOG_DIR"
+	trap stop_server EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+
+	printf '\n=== %s: shardwallet serve for make bench ===\n' "$(date -Is)" >>"$SERVE_LOG"
+	info "starting shardwallet serve (log: $SERVE_LOG)"
+	"$BIN" serve </dev/null >>"$SERVE_LOG" 2>&1 &
+	SERVER_PID=$!
+
+	if ! wait_until "$READY_TIMEOUT" "$SERVICE_URL/ready" server_ready; then
+		curl -sS -m 2 "$SERVICE_URL/ready" >&2 || true
+		echo >&2
+		show_log_tail "$SERVE_LOG" 30
+		die "shardwallet serve is not ready after ${READY_TIMEOUT}s (log: $SERVE_LOG)"
+	fi
+	info "server ready; running: shardwallet bench $*"
+	"$BIN" bench "$@"
+
+	info "running: shardwallet verify"
+	"$BIN" verify
+	info "verify: ok"
+}
+
+main "$@"
