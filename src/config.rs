@@ -60,8 +60,10 @@ pub struct KafkaSettings {
 #[derive(Clone, Debug, Deserialize)]
 pub struct TransferSettings {
     /// A cross-shard transfer whose Try has no answer by then is cancelled.
+    #[serde(default = "default_try_timeout")]
     pub try_timeout_secs: u64,
     /// How often the sweeper looks for stuck transfers.
+    #[serde(default = "default_sweep_interval")]
     pub sweep_interval_secs: u64,
     /// A transfer untouched this long gets its stage message re-emitted.
     #[serde(default = "default_redrive")]
@@ -78,8 +80,8 @@ pub struct TransferSettings {
 impl Default for TransferSettings {
     fn default() -> Self {
         Self {
-            try_timeout_secs: 30,
-            sweep_interval_secs: 5,
+            try_timeout_secs: default_try_timeout(),
+            sweep_interval_secs: default_sweep_interval(),
             redrive_after_secs: default_redrive(),
             relay_enabled: true,
             consumer_enabled: true,
@@ -89,12 +91,13 @@ impl Default for TransferSettings {
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct IdempotencySettings {
+    #[serde(default = "default_retention")]
     pub retention_hours: u64,
 }
 
 impl Default for IdempotencySettings {
     fn default() -> Self {
-        Self { retention_hours: 24 }
+        Self { retention_hours: default_retention() }
     }
 }
 
@@ -144,6 +147,15 @@ fn default_partitions() -> i32 {
 }
 fn default_session_timeout() -> u64 {
     10_000
+}
+fn default_try_timeout() -> u64 {
+    30
+}
+fn default_sweep_interval() -> u64 {
+    5
+}
+fn default_retention() -> u64 {
+    24
 }
 fn default_redrive() -> u64 {
     10

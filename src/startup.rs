@@ -73,25 +73,29 @@ impl Application {
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
     /// and background workers finish within the grace period, and returns.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let token = CancellationToken::new();
-        let mut workers = spawn_workers(&self.state, &token);
-        let settings = self.state.settings.clone();
-        let grace = settings.shutdown_grace();
+        // Two stages: the server stops accepting and drains first; only then do the
+        // workers stop, so the relay's last pass publishes what draining requests committed.
+        let server_stop = CancellationToken::new();
+        let workers_stop = CancellationToken::new();
+        let mut workers = spawn_workers(&self.state, &workers_stop);
+        let grace = self.state.settings.shutdown_grace();
         let app = api::routes(self.state).layer(tower_http::trace::TraceLayer::new_for_http());
-        let stop = token.clone();
+        let stop = server_stop.clone();
         let server = tokio::spawn(async move {
             axum::serve(self.listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
         });
         tracing::info!(port = self.port, "serving");
         shutdown.await;
-        tracing::info!(grace = ?grace, "shutting down: draining requests and workers");
-        token.cancel();
+        tracing::info!(grace = ?grace, "shutting down: draining requests, then workers");
+        server_stop.cancel();
         let drained = tokio::time::timeout(grace, async {
             let served = server.await;
+            workers_stop.cancel();
             while workers.join_next().await.is_some() {}
             served
         })
         .await;
+        workers_stop.cancel();
         match drained {
             Ok(Ok(Ok(()))) => tracing::info!("stopped cleanly"),
             Ok(Ok(Err(e))) => return Err(e.into()),

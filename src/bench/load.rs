@@ -151,6 +151,7 @@ impl Target {
         };
         let url = format!("{}/v1/transfers/{id}", self.base);
         loop {
+            stats.polls += 1;
             match self.status(http, &url, user).await {
                 Ok(status) if status == "completed" => {
                     stats.completed += 1;
@@ -196,6 +197,7 @@ pub struct Stats {
     pub cancelled: u64,
     /// Cross-shard transfers still pending at the deadline.
     pub unfinished: u64,
+    pub polls: u64,
     pub poll_errors: u64,
     pub elapsed: Duration,
 }
@@ -212,6 +214,7 @@ impl Stats {
             completed: 0,
             cancelled: 0,
             unfinished: 0,
+            polls: 0,
             poll_errors: 0,
             elapsed: Duration::ZERO,
         })
@@ -241,6 +244,7 @@ impl Stats {
         self.completed += other.completed;
         self.cancelled += other.cancelled;
         self.unfinished += other.unfinished;
+        self.polls += other.polls;
         self.poll_errors += other.poll_errors;
         Ok(())
     }

@@ -57,11 +57,12 @@ impl Stats {
         if let Kind::Cross = kind {
             let _ = writeln!(
                 out,
-                "completed {} ({:.1}/s), cancelled {}, unfinished after 30 s {}, poll errors {}",
+                "completed {} ({:.1}/s), cancelled {}, unfinished after 30 s {}, {} polls, {} poll errors",
                 self.completed,
                 self.per_second(self.completed),
                 self.cancelled,
                 self.unfinished,
+                self.polls,
                 self.poll_errors
             );
             let _ = writeln!(out, "completion latency: {}", spread(&self.completion));

@@ -211,3 +211,91 @@ async fn two_instances_share_the_work_and_one_stopping_mid_run_loses_nothing() {
     assert_eq!(total, 60_000);
     second.assert_verified().await;
 }
+
+/// A broker of this test's own (Postgres storage, so a restart keeps its topics),
+/// stopped and started by the test.
+struct Broker {
+    port: u16,
+    storage: String,
+    child: Option<std::process::Child>,
+}
+
+impl Broker {
+    async fn start(storage_db: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let server = &env().pg[0];
+        let (admin, conn) = tokio_postgres::connect(server, tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(conn);
+        admin.batch_execute(&format!("CREATE DATABASE {storage_db}")).await.expect("broker db");
+        let storage = format!("{}/{storage_db}", server.rsplit_once('/').expect("url").0);
+        let mut broker = Self { port, storage, child: None };
+        broker.resume().await;
+        broker
+    }
+
+    async fn resume(&mut self) {
+        let bin = env().nisshi.expect("SHARDWALLET_TEST_NISSHI is not set: run the tests with `make test`");
+        let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let child = std::process::Command::new(bin)
+            .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
+            .args(["--storage-engine", &self.storage, "--group-initial-rebalance-delay", "100ms"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nisshi");
+        self.child = Some(child);
+        let port = self.port;
+        eventually(Duration::from_secs(20), "the broker to listen", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        })
+        .await;
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_made_while_the_broker_is_down_complete_after_it_returns() {
+    let storage_db = format!("t_broker_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let mut broker = Broker::start(&storage_db).await;
+    let deployment = Deployment::with_kafka(&format!("127.0.0.1:{}", broker.port)).await;
+    let app = deployment.spawn_default().await;
+    let alice = app.user_on_shard("alice", 0);
+    let bob = app.user_on_shard("bob", 2);
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    let token = app.user_token(&alice);
+    let first = body(app.transfer(&token, &alice, &bob, "EUR", "10", "b1").await).await;
+    assert_eq!(app.wait_final(first["transfer_id"].as_str().expect("id"), FINAL_WITHIN).await["status"], "completed");
+
+    broker.kill();
+    let during = app.transfer(&token, &alice, &bob, "EUR", "20", "b2").await;
+    assert_eq!(during.status(), StatusCode::ACCEPTED, "the API keeps taking transfers without the broker");
+    let id = body(during).await["transfer_id"].as_str().expect("id").to_string();
+    let ready = app.http.get(app.url("/ready")).send().await.expect("ready");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body(ready).await["down"], serde_json::json!(["broker"]));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.get_transfer(&id).await["status"], "pending");
+
+    broker.resume().await;
+    assert_eq!(app.wait_final(&id, FINAL_WITHIN).await["status"], "completed");
+    assert_eq!(app.balance(&bob, "EUR").await, "30");
+    app.assert_verified().await;
+    app.stop().await;
+    broker.kill();
+    let (admin, conn) = tokio_postgres::connect(&env().pg[0], tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {storage_db} WITH (FORCE)")).await;
+}
