@@ -115,6 +115,7 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
             let relay = outbox::Relay {
                 shard: shard.clone(),
                 producer: state.producer.clone(),
+                kafka: settings.kafka.clone(),
                 topic: topics.stages.clone(),
                 wakers: state.wakers.clone(),
             };

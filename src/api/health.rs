@@ -30,6 +30,9 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let shards = futures::future::join_all(probes).await;
     let producer = state.producer.clone();
     let broker = tokio::task::spawn_blocking(move || {
+        if let Some((_, reason)) = producer.client().fatal_error() {
+            return Err(format!("producer failed fatally: {reason}"));
+        }
         producer.client().fetch_metadata(None, Duration::from_secs(1)).map(|_| ()).map_err(|e| e.to_string())
     })
     .await

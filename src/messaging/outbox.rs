@@ -4,12 +4,13 @@
 //! are idempotent); a crash before publish leaves the row for the next relay.
 use std::{sync::Arc, time::Duration};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::Notify;
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
-use crate::{sharding::Shard, transfer::messages::StageMessage};
+use super::kafka;
+use crate::{config::KafkaSettings, sharding::Shard, transfer::messages::StageMessage};
 
 const BATCH: i64 = 256;
 const POLL: Duration = Duration::from_millis(500);
@@ -45,13 +46,16 @@ impl Wakers {
 pub struct Relay {
     pub shard: Arc<Shard>,
     pub producer: FutureProducer,
+    /// To rebuild the producer after a fatal error (an idempotent producer whose broker
+    /// forgot its id cannot continue).
+    pub kafka: KafkaSettings,
     pub topic: String,
     pub wakers: Wakers,
 }
 
 impl Relay {
     #[tracing::instrument(name = "relay", skip_all, fields(shard = %self.shard.name))]
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
         loop {
             match self.publish_batch().await {
@@ -59,6 +63,13 @@ impl Relay {
                 Ok(_) => backoff = Duration::from_millis(50),
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay failed; retrying");
+                    if let Some((code, reason)) = self.producer.client().fatal_error() {
+                        tracing::error!(?code, reason, "producer failed fatally; building a new one");
+                        match kafka::producer(&self.kafka) {
+                            Ok(p) => self.producer = p,
+                            Err(e) => tracing::error!(error = %e, "cannot build a new producer"),
+                        }
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.cancelled() => break,

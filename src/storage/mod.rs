@@ -23,6 +23,8 @@ pub fn is_transient(err: &tokio_postgres::Error) -> bool {
         Some(code) => {
             matches!(code, "40001" | "40P01" | "55P03" | "57P01" | "57P03" | "53300") || code.starts_with("08")
         }
-        None => true,
+        // No SQLSTATE: a lost connection is worth retrying; a client-side error (a value
+        // that cannot be encoded, say) fails the same way every time.
+        None => err.is_closed() || std::error::Error::source(err).is_some_and(|s| s.is::<std::io::Error>()),
     }
 }
