@@ -299,3 +299,40 @@ async fn transfers_made_while_the_broker_is_down_complete_after_it_returns() {
     tokio::spawn(conn);
     let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {storage_db} WITH (FORCE)")).await;
 }
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_counted_and_replayable() {
+    let app = spawn_app().await;
+    // Wait until the consumer has created the topics.
+    let admin = app.admin();
+    eventually(Duration::from_secs(20), "the dead-letter count to be served", || async {
+        (app.get("/v1/admin/dead-letters", &admin).await.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    let producer = shardwallet::messaging::kafka::producer(&app.settings.kafka).expect("producer");
+    let topics = shardwallet::messaging::kafka::Topics::new(&app.settings.kafka.topic_prefix);
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&topics.stages).key("poison").payload("{not a stage"),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("publish");
+    let counts = eventually(Duration::from_secs(30), "the poison message to be dead-lettered", || async {
+        let counts = body(app.get("/v1/admin/dead-letters", &admin).await).await;
+        (counts["total"] == 1).then_some(counts)
+    })
+    .await;
+    assert_eq!(counts["pending"], 1);
+    // A replay sends it back to the stage topic (where it is dead-lettered again: it is
+    // still poison), and the first dead letter is no longer pending.
+    let replayed = shardwallet::messaging::dlq::replay(&app.settings.kafka, &producer).await.expect("replay");
+    assert_eq!(replayed, 1);
+    let counts = eventually(Duration::from_secs(30), "the replayed message to come back", || async {
+        let counts = body(app.get("/v1/admin/dead-letters", &admin).await).await;
+        (counts["total"] == 2).then_some(counts)
+    })
+    .await;
+    assert_eq!(counts["pending"], 1);
+}
