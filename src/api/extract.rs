@@ -4,7 +4,7 @@ use axum::body::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::domain::{Currency, UserId};
+use crate::domain::{Amount, Currency, UserId};
 
 /// Parses a JSON body into the raw value (kept for the idempotency fingerprint) and `T`.
 pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<(serde_json::Value, T), ApiError> {
@@ -20,6 +20,11 @@ pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<(serde_json::Value
 
 pub fn user_id(text: &str) -> Result<UserId, ApiError> {
     UserId::parse(text).map_err(|e| ApiError::invalid_request(e.to_string()))
+}
+
+/// An amount from a JSON body field: a digit string or a positive integer.
+pub fn amount(value: &serde_json::Value) -> Result<Amount, ApiError> {
+    Amount::from_json(value).map_err(|e| ApiError::invalid_amount(e.to_string()))
 }
 
 pub fn currency(text: &str) -> Result<Currency, ApiError> {

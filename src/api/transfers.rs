@@ -18,7 +18,7 @@ use super::{
     AppState,
 };
 use crate::{
-    domain::{Amount, Caller, RoutableId},
+    domain::{Caller, RoutableId},
     ledger::{self, local::TransferRequest, queries},
     transfer,
 };
@@ -43,7 +43,7 @@ pub async fn create(
     let from = extract::user_id(&req.from_user_id)?;
     let to = extract::user_id(&req.to_user_id)?;
     let currency = extract::currency(&req.currency)?;
-    let amount = Amount::from_json(&req.amount).map_err(|e| ApiError::invalid_amount(e.to_string()))?;
+    let amount = extract::amount(&req.amount)?;
     if req.description.as_ref().is_some_and(|d| d.len() > 500) {
         return Err(ApiError::invalid_request("description must be at most 500 characters"));
     }

@@ -17,7 +17,7 @@ use super::{
     AppState,
 };
 use crate::{
-    domain::{Amount, Caller, RoutableId},
+    domain::{Caller, RoutableId},
     ledger::{accounts, local, queries},
 };
 
@@ -135,7 +135,7 @@ pub async fn adjust(
     let (raw, req): (_, Adjustment) = json_body(&body)?;
     let user = extract::user_id(&req.user_id)?;
     let currency = extract::currency(&req.currency)?;
-    let amount = Amount::from_json(&req.amount).map_err(|e| ApiError::invalid_amount(e.to_string()))?;
+    let amount = extract::amount(&req.amount)?;
     if req.reason.trim().is_empty() || req.reason.len() > 500 {
         return Err(ApiError::invalid_request("reason must be 1-500 characters"));
     }

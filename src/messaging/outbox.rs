@@ -15,8 +15,9 @@ use crate::{config::KafkaSettings, sharding::Shard, transfer::messages::StageMes
 const BATCH: i64 = 256;
 const POLL: Duration = Duration::from_millis(500);
 
-pub async fn enqueue(tx: &Transaction<'_>, msg: &StageMessage) -> Result<(), tokio_postgres::Error> {
-    let payload = serde_json::to_string(msg).unwrap_or_default();
+pub async fn enqueue(tx: &Transaction<'_>, msg: &StageMessage) -> crate::ledger::Result<()> {
+    let payload = serde_json::to_string(msg)
+        .map_err(|e| crate::ledger::Error::Invariant(format!("stage message does not serialise: {e}")))?;
     tx.execute("INSERT INTO outbox (msg_key, payload) VALUES ($1, $2)", &[&msg.transfer_id.to_string(), &payload])
         .await?;
     Ok(())
