@@ -320,7 +320,7 @@ broker_up() {
 		--listener-url "tcp://$BROKER_HOST:$BROKER_PORT" \
 		--advertised-listener-url "tcp://$BROKER_HOST:$BROKER_PORT" \
 		--storage-engine "$url" \
-		--group-initial-rebalance-delay "${NISSHI_REBALANCE_DELAY:-100ms}" ${NISSHI_EXTRA_ARGS:-} \
+		--group-initial-rebalance-delay "${NISSHI_REBALANCE_DELAY:-100ms}" --silent ${NISSHI_EXTRA_ARGS:-} \
 		</dev/null >>"$BROKER_LOG" 2>&1) &
 	pid=$!
 	echo "$pid" >"$BROKER_PID_FILE"
@@ -387,8 +387,9 @@ cmd_install() {
 		return 0
 	fi
 	cargo=$(cargo_bin) || die "cargo not found; install Rust (rustup) first"
-	info "nisshi: installing $NISSHI_VERSION from crates.io (10-25 minutes on 2 cores, once per machine)"
-	"$cargo" install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version
+	info "nisshi: installing $NISSHI_VERSION (features $NISSHI_FEATURES) from crates.io (about 15 minutes on 2 cores, once per machine)"
+	"$cargo" install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
+		--no-default-features --features "$NISSHI_FEATURES"
 	bin=$(nisshi_bin) || die "cargo install finished but nisshi is not in ${CARGO_HOME:-$HOME/.cargo}/bin"
 	info "nisshi: installed at $bin"
 }

@@ -126,6 +126,10 @@ require_pg_bin() {
 # ---------------------------------------------------------------------------
 
 NISSHI_VERSION=0.8.1
+# Only the storage engines the local cluster can use: memory:// (dynostore), sqlite://
+# (libsql) and postgres://. The default feature set also builds S3, Iceberg, Delta and
+# Parquet support, which doubles the build on 2 cores.
+NISSHI_FEATURES=dynostore,libsql,postgres
 
 # Prints the absolute path of the nisshi binary: on PATH, else in cargo's bin dir
 # (which is not on PATH in non-login shells, e.g. CI or sudo).

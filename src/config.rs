@@ -55,6 +55,10 @@ pub struct KafkaSettings {
     pub partitions: i32,
     #[serde(default = "default_session_timeout")]
     pub session_timeout_ms: u64,
+    /// How long the broker may hold a fetch with no new data: the latency of each stage
+    /// hop against the broker's idle polling.
+    #[serde(default = "default_fetch_wait")]
+    pub fetch_wait_max_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -72,9 +76,25 @@ pub struct TransferSettings {
     /// for a process killed between commit and publish).
     #[serde(default = "yes")]
     pub relay_enabled: bool,
+    /// Outbox relays per shard in this process.
+    #[serde(default = "default_relays")]
+    pub relays_per_shard: usize,
     /// Whether this process consumes stage messages.
     #[serde(default = "yes")]
     pub consumer_enabled: bool,
+    /// Admission control: new cross-shard transfers from a shard are refused (503
+    /// `overloaded`) while that shard has this many in flight (0: no bound).
+    #[serde(default = "default_max_in_flight")]
+    pub admission_max_in_flight: u64,
+    /// ... or while its oldest unpublished stage message is this old (0: no bound).
+    #[serde(default = "default_max_outbox_age")]
+    pub admission_max_outbox_age_ms: u64,
+    /// The `Retry-After` of an `overloaded` refusal.
+    #[serde(default = "default_retry_after")]
+    pub admission_retry_after_secs: u64,
+    /// How often each shard's backlog is sampled.
+    #[serde(default = "default_admission_sample")]
+    pub admission_sample_ms: u64,
 }
 
 impl Default for TransferSettings {
@@ -84,7 +104,12 @@ impl Default for TransferSettings {
             sweep_interval_secs: default_sweep_interval(),
             redrive_after_secs: default_redrive(),
             relay_enabled: true,
+            relays_per_shard: default_relays(),
             consumer_enabled: true,
+            admission_max_in_flight: default_max_in_flight(),
+            admission_max_outbox_age_ms: default_max_outbox_age(),
+            admission_retry_after_secs: default_retry_after(),
+            admission_sample_ms: default_admission_sample(),
         }
     }
 }
@@ -146,7 +171,10 @@ fn default_partitions() -> i32 {
     6
 }
 fn default_session_timeout() -> u64 {
-    10_000
+    3_000
+}
+fn default_fetch_wait() -> u64 {
+    10
 }
 fn default_try_timeout() -> u64 {
     30
@@ -159,6 +187,21 @@ fn default_retention() -> u64 {
 }
 fn default_redrive() -> u64 {
     10
+}
+fn default_relays() -> usize {
+    2
+}
+fn default_max_in_flight() -> u64 {
+    300
+}
+fn default_max_outbox_age() -> u64 {
+    1000
+}
+fn default_retry_after() -> u64 {
+    1
+}
+fn default_admission_sample() -> u64 {
+    100
 }
 fn yes() -> bool {
     true

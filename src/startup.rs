@@ -12,7 +12,10 @@ use crate::{
     messaging::{consumer, kafka, outbox},
     sharding::{Router, ShardMap},
     storage::identity,
-    transfer::sweeper::Sweeper,
+    transfer::{
+        admission::{self, Admission},
+        sweeper::Sweeper,
+    },
 };
 
 pub struct Application {
@@ -58,6 +61,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let state = AppState {
             wakers: outbox::Wakers::new(router.shards().len()),
+            admission: Arc::new(Admission::new(&settings.transfers, router.shards().len())),
             router,
             auth: Auth::new(&settings.auth.jwt_secret),
             settings: Arc::new(settings),
@@ -111,7 +115,10 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
     let topics = kafka::Topics::new(&settings.kafka.topic_prefix);
     let mut set = JoinSet::new();
     for shard in state.router.shards() {
-        if settings.transfers.relay_enabled {
+        // Several relays per shard: while one waits for the broker's acknowledgements,
+        // another publishes what was committed meanwhile (SKIP LOCKED keeps them apart).
+        let relays = if settings.transfers.relay_enabled { settings.transfers.relays_per_shard.max(1) } else { 0 };
+        for _ in 0..relays {
             let relay = outbox::Relay {
                 shard: shard.clone(),
                 producer: state.producer.clone(),
@@ -130,6 +137,12 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
             key_retention: Duration::from_secs(settings.idempotency.retention_hours * 3600),
         };
         set.spawn(sweeper.run(token.clone()));
+        let sampler = admission::Sampler {
+            admission: state.admission.clone(),
+            shard: shard.clone(),
+            interval: Duration::from_millis(settings.transfers.admission_sample_ms.max(10)),
+        };
+        set.spawn(sampler.run(token.clone()));
     }
     if settings.transfers.consumer_enabled {
         let state = state.clone();

@@ -37,11 +37,11 @@ pub async fn load(router: &Router, file: &Path) -> anyhow::Result<Loaded> {
         let shard = router.for_user(&user);
         let mut client = shard.client().await?;
         let tx = client.transaction().await?;
-        match accounts::create_user(&*tx, &user).await {
+        match accounts::create_user(&tx, &user).await {
             Ok(_) | Err(Error::UserExists) => {}
             Err(e) => return Err(e.into()),
         }
-        match accounts::create_wallet(&*tx, &user, &currency).await {
+        match accounts::create_wallet(&tx, &user, &currency).await {
             Ok(_) => {
                 if amount != "0" {
                     let amount = Amount::parse(&amount).map_err(|e| anyhow::anyhow!("{user}: {e}"))?;

@@ -10,11 +10,13 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode},
     response::Response,
 };
+use deadpool_postgres::Transaction;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio_postgres::Transaction;
+use tokio_postgres::types::ToSql;
 
 use super::error::{problem_response, ApiError};
+use crate::storage::Cached;
 use crate::{
     domain::{Caller, IdempotencyKey},
     ledger,
@@ -22,6 +24,10 @@ use crate::{
 };
 
 pub const HEADER: &str = "idempotency-key";
+
+/// Claims a key for this request; waits while a duplicate holding it is in flight.
+const CLAIM: &str = "INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body)
+                     VALUES ($1, $2, $3, 0, '') ON CONFLICT DO NOTHING";
 
 pub struct Idempotency {
     caller: String,
@@ -61,8 +67,13 @@ impl Idempotency {
     }
 
     /// Runs `op` once per key on `shard`: claims the key, runs the effect, stores the
-    /// response and commits, all in one transaction. `after_commit` runs only when this
+    /// response and commits, all in one transaction. The boolean is true only when this
     /// call committed a new effect.
+    ///
+    /// The claim and the effect's first statement travel in one round trip: the claim is
+    /// sent first, so a duplicate in flight makes it wait for that duplicate's outcome
+    /// before the effect can take any lock. When the key turns out to be taken, whatever
+    /// the effect did is rolled back and the stored response is replayed.
     pub async fn run<T: Serialize>(
         &self,
         shard: &Shard,
@@ -71,10 +82,25 @@ impl Idempotency {
     ) -> Result<(Response, bool), ApiError> {
         let mut client = shard.client().await?;
         let tx = client.transaction().await?;
-        if let Some(replay) = self.claim(&tx).await? {
-            return Ok((replay, false));
+        let claim = tx.prepare_cached(CLAIM).await?;
+        let params: [&(dyn ToSql + Sync); 3] = [&self.caller, &self.key.as_str(), &self.fingerprint];
+        let (claimed, outcome) = futures::join!(tx.execute(&claim, &params), op(&tx));
+        match claimed {
+            Ok(1) => {}
+            Ok(_) => {
+                tx.rollback().await?;
+                return Ok((self.replay(&client).await?, false));
+            }
+            Err(e) if crate::storage::is_lock_timeout(&e) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_request_in_progress",
+                    "a request with this Idempotency-Key is still in progress; retry later",
+                ))
+            }
+            Err(e) => return Err(e.into()),
         }
-        let (status, body) = match op(&tx).await {
+        let (status, body) = match outcome {
             Ok(value) => (success, serde_json::to_vec(&value).map_err(anyhow::Error::from)?),
             Err(e) => {
                 let err = ApiError::from(e);
@@ -85,7 +111,7 @@ impl Idempotency {
                 (status, serde_json::to_vec(&problem).map_err(anyhow::Error::from)?)
             }
         };
-        tx.execute(
+        tx.cached_execute(
             "UPDATE idempotency_keys SET status_code = $3, response_body = $4 WHERE caller = $1 AND key = $2",
             &[&self.caller, &self.key.as_str(), &(status.as_u16() as i16), &body],
         )
@@ -94,30 +120,10 @@ impl Idempotency {
         Ok((problem_response(status, body), status.is_success()))
     }
 
-    /// `Some(response)` when the key was used before (replay or mismatch), `None` when
-    /// this request now owns it. A duplicate in flight makes this wait for its outcome.
-    async fn claim(&self, tx: &Transaction<'_>) -> Result<Option<Response>, ApiError> {
-        let inserted = tx
-            .execute(
-                "INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body)
-                 VALUES ($1, $2, $3, 0, '') ON CONFLICT DO NOTHING",
-                &[&self.caller, &self.key.as_str(), &self.fingerprint],
-            )
-            .await;
-        match inserted {
-            Ok(1) => return Ok(None),
-            Ok(_) => {}
-            Err(e) if crate::storage::is_lock_timeout(&e) => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_request_in_progress",
-                    "a request with this Idempotency-Key is still in progress; retry later",
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let row = tx
-            .query_one(
+    /// The stored response of a key used before, or 422 when it was used for another request.
+    async fn replay(&self, client: &deadpool_postgres::Client) -> Result<Response, ApiError> {
+        let row = client
+            .cached_query_one(
                 "SELECT request_hash, status_code, response_body FROM idempotency_keys WHERE caller = $1 AND key = $2",
                 &[&self.caller, &self.key.as_str()],
             )
@@ -133,6 +139,6 @@ impl Idempotency {
         let status = StatusCode::from_u16(status as u16).map_err(anyhow::Error::from)?;
         let mut response = problem_response(status, body);
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-        Ok(Some(response))
+        Ok(response)
     }
 }

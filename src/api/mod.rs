@@ -16,7 +16,7 @@ use axum::{
 };
 use rdkafka::producer::FutureProducer;
 
-use crate::{config::Settings, messaging::outbox::Wakers, sharding::Router};
+use crate::{config::Settings, messaging::outbox::Wakers, sharding::Router, transfer::admission::Admission};
 use error::ApiError;
 
 #[derive(Clone)]
@@ -26,6 +26,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub wakers: Wakers,
     pub producer: FutureProducer,
+    pub admission: Arc<Admission>,
 }
 
 impl AppState {

@@ -3,7 +3,7 @@
 use axum::{
     body::Bytes,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
@@ -20,7 +20,7 @@ use super::{
 use crate::{
     domain::{Caller, RoutableId},
     ledger::{self, local::TransferRequest, queries},
-    transfer,
+    transfer::{self, admission::Overloaded},
 };
 
 #[derive(Deserialize)]
@@ -60,13 +60,38 @@ pub async fn create(
         description: req.description.as_deref(),
     };
     let success = if cross_shard { StatusCode::ACCEPTED } else { StatusCode::CREATED };
-    let (response, committed) = idem
+    if cross_shard {
+        // Refused before the key is claimed: a retry with the same key goes through
+        // once there is room.
+        if let Err(refused) = state.admission.admit(shard.index) {
+            return Ok(overloaded(&refused));
+        }
+    }
+    let outcome = idem
         .run(shard, success, async |tx| transfer::start(tx, &state.router, &request, state.try_timeout()).await)
-        .await?;
+        .await;
+    let committed = matches!(outcome, Ok((_, true)));
+    if cross_shard && !committed {
+        state.admission.release(shard.index);
+    }
     if committed && cross_shard {
         state.wakers.wake(shard.index);
     }
-    Ok(response)
+    Ok(outcome?.0)
+}
+
+fn overloaded(refused: &Overloaded) -> Response {
+    tracing::info!(why = %refused.why, "cross-shard transfer refused: overloaded");
+    let mut response = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "too many cross-shard transfers are in flight; retry after the Retry-After delay with the same Idempotency-Key",
+    )
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(&refused.retry_after.as_secs().to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 pub async fn get(
@@ -78,7 +103,7 @@ pub async fn get(
     let id = RoutableId::parse(&transfer_id).ok_or_else(not_found)?;
     let shard = state.router.for_id(&id).map_err(|_| not_found())?;
     let client = shard.client().await?;
-    let view = queries::get_transfer(&**client, id.uuid()).await?;
+    let view = queries::get_transfer(&client, id.uuid()).await?;
     if !(caller.is_admin() || caller.subject == view.from_user_id || caller.subject == view.to_user_id) {
         return Err(ApiError::forbidden("you are not a party to this transfer"));
     }
@@ -101,9 +126,9 @@ pub async fn list_for_user(
         ),
     };
     let client = state.router.for_user(&user).client().await?;
-    if !ledger::accounts::user_exists(&**client, &user).await? {
+    if !ledger::accounts::user_exists(&client, &user).await? {
         return Err(ledger::Error::UserNotFound.into());
     }
-    let (data, next) = queries::user_transfers(&**client, &user, limit, cursor).await?;
+    let (data, next) = queries::user_transfers(&client, &user, limit, cursor).await?;
     Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
 }

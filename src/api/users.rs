@@ -31,7 +31,7 @@ pub async fn create_user(State(state): State<AppState>, caller: Caller, body: By
     let (_, req): (_, NewUser) = json_body(&body)?;
     let user = extract::user_id(&req.user_id)?;
     let client = state.router.for_user(&user).client().await?;
-    let view = accounts::create_user(&**client, &user).await?;
+    let view = accounts::create_user(&client, &user).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -44,7 +44,7 @@ pub async fn get_user(
     require_self_or_admin(&caller, &user)?;
     let client = state.router.for_user(&user).client().await?;
     let (view, wallets) =
-        futures::try_join!(accounts::get_user(&**client, &user), queries::list_wallets(&**client, &user))?;
+        futures::try_join!(accounts::get_user(&client, &user), queries::list_wallets(&client, &user))?;
     Ok(Json(json!({ "user_id": view.user_id, "created_at": view.created_at, "wallets": wallets })).into_response())
 }
 
@@ -64,7 +64,7 @@ pub async fn create_wallet(
     let (_, req): (_, NewWallet) = json_body(&body)?;
     let currency = extract::currency(&req.currency)?;
     let client = state.router.for_user(&user).client().await?;
-    let view = accounts::create_wallet(&**client, &user, &currency).await?;
+    let view = accounts::create_wallet(&client, &user, &currency).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -76,10 +76,10 @@ pub async fn list_wallets(
     let user = extract::user_id(&user_id)?;
     require_self_or_admin(&caller, &user)?;
     let client = state.router.for_user(&user).client().await?;
-    if !accounts::user_exists(&**client, &user).await? {
+    if !accounts::user_exists(&client, &user).await? {
         return Err(crate::ledger::Error::UserNotFound.into());
     }
-    Ok(Json(json!({ "data": queries::list_wallets(&**client, &user).await? })).into_response())
+    Ok(Json(json!({ "data": queries::list_wallets(&client, &user).await? })).into_response())
 }
 
 pub async fn get_wallet(
@@ -91,7 +91,7 @@ pub async fn get_wallet(
     require_self_or_admin(&caller, &user)?;
     let currency = extract::currency(&currency)?;
     let client = state.router.for_user(&user).client().await?;
-    Ok(Json(queries::get_wallet(&**client, &user, &currency).await?).into_response())
+    Ok(Json(queries::get_wallet(&client, &user, &currency).await?).into_response())
 }
 
 pub async fn entries(
@@ -111,7 +111,7 @@ pub async fn entries(
         }
     };
     let client = state.router.for_user(&user).client().await?;
-    let (data, next) = queries::entries_page(&**client, &user, &currency, limit, cursor).await?;
+    let (data, next) = queries::entries_page(&client, &user, &currency, limit, cursor).await?;
     Ok(Json(json!({ "data": data, "next_cursor": next.map(|n| n.to_string()) })).into_response())
 }
 

@@ -1,7 +1,8 @@
 //! Users, wallets and system accounts; row locks in a fixed order.
+use crate::storage::Cached;
 use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
 use num_bigint::BigInt;
-use tokio_postgres::GenericClient;
 
 use super::{posting::System, queries::WalletView, Error, Result};
 use crate::domain::{Currency, UserId};
@@ -15,7 +16,7 @@ pub struct UserView {
 #[tracing::instrument(skip(client))]
 pub async fn create_user(client: &impl GenericClient, user: &UserId) -> Result<UserView> {
     let row = client
-        .query_opt(
+        .cached_query_opt(
             "INSERT INTO users (user_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING user_id, created_at",
             &[&user.as_str()],
         )
@@ -26,14 +27,14 @@ pub async fn create_user(client: &impl GenericClient, user: &UserId) -> Result<U
 
 pub async fn get_user(client: &impl GenericClient, user: &UserId) -> Result<UserView> {
     let row = client
-        .query_opt("SELECT user_id, created_at FROM users WHERE user_id = $1", &[&user.as_str()])
+        .cached_query_opt("SELECT user_id, created_at FROM users WHERE user_id = $1", &[&user.as_str()])
         .await?
         .ok_or(Error::UserNotFound)?;
     Ok(UserView { user_id: row.get(0), created_at: row.get(1) })
 }
 
 pub async fn user_exists(client: &impl GenericClient, user: &UserId) -> Result<bool> {
-    Ok(client.query_opt("SELECT 1 FROM users WHERE user_id = $1", &[&user.as_str()]).await?.is_some())
+    Ok(client.cached_query_opt("SELECT 1 FROM users WHERE user_id = $1", &[&user.as_str()]).await?.is_some())
 }
 
 /// Creates a wallet, and the shard's system accounts in that currency if this is the
@@ -42,14 +43,14 @@ pub async fn user_exists(client: &impl GenericClient, user: &UserId) -> Result<b
 pub async fn create_wallet(client: &impl GenericClient, user: &UserId, currency: &Currency) -> Result<WalletView> {
     let systems: Vec<&str> = System::ALL.iter().map(|s| s.as_str()).collect();
     client
-        .execute(
+        .cached_execute(
             "INSERT INTO accounts (system_name, currency) SELECT unnest($1::text[]), $2
              ON CONFLICT DO NOTHING",
             &[&systems, &currency.as_str()],
         )
         .await?;
     let row = client
-        .query_opt(
+        .cached_query_opt(
             "INSERT INTO accounts (user_id, currency, balance)
              SELECT user_id, $2, 0 FROM users WHERE user_id = $1
              ON CONFLICT DO NOTHING
@@ -90,7 +91,7 @@ pub async fn lock_wallets(
 ) -> Result<Vec<LockedWallet>> {
     let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
     let rows = client
-        .query(
+        .cached_query(
             "SELECT account_id, user_id, balance::text, held::text FROM accounts
              WHERE user_id = ANY($1) AND currency = $2
              ORDER BY account_id FOR UPDATE",

@@ -4,9 +4,10 @@
 //!
 //! Sender shard: `place_hold` (Try), then `debit_to_transit` (Confirm) or
 //! `release_hold` (Cancel). Receiver shard: `credit_from_transit` (Confirm).
+use crate::storage::Cached;
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
 use num_bigint::BigInt;
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::{
@@ -53,7 +54,7 @@ pub async fn place_hold(
          SELECT * FROM t"
     );
     let row = tx
-        .query_one(
+        .cached_query_one(
             &sql,
             &[
                 &id,
@@ -74,7 +75,7 @@ pub async fn place_hold(
 /// `None` when the hold was already released (a redelivered stage).
 async fn take_hold(tx: &Transaction<'_>, transfer_id: Uuid, by: &str) -> Result<Option<(i64, String)>> {
     let row = tx
-        .query_opt(
+        .cached_query_opt(
             "WITH h AS (
                  UPDATE holds SET released_at = now(), released_by = $2
                  WHERE transfer_id = $1 AND released_at IS NULL

@@ -1,8 +1,9 @@
 //! Ledger rules that complete inside one shard transaction: operator adjustments,
 //! same-shard transfers and reversals.
+use crate::storage::Cached;
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
 use num_bigint::BigInt;
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::{
@@ -149,7 +150,7 @@ pub async fn transfer(tx: &Transaction<'_>, req: &TransferRequest<'_>) -> Result
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
         [&id, &req.from.as_str(), &req.to.as_str(), &req.currency.as_str(), &amount_text, &req.description];
     // Both statements are sent before either answer is awaited: one round trip saved.
-    let (_, row) = futures::try_join!(posting, async { Ok(tx.query_one(&sql, &params).await?) })?;
+    let (_, row) = futures::try_join!(posting, async { Ok(tx.cached_query_one(&sql, &params).await?) })?;
     Ok(TransferView::from_row(&row))
 }
 
@@ -174,7 +175,7 @@ pub struct ReversalEntry {
 #[tracing::instrument(skip(tx))]
 pub async fn reverse(tx: &Transaction<'_>, entry_id: &RoutableId) -> Result<ReversalView> {
     let row = tx
-        .query_opt(
+        .cached_query_opt(
             "SELECT p.posting_id, p.kind, a.currency FROM entries e
              JOIN postings p USING (posting_id) JOIN accounts a USING (account_id)
              WHERE e.entry_id = $1",
@@ -195,14 +196,14 @@ pub async fn reverse(tx: &Transaction<'_>, entry_id: &RoutableId) -> Result<Reve
     // Lock the wallets first (fixed order), then decide: a concurrent reversal of the
     // same posting waits here and then sees the first one.
     let legs = tx
-        .query(
+        .cached_query(
             "SELECT a.account_id, e.amount::text, a.balance::text, a.held::text
              FROM entries e JOIN accounts a USING (account_id)
              WHERE e.posting_id = $1 ORDER BY a.account_id FOR UPDATE OF a",
             &[&original],
         )
         .await?;
-    if tx.query_opt("SELECT 1 FROM postings WHERE reverses = $1", &[&original]).await?.is_some() {
+    if tx.cached_query_opt("SELECT 1 FROM postings WHERE reverses = $1", &[&original]).await?.is_some() {
         return Err(Error::AlreadyReversed);
     }
     let mut mirror = Vec::with_capacity(legs.len());

@@ -1,8 +1,9 @@
 //! The one writer of ledger entries.
+use crate::storage::Cached;
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
 use num_bigint::BigInt;
 use num_traits::Zero;
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::{Error, Result};
@@ -120,7 +121,7 @@ pub async fn post(tx: &Transaction<'_>, posting: Posting<'_>) -> Result<(Uuid, V
         .collect();
     let amounts: Vec<String> = posting.legs.iter().map(|l| l.amount.to_string()).collect();
     let rows = tx
-        .query(
+        .cached_query(
             "WITH legs AS (
                  SELECT l.entry_id, l.amount,
                         coalesce(l.wallet_id, (SELECT account_id FROM accounts

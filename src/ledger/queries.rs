@@ -1,6 +1,8 @@
 //! Read models: wallets, entry history and transfers, as the API shows them.
+use crate::storage::Cached;
 use chrono::{DateTime, Utc};
-use tokio_postgres::{GenericClient, Row};
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{accounts, Error, Result};
@@ -33,7 +35,7 @@ const WALLET_COLUMNS: &str = "user_id, currency, balance::text, held::text, upda
 
 pub async fn get_wallet(client: &impl GenericClient, user: &UserId, currency: &Currency) -> Result<WalletView> {
     let sql = format!("SELECT {WALLET_COLUMNS} FROM accounts WHERE user_id = $1 AND currency = $2");
-    match client.query_opt(&sql, &[&user.as_str(), &currency.as_str()]).await? {
+    match client.cached_query_opt(&sql, &[&user.as_str(), &currency.as_str()]).await? {
         Some(row) => Ok(WalletView::from_row(&row)),
         None => Err(accounts::missing_wallet_error(client, user).await?),
     }
@@ -41,7 +43,7 @@ pub async fn get_wallet(client: &impl GenericClient, user: &UserId, currency: &C
 
 pub async fn list_wallets(client: &impl GenericClient, user: &UserId) -> Result<Vec<WalletView>> {
     let sql = format!("SELECT {WALLET_COLUMNS} FROM accounts WHERE user_id = $1 ORDER BY currency");
-    Ok(client.query(&sql, &[&user.as_str()]).await?.iter().map(WalletView::from_row).collect())
+    Ok(client.cached_query(&sql, &[&user.as_str()]).await?.iter().map(WalletView::from_row).collect())
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -65,7 +67,7 @@ pub async fn entries_page(
     before: Option<i64>,
 ) -> Result<(Vec<EntryView>, Option<i64>)> {
     let account: Option<i64> = client
-        .query_opt(
+        .cached_query_opt(
             "SELECT account_id FROM accounts WHERE user_id = $1 AND currency = $2",
             &[&user.as_str(), &currency.as_str()],
         )
@@ -75,7 +77,7 @@ pub async fn entries_page(
         return Err(accounts::missing_wallet_error(client, user).await?);
     };
     let rows = client
-        .query(
+        .cached_query(
             "SELECT e.seq, e.entry_id, p.kind, e.amount::text, e.balance_after::text, p.reference, p.posting_id, e.created_at
              FROM entries e JOIN postings p USING (posting_id)
              WHERE e.account_id = $1 AND e.seq < coalesce($2, 9223372036854775807)
@@ -154,7 +156,7 @@ pub fn status_of(state: &str) -> &'static str {
 
 pub async fn get_transfer(client: &impl GenericClient, transfer_id: Uuid) -> Result<TransferView> {
     let sql = format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transfer_id = $1");
-    let row = client.query_opt(&sql, &[&transfer_id]).await?.ok_or(Error::TransferNotFound)?;
+    let row = client.cached_query_opt(&sql, &[&transfer_id]).await?.ok_or(Error::TransferNotFound)?;
     Ok(TransferView::from_row(&row))
 }
 
@@ -179,7 +181,7 @@ pub async fn user_transfers(
              WHERE to_user = $1 AND ($2::uuid IS NULL OR transfer_id < $2)
          ) t ORDER BY transfer_id DESC LIMIT $3"
     );
-    let rows = client.query(&sql, &[&user.as_str(), &before, &(limit + 1)]).await?;
+    let rows = client.cached_query(&sql, &[&user.as_str(), &before, &(limit + 1)]).await?;
     let more = rows.len() as i64 > limit;
     let page: Vec<TransferView> = rows.iter().take(limit as usize).map(TransferView::from_row).collect();
     let next = if more { page.last().map(|t| t.transfer_id) } else { None };

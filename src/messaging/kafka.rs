@@ -30,20 +30,33 @@ fn base(settings: &KafkaSettings) -> ClientConfig {
     config
 }
 
-/// Idempotent, acks=all, and tuned for latency: a stage message waits at most 1 ms
-/// for company in a batch.
+/// acks=all, tuned for latency: a stage message waits at most 1 ms for company in a
+/// batch, and Nagle is off.
+///
+/// Not idempotent on purpose: every stage handler is idempotent and correct in any
+/// order (duplicates, empty rollback, suspension), so the broker-side sequence check
+/// buys nothing here, while it costs the local broker (nisshi rewrites its producer
+/// state on every batch) and turns a broker restart on memory storage into a fatal
+/// producer error (the broker forgets the producer id).
 pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
     Ok(base(settings)
-        .set("enable.idempotence", "true")
+        .set("enable.idempotence", "false")
         .set("acks", "all")
         .set("linger.ms", "1")
         .set("message.timeout.ms", "10000")
         .set("socket.keepalive.enable", "true")
+        .set("socket.nagle.disable", "true")
         .create()?)
 }
 
 /// Consumer settings: offsets are stored by the application after the local
 /// transaction commits, and committed every 100 ms (and synchronously on revoke).
+///
+/// Failover: a member killed without leaving holds its partitions until its session
+/// times out (`kafka.session_timeout_ms`, 3 s by default, heartbeats 6 times per
+/// session), and cooperative-sticky assignment lets the surviving members keep
+/// consuming their own partitions during the rebalance instead of stopping all of them.
+/// `max.poll.interval.ms` bounds how long a stuck member can hold a rebalance open.
 pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
     let mut config = base(settings);
     config
@@ -52,10 +65,13 @@ pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig
         .set("auto.commit.interval.ms", "100")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
         .set("fetch.min.bytes", "1")
+        .set("socket.nagle.disable", "true")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("max.poll.interval.ms", "30000")
         .set("session.timeout.ms", settings.session_timeout_ms.to_string())
-        .set("heartbeat.interval.ms", (settings.session_timeout_ms / 4).max(100).to_string());
+        .set("heartbeat.interval.ms", (settings.session_timeout_ms / 6).max(100).to_string());
     config
 }
 

@@ -2,11 +2,12 @@
 //! transaction; a `Relay` per shard publishes committed rows and deletes them once the
 //! broker acknowledged. A crash between publish and delete publishes again (consumers
 //! are idempotent); a crash before publish leaves the row for the next relay.
+use crate::storage::Cached;
 use std::{sync::Arc, time::Duration};
 
+use deadpool_postgres::Transaction;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::Notify;
-use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
 use super::kafka;
@@ -18,8 +19,11 @@ const POLL: Duration = Duration::from_millis(500);
 pub async fn enqueue(tx: &Transaction<'_>, msg: &StageMessage) -> crate::ledger::Result<()> {
     let payload = serde_json::to_string(msg)
         .map_err(|e| crate::ledger::Error::Invariant(format!("stage message does not serialise: {e}")))?;
-    tx.execute("INSERT INTO outbox (msg_key, payload) VALUES ($1, $2)", &[&msg.transfer_id.to_string(), &payload])
-        .await?;
+    tx.cached_execute(
+        "INSERT INTO outbox (msg_key, payload) VALUES ($1, $2)",
+        &[&msg.transfer_id.to_string(), &payload],
+    )
+    .await?;
     Ok(())
 }
 
@@ -97,7 +101,10 @@ impl Relay {
         let mut client = self.shard.client().await?;
         let tx = client.transaction().await?;
         let rows = tx
-            .query("SELECT id, msg_key, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", &[&BATCH])
+            .cached_query(
+                "SELECT id, msg_key, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                &[&BATCH],
+            )
             .await?;
         if rows.is_empty() {
             return Ok(0);
@@ -113,7 +120,7 @@ impl Relay {
             }
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-        tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids]).await?;
+        tx.cached_execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids]).await?;
         tx.commit().await?;
         tracing::debug!(published = ids.len(), "outbox batch published");
         Ok(ids.len())

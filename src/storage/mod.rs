@@ -1,7 +1,10 @@
 //! Storage plumbing shared by every shard: migrations, the shard identity check, and
 //! the SQL error classification the layers above rely on.
+pub mod cached;
 pub mod identity;
 pub mod migrate;
+
+pub use cached::Cached;
 
 /// SQLSTATE of a failed statement, if it came from the server.
 pub fn sqlstate(err: &tokio_postgres::Error) -> Option<&str> {

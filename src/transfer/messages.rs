@@ -21,6 +21,9 @@ pub enum Stage {
     CancelCredit,
     /// Receiver -> sender: the receiver was credited.
     Confirmed,
+    /// Receiver -> sender: the CancelCredit was handled (the receiver's record is
+    /// final); the sender stops re-driving CancelCredit.
+    Cancelled,
 }
 
 impl Stage {
@@ -36,6 +39,7 @@ impl Stage {
             Stage::ConfirmCredit => "ConfirmCredit",
             Stage::CancelCredit => "CancelCredit",
             Stage::Confirmed => "Confirmed",
+            Stage::Cancelled => "Cancelled",
         }
     }
 }

@@ -1,12 +1,13 @@
 //! Transfers: the same-shard path completes in one transaction; the cross-shard path
 //! starts here (hold + TryCredit in the outbox) and continues in `tcc`.
+pub mod admission;
 pub mod messages;
 pub mod sweeper;
 pub mod tcc;
 
 use std::time::Duration;
 
-use tokio_postgres::Transaction;
+use deadpool_postgres::Transaction;
 
 use crate::{
     ledger::{self, holds, local, local::TransferRequest, TransferView},

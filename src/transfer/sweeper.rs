@@ -1,7 +1,7 @@
 //! The sweeper of one shard: cancels transfers whose Try timed out (releasing their
 //! holds), re-emits the stage message of transfers that have not moved for a while (a
-//! lost or dead-lettered message must not leave money held forever), and prunes old
-//! idempotency keys.
+//! lost or dead-lettered message must not leave money held forever, nor a receiver's
+//! record `tried` forever), and prunes old idempotency keys.
 use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
@@ -79,7 +79,8 @@ impl Sweeper {
         Ok(rows.len())
     }
 
-    /// Re-emits TryCredit / ConfirmCredit for transfers untouched for `redrive_after`.
+    /// Re-emits TryCredit / ConfirmCredit / CancelCredit for transfers untouched for
+    /// `redrive_after` (a cancelled one until its receiver acknowledged the Cancel).
     /// Receivers answer duplicates again without repeating effects.
     async fn redrive(&self) -> ledger::Result<usize> {
         let mut client = self.shard.client().await?;
@@ -89,7 +90,9 @@ impl Sweeper {
                 "UPDATE transfers SET updated_at = now()
                  WHERE transfer_id IN (
                      SELECT transfer_id FROM transfers
-                     WHERE state IN ('trying', 'confirming') AND updated_at < now() - $1 * interval '1 millisecond'
+                     WHERE (state IN ('trying', 'confirming')
+                            OR (state = 'cancelled' AND route = 'cross_shard' AND cancel_acked_at IS NULL))
+                       AND updated_at < now() - $1 * interval '1 millisecond'
                      ORDER BY updated_at LIMIT 500 FOR UPDATE SKIP LOCKED)
                  RETURNING transfer_id, state, from_user, to_user, currency, amount::text, description",
                 &[&(self.redrive_after.as_millis() as f64)],
@@ -104,7 +107,11 @@ impl Sweeper {
                 amount: row.get(5),
                 description: row.get(6),
             };
-            let stage = if row.get::<_, &str>(1) == "trying" { Stage::TryCredit } else { Stage::ConfirmCredit };
+            let stage = match row.get::<_, &str>(1) {
+                "trying" => Stage::TryCredit,
+                "confirming" => Stage::ConfirmCredit,
+                _ => Stage::CancelCredit,
+            };
             tracing::info!(transfer_id = %facts.transfer_id, stage = stage.name(), "re-emitting stage of a stuck transfer");
             outbox::enqueue(&tx, &facts.message(stage)).await?;
         }

@@ -10,9 +10,11 @@
 //!      Tried{fail} or   │ ◄───────────────────────────────────────────────────┘          │
 //!      try timeout      ▼                                                                │
 //!                   cancelled ──CancelCredit──► [cancel] tried ─► cancelled              │
-//!                  (hold released)               no try yet ─► empty rollback:           │
-//!                                                  cancel barrier, a later Try is        │
-//!                                                  suspended (ignored)                   │
+//!                  (hold released)  ▲            no try yet ─► empty rollback:           │
+//!                       │           │              cancel barrier, a later Try is        │
+//!                       │           │              suspended (ignored)                   │
+//!                       │           └── re-sent by the sweeper until ──┐                 │
+//!                 cancel acknowledged ◄──────────── Cancelled ◄────────┘ (every Cancel)  │
 //!      Tried{ok} ◄───────────────────────────────────────────────────────────────────────┘
 //!         ▼
 //!    confirming ──ConfirmCredit──► [confirm] credit wallet from transit ─► confirmed ──Confirmed──┐
@@ -21,11 +23,13 @@
 //!    completed ◄─────────────────────────────────────────────────────────────────────────────────┘
 //! ```
 //! Once `confirming` is decided the transfer is never cancelled; the sweeper re-emits
-//! ConfirmCredit until Confirmed arrives. Each handler is one local transaction, and is
+//! ConfirmCredit until Confirmed arrives, and likewise CancelCredit until Cancelled
+//! arrives, so a lost stage in either direction is recovered by the protocol itself. Each handler is one local transaction, and is
 //! idempotent: the sender's transitions are guarded by the current state (row locked),
 //! the receiver's by barrier primary keys under a per-transfer advisory lock.
+use crate::storage::Cached;
 use chrono::Utc;
-use tokio_postgres::Transaction;
+use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
 use super::messages::{Stage, StageMessage, TransferFacts};
@@ -60,9 +64,14 @@ impl SenderState {
 /// What happens to the sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SenderEvent {
-    Tried { ok: bool, reason: Option<String> },
+    Tried {
+        ok: bool,
+        reason: Option<String>,
+    },
     TryTimedOut,
     Confirmed,
+    /// The receiver handled CancelCredit.
+    CancelAcked,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +82,8 @@ pub enum SenderStep {
     Cancel { reason: String },
     /// confirming -> completed.
     Complete,
+    /// cancelled: the receiver's record is final; stop re-sending CancelCredit.
+    AckCancel,
     /// A duplicate or late message: nothing changes.
     Ignore,
 }
@@ -87,6 +98,7 @@ pub fn sender_step(state: SenderState, event: &SenderEvent) -> SenderStep {
         }
         (S::Trying, E::TryTimedOut) => SenderStep::Cancel { reason: "timeout".into() },
         (S::Confirming, E::Confirmed) => SenderStep::Complete,
+        (S::Cancelled, E::CancelAcked) => SenderStep::AckCancel,
         // Confirming is never cancelled; late answers to an already decided Try, and
         // repeated Confirmed, change nothing.
         _ => SenderStep::Ignore,
@@ -134,10 +146,13 @@ pub enum ReceiverStep {
     Confirm,
     /// Repeated Confirm: answer Confirmed again, credit nothing.
     AnswerConfirmedAgain,
-    /// Cancel with no Try (empty rollback): record the barrier so a late Try is suspended.
+    /// Cancel with no Try (empty rollback): record the barrier so a late Try is
+    /// suspended, answer Cancelled.
     EmptyRollback,
-    /// Cancel after Try: drop the reserved credit.
+    /// Cancel after Try: drop the reserved credit, answer Cancelled.
     Cancel,
+    /// Repeated Cancel: answer Cancelled again (the first answer may be lost).
+    AnswerCancelledAgain,
     /// A duplicate with nothing to say.
     Ignore,
     /// A message the protocol never sends in this state: an error, kept for operators.
@@ -159,13 +174,15 @@ pub fn receiver_step(b: Barriers, state: Option<ReceiverState>, stage: &Stage) -
             Some(R::Tried) if !b.cancelled => ReceiverStep::Confirm,
             _ => ReceiverStep::Violation("ConfirmCredit for a transfer that was not tried successfully"),
         },
-        Stage::CancelCredit if b.cancelled => ReceiverStep::Ignore,
+        Stage::CancelCredit if b.cancelled => ReceiverStep::AnswerCancelledAgain,
         Stage::CancelCredit if !b.tried => ReceiverStep::EmptyRollback,
         Stage::CancelCredit => match state {
             Some(R::Confirmed) => ReceiverStep::Violation("CancelCredit for a confirmed transfer"),
             _ => ReceiverStep::Cancel,
         },
-        Stage::Tried { .. } | Stage::Confirmed => ReceiverStep::Violation("sender stage sent to the receiver"),
+        Stage::Tried { .. } | Stage::Confirmed | Stage::Cancelled => {
+            ReceiverStep::Violation("sender stage sent to the receiver")
+        }
     }
 }
 
@@ -178,6 +195,7 @@ pub async fn handle(router: &Router, msg: &StageMessage) -> ledger::Result<usize
     } else {
         let event = match &msg.stage {
             Stage::Tried { ok, reason } => SenderEvent::Tried { ok: *ok, reason: reason.clone() },
+            Stage::Cancelled => SenderEvent::CancelAcked,
             _ => SenderEvent::Confirmed,
         };
         handle_sender(router, msg.transfer_id, &event).await
@@ -191,7 +209,7 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
     let mut client = shard.client().await?;
     let tx = client.transaction().await?;
     let row = tx
-        .query_opt(
+        .cached_query_opt(
             "SELECT state, from_user, to_user, currency, amount::text, description FROM transfers
              WHERE transfer_id = $1 AND route = 'cross_shard' FOR UPDATE",
             &[&transfer_id],
@@ -211,17 +229,31 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
     let step = sender_step(state, event);
     tracing::debug!(?state, ?event, ?step, "sender transition");
     match &step {
+        // The statements of one step are independent: they travel in one round trip.
         SenderStep::Confirm => {
-            holds::debit_to_transit(&tx, transfer_id, id.bucket(), &facts.currency).await?;
-            set_state(&tx, transfer_id, "confirming", None).await?;
-            outbox::enqueue(&tx, &facts.message(Stage::ConfirmCredit)).await?;
+            let next = facts.message(Stage::ConfirmCredit);
+            futures::try_join!(
+                holds::debit_to_transit(&tx, transfer_id, id.bucket(), &facts.currency),
+                set_state(&tx, transfer_id, "confirming", None),
+                outbox::enqueue(&tx, &next),
+            )?;
         }
         SenderStep::Cancel { reason } => {
-            holds::release_hold(&tx, transfer_id).await?;
-            set_state(&tx, transfer_id, "cancelled", Some(reason)).await?;
-            outbox::enqueue(&tx, &facts.message(Stage::CancelCredit)).await?;
+            let next = facts.message(Stage::CancelCredit);
+            futures::try_join!(
+                holds::release_hold(&tx, transfer_id),
+                set_state(&tx, transfer_id, "cancelled", Some(reason)),
+                outbox::enqueue(&tx, &next),
+            )?;
         }
         SenderStep::Complete => set_state(&tx, transfer_id, "completed", None).await?,
+        SenderStep::AckCancel => {
+            tx.cached_execute(
+                "UPDATE transfers SET cancel_acked_at = now() WHERE transfer_id = $1 AND cancel_acked_at IS NULL",
+                &[&transfer_id],
+            )
+            .await?;
+        }
         SenderStep::Ignore => {}
     }
     tx.commit().await?;
@@ -229,7 +261,7 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
 }
 
 async fn set_state(tx: &Transaction<'_>, transfer_id: Uuid, state: &str, reason: Option<&str>) -> ledger::Result<()> {
-    tx.execute(
+    tx.cached_execute(
         "UPDATE transfers SET state = $2, reason = coalesce($3, reason), updated_at = now(),
              completed_at = CASE WHEN $2 IN ('completed', 'cancelled') THEN now() END
          WHERE transfer_id = $1",
@@ -246,12 +278,25 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
     let tx = client.transaction().await?;
     let id = msg.transfer_id;
     // Serialises Try, Confirm and Cancel of one transfer on this shard, so a Try and a
-    // Cancel handled at the same moment by two instances cannot miss each other.
-    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))", &[&id]).await?;
+    // Cancel handled at the same moment by two instances cannot miss each other. The
+    // reads are pipelined behind the lock: the server runs them once it is granted.
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
-    let (barrier_rows, state_row) = futures::try_join!(
-        tx.query("SELECT branch FROM tcc_barriers WHERE transfer_id = $1", &params),
-        tx.query_opt("SELECT state FROM incoming_transfers WHERE transfer_id = $1", &params),
+    let is_try = matches!(msg.stage, Stage::TryCredit);
+    // The lock is prepared beforehand so that it is the first statement on the wire even
+    // when the reads' statements still have to be prepared on this connection.
+    let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))").await?;
+    let (_, barrier_rows, state_row, checked) = futures::try_join!(
+        async { Ok::<_, Error>(tx.execute(&lock, &params).await?) },
+        async { Ok(tx.cached_query("SELECT branch FROM tcc_barriers WHERE transfer_id = $1", &params).await?) },
+        async {
+            Ok(tx.cached_query_opt("SELECT state FROM incoming_transfers WHERE transfer_id = $1", &params).await?)
+        },
+        async {
+            match is_try {
+                true => check_receiver(&tx, &to, &msg.currency).await.map(Some),
+                false => Ok(None),
+            }
+        },
     )?;
     let mut barriers = Barriers::default();
     for row in &barrier_rows {
@@ -268,24 +313,25 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
     let bucket = router.bucket_of_user(&to) as u16;
     match step {
         ReceiverStep::Try => {
-            barrier(&tx, id, "try").await?;
-            let reason = check_receiver(&tx, &to, &msg.currency).await?;
-            tx.execute(
+            let reason = checked.flatten();
+            let recorded = if reason.is_none() { "tried" } else { "rejected" };
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+                &id,
+                &msg.from_user_id,
+                &msg.to_user_id,
+                &msg.currency,
+                &msg.amount,
+                &msg.description,
+                &recorded,
+                &reason,
+            ];
+            let record = tx.cached_execute(
                 "INSERT INTO incoming_transfers (transfer_id, from_user, to_user, currency, amount, description, state, reason)
                  VALUES ($1, $2, $3, $4, $5::text::numeric, $6, $7, $8)",
-                &[
-                    &id,
-                    &msg.from_user_id,
-                    &msg.to_user_id,
-                    &msg.currency,
-                    &msg.amount,
-                    &msg.description,
-                    &if reason.is_none() { "tried" } else { "rejected" },
-                    &reason,
-                ],
-            )
-            .await?;
-            outbox::enqueue(&tx, &facts.message(Stage::Tried { ok: reason.is_none(), reason })).await?;
+                &params,
+            );
+            let answer = facts.message(Stage::Tried { ok: reason.is_none(), reason: reason.clone() });
+            futures::try_join!(barrier(&tx, id, "try"), async { Ok(record.await?) }, outbox::enqueue(&tx, &answer))?;
         }
         ReceiverStep::Suspend => {
             tracing::warn!("Try arrived after Cancel (suspension): ignored");
@@ -296,27 +342,39 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
             outbox::enqueue(&tx, &facts.message(Stage::Tried { ok, reason })).await?;
         }
         ReceiverStep::Confirm => {
-            barrier(&tx, id, "confirm").await?;
             let currency = Currency::parse(&msg.currency).map_err(|e| Error::Invariant(e.to_string()))?;
             let amount = accounts::parse_numeric(&msg.amount)?;
-            holds::credit_from_transit(&tx, id, bucket, &to, &currency, &amount).await?;
-            set_incoming(&tx, id, "confirmed").await?;
-            outbox::enqueue(&tx, &facts.message(Stage::Confirmed)).await?;
+            let answer = facts.message(Stage::Confirmed);
+            futures::try_join!(
+                barrier(&tx, id, "confirm"),
+                holds::credit_from_transit(&tx, id, bucket, &to, &currency, &amount),
+                set_incoming(&tx, id, "confirmed"),
+                outbox::enqueue(&tx, &answer),
+            )?;
         }
         ReceiverStep::AnswerConfirmedAgain => outbox::enqueue(&tx, &facts.message(Stage::Confirmed)).await?,
         ReceiverStep::EmptyRollback => {
             tracing::info!("Cancel arrived before Try (empty rollback): barrier recorded");
-            barrier(&tx, id, "cancel").await?;
+            let answer = facts.message(Stage::Cancelled);
+            futures::try_join!(barrier(&tx, id, "cancel"), outbox::enqueue(&tx, &answer))?;
         }
         ReceiverStep::Cancel => {
-            barrier(&tx, id, "cancel").await?;
-            tx.execute(
-                "UPDATE incoming_transfers SET state = 'cancelled', updated_at = now()
-                 WHERE transfer_id = $1 AND state = 'tried'",
-                &[&id],
-            )
-            .await?;
+            let answer = facts.message(Stage::Cancelled);
+            futures::try_join!(
+                barrier(&tx, id, "cancel"),
+                async {
+                    tx.cached_execute(
+                        "UPDATE incoming_transfers SET state = 'cancelled', updated_at = now()
+                         WHERE transfer_id = $1 AND state = 'tried'",
+                        &[&id],
+                    )
+                    .await?;
+                    Ok(())
+                },
+                outbox::enqueue(&tx, &answer),
+            )?;
         }
+        ReceiverStep::AnswerCancelledAgain => outbox::enqueue(&tx, &facts.message(Stage::Cancelled)).await?,
         ReceiverStep::Ignore => {}
         ReceiverStep::Violation(what) => return Err(Error::Invariant(what.to_string())),
     }
@@ -325,20 +383,23 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
 }
 
 async fn barrier(tx: &Transaction<'_>, id: Uuid, branch: &str) -> ledger::Result<()> {
-    tx.execute("INSERT INTO tcc_barriers (transfer_id, branch) VALUES ($1, $2)", &[&id, &branch]).await?;
+    tx.cached_execute("INSERT INTO tcc_barriers (transfer_id, branch) VALUES ($1, $2)", &[&id, &branch]).await?;
     Ok(())
 }
 
 async fn set_incoming(tx: &Transaction<'_>, id: Uuid, state: &str) -> ledger::Result<()> {
-    tx.execute("UPDATE incoming_transfers SET state = $2, updated_at = now() WHERE transfer_id = $1", &[&id, &state])
-        .await?;
+    tx.cached_execute(
+        "UPDATE incoming_transfers SET state = $2, updated_at = now() WHERE transfer_id = $1",
+        &[&id, &state],
+    )
+    .await?;
     Ok(())
 }
 
 /// `None` when the receiver can be credited in `currency`, else the reason code.
 async fn check_receiver(tx: &Transaction<'_>, to: &UserId, currency: &str) -> ledger::Result<Option<String>> {
     let row = tx
-        .query_one(
+        .cached_query_one(
             "SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1),
                     EXISTS (SELECT 1 FROM accounts WHERE user_id = $1 AND currency = $2)",
             &[&to.as_str(), &currency],
@@ -353,7 +414,7 @@ async fn check_receiver(tx: &Transaction<'_>, to: &UserId, currency: &str) -> le
 
 async fn rejection_reason(tx: &Transaction<'_>, id: Uuid) -> ledger::Result<Option<String>> {
     Ok(tx
-        .query_opt("SELECT reason FROM incoming_transfers WHERE transfer_id = $1", &[&id])
+        .cached_query_opt("SELECT reason FROM incoming_transfers WHERE transfer_id = $1", &[&id])
         .await?
         .and_then(|r| r.get(0)))
 }

@@ -178,14 +178,14 @@ impl Deployment {
                 topic_prefix: format!("{}.", self.id),
                 group_id: self.id.clone(),
                 partitions: 3,
-                session_timeout_ms: 6000,
+                session_timeout_ms: 3000,
+                fetch_wait_max_ms: 10,
             },
             transfers: TransferSettings {
                 try_timeout_secs: 30,
                 sweep_interval_secs: 1,
                 redrive_after_secs: 5,
-                relay_enabled: true,
-                consumer_enabled: true,
+                ..TransferSettings::default()
             },
             idempotency: IdempotencySettings { retention_hours: 24 },
         }
@@ -243,7 +243,8 @@ impl Drop for Deployment {
                     topic_prefix: prefix.clone(),
                     group_id: String::new(),
                     partitions: 1,
-                    session_timeout_ms: 6000,
+                    session_timeout_ms: 3000,
+                    fetch_wait_max_ms: 10,
                 };
                 let topics = shardwallet::messaging::kafka::Topics::new(&prefix);
                 let _ = tokio::time::timeout(

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod failover;
 mod foundation;
 mod idempotency;
 mod ledger;

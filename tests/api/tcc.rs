@@ -138,3 +138,49 @@ async fn a_storm_of_concurrent_random_transfers_all_finish_and_conserve_money() 
     let report = app.assert_verified().await;
     assert_eq!(report.totals["EUR"], "0");
 }
+
+#[tokio::test]
+async fn an_overloaded_shard_refuses_cross_shard_transfers_without_storing_the_key() {
+    let deployment = Deployment::new().await;
+    let mut settings = deployment.settings();
+    // One transfer in flight fills the sender's shard: with no relay it stays there.
+    settings.transfers.relay_enabled = false;
+    settings.transfers.admission_max_in_flight = 1;
+    settings.transfers.admission_sample_ms = 20;
+    let app = deployment.spawn(settings).await;
+    let alice = app.user_on_shard("alice", 0);
+    let bob = app.user_on_shard("bob", 1);
+    let carol = app.user_on_shard("carol", 0);
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    app.funded_user(&carol, "EUR", "0").await;
+    let token = app.user_token(&alice);
+
+    let first = app.transfer(&token, &alice, &bob, "EUR", "10", "first").await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first = body(first).await["transfer_id"].as_str().expect("id").to_string();
+    let refused = app.transfer(&token, &alice, &bob, "EUR", "20", "second").await;
+    let retry_after = refused.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    // Same-shard transfers are not held back, and nothing was held for the refusal.
+    assert_eq!(app.transfer(&token, &alice, &carol, "EUR", "5", "local").await.status(), StatusCode::CREATED);
+    let wallet = app.wallet(&alice, "EUR").await;
+    assert_eq!((wallet["balance"].as_str(), wallet["held"].as_str()), (Some("95"), Some("10")));
+    app.stop().await;
+
+    // Once the backlog drains, the client's retry with the same key is a new transfer.
+    let app = deployment.spawn_default().await;
+    assert_eq!(app.wait_final(&first, FINAL_WITHIN).await["status"], "completed");
+    let retried = eventually(Duration::from_secs(10), "room for the retry", || async {
+        let response = app.transfer(&token, &alice, &bob, "EUR", "20", "second").await;
+        (response.status() != StatusCode::SERVICE_UNAVAILABLE).then_some(response)
+    })
+    .await;
+    assert_eq!(retried.status(), StatusCode::ACCEPTED);
+    assert!(retried.headers().get("idempotent-replayed").is_none(), "the 503 was not stored under the key");
+    let id = body(retried).await["transfer_id"].as_str().expect("id").to_string();
+    assert_eq!(app.wait_final(&id, FINAL_WITHIN).await["status"], "completed");
+    assert_eq!(app.balance(&bob, "EUR").await, "30");
+    app.assert_verified().await;
+}

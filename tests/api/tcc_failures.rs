@@ -336,3 +336,63 @@ async fn a_poison_message_is_dead_lettered_counted_and_replayable() {
     .await;
     assert_eq!(counts["pending"], 1);
 }
+
+#[tokio::test]
+async fn a_lost_cancel_is_sent_again_until_the_receiver_acknowledges_it() {
+    let deployment = Deployment::new().await;
+    let mut settings = deployment.settings();
+    settings.transfers.relay_enabled = false;
+    settings.transfers.try_timeout_secs = 1;
+    let app = deployment.spawn(settings).await;
+    let alice = app.user_on_shard("alice", 0);
+    let bob = app.user_on_shard("bob", 1);
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    let sent = body(app.transfer(&app.user_token(&alice), &alice, &bob, "EUR", "30", "lost").await).await;
+    let id: uuid::Uuid = sent["transfer_id"].as_str().expect("id").parse().expect("uuid");
+    let (sender, receiver) = (app.shard_db(0).await, app.shard_db(1).await);
+
+    // The receiver gets the Try and answers, but the answer is lost (as a broker on
+    // memory storage loses what it held when it restarts).
+    let facts = TransferFacts {
+        transfer_id: id,
+        from_user_id: alice.clone(),
+        to_user_id: bob.clone(),
+        currency: "EUR".into(),
+        amount: "30".into(),
+        description: None,
+    };
+    tcc::handle(&app.router, &facts.message(Stage::TryCredit)).await.expect("try");
+    receiver.execute("DELETE FROM outbox", &[]).await.expect("lose Tried");
+    // The sender times out and cancels; its CancelCredit is lost too.
+    let done = app.wait_final(&id.to_string(), Duration::from_secs(20)).await;
+    assert_eq!(done["reason"], "timeout");
+    sender.execute("DELETE FROM outbox", &[]).await.expect("lose TryCredit and CancelCredit");
+    let state = "SELECT state FROM incoming_transfers WHERE transfer_id = $1";
+    let incoming: String = receiver.query_one(state, &[&id]).await.expect("incoming").get(0);
+    assert_eq!(incoming, "tried", "the receiver still sees a pending incoming transfer");
+    app.stop().await;
+
+    // A process with a working relay: the sweeper sends the Cancel again until the
+    // receiver has recorded it and acknowledged.
+    let mut settings = deployment.settings();
+    settings.transfers.redrive_after_secs = 1;
+    let app = deployment.spawn(settings).await;
+    eventually(
+        Duration::from_secs(30),
+        "the receiver to record the cancel and the sender its acknowledgement",
+        || async {
+            let incoming: String = receiver.query_one(state, &[&id]).await.ok()?.get(0);
+            let acked: Option<chrono::DateTime<chrono::Utc>> = sender
+                .query_one("SELECT cancel_acked_at FROM transfers WHERE transfer_id = $1", &[&id])
+                .await
+                .ok()?
+                .get(0);
+            (incoming == "cancelled" && acked.is_some()).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(app.balance(&alice, "EUR").await, "100");
+    assert_eq!(app.balance(&bob, "EUR").await, "0");
+    app.assert_verified().await;
+}

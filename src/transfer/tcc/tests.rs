@@ -22,6 +22,10 @@ fn sender_transition_table() {
         (Cancelled, tried(true), SenderStep::Ignore),
         (Cancelled, SenderEvent::TryTimedOut, SenderStep::Ignore),
         (Cancelled, SenderEvent::Confirmed, SenderStep::Ignore),
+        (Cancelled, SenderEvent::CancelAcked, SenderStep::AckCancel),
+        (Trying, SenderEvent::CancelAcked, SenderStep::Ignore),
+        (Confirming, SenderEvent::CancelAcked, SenderStep::Ignore),
+        (Completed, SenderEvent::CancelAcked, SenderStep::Ignore),
     ];
     for (state, event, expected) in table {
         assert_eq!(sender_step(state, &event), expected, "{state:?} + {event:?}");
@@ -48,8 +52,8 @@ fn receiver_handles_duplicates_empty_rollback_and_suspension() {
         (none, None, Stage::CancelCredit, ReceiverStep::EmptyRollback),
         (tried, Some(R::Tried), Stage::CancelCredit, ReceiverStep::Cancel),
         (tried, Some(R::Rejected), Stage::CancelCredit, ReceiverStep::Cancel),
-        (tried_cancelled, Some(R::Cancelled), Stage::CancelCredit, ReceiverStep::Ignore),
-        (cancelled, None, Stage::CancelCredit, ReceiverStep::Ignore),
+        (tried_cancelled, Some(R::Cancelled), Stage::CancelCredit, ReceiverStep::AnswerCancelledAgain),
+        (cancelled, None, Stage::CancelCredit, ReceiverStep::AnswerCancelledAgain),
     ];
     for (barriers, state, stage, expected) in table {
         assert_eq!(receiver_step(barriers, state, &stage), expected, "{barriers:?} {state:?} {stage:?}");
@@ -57,4 +61,5 @@ fn receiver_handles_duplicates_empty_rollback_and_suspension() {
     assert!(matches!(receiver_step(confirmed, Some(R::Confirmed), &Stage::CancelCredit), ReceiverStep::Violation(_)));
     assert!(matches!(receiver_step(tried, Some(R::Rejected), &Stage::ConfirmCredit), ReceiverStep::Violation(_)));
     assert!(matches!(receiver_step(none, None, &Stage::ConfirmCredit), ReceiverStep::Violation(_)));
+    assert!(matches!(receiver_step(tried, Some(R::Tried), &Stage::Cancelled), ReceiverStep::Violation(_)));
 }

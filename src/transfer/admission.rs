@@ -1,0 +1,161 @@
+//! Admission control for cross-shard transfers: a transfer accepted with 202 must not
+//! be cancelled merely because the service queued it too long, so when a sender
+//! shard's backlog passes a bound, new cross-shard transfers from that shard are
+//! refused (503 `overloaded`, not stored under the Idempotency-Key) instead.
+//!
+//! The backlog is read from the shard itself, so every instance sees the same figure:
+//! a sampler per shard counts the transfers in flight (`trying` or `confirming`) and the
+//! age of the oldest unpublished outbox row every `admission_sample_ms`. Between two
+//! samples, the transfers this instance accepted are added to the count, so a burst
+//! cannot overshoot the bound by more than what other instances accept meanwhile.
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::TransferSettings, sharding::Shard};
+
+/// Why a cross-shard transfer is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overloaded {
+    pub retry_after: Duration,
+    pub why: String,
+}
+
+#[derive(Default)]
+struct Backlog {
+    /// In-flight transfers at the last sample, plus those accepted here since.
+    in_flight: AtomicU64,
+    /// Age of the oldest outbox row at the last sample, in milliseconds.
+    outbox_age_ms: AtomicU64,
+}
+
+/// The bounds and the latest backlog of every shard.
+pub struct Admission {
+    max_in_flight: u64,
+    max_outbox_age_ms: u64,
+    retry_after: Duration,
+    shards: Vec<Backlog>,
+}
+
+impl Admission {
+    pub fn new(settings: &TransferSettings, shards: usize) -> Self {
+        Self {
+            max_in_flight: settings.admission_max_in_flight,
+            max_outbox_age_ms: settings.admission_max_outbox_age_ms,
+            retry_after: Duration::from_secs(settings.admission_retry_after_secs.max(1)),
+            shards: (0..shards).map(|_| Backlog::default()).collect(),
+        }
+    }
+
+    /// Admits one cross-shard transfer from `shard`, or says why not.
+    pub fn admit(&self, shard: usize) -> Result<(), Overloaded> {
+        let Some(backlog) = self.shards.get(shard) else { return Ok(()) };
+        let in_flight = backlog.in_flight.load(Ordering::Relaxed);
+        let age = backlog.outbox_age_ms.load(Ordering::Relaxed);
+        let why = if self.max_in_flight > 0 && in_flight >= self.max_in_flight {
+            format!("{in_flight} cross-shard transfers in flight on the sender's shard (bound {})", self.max_in_flight)
+        } else if self.max_outbox_age_ms > 0 && age >= self.max_outbox_age_ms {
+            format!("stage messages wait {age} ms to be published (bound {} ms)", self.max_outbox_age_ms)
+        } else {
+            backlog.in_flight.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        Err(Overloaded { retry_after: self.retry_after, why })
+    }
+
+    /// An admitted transfer that was not recorded after all (refused, replayed).
+    pub fn release(&self, shard: usize) {
+        if let Some(backlog) = self.shards.get(shard) {
+            let _ = backlog.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    fn record(&self, shard: usize, in_flight: u64, outbox_age_ms: u64) {
+        if let Some(backlog) = self.shards.get(shard) {
+            backlog.in_flight.store(in_flight, Ordering::Relaxed);
+            backlog.outbox_age_ms.store(outbox_age_ms, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Samples one shard's backlog until shutdown.
+pub struct Sampler {
+    pub admission: Arc<Admission>,
+    pub shard: Arc<Shard>,
+    pub interval: Duration,
+}
+
+impl Sampler {
+    #[tracing::instrument(name = "admission", skip_all, fields(shard = %self.shard.name))]
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            match self.sample().await {
+                Ok((in_flight, age)) => self.admission.record(self.shard.index, in_flight, age),
+                Err(e) => tracing::debug!(error = %e, "backlog sample failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    }
+
+    async fn sample(&self) -> anyhow::Result<(u64, u64)> {
+        let client = self.shard.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT (SELECT count(*) FROM transfers WHERE state IN ('trying', 'confirming')),
+                        (SELECT coalesce(extract(epoch FROM now() - min(created_at)) * 1000, 0)::bigint FROM outbox)",
+            )
+            .await?;
+        let row = client.query_one(&statement, &[]).await?;
+        let (in_flight, age): (i64, i64) = (row.get(0), row.get(1));
+        Ok((in_flight.max(0) as u64, age.max(0) as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(max_in_flight: u64, max_age: u64) -> Admission {
+        let settings = TransferSettings {
+            admission_max_in_flight: max_in_flight,
+            admission_max_outbox_age_ms: max_age,
+            ..TransferSettings::default()
+        };
+        Admission::new(&settings, 2)
+    }
+
+    #[test]
+    fn refuses_past_the_in_flight_bound_counting_its_own_admissions() {
+        let a = admission(3, 0);
+        a.record(0, 1, 0);
+        assert!(a.admit(0).is_ok());
+        assert!(a.admit(0).is_ok());
+        let refused = a.admit(0).expect_err("third is over the bound");
+        assert!(refused.why.contains("in flight"), "{}", refused.why);
+        // The other shard has its own backlog.
+        assert!(a.admit(1).is_ok());
+        a.release(0);
+        assert!(a.admit(0).is_ok());
+        // A fresh sample replaces the local estimate.
+        a.record(0, 0, 0);
+        assert!(a.admit(0).is_ok());
+    }
+
+    #[test]
+    fn refuses_when_the_outbox_lags_and_zero_disables_a_bound() {
+        let a = admission(0, 500);
+        a.record(0, 1_000_000, 499);
+        assert!(a.admit(0).is_ok(), "no in-flight bound when it is 0");
+        a.record(0, 0, 500);
+        assert_eq!(a.admit(0).expect_err("outbox too old").retry_after, Duration::from_secs(1));
+    }
+}
