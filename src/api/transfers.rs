@@ -49,7 +49,8 @@ pub async fn create(
     }
     require_self_or_admin(&caller, &from)?;
     let idem = Idempotency::from_request(&caller, &headers, "POST", "/v1/transfers", &raw)?;
-    let cross_shard = !state.router.same_shard(&from, &to);
+    let route = transfer::Route::decide(&state.router, &from, &to, &currency).await;
+    let cross_shard = route.is_cross_shard();
     let shard = state.router.for_user(&from);
     let request = TransferRequest {
         transfer_id: state.router.new_id_for(&from),
@@ -67,9 +68,8 @@ pub async fn create(
             return Ok(overloaded(&refused));
         }
     }
-    let outcome = idem
-        .run(shard, success, async |tx| transfer::start(tx, &state.router, &request, state.try_timeout()).await)
-        .await;
+    let outcome =
+        idem.run(shard, success, async |tx| transfer::start(tx, route, &request, state.try_timeout()).await).await;
     let committed = matches!(outcome, Ok((_, true)));
     if cross_shard && !committed {
         state.admission.release(shard.index);

@@ -71,6 +71,46 @@ pub async fn place_hold(
     Ok(TransferView::from_row(&row))
 }
 
+/// A cross-shard transfer whose receiver is known (see `tcc::receiver_ready`): recorded
+/// in `confirming` and debited to the shard's transit account at once, with no hold.
+#[tracing::instrument(skip_all, fields(transfer_id = %req.transfer_id))]
+pub async fn debit_direct(tx: &Transaction<'_>, req: &TransferRequest<'_>) -> Result<TransferView> {
+    let Some(wallet) = accounts::lock_wallets(tx, &[req.from], req.currency).await?.pop() else {
+        return Err(accounts::missing_wallet_error(tx, req.from).await?);
+    };
+    let amount = BigInt::from(req.amount.value().clone());
+    if wallet.available() < amount {
+        return Err(Error::InsufficientFunds);
+    }
+    let id = req.transfer_id.uuid();
+    let amount_text = req.amount.to_string();
+    let sql = format!(
+        "INSERT INTO transfers (transfer_id, from_user, to_user, currency, amount, description, route, state, direct)
+         VALUES ($1, $2, $3, $4, $5::text::numeric, $6, 'cross_shard', 'confirming', true)
+         RETURNING {TRANSFER_COLUMNS}"
+    );
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+        [&id, &req.from.as_str(), &req.to.as_str(), &req.currency.as_str(), &amount_text, &req.description];
+    let debit = posting::post(
+        tx,
+        Posting {
+            kind: Kind::TransferDebit,
+            reference: Some(id),
+            reverses: None,
+            description: None,
+            bucket: req.transfer_id.bucket(),
+            currency: req.currency.as_str(),
+            legs: vec![
+                Leg { account: Account::Id(wallet.account_id), amount: -amount.clone() },
+                Leg { account: Account::System(System::Transit), amount },
+            ],
+        },
+    );
+    // The funds were checked under the wallet's lock: both writes go in one round trip.
+    let (row, _) = futures::try_join!(async { Ok(tx.cached_query_one(&sql, &params).await?) }, debit)?;
+    Ok(TransferView::from_row(&row))
+}
+
 /// Releases an open hold (on confirm or cancel). Returns the wallet and amount, or
 /// `None` when the hold was already released (a redelivered stage).
 async fn take_hold(tx: &Transaction<'_>, transfer_id: Uuid, by: &str) -> Result<Option<(i64, String)>> {

@@ -17,6 +17,11 @@ pub enum Stage {
     Tried { ok: bool, reason: Option<String> },
     /// Sender -> receiver: the sender has debited; credit the receiver.
     ConfirmCredit,
+    /// Sender -> receiver, instead of TryCredit + ConfirmCredit: the sender found the
+    /// receiver's user and wallet by a read (the receiver's Try reserves nothing and
+    /// users and wallets are never removed, so that read is the Try) and has debited;
+    /// credit the receiver.
+    DirectCredit,
     /// Sender -> receiver: the transfer is cancelled; drop the reserved credit.
     CancelCredit,
     /// Receiver -> sender: the receiver was credited.
@@ -29,7 +34,7 @@ pub enum Stage {
 impl Stage {
     /// Whether the receiver's shard handles this stage (else the sender's).
     pub fn for_receiver(&self) -> bool {
-        matches!(self, Stage::TryCredit | Stage::ConfirmCredit | Stage::CancelCredit)
+        matches!(self, Stage::TryCredit | Stage::ConfirmCredit | Stage::DirectCredit | Stage::CancelCredit)
     }
 
     pub fn name(&self) -> &'static str {
@@ -37,6 +42,7 @@ impl Stage {
             Stage::TryCredit => "TryCredit",
             Stage::Tried { .. } => "Tried",
             Stage::ConfirmCredit => "ConfirmCredit",
+            Stage::DirectCredit => "DirectCredit",
             Stage::CancelCredit => "CancelCredit",
             Stage::Confirmed => "Confirmed",
             Stage::Cancelled => "Cancelled",

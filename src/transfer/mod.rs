@@ -1,5 +1,6 @@
 //! Transfers: the same-shard path completes in one transaction; the cross-shard path
-//! starts here (hold + TryCredit in the outbox) and continues in `tcc`.
+//! starts here (a debit + DirectCredit, or a hold + TryCredit, in the outbox) and
+//! continues in `tcc`.
 pub mod admission;
 pub mod messages;
 pub mod sweeper;
@@ -10,26 +11,55 @@ use std::time::Duration;
 use deadpool_postgres::Transaction;
 
 use crate::{
+    domain::{Currency, UserId},
     ledger::{self, holds, local, local::TransferRequest, TransferView},
     messaging::outbox,
     sharding::Router,
 };
 use messages::{Stage, TransferFacts};
 
+/// How a transfer goes, decided before its transaction starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Both users on one shard: completed in one transaction.
+    Local,
+    /// The receiver's wallet was found by a read on its shard: debit now, DirectCredit.
+    CrossDirect,
+    /// Try/Confirm/Cancel: hold now, TryCredit.
+    Cross,
+}
+
+impl Route {
+    pub async fn decide(router: &Router, from: &UserId, to: &UserId, currency: &Currency) -> Self {
+        if router.same_shard(from, to) {
+            Route::Local
+        } else if from != to && tcc::receiver_ready(router, to, currency.as_str()).await {
+            Route::CrossDirect
+        } else {
+            Route::Cross
+        }
+    }
+
+    pub fn is_cross_shard(self) -> bool {
+        self != Route::Local
+    }
+}
+
 /// Starts a transfer inside `tx`, a transaction on the sender's shard. Same-shard
-/// transfers are completed; cross-shard ones are left `pending` with their TryCredit
-/// committed to the outbox in the same transaction.
+/// transfers are completed; cross-shard ones are left `pending` with their first stage
+/// (DirectCredit or TryCredit) committed to the outbox in the same transaction.
 #[tracing::instrument(skip_all, fields(transfer_id = %req.transfer_id))]
 pub async fn start(
     tx: &Transaction<'_>,
-    router: &Router,
+    route: Route,
     req: &TransferRequest<'_>,
     try_timeout: Duration,
 ) -> ledger::Result<TransferView> {
-    if router.same_shard(req.from, req.to) {
-        return local::transfer(tx, req).await;
-    }
-    let view = holds::place_hold(tx, req, tcc::try_deadline(try_timeout)).await?;
+    let (view, stage) = match route {
+        Route::Local => return local::transfer(tx, req).await,
+        Route::CrossDirect => (holds::debit_direct(tx, req).await?, Stage::DirectCredit),
+        Route::Cross => (holds::place_hold(tx, req, tcc::try_deadline(try_timeout)).await?, Stage::TryCredit),
+    };
     let facts = TransferFacts {
         transfer_id: req.transfer_id.uuid(),
         from_user_id: req.from.to_string(),
@@ -38,6 +68,6 @@ pub async fn start(
         amount: req.amount.to_string(),
         description: req.description.map(str::to_string),
     };
-    outbox::enqueue(tx, &facts.message(Stage::TryCredit)).await?;
+    outbox::enqueue(tx, &facts.message(stage)).await?;
     Ok(view)
 }

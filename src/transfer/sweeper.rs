@@ -94,7 +94,7 @@ impl Sweeper {
                             OR (state = 'cancelled' AND route = 'cross_shard' AND cancel_acked_at IS NULL))
                        AND updated_at < now() - $1 * interval '1 millisecond'
                      ORDER BY updated_at LIMIT 500 FOR UPDATE SKIP LOCKED)
-                 RETURNING transfer_id, state, from_user, to_user, currency, amount::text, description",
+                 RETURNING transfer_id, state, from_user, to_user, currency, amount::text, description, direct",
                 &[&(self.redrive_after.as_millis() as f64)],
             )
             .await?;
@@ -109,6 +109,7 @@ impl Sweeper {
             };
             let stage = match row.get::<_, &str>(1) {
                 "trying" => Stage::TryCredit,
+                "confirming" if row.get::<_, bool>(7) => Stage::DirectCredit,
                 "confirming" => Stage::ConfirmCredit,
                 _ => Stage::CancelCredit,
             };

@@ -22,6 +22,19 @@
 //!   hold released)                                                                               │
 //!    completed ◄─────────────────────────────────────────────────────────────────────────────────┘
 //! ```
+//! **Direct credit.** When the sender's API request finds the receiver's user and wallet
+//! by a read on the receiver's shard, that read is the Try (the receiver's Try reserves
+//! nothing, and users and wallets are never removed): the transfer starts in
+//! `confirming`, debited to transit, and DirectCredit replaces TryCredit, Tried and
+//! ConfirmCredit (two hops instead of four). Otherwise (receiver unknown, receiver's
+//! shard unreachable) the full protocol above runs and decides.
+//!
+//! ```text
+//! API: read receiver ok ─► confirming ──DirectCredit──► [direct] credit from transit ─► confirmed ──Confirmed──┐
+//!     (debit to transit)                                                                                    │
+//!      completed ◄──────────────────────────────────────────────────────────────────────────────────────────┘
+//! ```
+//!
 //! Once `confirming` is decided the transfer is never cancelled; the sweeper re-emits
 //! ConfirmCredit until Confirmed arrives, and likewise CancelCredit until Cancelled
 //! arrives, so a lost stage in either direction is recovered by the protocol itself. Each handler is one local transaction, and is
@@ -146,6 +159,9 @@ pub enum ReceiverStep {
     Confirm,
     /// Repeated Confirm: answer Confirmed again, credit nothing.
     AnswerConfirmedAgain,
+    /// First DirectCredit: record the transfer as confirmed, credit the receiver from
+    /// transit, answer Confirmed.
+    CreditDirect,
     /// Cancel with no Try (empty rollback): record the barrier so a late Try is
     /// suspended, answer Cancelled.
     EmptyRollback,
@@ -169,7 +185,11 @@ pub fn receiver_step(b: Barriers, state: Option<ReceiverState>, stage: &Stage) -
         },
         Stage::TryCredit if b.cancelled => ReceiverStep::Suspend,
         Stage::TryCredit => ReceiverStep::Try,
-        Stage::ConfirmCredit if b.confirmed => ReceiverStep::AnswerConfirmedAgain,
+        Stage::ConfirmCredit | Stage::DirectCredit if b.confirmed => ReceiverStep::AnswerConfirmedAgain,
+        Stage::DirectCredit if b.tried || b.cancelled => {
+            ReceiverStep::Violation("DirectCredit for a transfer that went through Try or Cancel")
+        }
+        Stage::DirectCredit => ReceiverStep::CreditDirect,
         Stage::ConfirmCredit => match state {
             Some(R::Tried) if !b.cancelled => ReceiverStep::Confirm,
             _ => ReceiverStep::Violation("ConfirmCredit for a transfer that was not tried successfully"),
@@ -281,7 +301,7 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
     // Cancel handled at the same moment by two instances cannot miss each other. The
     // reads are pipelined behind the lock: the server runs them once it is granted.
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
-    let is_try = matches!(msg.stage, Stage::TryCredit);
+    let is_try = matches!(msg.stage, Stage::TryCredit | Stage::DirectCredit);
     // The lock is prepared beforehand so that it is the first statement on the wire even
     // when the reads' statements still have to be prepared on this connection.
     let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))").await?;
@@ -315,23 +335,12 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
         ReceiverStep::Try => {
             let reason = checked.flatten();
             let recorded = if reason.is_none() { "tried" } else { "rejected" };
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
-                &id,
-                &msg.from_user_id,
-                &msg.to_user_id,
-                &msg.currency,
-                &msg.amount,
-                &msg.description,
-                &recorded,
-                &reason,
-            ];
-            let record = tx.cached_execute(
-                "INSERT INTO incoming_transfers (transfer_id, from_user, to_user, currency, amount, description, state, reason)
-                 VALUES ($1, $2, $3, $4, $5::text::numeric, $6, $7, $8)",
-                &params,
-            );
             let answer = facts.message(Stage::Tried { ok: reason.is_none(), reason: reason.clone() });
-            futures::try_join!(barrier(&tx, id, "try"), async { Ok(record.await?) }, outbox::enqueue(&tx, &answer))?;
+            futures::try_join!(
+                barrier(&tx, id, "try"),
+                record_incoming(&tx, msg, recorded, reason.as_deref()),
+                outbox::enqueue(&tx, &answer),
+            )?;
         }
         ReceiverStep::Suspend => {
             tracing::warn!("Try arrived after Cancel (suspension): ignored");
@@ -353,6 +362,20 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
             )?;
         }
         ReceiverStep::AnswerConfirmedAgain => outbox::enqueue(&tx, &facts.message(Stage::Confirmed)).await?,
+        ReceiverStep::CreditDirect => {
+            if let Some(reason) = checked.flatten() {
+                return Err(Error::Invariant(format!("the receiver of a direct credit is gone: {reason}")));
+            }
+            let currency = Currency::parse(&msg.currency).map_err(|e| Error::Invariant(e.to_string()))?;
+            let amount = accounts::parse_numeric(&msg.amount)?;
+            let answer = facts.message(Stage::Confirmed);
+            futures::try_join!(
+                barrier(&tx, id, "confirm"),
+                record_incoming(&tx, msg, "confirmed", None),
+                holds::credit_from_transit(&tx, id, bucket, &to, &currency, &amount),
+                outbox::enqueue(&tx, &answer),
+            )?;
+        }
         ReceiverStep::EmptyRollback => {
             tracing::info!("Cancel arrived before Try (empty rollback): barrier recorded");
             let answer = facts.message(Stage::Cancelled);
@@ -387,6 +410,31 @@ async fn barrier(tx: &Transaction<'_>, id: Uuid, branch: &str) -> ledger::Result
     Ok(())
 }
 
+/// The receiver's record of an incoming transfer.
+async fn record_incoming(
+    tx: &Transaction<'_>,
+    msg: &StageMessage,
+    state: &str,
+    reason: Option<&str>,
+) -> ledger::Result<()> {
+    tx.cached_execute(
+        "INSERT INTO incoming_transfers (transfer_id, from_user, to_user, currency, amount, description, state, reason)
+         VALUES ($1, $2, $3, $4, $5::text::numeric, $6, $7, $8)",
+        &[
+            &msg.transfer_id,
+            &msg.from_user_id,
+            &msg.to_user_id,
+            &msg.currency,
+            &msg.amount,
+            &msg.description,
+            &state,
+            &reason,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 async fn set_incoming(tx: &Transaction<'_>, id: Uuid, state: &str) -> ledger::Result<()> {
     tx.cached_execute(
         "UPDATE incoming_transfers SET state = $2, updated_at = now() WHERE transfer_id = $1",
@@ -397,8 +445,12 @@ async fn set_incoming(tx: &Transaction<'_>, id: Uuid, state: &str) -> ledger::Re
 }
 
 /// `None` when the receiver can be credited in `currency`, else the reason code.
-async fn check_receiver(tx: &Transaction<'_>, to: &UserId, currency: &str) -> ledger::Result<Option<String>> {
-    let row = tx
+async fn check_receiver(
+    client: &impl deadpool_postgres::GenericClient,
+    to: &UserId,
+    currency: &str,
+) -> ledger::Result<Option<String>> {
+    let row = client
         .cached_query_one(
             "SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1),
                     EXISTS (SELECT 1 FROM accounts WHERE user_id = $1 AND currency = $2)",
@@ -417,6 +469,17 @@ async fn rejection_reason(tx: &Transaction<'_>, id: Uuid) -> ledger::Result<Opti
         .cached_query_opt("SELECT reason FROM incoming_transfers WHERE transfer_id = $1", &[&id])
         .await?
         .and_then(|r| r.get(0)))
+}
+
+/// The receiver's Try as a read: whether `to`'s shard already has `to`'s wallet in
+/// `currency`. Only a certain yes counts; a refusal, an error or a slow shard leaves the
+/// decision to the full protocol (TryCredit), which then records the reason.
+pub async fn receiver_ready(router: &Router, to: &UserId, currency: &str) -> bool {
+    let read = async {
+        let client = router.for_user(to).client().await?;
+        check_receiver(&client, to, currency).await
+    };
+    matches!(tokio::time::timeout(std::time::Duration::from_secs(1), read).await, Ok(Ok(None)))
 }
 
 /// The deadline of a new cross-shard transfer's Try.

@@ -54,6 +54,13 @@ fn receiver_handles_duplicates_empty_rollback_and_suspension() {
         (tried, Some(R::Rejected), Stage::CancelCredit, ReceiverStep::Cancel),
         (tried_cancelled, Some(R::Cancelled), Stage::CancelCredit, ReceiverStep::AnswerCancelledAgain),
         (cancelled, None, Stage::CancelCredit, ReceiverStep::AnswerCancelledAgain),
+        (none, None, Stage::DirectCredit, ReceiverStep::CreditDirect),
+        (
+            Barriers { confirmed: true, ..none },
+            Some(R::Confirmed),
+            Stage::DirectCredit,
+            ReceiverStep::AnswerConfirmedAgain,
+        ),
     ];
     for (barriers, state, stage, expected) in table {
         assert_eq!(receiver_step(barriers, state, &stage), expected, "{barriers:?} {state:?} {stage:?}");
@@ -62,4 +69,7 @@ fn receiver_handles_duplicates_empty_rollback_and_suspension() {
     assert!(matches!(receiver_step(tried, Some(R::Rejected), &Stage::ConfirmCredit), ReceiverStep::Violation(_)));
     assert!(matches!(receiver_step(none, None, &Stage::ConfirmCredit), ReceiverStep::Violation(_)));
     assert!(matches!(receiver_step(tried, Some(R::Tried), &Stage::Cancelled), ReceiverStep::Violation(_)));
+    // A direct credit never meets a Try or a Cancel: the sender sends neither for it.
+    assert!(matches!(receiver_step(tried, Some(R::Tried), &Stage::DirectCredit), ReceiverStep::Violation(_)));
+    assert!(matches!(receiver_step(cancelled, None, &Stage::DirectCredit), ReceiverStep::Violation(_)));
 }

@@ -8,3 +8,7 @@ DROP INDEX transfers_in_flight;
 CREATE INDEX transfers_to_redrive ON transfers (updated_at)
     WHERE state IN ('trying', 'confirming')
        OR (state = 'cancelled' AND route = 'cross_shard' AND cancel_acked_at IS NULL);
+
+-- A cross-shard transfer whose receiver was found by a read when it was requested skips
+-- TryCredit/Tried: it starts `confirming` and its stage is DirectCredit (re-driven as such).
+ALTER TABLE transfers ADD COLUMN direct boolean NOT NULL DEFAULT false;
