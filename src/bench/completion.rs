@@ -36,11 +36,6 @@ impl Completion {
     pub fn cancelled_total(&self) -> u64 {
         self.cancelled.values().sum()
     }
-
-    /// Accepted transfers that did not complete (cancelled or unfinished).
-    pub fn not_completed(&self) -> u64 {
-        self.cancelled_total() + self.unfinished
-    }
 }
 
 /// Follows `ids` until each is completed or cancelled, or `deadline` passes.
@@ -63,18 +58,19 @@ pub async fn settle(router: &Router, ids: &[Uuid], deadline: Duration) -> anyhow
     }
     while pending.iter().any(|p| !p.is_empty()) {
         let round = Instant::now();
-        let reads = router.shards().iter().zip(&pending).filter(|(_, p)| !p.is_empty()).map(|(shard, ids)| async move {
-            let client = shard.client().await?;
-            let rows = client
-                .query(
-                    "SELECT transfer_id, state, reason, created_at, completed_at
+        let reads =
+            router.shards().iter().zip(&pending).filter(|(_, p)| !p.is_empty()).map(|(shard, ids)| async move {
+                let client = shard.client().await?;
+                let rows = client
+                    .query(
+                        "SELECT transfer_id, state, reason, created_at, completed_at
                      FROM transfers WHERE transfer_id = ANY($1)",
-                    &[ids],
-                )
-                .await
-                .with_context(|| format!("reading transfers on {}", shard.name))?;
-            anyhow::Ok((shard.index, rows))
-        });
+                        &[ids],
+                    )
+                    .await
+                    .with_context(|| format!("reading transfers on {}", shard.name))?;
+                anyhow::Ok((shard.index, rows))
+            });
         for (index, rows) in futures::future::try_join_all(reads).await? {
             done.queries += 1;
             let mut finished = HashSet::new();
@@ -127,10 +123,7 @@ impl Completion {
 /// `completed_at - created_at` in microseconds; a completed row without `completed_at`
 /// (which the service never writes) counts as 0 rather than failing the run.
 fn completion_micros(created: DateTime<Utc>, completed: Option<DateTime<Utc>>) -> u64 {
-    completed
-        .and_then(|c| (c - created).num_microseconds())
-        .map(|m| u64::try_from(m).unwrap_or(0))
-        .unwrap_or(0)
+    completed.and_then(|c| (c - created).num_microseconds()).map(|m| u64::try_from(m).unwrap_or(0)).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -139,8 +132,8 @@ mod tests {
 
     #[test]
     fn completion_time_is_completed_at_minus_created_at() {
-        let created = DateTime::parse_from_rfc3339("2026-11-21T14:00:00.100000Z").expect("time").to_utc();
-        let completed = DateTime::parse_from_rfc3339("2026-11-21T14:00:01.350250Z").expect("time").to_utc();
+        let created = DateTime::parse_from_rfc3339("2026-11-21T14:00:00.100000Z").expect("time").with_timezone(&Utc);
+        let completed = DateTime::parse_from_rfc3339("2026-11-21T14:00:01.350250Z").expect("time").with_timezone(&Utc);
         assert_eq!(completion_micros(created, Some(completed)), 1_250_250);
         assert_eq!(completion_micros(created, None), 0);
         assert_eq!(completion_micros(completed, Some(created)), 0);

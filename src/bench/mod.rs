@@ -109,12 +109,14 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
         broker: cpu::broker_pid(args.broker_pid, std::path::Path::new(".local/nisshi.pid")),
         ticks_per_sec: cpu::clock_ticks(),
     };
-    let drain = Duration::from_secs_f64(args.drain_secs.unwrap_or(
-        (settings.transfers.try_timeout_secs + 2 * settings.transfers.sweep_interval_secs + 10) as f64,
-    ));
+    let drain = Duration::from_secs_f64(
+        args.drain_secs
+            .unwrap_or((settings.transfers.try_timeout_secs + 2 * settings.transfers.sweep_interval_secs + 10) as f64),
+    );
+    let settings_line = describe(&args, &probe, drain, fixture.per_shard());
     let target = Arc::new(Target::new(&args, fixture.users));
     let mut results = Results {
-        settings: describe(&args, &probe, drain, fixture.per_shard()),
+        settings: settings_line,
         clients: args.clients,
         duration: args.duration,
         local: None,
@@ -127,13 +129,12 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.mode != Mode::Local {
         let local_tps = results.local.as_ref().and_then(|l| l.as_ref().ok()).map(|l| l.stats.tps());
-        let plan = match args.rates.is_empty() {
-            true => sweep::Plan::Search { start: sweep::start_rate(local_tps), max_steps: args.max_steps },
-            false => {
-                let mut rates = args.rates.clone();
-                rates.sort_by(f64::total_cmp);
-                sweep::Plan::Rates(rates)
-            }
+        let plan = if args.rates.is_empty() {
+            sweep::Plan::Search { start: sweep::start_rate(local_tps), max_steps: args.max_steps }
+        } else {
+            let mut rates = args.rates.clone();
+            rates.sort_by(f64::total_cmp);
+            sweep::Plan::Rates(rates)
         };
         let ctx = cross::Ctx {
             target: target.clone(),

@@ -70,8 +70,15 @@ impl OpenRun {
 enum Reply {
     Accepted(Uuid),
     /// A 503, whatever its code.
-    Refused { key: String, body: String, retry_after: bool },
-    Failed { key: String, body: String },
+    Refused {
+        key: String,
+        body: String,
+        retry_after: bool,
+    },
+    Failed {
+        key: String,
+        body: String,
+    },
 }
 
 /// Sends cross-shard transfers over random `pairs` at `rate` per second for `duration`

@@ -148,7 +148,8 @@ mod tests {
                       latency average = 11.021 ms\ninitial connection time = 40.5 ms\n\
                       tps = 2903.456789 (without initial connection time)\n";
         let outcome = parse(output).expect("parsed");
-        let expected = Outcome { tps: 2903.456789, latency_ms: Some(11.021), failed: Some(0), transactions: Some(58000) };
+        let expected =
+            Outcome { tps: 2903.456789, latency_ms: Some(11.021), failed: Some(0), transactions: Some(58000) };
         assert_eq!(outcome, expected);
     }
 

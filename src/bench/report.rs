@@ -98,7 +98,7 @@ pub fn step_details(step: &Step) -> String {
         "offered {:.0}/s for {:.0} s: {} due, {} sent (send lag p99 {}), {} not sent (client saturated)\n  \
          {} accepted (202 response p50 {}, p99 {}), {} refused with 503 (response p50 {}, p99 {}; {} with \
          Retry-After), errors: {}\n  completed {}, cancelled: {}, unfinished {} (all final {:.1} s after the \
-         last answer, {} shard queries)\n  completion p50 {}, p99 {}, max {}; CPU s: service {}, postgres {}, \
+         last answer, {} shard queries)\n  completion p50 {}, p99 {}, max {}; CPU s: service {}, postgres {:.1}, \
          broker {}  {verdict}{}",
         r.rate,
         r.duration.as_secs_f64(),
@@ -123,7 +123,7 @@ pub fn step_details(step: &Step) -> String {
         ms(&c.latency, 0.99),
         ms(&c.latency, 1.0),
         opt(step.cpu.service, 1),
-        format!("{:.1}", step.cpu.postgres),
+        step.cpu.postgres,
         opt(step.cpu.broker, 1),
         samples(&r.errors)
     )
@@ -195,13 +195,19 @@ fn cross_rows(cross: &CrossResult, row: &mut impl FnMut(String, String)) {
         return;
     };
     row(
-        format!("cross-shard capacity (open loop: highest offered rate with p99 completion < {limit} ms, all completed)"),
+        format!(
+            "cross-shard capacity (open loop: highest offered rate with p99 completion < {limit} ms, all completed)"
+        ),
         format!("{cap:.0}/s"),
     );
     if let Some(half) = &cross.half {
         let c = &half.completion;
         row(
-            format!("cross-shard at half capacity ({:.0}/s offered, {:.0} s)", half.run.rate, half.run.duration.as_secs_f64()),
+            format!(
+                "cross-shard at half capacity ({:.0}/s offered, {:.0} s)",
+                half.run.rate,
+                half.run.duration.as_secs_f64()
+            ),
             format!(
                 "completion p50 {}, p99 {}, max {}; {} accepted, {} completed, cancelled: {}, unfinished {}",
                 ms(&c.latency, 0.5),

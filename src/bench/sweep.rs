@@ -22,7 +22,10 @@ const DEFAULT_START: f64 = 50.0;
 pub enum Plan {
     /// `--rates`: in ascending order, until the first failure.
     Rates(Vec<f64>),
-    Search { start: f64, max_steps: usize },
+    Search {
+        start: f64,
+        max_steps: usize,
+    },
 }
 
 /// The first rate of a search: a quarter of the same-shard TPS, at least 10/s.
@@ -61,11 +64,8 @@ impl Plan {
 /// (highest pass below the lowest failure, lowest failure).
 fn bounds(done: &[(f64, bool)]) -> (Option<f64>, Option<f64>) {
     let fail = done.iter().filter(|&&(_, passed)| !passed).map(|&(r, _)| r).reduce(f64::min);
-    let pass = done
-        .iter()
-        .filter(|&&(r, passed)| passed && fail.is_none_or(|f| r < f))
-        .map(|&(r, _)| r)
-        .reduce(f64::max);
+    let pass =
+        done.iter().filter(|&&(r, passed)| passed && fail.is_none_or(|f| r < f)).map(|&(r, _)| r).reduce(f64::max);
     (pass, fail)
 }
 
