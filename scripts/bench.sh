@@ -3,11 +3,14 @@
 # migrated and loaded the test data):
 #   1. start `shardwallet serve` in the background (log: .local/logs/bench-serve.log),
 #   2. wait until GET /ready answers 200,
-#   3. run `shardwallet bench "$@"`, then `shardwallet verify`,
+#   3. run `shardwallet bench "$@"` with the server's pid (for its CPU time; the broker's
+#      comes from .local/nisshi.pid) and the JSON figures in $BENCH_JSON, then
+#      `shardwallet verify`,
 #   4. stop the server, whatever happened (trap).
 #
 # Environment: SERVICE_URL (default http://127.0.0.1:8080), READY_TIMEOUT (seconds, 90),
-#              SHARDWALLET_BIN (default target/release/shardwallet).
+#              SHARDWALLET_BIN (default target/release/shardwallet),
+#              BENCH_JSON (default .local/bench.json).
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -18,6 +21,7 @@ BIN=${SHARDWALLET_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/shardwalle
 SERVICE_URL=${SERVICE_URL:-http://127.0.0.1:8080}
 READY_TIMEOUT=${READY_TIMEOUT:-90}
 SERVE_LOG="$LOG_DIR/bench-serve.log"
+BENCH_JSON=${BENCH_JSON:-$LOCAL_DIR/bench.json}
 SERVER_PID=""
 
 [[ -x $BIN ]] || die "$BIN not found; run 'make build' first"
@@ -70,8 +74,8 @@ main() {
 		show_log_tail "$SERVE_LOG" 30
 		die "shardwallet serve is not ready after ${READY_TIMEOUT}s (log: $SERVE_LOG)"
 	fi
-	info "server ready; running: shardwallet bench $*"
-	"$BIN" bench "$@"
+	info "server ready; running: shardwallet bench --url $SERVICE_URL --service-pid $SERVER_PID --json $BENCH_JSON $*"
+	"$BIN" bench --url "$SERVICE_URL" --service-pid "$SERVER_PID" --json "$BENCH_JSON" "$@"
 
 	info "running: shardwallet verify"
 	"$BIN" verify

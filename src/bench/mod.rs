@@ -1,19 +1,37 @@
-//! `shardwallet bench`: load-tests a running service through its public API and
-//! compares same-shard transfer throughput with pgbench's tpcb-like run.
+//! `shardwallet bench`: load-tests a running service through its public API.
+//!
+//! 1. same-shard transfers, closed loop (`--clients`, `--duration`): TPS and latency;
+//! 2. pgbench tpcb-like with the same clients and duration, and the ratio;
+//! 3. cross-shard transfers, open loop: a sweep of offered rates finds the capacity (the
+//!    highest rate whose p99 completion stays under 1 s with nothing cancelled), then a
+//!    run at half of it and an overload run at twice it. Completion times are the
+//!    transfers' own `created_at` → `completed_at`, read from the shards.
+//!
+//! Every phase also reports the CPU time of the service, Postgres and the broker per
+//! 1,000 transfers.
 //!
 //! - `setup`: bench users with funded wallets, split into same-shard and cross-shard pairs.
-//! - `load`: closed-loop clients (one request in flight each) and their statistics.
-//! - `report`: the printed figures.
-//! - `pgbench`: creates the pgbench database, initialises it and runs pgbench.
+//! - `load`: the HTTP target and the closed-loop same-shard phase.
+//! - `openloop`: the fixed-rate scheduler; `completion`: transfer outcomes from the shards.
+//! - `sweep`: which rates to try and what passes (pure); `cross`: runs the steps.
+//! - `cpu`: `/proc` readings; `pgbench`: the baseline; `report`: summary and JSON.
+mod completion;
+mod cpu;
+mod cross;
 mod load;
+mod openloop;
 mod pgbench;
 mod report;
 mod setup;
+mod sweep;
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
 
 use crate::{api::auth::Auth, config::Settings, domain::Currency, startup};
-use load::{Kind, Stats, Target};
+use load::Target;
+use report::{Local, Pgbench, Results};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -24,19 +42,20 @@ pub enum Mode {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Base URL of the running service.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    /// Base URL of the running service. This flag, --service-pid and --json may be
+    /// repeated, the last one wins (scripts/bench.sh passes them before BENCH_ARGS).
+    #[arg(long, default_value = "http://127.0.0.1:8080", overrides_with = "url")]
     pub url: String,
-    /// Concurrent clients; each waits for its answer before sending the next request.
-    #[arg(long, default_value_t = 32)]
+    /// Same-shard and pgbench clients; each waits for its answer before the next request.
+    #[arg(long, default_value_t = 16)]
     pub clients: usize,
-    /// Seconds per phase.
+    /// Seconds of the same-shard phase and of pgbench.
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
     #[arg(long, value_enum, default_value = "both")]
     pub mode: Mode,
     /// Bench users to create, spread evenly over the shards.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 300)]
     pub users: usize,
     #[arg(long, default_value = "postgres://shardwallet@127.0.0.1:5441/pgbench")]
     pub pgbench_url: String,
@@ -47,29 +66,94 @@ pub struct BenchArgs {
     pub no_pgbench: bool,
     #[arg(long, default_value = "BNC")]
     pub currency: String,
+    /// Cross-shard offered rates to try (per second, comma-separated) instead of the
+    /// search from a quarter of the same-shard TPS; stops at the first failing one.
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Vec<f64>,
+    /// Seconds of each cross-shard sweep step and of the half-capacity run.
+    #[arg(long, default_value_t = 10.0)]
+    pub step_secs: f64,
+    /// Seconds of the overload run at twice the capacity.
+    #[arg(long, default_value_t = 30.0)]
+    pub overload_secs: f64,
+    /// Most cross-shard requests waiting for an answer; more are not sent but counted.
+    #[arg(long, default_value_t = 1024)]
+    pub max_in_flight: usize,
+    /// Most sweep steps of the search (without --rates).
+    #[arg(long, default_value_t = 8)]
+    pub max_steps: usize,
+    /// Seconds to wait after a step for its transfers to become final (default:
+    /// transfers.try_timeout_secs + 2 × transfers.sweep_interval_secs + 10).
+    #[arg(long)]
+    pub drain_secs: Option<f64>,
+    /// Pid of the service, for its CPU time (scripts/bench.sh passes it).
+    #[arg(long, overrides_with = "service_pid")]
+    pub service_pid: Option<u32>,
+    /// Pid of the broker, for its CPU time (default: the pid in .local/nisshi.pid).
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, overrides_with = "json")]
+    pub json: Option<PathBuf>,
 }
 
 pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
     validate(&args)?;
     let router = startup::router(settings)?;
     let auth = Auth::new(&settings.auth.jwt_secret);
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let http = reqwest::Client::builder().timeout(load::REQUEST_TIMEOUT).build()?;
     let fixture = setup::prepare(&http, &router, &auth, &args).await?;
     println!("{}", fixture.describe());
+    let probe = cpu::Probe {
+        service: args.service_pid,
+        broker: cpu::broker_pid(args.broker_pid, std::path::Path::new(".local/nisshi.pid")),
+        ticks_per_sec: cpu::clock_ticks(),
+    };
+    let drain = Duration::from_secs_f64(
+        args.drain_secs
+            .unwrap_or((settings.transfers.try_timeout_secs + 2 * settings.transfers.sweep_interval_secs + 10) as f64),
+    );
+    let settings_line = describe(&args, &probe, drain, fixture.per_shard());
     let target = Arc::new(Target::new(&args, fixture.users));
-    let mut summary = vec![format!("== shardwallet bench: {} clients, {} s per phase ==", args.clients, args.duration)];
-    let mut local_tps = None;
+    let mut results = Results {
+        settings: settings_line,
+        clients: args.clients,
+        duration: args.duration,
+        local: None,
+        pgbench: Pgbench::Skipped("--mode cross"),
+        cross: None,
+    };
     if args.mode != Mode::Cross {
-        let stats = phase(&target, Kind::Local, fixture.local_pairs, &args).await;
-        local_tps = stats.as_ref().ok().filter(|s| s.ok > 0).map(Stats::tps);
-        summary.push(outcome_line("local (same-shard) transfers", stats.map(|s| s.local_line())));
+        results.local = Some(local_phase(&target, fixture.local_pairs, &probe, &args).await);
+        results.pgbench = pgbench_phase(&args, &probe).await;
     }
     if args.mode != Mode::Local {
-        let stats = cross_phase(&http, &target, fixture.cross_pairs, &args).await;
-        summary.push(outcome_line("cross-shard transfers", stats.map(|s| s.cross_line())));
+        let local_tps = results.local.as_ref().and_then(|l| l.as_ref().ok()).map(|l| l.stats.tps());
+        let plan = if args.rates.is_empty() {
+            sweep::Plan::Search { start: sweep::start_rate(local_tps), max_steps: args.max_steps }
+        } else {
+            let mut rates = args.rates.clone();
+            rates.sort_by(f64::total_cmp);
+            sweep::Plan::Rates(rates)
+        };
+        let ctx = cross::Ctx {
+            target: target.clone(),
+            pairs: Arc::new(fixture.cross_pairs),
+            router: &router,
+            probe: &probe,
+            step: Duration::from_secs_f64(args.step_secs),
+            overload: Duration::from_secs_f64(args.overload_secs),
+            max_in_flight: args.max_in_flight,
+            drain,
+        };
+        results.cross = Some(cross_phase(&http, &ctx, &plan).await);
     }
-    pgbench_lines(&args, local_tps, &mut summary).await;
-    println!("\n{}", summary.join("\n"));
+    println!("\n{}", report::summary(&results));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report::json(&results))?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("figures written to {}", path.display());
+    }
     Ok(())
 }
 
@@ -78,60 +162,84 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.clients >= 1, "--clients must be at least 1");
     anyhow::ensure!(args.duration >= 1, "--duration must be at least 1 second");
     anyhow::ensure!(args.users >= 2, "--users must be at least 2");
+    anyhow::ensure!(args.rates.iter().all(|r| r.is_finite() && *r > 0.0), "--rates must be positive");
+    for (name, secs) in [("--step-secs", args.step_secs), ("--overload-secs", args.overload_secs)] {
+        anyhow::ensure!(secs.is_finite() && secs >= 1.0, "{name} must be at least 1 second");
+    }
+    anyhow::ensure!(args.drain_secs.is_none_or(|d| d.is_finite() && d >= 0.0), "--drain-secs must be ≥ 0");
+    anyhow::ensure!(args.max_in_flight >= 1, "--max-in-flight must be at least 1");
+    anyhow::ensure!(args.max_steps >= 1, "--max-steps must be at least 1");
     Ok(())
 }
 
-async fn phase(
-    target: &Arc<Target>,
-    kind: Kind,
-    pairs: Vec<(usize, usize)>,
-    args: &BenchArgs,
-) -> anyhow::Result<Stats> {
-    anyhow::ensure!(!pairs.is_empty(), "no {} pairs among the bench users", kind.name());
-    println!("\n-- {}: {} clients, {} s", kind.name(), args.clients, args.duration);
-    let duration = Duration::from_secs(args.duration);
-    let stats = load::run_phase(target, kind, Arc::new(pairs), args.clients, duration).await?;
-    println!("{}", stats.details(kind));
-    Ok(stats)
+fn describe(args: &BenchArgs, probe: &cpu::Probe, drain: Duration, per_shard: &[usize]) -> String {
+    let pid = |p: Option<u32>| p.map_or("not given".to_string(), |p| p.to_string());
+    format!(
+        "{} clients, same-shard and pgbench {} s each; cross-shard open loop: steps of {} s, overload {} s, \
+         at most {} requests in flight, up to {} s for a step's transfers to become final; {} users (per shard \
+         {:?}); service pid {}, broker pid {}, CLK_TCK {}",
+        args.clients,
+        args.duration,
+        args.step_secs,
+        args.overload_secs,
+        args.max_in_flight,
+        report::secs(drain),
+        args.users,
+        per_shard,
+        pid(probe.service),
+        pid(probe.broker),
+        probe.ticks_per_sec
+    )
 }
 
-/// Cross-shard transfers only complete when the broker is up: without it every client
-/// would wait out the 30 s deadline, so the phase is skipped with the reason instead.
-async fn cross_phase(
-    http: &reqwest::Client,
+async fn local_phase(
     target: &Arc<Target>,
     pairs: Vec<(usize, usize)>,
+    probe: &cpu::Probe,
     args: &BenchArgs,
-) -> anyhow::Result<Stats> {
-    let ready = http.get(format!("{}/ready", target.base)).send().await?;
+) -> anyhow::Result<Local> {
+    anyhow::ensure!(!pairs.is_empty(), "no same-shard pairs among the bench users");
+    println!("\n-- same-shard transfers, closed loop: {} clients, {} s", args.clients, args.duration);
+    let meter = probe.start();
+    let stats = load::run_local(target, Arc::new(pairs), args.clients, Duration::from_secs(args.duration)).await?;
+    let cpu = meter.finish();
+    println!("{}", report::local_details(&stats));
+    Ok(Local { stats, cpu })
+}
+
+async fn pgbench_phase(args: &BenchArgs, probe: &cpu::Probe) -> Pgbench {
+    if args.no_pgbench {
+        return Pgbench::Skipped("--no-pgbench");
+    }
+    println!("\n-- pgbench tpcb-like: scale {}, {} clients, {} s", args.pgbench_scale, args.clients, args.duration);
+    let binary = match pgbench::prepare(&args.pgbench_url, args.pgbench_scale).await {
+        Ok(binary) => binary,
+        Err(e) => return Pgbench::Failed(format!("{e:#}")),
+    };
+    let meter = probe.start();
+    let outcome = pgbench::run(&binary, &args.pgbench_url, args.clients, args.duration).await;
+    let cpu = meter.finish();
+    match outcome {
+        Ok(outcome) => {
+            println!("{outcome}");
+            Pgbench::Ran { scale: args.pgbench_scale, outcome, cpu }
+        }
+        Err(e) => Pgbench::Failed(format!("{e:#}")),
+    }
+}
+
+/// Cross-shard transfers only complete when the broker is up: without it every step
+/// would wait out its drain, so the phase is skipped with the reason instead.
+async fn cross_phase(
+    http: &reqwest::Client,
+    ctx: &cross::Ctx<'_>,
+    plan: &sweep::Plan,
+) -> anyhow::Result<cross::CrossResult> {
+    anyhow::ensure!(!ctx.pairs.is_empty(), "no cross-shard pairs among the bench users");
+    let ready = http.get(format!("{}/ready", ctx.target.base)).send().await?;
     if !ready.status().is_success() {
         let body = ready.text().await.unwrap_or_default();
         anyhow::bail!("not run: GET /ready says the service is not ready ({body})");
     }
-    phase(target, Kind::Cross, pairs, args).await
-}
-
-async fn pgbench_lines(args: &BenchArgs, local_tps: Option<f64>, summary: &mut Vec<String>) {
-    if args.no_pgbench {
-        summary.push("pgbench: skipped (--no-pgbench)".into());
-        return;
-    }
-    println!("\n-- pgbench tpcb-like: scale {}, {} clients, {} s", args.pgbench_scale, args.clients, args.duration);
-    let run = pgbench::run(&args.pgbench_url, args.pgbench_scale, args.clients, args.duration).await;
-    let label =
-        format!("pgbench tpcb-like (scale {}, {} clients, {} s)", args.pgbench_scale, args.clients, args.duration);
-    let pg_tps = run.as_ref().ok().map(|r| r.tps);
-    summary.push(outcome_line(&label, run.map(|r| r.to_string())));
-    let ratio = match (local_tps, pg_tps) {
-        (Some(local), Some(pg)) if pg > 0.0 => format!("{:.2}", local / pg),
-        _ => "n/a (needs both a local and a pgbench figure)".into(),
-    };
-    summary.push(format!("ratio local ÷ pgbench: {ratio}"));
-}
-
-fn outcome_line(label: &str, outcome: anyhow::Result<String>) -> String {
-    match outcome {
-        Ok(line) => format!("{label}: {line}"),
-        Err(e) => format!("{label}: failed: {e:#}"),
-    }
+    cross::run(ctx, plan).await
 }

@@ -17,6 +17,8 @@ pub struct Outcome {
     pub tps: f64,
     pub latency_ms: Option<f64>,
     pub failed: Option<u64>,
+    /// "number of transactions actually processed".
+    pub transactions: Option<u64>,
 }
 
 impl fmt::Display for Outcome {
@@ -32,16 +34,22 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// Creates the database if missing, re-initialises it at `scale` and runs tpcb-like.
-pub async fn run(url: &str, scale: u32, clients: usize, seconds: u64) -> anyhow::Result<Outcome> {
+/// Creates the database if missing and re-initialises it at `scale`; returns the
+/// pgbench binary for `run`.
+pub async fn prepare(url: &str, scale: u32) -> anyhow::Result<PathBuf> {
     ensure_database(url).await?;
     let binary = find_binary()?;
     let scale = scale.to_string();
     run_pgbench(&binary, &["-i", "-q", "-s", &scale, url], INIT_TIMEOUT).await.context("pgbench -i")?;
+    Ok(binary)
+}
+
+/// Runs tpcb-like with `clients` for `seconds`.
+pub async fn run(binary: &Path, url: &str, clients: usize, seconds: u64) -> anyhow::Result<Outcome> {
     let (clients, jobs) = (clients.to_string(), clients.min(2).to_string());
     let seconds_text = seconds.to_string();
     let args = ["-c", &clients, "-j", &jobs, "-T", &seconds_text, "-b", "tpcb-like", url];
-    let output = run_pgbench(&binary, &args, Duration::from_secs(seconds + 120)).await?;
+    let output = run_pgbench(binary, &args, Duration::from_secs(seconds + 120)).await?;
     parse(&output).with_context(|| format!("no tps line in pgbench's output:\n{output}"))
 }
 
@@ -116,13 +124,16 @@ fn parse(output: &str) -> Option<Outcome> {
     })?;
     let tps = number_after(tps_line, "tps = ")?;
     let latency_ms = output.lines().find_map(|l| number_after(l, "latency average = "));
-    let failed = output.lines().find_map(|l| number_after(l, "number of failed transactions: ")).map(|n| n as u64);
-    Some(Outcome { tps, latency_ms, failed })
+    let count = |prefix: &str| output.lines().find_map(|l| number_after(l, prefix)).map(|n| n as u64);
+    let failed = count("number of failed transactions: ");
+    let transactions = count("number of transactions actually processed: ");
+    Some(Outcome { tps, latency_ms, failed, transactions })
 }
 
 fn number_after(line: &str, prefix: &str) -> Option<f64> {
     let rest = line.strip_prefix(prefix)?;
-    rest.split_whitespace().next()?.parse().ok()
+    // `processed: 10000/10000` with -t: the count before the slash.
+    rest.split(|c: char| c.is_whitespace() || c == '/').next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -137,7 +148,9 @@ mod tests {
                       latency average = 11.021 ms\ninitial connection time = 40.5 ms\n\
                       tps = 2903.456789 (without initial connection time)\n";
         let outcome = parse(output).expect("parsed");
-        assert_eq!(outcome, Outcome { tps: 2903.456789, latency_ms: Some(11.021), failed: Some(0) });
+        let expected =
+            Outcome { tps: 2903.456789, latency_ms: Some(11.021), failed: Some(0), transactions: Some(58000) };
+        assert_eq!(outcome, expected);
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    pub fn per_shard(&self) -> &[usize] {
+        &self.per_shard
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "bench run {}: {} users (per shard {:?}), {} same-shard pairs, {} cross-shard pairs",
@@ -48,8 +52,8 @@ pub async fn prepare(
 ) -> anyhow::Result<Fixture> {
     let run_id = format!("{:08x}", rand::random::<u32>());
     let (names, per_shard) = pick_users(router, &run_id, args.users)?;
-    // Long enough for setup, both phases, pgbench and the cross-shard tail.
-    let ttl = Duration::from_secs(3 * args.duration + 3600);
+    // Long enough for every phase of a default run, many times over.
+    let ttl = Duration::from_secs(3 * args.duration + (args.overload_secs as u64) + 3 * 3600);
     let admin = auth.token("bench-admin", Role::Admin, ttl)?;
     let base = args.url.trim_end_matches('/');
     futures::stream::iter(&names)
