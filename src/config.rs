@@ -59,6 +59,10 @@ pub struct KafkaSettings {
     /// hop against the broker's idle polling.
     #[serde(default = "default_fetch_wait")]
     pub fetch_wait_max_ms: u64,
+    /// How often handled stage messages are deleted from the topic (0: never; then the
+    /// broker's retention applies).
+    #[serde(default = "default_trim_interval")]
+    pub trim_interval_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -172,6 +176,9 @@ fn default_partitions() -> i32 {
 }
 fn default_session_timeout() -> u64 {
     3_000
+}
+fn default_trim_interval() -> u64 {
+    5
 }
 fn default_fetch_wait() -> u64 {
     10

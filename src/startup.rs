@@ -179,6 +179,10 @@ async fn start_consumer(state: &AppState, topics: &kafka::Topics) -> consumer::W
                     topics: topics.clone(),
                     wakers: state.wakers.clone(),
                     max_attempts: 8,
+                    trim: match settings.trim_interval_secs {
+                        0 => None,
+                        secs => kafka::admin(settings).ok().map(|a| (a, Duration::from_secs(secs))),
+                    },
                 }
             }
             Err(e) => {

@@ -5,14 +5,27 @@
 //! only after the whole batch's transactions committed, committed every 100 ms, and
 //! committed synchronously when partitions are revoked. Redelivery after a crash or a
 //! rebalance is harmless: every handler is idempotent.
-use std::{collections::HashMap, sync::Arc, time::Duration};
+//!
+//! Handled messages are trimmed from the topic (DeleteRecords below the handled offset)
+//! every `kafka.trim_interval_secs`: the stage topic is a work queue whose durable
+//! record is the shards' own tables, and the local broker's in-memory storage reads
+//! every batch of a partition on each fetch, so an untrimmed topic makes every hop
+//! slower as it grows (measured: completion p50 16 ms on a fresh broker, 111 ms after
+//! ~100k messages, at 150 transfers/s).
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::FutureExt;
 use rdkafka::{
+    admin::{AdminClient, AdminOptions},
+    client::DefaultClientContext,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     message::{Header, Message, OwnedHeaders, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
-    ClientContext, TopicPartitionList,
+    ClientContext, Offset, TopicPartitionList,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -49,11 +62,15 @@ pub struct Worker {
     pub topics: Topics,
     pub wakers: Wakers,
     pub max_attempts: u32,
+    /// Deletes handled messages from the stage topic; `None` keeps them.
+    pub trim: Option<(AdminClient<DefaultClientContext>, Duration)>,
 }
 
 impl Worker {
     #[tracing::instrument(name = "consumer", skip_all)]
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut handled: HashMap<i32, i64> = HashMap::new();
+        let mut last_trim = Instant::now();
         loop {
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
@@ -79,12 +96,36 @@ impl Worker {
                 if let Err(e) = self.consumer.store_offset(m.topic(), m.partition(), m.offset()) {
                     tracing::warn!(error = %e, "store offset");
                 }
+                let next = handled.entry(m.partition()).or_default();
+                *next = (*next).max(m.offset() + 1);
+            }
+            if let Some((admin, every)) = &self.trim {
+                if last_trim.elapsed() >= *every && !handled.is_empty() {
+                    last_trim = Instant::now();
+                    self.trim(admin, std::mem::take(&mut handled));
+                }
             }
         }
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "final commit");
         }
         self.consumer.unsubscribe();
+    }
+
+    /// Deletes the records below `handled` (partition -> next offset) in the background.
+    fn trim(&self, admin: &AdminClient<DefaultClientContext>, handled: HashMap<i32, i64>) {
+        let mut list = TopicPartitionList::new();
+        for (partition, next) in handled {
+            if list.add_partition_offset(&self.topics.stages, partition, Offset::Offset(next)).is_err() {
+                return;
+            }
+        }
+        let deleted = admin.delete_records(&list, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))));
+        tokio::spawn(async move {
+            if let Err(e) = deleted.await {
+                tracing::debug!(error = %e, "trimming handled stage messages failed; the next trim covers them");
+            }
+        });
     }
 
     async fn process(&self, batch: &[OwnedMessage]) {

@@ -180,6 +180,7 @@ impl Deployment {
                 partitions: 3,
                 session_timeout_ms: 3000,
                 fetch_wait_max_ms: 10,
+                trim_interval_secs: 5,
             },
             transfers: TransferSettings {
                 try_timeout_secs: 30,
@@ -245,6 +246,7 @@ impl Drop for Deployment {
                     partitions: 1,
                     session_timeout_ms: 3000,
                     fetch_wait_max_ms: 10,
+                    trim_interval_secs: 0,
                 };
                 let topics = shardwallet::messaging::kafka::Topics::new(&prefix);
                 let _ = tokio::time::timeout(
