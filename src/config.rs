@@ -80,6 +80,11 @@ pub struct TransferSettings {
     /// for a process killed between commit and publish).
     #[serde(default = "yes")]
     pub relay_enabled: bool,
+    /// Whether a cross-shard transfer whose receiver's wallet is found by a read skips
+    /// TryCredit/Tried (DirectCredit); off, every cross-shard transfer runs the full
+    /// Try/Confirm/Cancel exchange.
+    #[serde(default = "yes")]
+    pub direct_credit: bool,
     /// Outbox relays per shard in this process.
     #[serde(default = "default_relays")]
     pub relays_per_shard: usize,
@@ -109,6 +114,7 @@ impl Default for TransferSettings {
             redrive_after_secs: default_redrive(),
             relay_enabled: true,
             relays_per_shard: default_relays(),
+            direct_credit: true,
             consumer_enabled: true,
             admission_max_in_flight: default_max_in_flight(),
             admission_max_outbox_age_ms: default_max_outbox_age(),

@@ -49,7 +49,8 @@ pub async fn create(
     }
     require_self_or_admin(&caller, &from)?;
     let idem = Idempotency::from_request(&caller, &headers, "POST", "/v1/transfers", &raw)?;
-    let route = transfer::Route::decide(&state.router, &from, &to, &currency).await;
+    let route =
+        transfer::Route::decide(&state.router, &from, &to, &currency, state.settings.transfers.direct_credit).await;
     let cross_shard = route.is_cross_shard();
     let shard = state.router.for_user(&from);
     let request = TransferRequest {
@@ -71,8 +72,8 @@ pub async fn create(
     let outcome =
         idem.run(shard, success, async |tx| transfer::start(tx, route, &request, state.try_timeout()).await).await;
     let committed = matches!(outcome, Ok((_, true)));
-    if cross_shard && !committed {
-        state.admission.release(shard.index);
+    if cross_shard {
+        state.admission.finish(shard.index, committed);
     }
     if committed && cross_shard {
         state.wakers.wake(shard.index);

@@ -5,9 +5,10 @@
 //!
 //! The backlog is read from the shard itself, so every instance sees the same figure:
 //! a sampler per shard counts the transfers in flight (`trying` or `confirming`) and the
-//! age of the oldest unpublished outbox row every `admission_sample_ms`. Between two
-//! samples, the transfers this instance accepted are added to the count, so a burst
-//! cannot overshoot the bound by more than what other instances accept meanwhile.
+//! age of the oldest unpublished outbox row every `admission_sample_ms`. To each sample
+//! this instance adds the transfers it admitted that are not committed yet, and those
+//! that committed since the sample started (the sample may not have seen them), so a
+//! burst cannot overshoot the bound by more than what other instances admit meanwhile.
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -29,10 +30,14 @@ pub struct Overloaded {
 
 #[derive(Default)]
 struct Backlog {
-    /// In-flight transfers at the last sample, plus those accepted here since.
+    /// The estimate the bound is checked against.
     in_flight: AtomicU64,
     /// Age of the oldest outbox row at the last sample, in milliseconds.
     outbox_age_ms: AtomicU64,
+    /// Admitted here, request still running (not visible to a sample).
+    pending: AtomicU64,
+    /// Admitted here and committed, ever (to tell which committed since a sample began).
+    committed: AtomicU64,
 }
 
 /// The bounds and the latest backlog of every shard.
@@ -64,21 +69,35 @@ impl Admission {
             format!("stage messages wait {age} ms to be published (bound {} ms)", self.max_outbox_age_ms)
         } else {
             backlog.in_flight.fetch_add(1, Ordering::Relaxed);
+            backlog.pending.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         };
         Err(Overloaded { retry_after: self.retry_after, why })
     }
 
-    /// An admitted transfer that was not recorded after all (refused, replayed).
-    pub fn release(&self, shard: usize) {
+    /// The request of an admitted transfer is over: it committed a new transfer, or
+    /// not (refused, replayed, failed).
+    pub fn finish(&self, shard: usize, committed: bool) {
         if let Some(backlog) = self.shards.get(shard) {
-            let _ = backlog.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            let _ = backlog.pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            if committed {
+                backlog.committed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let _ = backlog.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            }
         }
     }
 
-    fn record(&self, shard: usize, in_flight: u64, outbox_age_ms: u64) {
+    fn committed(&self, shard: usize) -> u64 {
+        self.shards.get(shard).map_or(0, |b| b.committed.load(Ordering::Relaxed))
+    }
+
+    /// A sample whose query began when this instance had committed `committed_before`.
+    fn record(&self, shard: usize, in_flight: u64, outbox_age_ms: u64, committed_before: u64) {
         if let Some(backlog) = self.shards.get(shard) {
-            backlog.in_flight.store(in_flight, Ordering::Relaxed);
+            let unseen = backlog.pending.load(Ordering::Relaxed)
+                + backlog.committed.load(Ordering::Relaxed).saturating_sub(committed_before);
+            backlog.in_flight.store(in_flight + unseen, Ordering::Relaxed);
             backlog.outbox_age_ms.store(outbox_age_ms, Ordering::Relaxed);
         }
     }
@@ -95,8 +114,9 @@ impl Sampler {
     #[tracing::instrument(name = "admission", skip_all, fields(shard = %self.shard.name))]
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
+            let committed_before = self.admission.committed(self.shard.index);
             match self.sample().await {
-                Ok((in_flight, age)) => self.admission.record(self.shard.index, in_flight, age),
+                Ok((in_flight, age)) => self.admission.record(self.shard.index, in_flight, age, committed_before),
                 Err(e) => tracing::debug!(error = %e, "backlog sample failed"),
             }
             tokio::select! {
@@ -136,26 +156,41 @@ mod tests {
     #[test]
     fn refuses_past_the_in_flight_bound_counting_its_own_admissions() {
         let a = admission(3, 0);
-        a.record(0, 1, 0);
+        a.record(0, 1, 0, 0);
         assert!(a.admit(0).is_ok());
         assert!(a.admit(0).is_ok());
         let refused = a.admit(0).expect_err("third is over the bound");
         assert!(refused.why.contains("in flight"), "{}", refused.why);
         // The other shard has its own backlog.
         assert!(a.admit(1).is_ok());
-        a.release(0);
+        // A request that committed nothing frees its place at once.
+        a.finish(0, false);
         assert!(a.admit(0).is_ok());
-        // A fresh sample replaces the local estimate.
-        a.record(0, 0, 0);
+    }
+
+    #[test]
+    fn a_sample_that_missed_a_commit_still_counts_it() {
+        let a = admission(1, 0);
+        a.record(0, 0, 0, a.committed(0));
         assert!(a.admit(0).is_ok());
+        // A sample that began before the commit and saw nothing...
+        let before = a.committed(0);
+        a.finish(0, true);
+        a.record(0, 0, 0, before);
+        assert!(a.admit(0).is_err(), "the committed transfer is still counted");
+        // ...and the next one sees it in the table.
+        a.record(0, 1, 0, a.committed(0));
+        assert!(a.admit(0).is_err());
+        a.record(0, 0, 0, a.committed(0));
+        assert!(a.admit(0).is_ok(), "room once it is no longer in flight");
     }
 
     #[test]
     fn refuses_when_the_outbox_lags_and_zero_disables_a_bound() {
         let a = admission(0, 500);
-        a.record(0, 1_000_000, 499);
+        a.record(0, 1_000_000, 499, 0);
         assert!(a.admit(0).is_ok(), "no in-flight bound when it is 0");
-        a.record(0, 0, 500);
+        a.record(0, 0, 500, 0);
         assert_eq!(a.admit(0).expect_err("outbox too old").retry_after, Duration::from_secs(1));
     }
 }

@@ -30,10 +30,10 @@ pub enum Route {
 }
 
 impl Route {
-    pub async fn decide(router: &Router, from: &UserId, to: &UserId, currency: &Currency) -> Self {
+    pub async fn decide(router: &Router, from: &UserId, to: &UserId, currency: &Currency, direct: bool) -> Self {
         if router.same_shard(from, to) {
             Route::Local
-        } else if from != to && tcc::receiver_ready(router, to, currency.as_str()).await {
+        } else if direct && from != to && tcc::receiver_ready(router, to, currency.as_str()).await {
             Route::CrossDirect
         } else {
             Route::Cross

@@ -183,6 +183,9 @@ pub fn receiver_step(b: Barriers, state: Option<ReceiverState>, stage: &Stage) -
             Some(R::Rejected) => ReceiverStep::AnswerTriedAgain { ok: false },
             _ => ReceiverStep::Ignore,
         },
+        // A directly credited transfer never sent a Try; a stray one gets the answer it
+        // would have had.
+        Stage::TryCredit if b.confirmed => ReceiverStep::AnswerTriedAgain { ok: true },
         Stage::TryCredit if b.cancelled => ReceiverStep::Suspend,
         Stage::TryCredit => ReceiverStep::Try,
         Stage::ConfirmCredit | Stage::DirectCredit if b.confirmed => ReceiverStep::AnswerConfirmedAgain,
@@ -195,6 +198,7 @@ pub fn receiver_step(b: Barriers, state: Option<ReceiverState>, stage: &Stage) -
             _ => ReceiverStep::Violation("ConfirmCredit for a transfer that was not tried successfully"),
         },
         Stage::CancelCredit if b.cancelled => ReceiverStep::AnswerCancelledAgain,
+        Stage::CancelCredit if b.confirmed => ReceiverStep::Violation("CancelCredit for a confirmed transfer"),
         Stage::CancelCredit if !b.tried => ReceiverStep::EmptyRollback,
         Stage::CancelCredit => match state {
             Some(R::Confirmed) => ReceiverStep::Violation("CancelCredit for a confirmed transfer"),

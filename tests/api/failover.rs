@@ -234,7 +234,7 @@ async fn two_instances_killed_in_turn_lose_nothing_and_leave_nothing_in_flight()
         let rows = db
             .query(
                 "SELECT transfer_id::text, state, from_user, to_user, amount::bigint, coalesce(reason, ''),
-                        route, extract(epoch FROM completed_at - created_at) * 1000
+                        route, (extract(epoch FROM completed_at - created_at) * 1000)::float8
                  FROM transfers WHERE transfer_id::text = ANY($1)",
                 &[&accepted],
             )

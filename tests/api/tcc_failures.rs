@@ -18,7 +18,22 @@ async fn count(db: &tokio_postgres::Client, sql: &str, id: &uuid::Uuid) -> i64 {
 
 #[tokio::test]
 async fn every_stage_delivered_twice_changes_nothing() {
-    let app = spawn_app().await;
+    redeliver_every_stage(false).await;
+}
+
+#[tokio::test]
+async fn every_stage_of_a_direct_credit_delivered_twice_changes_nothing() {
+    redeliver_every_stage(true).await;
+}
+
+/// Completes a transfer (full Try/Confirm/Cancel, or direct credit), then delivers every
+/// stage it went through (and, for a direct credit, a stray Try) again, directly and
+/// through the broker.
+async fn redeliver_every_stage(direct: bool) {
+    let deployment = Deployment::new().await;
+    let mut settings = deployment.settings();
+    settings.transfers.direct_credit = direct;
+    let app = deployment.spawn(settings).await;
     let alice = app.user_on_shard("alice", 0);
     let bob = app.user_on_shard("bob", 1);
     app.funded_user(&alice, "EUR", "100").await;
@@ -36,7 +51,19 @@ async fn every_stage_delivered_twice_changes_nothing() {
         amount: "25".into(),
         description: None,
     };
-    let stages = [Stage::TryCredit, Stage::Tried { ok: true, reason: None }, Stage::ConfirmCredit, Stage::Confirmed];
+    let stages = if direct {
+        vec![Stage::DirectCredit, Stage::Confirmed, Stage::TryCredit]
+    } else {
+        vec![Stage::TryCredit, Stage::Tried { ok: true, reason: None }, Stage::ConfirmCredit, Stage::Confirmed]
+    };
+    let went_direct: bool = app
+        .shard_db(0)
+        .await
+        .query_one("SELECT direct FROM transfers WHERE transfer_id = $1", &[&facts.transfer_id])
+        .await
+        .expect("transfer row")
+        .get(0);
+    assert_eq!(went_direct, direct, "the transfer took the path under test");
     for stage in &stages {
         tcc::handle(&app.router, &facts.message(stage.clone())).await.expect("redelivered stage");
     }
@@ -105,6 +132,7 @@ async fn a_process_stopped_between_commit_and_publish_completes_after_restart() 
     let deployment = Deployment::new().await;
     let mut settings = deployment.settings();
     settings.transfers.relay_enabled = false;
+    settings.transfers.direct_credit = false;
     let crashed = deployment.spawn(settings).await;
     let alice = crashed.user_on_shard("alice", 2);
     let bob = crashed.user_on_shard("bob", 0);
@@ -132,6 +160,7 @@ async fn an_unanswered_try_times_out_and_a_late_answer_does_not_revive_it() {
     let deployment = Deployment::new().await;
     let mut settings = deployment.settings();
     settings.transfers.relay_enabled = false;
+    settings.transfers.direct_credit = false;
     settings.transfers.try_timeout_secs = 1;
     let app = deployment.spawn(settings).await;
     let alice = app.user_on_shard("alice", 1);
@@ -342,6 +371,7 @@ async fn a_lost_cancel_is_sent_again_until_the_receiver_acknowledges_it() {
     let deployment = Deployment::new().await;
     let mut settings = deployment.settings();
     settings.transfers.relay_enabled = false;
+    settings.transfers.direct_credit = false;
     settings.transfers.try_timeout_secs = 1;
     let app = deployment.spawn(settings).await;
     let alice = app.user_on_shard("alice", 0);

@@ -70,6 +70,12 @@ fn receiver_handles_duplicates_empty_rollback_and_suspension() {
     assert!(matches!(receiver_step(none, None, &Stage::ConfirmCredit), ReceiverStep::Violation(_)));
     assert!(matches!(receiver_step(tried, Some(R::Tried), &Stage::Cancelled), ReceiverStep::Violation(_)));
     // A direct credit never meets a Try or a Cancel: the sender sends neither for it.
+    let direct = Barriers { confirmed: true, ..none };
+    assert_eq!(
+        receiver_step(direct, Some(R::Confirmed), &Stage::TryCredit),
+        ReceiverStep::AnswerTriedAgain { ok: true }
+    );
+    assert!(matches!(receiver_step(direct, Some(R::Confirmed), &Stage::CancelCredit), ReceiverStep::Violation(_)));
     assert!(matches!(receiver_step(tried, Some(R::Tried), &Stage::DirectCredit), ReceiverStep::Violation(_)));
     assert!(matches!(receiver_step(cancelled, None, &Stage::DirectCredit), ReceiverStep::Violation(_)));
 }
