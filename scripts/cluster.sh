@@ -15,7 +15,7 @@
 #   env       print `export ...` lines for the test suite (eval "$(scripts/cluster.sh env)")
 #
 # Environment:
-#   BROKER_STORAGE=postgres|memory|none   broker storage for `up` (default postgres);
+#   BROKER_STORAGE=memory|sqlite|postgres|none   broker storage for `up` (default memory);
 #                                         `none` starts Postgres only
 #   NISSHI_REBALANCE_DELAY                the broker's group.initial.rebalance.delay
 #                                         (default 100ms: consumer groups in tests form fast)
@@ -291,7 +291,7 @@ broker_pid() {
 }
 
 broker_up() {
-	local storage=${BROKER_STORAGE:-postgres} url bin pid
+	local storage=${BROKER_STORAGE:-memory} url bin pid
 	[[ $storage == none ]] && {
 		info "broker: skipped (BROKER_STORAGE=none)"
 		return 0
@@ -304,8 +304,10 @@ broker_up() {
 	fi
 	case $storage in
 	memory) url="memory://nisshi/" ;;
+	# nisshi reads the path after sqlite:// relative to its working directory.
+	sqlite) url="sqlite://$(realpath --relative-to=. "$LOCAL_DIR/nisshi.db")" ;;
 	postgres) url="postgres://$PG_ROLE@$PG_HOST:${SHARD_PORTS[0]}/nisshi" ;;
-	*) die "BROKER_STORAGE must be postgres, memory or none (got '$storage')" ;;
+	*) die "BROKER_STORAGE must be memory, sqlite, postgres or none (got '$storage')" ;;
 	esac
 	bin=$(nisshi_bin) ||
 		die "broker: nisshi is not installed (looked on PATH and in ${CARGO_HOME:-$HOME/.cargo}/bin). Postgres is up; install the broker with 'scripts/cluster.sh install' (builds from crates.io: 10-25 min on 2 cores, once per machine), then run 'scripts/cluster.sh up' again"

@@ -187,7 +187,7 @@ fn default_trim_interval() -> u64 {
     5
 }
 fn default_fetch_wait() -> u64 {
-    10
+    20
 }
 fn default_try_timeout() -> u64 {
     30
@@ -205,7 +205,7 @@ fn default_relays() -> usize {
     2
 }
 fn default_max_in_flight() -> u64 {
-    300
+    150
 }
 fn default_max_outbox_age() -> u64 {
     1000

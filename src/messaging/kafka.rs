@@ -70,6 +70,8 @@ pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig
         .set("socket.nagle.disable", "true")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("max.poll.interval.ms", "30000")
+        // Notice within seconds a stage topic that a restarted broker re-created.
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .set("session.timeout.ms", settings.session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", (settings.session_timeout_ms / 6).max(100).to_string());
     config

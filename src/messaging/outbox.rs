@@ -6,7 +6,10 @@ use crate::storage::Cached;
 use std::{sync::Arc, time::Duration};
 
 use deadpool_postgres::Transaction;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{
+    producer::{FutureProducer, FutureRecord, Producer},
+    types::RDKafkaErrorCode,
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -116,6 +119,19 @@ impl Relay {
         });
         for result in futures::future::join_all(sends).await {
             if let Err((e, _)) = result {
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::UnknownPartition
+                            | RDKafkaErrorCode::UnknownTopic
+                            | RDKafkaErrorCode::UnknownTopicOrPartition
+                    )
+                ) {
+                    // A broker that lost its topics (memory storage, restarted): create
+                    // them again; the rows stay in the outbox for the next attempt.
+                    tracing::warn!(topic = %self.topic, "the broker does not know the stage topic; creating it again");
+                    kafka::ensure_topics(&self.kafka, &kafka::Topics::new(&self.kafka.topic_prefix)).await?;
+                }
                 anyhow::bail!("publish to {}: {e}", self.topic);
             }
         }
