@@ -1,9 +1,10 @@
 //! Idempotent money-moving requests (Stripe / IETF draft semantics).
 //!
-//! The key is claimed on the shard where the effect happens, in the same transaction
-//! as the effect, with (caller, key) as primary key. A concurrent duplicate waits on
-//! that key and then replays; the same key with another request is 422; a retry gets
-//! the original status and body byte for byte. Business refusals (4xx) are stored too,
+//! The key is stored on the shard where the effect happens, in the same transaction
+//! as the effect and with its response, with (caller, key) as primary key. A
+//! concurrent duplicate waits on that key, then rolls its own attempt back and
+//! replays; the same key with another request is 422; a retry gets the original
+//! status and body byte for byte. Business refusals (4xx) are stored too,
 //! so a retry cannot turn a refusal into an effect; internal errors roll back and leave
 //! the key free.
 use axum::{
@@ -13,7 +14,6 @@ use axum::{
 use deadpool_postgres::Transaction;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio_postgres::types::ToSql;
 
 use super::error::{problem_response, ApiError};
 use crate::storage::Cached;
@@ -24,10 +24,6 @@ use crate::{
 };
 
 pub const HEADER: &str = "idempotency-key";
-
-/// Claims a key for this request; waits while a duplicate holding it is in flight.
-const CLAIM: &str = "INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body)
-                     VALUES ($1, $2, $3, 0, '') ON CONFLICT DO NOTHING";
 
 pub struct Idempotency {
     caller: String,
@@ -66,14 +62,15 @@ impl Idempotency {
         Ok(Self { caller: caller.subject.clone(), key, fingerprint: hash.finalize().to_vec() })
     }
 
-    /// Runs `op` once per key on `shard`: claims the key, runs the effect, stores the
+    /// Runs `op` once per key on `shard`: runs the effect, then stores the key with its
     /// response and commits, all in one transaction. The boolean is true only when this
     /// call committed a new effect.
     ///
-    /// The claim and the effect's first statement travel in one round trip: the claim is
-    /// sent first, so a duplicate in flight makes it wait for that duplicate's outcome
-    /// before the effect can take any lock. When the key turns out to be taken, whatever
-    /// the effect did is rolled back and the stored response is replayed.
+    /// The key is written last, in one statement with its response: a duplicate in
+    /// flight holds it until that duplicate commits, so the insert waits for it, then
+    /// finds the key taken; whatever this call's effect did is rolled back and the
+    /// stored response is replayed. (A duplicate of the same sender usually waits
+    /// earlier already, on the sender's wallet lock.)
     pub async fn run<T: Serialize>(
         &self,
         shard: &Shard,
@@ -82,25 +79,7 @@ impl Idempotency {
     ) -> Result<(Response, bool), ApiError> {
         let mut client = shard.client().await?;
         let tx = client.transaction().await?;
-        let claim = tx.prepare_cached(CLAIM).await?;
-        let params: [&(dyn ToSql + Sync); 3] = [&self.caller, &self.key.as_str(), &self.fingerprint];
-        let (claimed, outcome) = futures::join!(tx.execute(&claim, &params), op(&tx));
-        match claimed {
-            Ok(1) => {}
-            Ok(_) => {
-                tx.rollback().await?;
-                return Ok((self.replay(&client).await?, false));
-            }
-            Err(e) if crate::storage::is_lock_timeout(&e) => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_request_in_progress",
-                    "a request with this Idempotency-Key is still in progress; retry later",
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let (status, body) = match outcome {
+        let (status, body) = match op(&tx).await {
             Ok(value) => (success, serde_json::to_vec(&value).map_err(anyhow::Error::from)?),
             Err(e) => {
                 let err = ApiError::from(e);
@@ -111,13 +90,29 @@ impl Idempotency {
                 (status, serde_json::to_vec(&problem).map_err(anyhow::Error::from)?)
             }
         };
-        tx.cached_execute(
-            "UPDATE idempotency_keys SET status_code = $3, response_body = $4 WHERE caller = $1 AND key = $2",
-            &[&self.caller, &self.key.as_str(), &(status.as_u16() as i16), &body],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok((problem_response(status, body), status.is_success()))
+        let stored = tx
+            .cached_execute(
+                "INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[&self.caller, &self.key.as_str(), &self.fingerprint, &(status.as_u16() as i16), &body],
+            )
+            .await;
+        match stored {
+            Ok(1) => {
+                tx.commit().await?;
+                Ok((problem_response(status, body), status.is_success()))
+            }
+            Ok(_) => {
+                tx.rollback().await?;
+                Ok((self.replay(&client).await?, false))
+            }
+            Err(e) if crate::storage::is_lock_timeout(&e) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_request_in_progress",
+                "a request with this Idempotency-Key is still in progress; retry later",
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The stored response of a key used before, or 422 when it was used for another request.
