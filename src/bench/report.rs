@@ -90,8 +90,8 @@ pub fn local_details(s: &LocalStats) -> String {
 pub fn step_details(step: &Step) -> String {
     let (r, c) = (&step.run, &step.completion);
     let verdict = match (&step.kind, &step.verdict) {
-        (StepKind::Sweep, Ok(())) => "PASS".to_string(),
-        (StepKind::Sweep, Err(why)) => format!("FAIL: {why}"),
+        (StepKind::Sweep, Ok(())) => "  PASS".to_string(),
+        (StepKind::Sweep, Err(why)) => format!("  FAIL: {why}"),
         _ => String::new(),
     };
     format!(
@@ -99,7 +99,7 @@ pub fn step_details(step: &Step) -> String {
          {} accepted (202 response p50 {}, p99 {}), {} refused with 503 (response p50 {}, p99 {}; {} with \
          Retry-After), errors: {}\n  completed {}, cancelled: {}, unfinished {} (all final {:.1} s after the \
          last answer, {} shard queries)\n  completion p50 {}, p99 {}, max {}; CPU s: service {}, postgres {:.1}, \
-         broker {}  {verdict}{}",
+         broker {}{verdict}{}",
         r.rate,
         r.duration.as_secs_f64(),
         r.scheduled,
