@@ -255,16 +255,17 @@ fn cross_rows(cross: &CrossResult, row: &mut impl FnMut(String, String)) {
 fn sweep_table(cross: &CrossResult) -> String {
     let mut out = String::from(
         "\nCross-shard sweep (open loop; completion = the transfer's completed_at - created_at):\n\n\
-         | offered/s | due | accepted | 503 | other errors | not sent | completed | cancelled | unfinished \
-         | completion p50 | p99 | max | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | offered/s | due | send lag p99 | accepted | 503 | other errors | not sent | completed | cancelled \
+         | unfinished | completion p50 | p99 | max | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for step in &cross.sweep {
         let (r, c) = (&step.run, &step.completion);
         let _ = writeln!(
             out,
-            "| {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.rate,
             r.scheduled,
+            ms(&r.send_lag, 0.99),
             r.accepted.len(),
             r.refused,
             r.other_errors(),
