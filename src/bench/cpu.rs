@@ -10,7 +10,7 @@
 //! reported with the figure.
 use std::{
     collections::{HashMap, HashSet},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -96,7 +96,10 @@ pub fn set_delta(start: &HashMap<u32, u64>, last: &HashMap<u32, u64>, end: &Hash
 #[derive(Debug, Clone)]
 pub struct Probe {
     pub service: Option<u32>,
-    pub broker: Option<u32>,
+    /// `--broker-pid`; without it the pid file is read at the start of every phase, so a
+    /// broker restarted between phases is still found.
+    pub broker_given: Option<u32>,
+    pub broker_file: PathBuf,
     pub ticks_per_sec: u64,
 }
 
@@ -121,6 +124,7 @@ pub struct Meter {
     probe: Probe,
     started: Instant,
     service: Option<u64>,
+    broker_pid: Option<u32>,
     broker: Option<u64>,
     bench: Option<u64>,
     tracker: Arc<Mutex<Tracker>>,
@@ -147,7 +151,8 @@ impl Probe {
             probe: self.clone(),
             started: Instant::now(),
             service: self.service.and_then(ticks_of),
-            broker: self.broker.and_then(ticks_of),
+            broker_pid: self.broker(),
+            broker: self.broker().and_then(ticks_of),
             bench: ticks_of(std::process::id()),
             tracker,
             sampler,
@@ -177,19 +182,24 @@ impl Meter {
             service: seconds(self.service, self.probe.service),
             postgres: postgres_set.ticks as f64 / hz,
             postgres_set,
-            broker: seconds(self.broker, self.probe.broker),
+            broker: seconds(self.broker, self.broker_pid),
             bench: seconds(self.bench, Some(std::process::id())),
         }
     }
 }
 
-/// `--broker-pid`, else the pid in `.local/nisshi.pid` (relative to the working
-/// directory, which `scripts/bench.sh` sets to the repository) if that process lives.
-pub fn broker_pid(given: Option<u32>, pid_file: &Path) -> Option<u32> {
-    given.or_else(|| {
-        let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
-        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
-    })
+impl Probe {
+    /// `--broker-pid`, else the pid in the pid file if that process lives.
+    pub fn broker(&self) -> Option<u32> {
+        self.broker_given.or_else(|| {
+            let pid: u32 = std::fs::read_to_string(&self.broker_file).ok()?.trim().parse().ok()?;
+            alive(pid).then_some(pid)
+        })
+    }
+}
+
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}/stat")).exists()
 }
 
 #[cfg(test)]

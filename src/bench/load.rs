@@ -17,6 +17,8 @@ use super::BenchArgs;
 
 /// A request that gets no answer within this is a transport error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause of a closed-loop client after a transport error.
+const TRANSPORT_BACKOFF: Duration = Duration::from_millis(50);
 /// Largest latency the histograms hold, in microseconds (longer ones saturate).
 const MAX_MICROS: u64 = 600_000_000;
 
@@ -174,7 +176,11 @@ async fn client(target: Arc<Target>, pairs: Arc<Vec<(usize, usize)>>, deadline: 
         stats.request.saturating_record(micros(started.elapsed()));
         stats.sent += 1;
         match answer {
-            Err(e) => stats.errors.add("transport".into(), &format!("{:#}", anyhow::Error::from(e))),
+            Err(e) => {
+                stats.errors.add("transport".into(), &format!("{:#}", anyhow::Error::from(e)));
+                // A refused connection fails at once: do not spin on a dead service.
+                tokio::time::sleep(TRANSPORT_BACKOFF).await;
+            }
             Ok(a) if a.status != StatusCode::CREATED => stats.errors.add(error_key(a.status, &a.body), &a.body),
             Ok(_) => stats.ok += 1,
         }

@@ -33,6 +33,10 @@ use crate::{api::auth::Auth, config::Settings, domain::Currency, startup};
 use load::Target;
 use report::{Local, Pgbench, Results};
 
+/// Where `scripts/cluster.sh` records the broker's pid, relative to the repository
+/// (`scripts/bench.sh` runs the bench from there).
+const BROKER_PID_FILE: &str = ".local/nisshi.pid";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     Local,
@@ -106,9 +110,15 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
     println!("{}", fixture.describe());
     let probe = cpu::Probe {
         service: args.service_pid,
-        broker: cpu::broker_pid(args.broker_pid, std::path::Path::new(".local/nisshi.pid")),
+        broker_given: args.broker_pid,
+        broker_file: PathBuf::from(BROKER_PID_FILE),
         ticks_per_sec: cpu::clock_ticks(),
     };
+    for (name, pid) in [("--service-pid", args.service_pid), ("--broker-pid", args.broker_pid)] {
+        if let Some(pid) = pid.filter(|&p| !cpu::alive(p)) {
+            eprintln!("warning: {name} {pid}: no such process; its CPU time will be n/a");
+        }
+    }
     let drain = Duration::from_secs_f64(
         args.drain_secs
             .unwrap_or((settings.transfers.try_timeout_secs + 2 * settings.transfers.sweep_interval_secs + 10) as f64),
@@ -173,23 +183,29 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 fn describe(args: &BenchArgs, probe: &cpu::Probe, drain: Duration, per_shard: &[usize]) -> String {
-    let pid = |p: Option<u32>| p.map_or("not given".to_string(), |p| p.to_string());
-    format!(
-        "{} clients, same-shard and pgbench {} s each; cross-shard open loop: steps of {} s, overload {} s, \
-         at most {} requests in flight, up to {} s for a step's transfers to become final; {} users (per shard \
-         {:?}); service pid {}, broker pid {}, CLK_TCK {}",
-        args.clients,
-        args.duration,
-        args.step_secs,
-        args.overload_secs,
-        args.max_in_flight,
-        report::secs(drain),
-        args.users,
-        per_shard,
-        pid(probe.service),
-        pid(probe.broker),
-        probe.ticks_per_sec
-    )
+    let mut parts = Vec::new();
+    if args.mode != Mode::Cross {
+        parts.push(format!("{} clients, same-shard and pgbench {} s each", args.clients, args.duration));
+    }
+    if args.mode != Mode::Local {
+        parts.push(format!(
+            "cross-shard open loop: steps of {} s, overload {} s, at most {} requests in flight, up to {} s for a \
+             step's transfers to become final",
+            args.step_secs,
+            args.overload_secs,
+            args.max_in_flight,
+            report::secs(drain)
+        ));
+    }
+    let broker = match (probe.broker_given, probe.broker()) {
+        (None, Some(pid)) => format!("{pid} (from {BROKER_PID_FILE})"),
+        (None, None) => format!("not given, none in {BROKER_PID_FILE}"),
+        (Some(pid), _) => pid.to_string(),
+    };
+    let service = probe.service.map_or("not given".to_string(), |p| p.to_string());
+    parts.push(format!("{} users (per shard {per_shard:?})", args.users));
+    parts.push(format!("service pid {service}, broker pid {broker}, CLK_TCK {}", probe.ticks_per_sec));
+    parts.join("; ")
 }
 
 async fn local_phase(
