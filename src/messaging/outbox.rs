@@ -116,6 +116,7 @@ impl Relay {
         tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids]).await?;
         tx.commit().await?;
         tracing::debug!(published = ids.len(), "outbox batch published");
+        crate::telemetry::metrics::outbox_published(&self.shard.name, ids.len());
         Ok(ids.len())
     }
 }

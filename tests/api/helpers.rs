@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use shardwallet::{
     api::auth::Auth,
     config::{
-        AuthSettings, IdempotencySettings, KafkaSettings, ServerSettings, Settings, ShardSettings, TransferSettings,
+        AuthSettings, IdempotencySettings, KafkaSettings, MetricsSettings, RateLimitSettings, ServerSettings, Settings,
+        ShardSettings, TransferSettings,
     },
     domain::{Role, UserId},
     ledger::verify,
@@ -188,6 +189,8 @@ impl Deployment {
                 consumer_enabled: true,
             },
             idempotency: IdempotencySettings { retention_hours: 24 },
+            metrics: MetricsSettings { sample_interval_secs: 1 },
+            rate_limits: RateLimitSettings::default(),
         }
     }
 

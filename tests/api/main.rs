@@ -7,5 +7,8 @@ mod auth;
 mod foundation;
 mod idempotency;
 mod ledger;
+mod metrics;
+mod openapi;
+mod rate_limit;
 mod tcc;
 mod tcc_failures;
