@@ -62,7 +62,7 @@ pub enum ProblemCode {
         description = "A wallet and double-entry ledger over PostgreSQL shards, with Try/Confirm/Cancel \
                        transfers between shards. Amounts are integers in minor units, sent and returned as \
                        strings. Errors are `application/problem+json` with a stable `code`.",
-        license(name = "Apache-2.0", identifier = "Apache-2.0")
+        license(name = "Apache-2.0")
     ),
     paths(
         health::health,
@@ -123,13 +123,7 @@ impl Modify for CommonErrors {
                 .into()
         };
         for (path, item) in doc.paths.paths.iter_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.patch,
-                &mut item.delete,
-            ];
+            let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
             for op in operations.into_iter().flatten() {
                 let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
                 let responses = &mut op.responses.responses;
@@ -157,10 +151,16 @@ impl Modify for CommonErrors {
     }
 }
 
+/// The document, built once.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOC.get_or_init(ApiDoc::openapi)
+}
+
 /// `/openapi.json` and `/docs` (Swagger UI).
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/openapi.json", get(|| async { Json(document()) }))
         .route("/docs", get(|| async { asset("text/html; charset=utf-8", INDEX.as_bytes()) }))
         .route("/docs/", get(|| async { asset("text/html; charset=utf-8", INDEX.as_bytes()) }))
         .route("/docs/swagger-ui.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))

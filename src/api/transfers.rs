@@ -11,11 +11,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    openapi::schemas::{self as doc, IdempotencyHeader, PageParams, TransferPath, UserPath},
     auth::require_self_or_admin,
     error::ApiError,
     extract::{self, json_body, PageQuery},
     idempotency::Idempotency,
+    openapi::schemas::{self as doc, IdempotencyHeader, PageParams, TransferPath, UserPath},
     AppState,
 };
 use crate::{

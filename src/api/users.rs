@@ -10,11 +10,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    openapi::schemas::{self as doc, CurrencyPath, EntryPath, IdempotencyHeader, PageParams, UserPath},
     auth::{require_admin, require_self_or_admin},
     error::ApiError,
     extract::{self, json_body, PageQuery},
     idempotency::Idempotency,
+    openapi::schemas::{self as doc, CurrencyPath, EntryPath, IdempotencyHeader, PageParams, UserPath},
     AppState,
 };
 use crate::{
@@ -191,7 +191,7 @@ pub struct Adjustment {
 #[utoipa::path(post, path = "/v1/admin/adjustments", tag = "admin", security(("bearer" = [])),
     params(IdempotencyHeader), request_body = Adjustment,
     responses(
-        (status = 201, description = "applied", body = doc::Adjustment),
+        (status = 201, description = "applied", body = doc::AdjustmentView),
         (status = 400, description = "invalid_request, invalid_amount or idempotency_key_missing"),
         (status = 403, description = "forbidden: admins only"),
         (status = 404, description = "user_not_found or wallet_not_found"),

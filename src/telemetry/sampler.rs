@@ -60,10 +60,7 @@ async fn sample_shard(shard: &Shard) {
 pub async fn outbox_stats(shard: &Shard) -> anyhow::Result<(i64, f64)> {
     let client = shard.client().await?;
     let row = client
-        .query_one(
-            "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) FROM outbox",
-            &[],
-        )
+        .query_one("SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) FROM outbox", &[])
         .await?;
     Ok((row.get(0), row.get(1)))
 }

@@ -67,30 +67,32 @@ async fn the_openapi_document_lists_every_endpoint_with_its_errors_and_security(
     for code in ["rate_limited", "insufficient_funds", "idempotency_key_reused", "unauthorized", "internal"] {
         assert!(codes.contains(&Value::from(code)), "ProblemCode lists {code}");
     }
-    assert_eq!(doc["components"]["schemas"]["Problem"]["properties"]["code"]["$ref"], "#/components/schemas/ProblemCode");
+    assert_eq!(
+        doc["components"]["schemas"]["Problem"]["properties"]["code"]["$ref"],
+        "#/components/schemas/ProblemCode"
+    );
 }
 
 /// Chromium as Debian ships it; `make test` installs it when missing.
 fn chromium() -> PathBuf {
     let candidates = [std::env::var("CHROMIUM").unwrap_or_default(), "chromium".into(), "chromium-browser".into()];
     for name in candidates.iter().filter(|n| !n.is_empty()) {
-        if let Ok(found) = which(name) {
+        if let Some(found) = which(name) {
             return found;
         }
     }
     panic!("no chromium on PATH: `apt-get install -y chromium` (make test does this) or set CHROMIUM");
 }
 
-fn which(name: &str) -> Result<PathBuf, ()> {
+fn which(name: &str) -> Option<PathBuf> {
     if name.contains('/') {
-        return Ok(PathBuf::from(name));
+        return Some(PathBuf::from(name));
     }
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-        .ok_or(())
 }
 
 async fn run_chromium(args: &[String]) -> String {

@@ -19,8 +19,6 @@ fn tight(write: Limit, read: Limit) -> RateLimitSettings {
     RateLimitSettings { write, read, ..RateLimitSettings::default() }
 }
 
-const ROOMY: Limit = Limit { per_second: 1000.0, burst: 1000 };
-
 fn header(response: &Response, name: &str) -> Option<u64> {
     response.headers().get(name)?.to_str().ok()?.parse().ok()
 }

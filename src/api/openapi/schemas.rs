@@ -14,18 +14,17 @@ pub const AMOUNT_PATTERN: &str = "^[1-9][0-9]{0,35}$";
 
 /// An amount in minor units: a string of 1-36 digits without leading zero, or a
 /// positive JSON integer up to 2^64-1. Responses always use the string form.
-pub fn amount_input() -> utoipa::openapi::schema::OneOf {
-    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, SchemaType, Type};
-    OneOfBuilder::new()
-        .item(ObjectBuilder::new().schema_type(SchemaType::Type(Type::String)).pattern(Some(AMOUNT_PATTERN)))
-        .item(
-            ObjectBuilder::new()
-                .schema_type(SchemaType::Type(Type::Integer))
-                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::UInt64)))
-                .minimum(Some(1)),
-        )
-        .description(Some("minor units: a digit string (up to 36 digits, no leading zero) or a positive integer"))
-        .build()
+pub fn amount_input() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+    let text = ObjectBuilder::new().schema_type(SchemaType::Type(Type::String)).pattern(Some(AMOUNT_PATTERN)).build();
+    let integer = ObjectBuilder::new().schema_type(SchemaType::Type(Type::Integer)).minimum(Some(1.0)).build();
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(text)
+            .item(integer)
+            .description(Some("minor units: a digit string (up to 36 digits, no leading zero) or a positive integer"))
+            .build(),
+    )
 }
 
 #[derive(IntoParams)]
@@ -189,7 +188,7 @@ pub enum Direction {
 }
 
 #[derive(ToSchema)]
-pub struct Adjustment {
+pub struct AdjustmentView {
     pub entry_id: Uuid,
     pub posting_id: Uuid,
     pub user_id: String,
