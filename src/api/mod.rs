@@ -8,6 +8,7 @@ pub mod http_metrics;
 pub mod idempotency;
 pub mod openapi;
 pub mod rate_limit;
+mod rejections;
 mod transfers;
 mod users;
 
@@ -66,6 +67,7 @@ pub fn routes(state: AppState) -> Routes {
             )
         })
         // Layers run bottom-up: metrics see every response, 429s included.
+        .layer(middleware::from_fn(rejections::as_problems))
         .layer(middleware::from_fn_with_state(limits, rate_limit::enforce))
         .layer(middleware::from_fn(http_metrics::track))
         .with_state(state)

@@ -161,3 +161,14 @@ async fn swagger_ui_lists_the_endpoints_in_a_headless_browser_without_network() 
     let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
     assert!(size > 20_000, "a screenshot with content at {} ({size} bytes)", png.display());
 }
+
+#[tokio::test]
+async fn framework_rejections_are_problems_too() {
+    let app = spawn_app().await;
+    let duplicate = app.get("/v1/users/alice/transfers?limit=1&limit=2", &app.admin()).await;
+    assert_problem(duplicate, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let entries = app.get("/v1/users/alice/wallets/EUR/entries?cursor=1&cursor=2", &app.admin()).await;
+    assert_problem(entries, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let bad_utf8 = app.get("/v1/users/%FF%FE/wallets/EUR", &app.admin()).await;
+    assert_problem(bad_utf8, StatusCode::BAD_REQUEST, "invalid_request").await;
+}
