@@ -28,7 +28,7 @@ PORT=${API_CHECKS_PORT:-18080}
 BASE="http://127.0.0.1:$PORT"
 BIN=${SHARDWALLET_BIN:-${CARGO_TARGET_DIR:-target}/debug/shardwallet}
 # Schemathesis test cases per operation and phase.
-FUZZ_EXAMPLES=${FUZZ_EXAMPLES:-30}
+FUZZ_EXAMPLES=${FUZZ_EXAMPLES:-50}
 DIR=.local/api-checks
 DB=sw_apichecks
 mkdir -p "$DIR"
