@@ -5,7 +5,7 @@
 #            the document (status, content type, headers, body schema).
 #   postman  newman (pinned, installed under .local/) runs apis.json, whose requests
 #            carry test scripts with assertions.
-#   all      both, against one service.
+#   all      both, against one service (newman first: fuzzing spends alice's money).
 #
 # The service is the debug binary `cargo test --all-targets` builds (target/debug/
 # shardwallet; built when missing), on its own databases (sw_apichecks, dropped and
@@ -34,6 +34,24 @@ DB=sw_apichecks
 mkdir -p "$DIR"
 
 log() { printf '[api-checks] %s\n' "$*" >&2; }
+
+# Debian packages the checks need when the machine lacks them (root or sudo).
+apt_install() {
+	local sudo=
+	[[ $(id -u) -eq 0 ]] || sudo=sudo
+	log "installing $*"
+	$sudo apt-get update -qq
+	$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+# need COMMAND:PACKAGE...: installs the packages whose command is missing.
+need() {
+	local missing=()
+	for pair in "$@"; do
+		command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+	done
+	((${#missing[@]} == 0)) || apt_install "${missing[@]}"
+}
+need curl:curl psql:postgresql-client
 
 if [[ ! -x $BIN ]]; then
 	log "building $BIN"
@@ -114,7 +132,12 @@ fuzz() {
 	local venv=.local/schemathesis-$SCHEMATHESIS_VERSION
 	if [[ ! -x $venv/bin/schemathesis ]]; then
 		log "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
-		python3 -m venv "$venv"
+		need python3:python3
+		python3 -m venv "$venv" 2>/dev/null || {
+			apt_install python3-venv
+			rm -rf "$venv"
+			python3 -m venv "$venv"
+		}
 		"$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 	fi
 	local checks=not_a_server_error,status_code_conformance,content_type_conformance
@@ -144,6 +167,7 @@ postman() {
 	local prefix=.local/newman-$NEWMAN_VERSION
 	if [[ ! -x $prefix/node_modules/.bin/newman ]]; then
 		log "installing newman $NEWMAN_VERSION into $prefix"
+		need npm:npm
 		mkdir -p "$prefix"
 		(cd "$prefix" && npm install --no-audit --no-fund --silent "newman@$NEWMAN_VERSION")
 	fi
@@ -157,8 +181,10 @@ postman() {
 		--reporters cli
 }
 
+# newman first: its happy path expects the test data's balances, which fuzzing (as
+# alice) spends.
 rc=0
-if [[ $WHAT == fuzz || $WHAT == all ]]; then fuzz || rc=1; fi
 if [[ $WHAT == postman || $WHAT == all ]]; then postman || rc=1; fi
+if [[ $WHAT == fuzz || $WHAT == all ]]; then fuzz || rc=1; fi
 if ((rc)); then log "FAILED (service log: $DIR/serve.log)"; else log "all passed"; fi
 exit $rc
