@@ -17,7 +17,9 @@ use axum::{
 use utoipa::{
     openapi::{
         content::ContentBuilder,
+        header::HeaderBuilder,
         response::ResponseBuilder,
+        schema::{ObjectBuilder, Type},
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
         RefOr,
     },
@@ -112,13 +114,25 @@ impl Modify for CommonErrors {
                     .build(),
             ),
         );
-        let problem = |description: &str| -> RefOr<utoipa::openapi::Response> {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/problem+json",
-                    ContentBuilder::new().schema(Some(utoipa::openapi::Ref::from_schema_name("Problem"))).build(),
-                )
+        let builder = |description: &str| {
+            ResponseBuilder::new().description(description).content(
+                "application/problem+json",
+                ContentBuilder::new().schema(Some(utoipa::openapi::Ref::from_schema_name("Problem"))).build(),
+            )
+        };
+        let problem = |description: &str| -> RefOr<utoipa::openapi::Response> { builder(description).build().into() };
+        let limited = |description: &str| -> RefOr<utoipa::openapi::Response> {
+            let seconds = |text: &str| {
+                HeaderBuilder::new()
+                    .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0.0)))
+                    .description(Some(text))
+                    .build()
+            };
+            builder(description)
+                .header("Retry-After", seconds("seconds until a retry can succeed"))
+                .header("RateLimit-Limit", seconds("requests allowed at once (the burst)"))
+                .header("RateLimit-Remaining", seconds("requests left now: 0"))
+                .header("RateLimit-Reset", seconds("seconds until the burst is whole again"))
                 .build()
                 .into()
         };
@@ -142,9 +156,10 @@ impl Modify for CommonErrors {
                 }
                 if path.starts_with("/v1/") {
                     add("400", "invalid_request: a malformed parameter or body");
-                    add("429", "rate_limited: too many requests from this caller; see Retry-After");
                     add("503", "shard_unavailable or busy: retry later (with the same Idempotency-Key)");
                     add("500", "internal: an unexpected error (logged)");
+                    let description = "rate_limited: too many requests from this caller; see Retry-After";
+                    responses.entry("429".to_string()).or_insert_with(|| limited(description));
                 }
             }
         }

@@ -61,6 +61,10 @@ async fn the_openapi_document_lists_every_endpoint_with_its_errors_and_security(
     let created = &doc["paths"]["/v1/transfers"]["post"]["responses"];
     assert_eq!(created["201"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Transfer");
     assert_eq!(created["422"]["content"]["application/problem+json"]["schema"]["$ref"], "#/components/schemas/Problem");
+    let limited = &created["429"]["headers"];
+    for header in ["Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"] {
+        assert!(limited[header].is_object(), "429 documents {header}");
+    }
     let scheme = &doc["components"]["securitySchemes"]["bearer"];
     assert_eq!((&scheme["type"], &scheme["scheme"]), (&Value::from("http"), &Value::from("bearer")));
     let codes = doc["components"]["schemas"]["ProblemCode"]["enum"].as_array().expect("ProblemCode enum");

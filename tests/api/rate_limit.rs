@@ -45,6 +45,8 @@ async fn a_limited_request_is_429_with_headers_and_a_later_retry_with_the_same_k
     assert_eq!(header(&limited, "ratelimit-reset"), Some(retry_after));
     let problem = assert_problem(limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     assert_eq!(problem["type"], "/problems/rate_limited");
+    let metrics = app.http.get(app.url("/metrics")).send().await.expect("GET /metrics").text().await.expect("text");
+    assert!(metrics.contains(r#"shardwallet_rate_limited_total{class="write"}"#), "429s are counted");
 
     // Nothing reached the database: no key stored, no money moved.
     let keys = app.shard_db(0).await.query("SELECT key FROM idempotency_keys WHERE key = 'rl-2'", &[]).await;
