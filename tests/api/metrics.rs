@@ -150,3 +150,24 @@ async fn gateway_hooks_record_calls_and_circuit_state() {
         |st: &str| count(&s, "shardwallet_gateway_circuit_state", &[("gateway", "test-gw-hooks"), ("state", st)]);
     assert_eq!((state("closed"), state("open"), state("half_open")), (0.0, 0.0, 1.0));
 }
+
+#[tokio::test]
+async fn consumer_lag_counts_stage_messages_nobody_consumed() {
+    let deployment = Deployment::new().await;
+    let mut settings = deployment.settings();
+    // The relay publishes, nobody consumes: the TryCredit waits on the stage topic.
+    settings.transfers.consumer_enabled = false;
+    let app = deployment.spawn(settings).await;
+    let alice = app.user_on_shard("alice", 0);
+    let bob = app.user_on_shard("bob", 1);
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    let token = app.user_token(&alice);
+    assert_eq!(app.transfer(&token, &alice, &bob, "EUR", "5", "lag-1").await.status(), StatusCode::ACCEPTED);
+    let topic = shardwallet::messaging::kafka::Topics::new(&app.settings.kafka.topic_prefix).stages;
+    eventually(Duration::from_secs(20), "a lag of one message", || async {
+        let s = scrape(&app).await;
+        (value(&s, "shardwallet_consumer_lag_messages", &[("topic", &topic)])? >= 1.0).then_some(())
+    })
+    .await;
+}
