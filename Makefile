@@ -26,7 +26,7 @@ BROKER_STORAGE ?= memory
 export BROKER_STORAGE
 
 .PHONY: help build cluster-up cluster-down cluster-status migrate testdata health verify \
-	run test bench lint fmt up up-dev down
+	run test browser fuzz postman api-checks bench lint fmt up up-dev down
 
 help: ## list the targets
 	@echo "Usage: make TARGET [VAR=value ...]"
@@ -82,9 +82,26 @@ run: cluster-up build migrate testdata ## cluster, build, migrate, test data, th
 # The suite wants a broker it may fill with throw-away topics: start it in memory
 # unless one already runs (scripts/cluster.sh reuses a running broker as it is).
 test: BROKER_STORAGE = memory
-test: cluster-up ## run the whole test suite against the local cluster
+test: cluster-up browser ## run the whole test suite against the local cluster
 	eval "$$($(CLUSTER) env)"; \
 	$(CARGO) test --locked --all-targets -- --test-threads=$(TEST_THREADS)
+
+# The Swagger UI test drives Debian's chromium headless.
+browser: ## install Debian's chromium when missing (for the Swagger UI test)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+		sudo=; [[ $$(id -u) -eq 0 ]] || sudo=sudo; \
+		$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# Checks of a running service from the outside (scripts/api-checks.sh): a service of
+# their own from target/debug/shardwallet (the test build), on fresh databases.
+fuzz: cluster-up ## Schemathesis against /openapi.json: no 5xx, every response as documented
+	bash scripts/api-checks.sh fuzz
+
+postman: cluster-up ## newman runs apis.json (every request has test scripts)
+	bash scripts/api-checks.sh postman
+
+api-checks: cluster-up ## fuzz and postman against one service (what CI runs)
+	bash scripts/api-checks.sh all
 
 # About 3-4 minutes with the defaults: same-shard closed loop and pgbench (20 s each), the
 # cross-shard sweep (10 s steps), half capacity (10 s) and overload (30 s). The figures are

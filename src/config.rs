@@ -17,6 +17,10 @@ pub struct Settings {
     pub transfers: TransferSettings,
     #[serde(default)]
     pub idempotency: IdempotencySettings,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+    #[serde(default)]
+    pub rate_limits: RateLimitSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -136,6 +140,58 @@ impl Default for IdempotencySettings {
     }
 }
 
+#[derive(Clone, Debug, Deserialize)]
+pub struct MetricsSettings {
+    /// How often the sampler reads outbox depth, pool usage and consumer lag.
+    #[serde(default = "default_sample_interval")]
+    pub sample_interval_secs: u64,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self { sample_interval_secs: default_sample_interval() }
+    }
+}
+
+/// Per-caller GCRA limits (`api::rate_limit`): a class of endpoint allows `burst`
+/// requests at once and then `per_second` on average.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RateLimitSettings {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Whether admin tokens are limited too (they are exempt by default).
+    #[serde(default)]
+    pub limit_admins: bool,
+    /// Money-moving POSTs (transfers, adjustments, reversals, payments).
+    #[serde(default = "default_write_limit")]
+    pub write: Limit,
+    /// Reads (GET).
+    #[serde(default = "default_read_limit")]
+    pub read: Limit,
+    /// Unauthenticated gateway callbacks, keyed by client IP.
+    #[serde(default = "default_callback_limit")]
+    pub callback: Limit,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            limit_admins: false,
+            write: default_write_limit(),
+            read: default_read_limit(),
+            callback: default_callback_limit(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
@@ -145,6 +201,8 @@ impl std::fmt::Debug for Settings {
             .field("kafka", &self.kafka)
             .field("transfers", &self.transfers)
             .field("idempotency", &self.idempotency)
+            .field("metrics", &self.metrics)
+            .field("rate_limits", &self.rate_limits)
             .finish()
     }
 }
@@ -218,4 +276,16 @@ fn default_admission_sample() -> u64 {
 }
 fn yes() -> bool {
     true
+}
+fn default_sample_interval() -> u64 {
+    5
+}
+fn default_write_limit() -> Limit {
+    Limit { per_second: 20.0, burst: 40 }
+}
+fn default_read_limit() -> Limit {
+    Limit { per_second: 100.0, burst: 200 }
+}
+fn default_callback_limit() -> Limit {
+    Limit { per_second: 50.0, burst: 100 }
 }

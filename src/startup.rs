@@ -52,6 +52,7 @@ pub async fn check_shard_identities(router: &Router) -> anyhow::Result<()> {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        crate::telemetry::metrics::handle();
         let router = Arc::new(router(&settings)?);
         check_shard_identities(&router).await?;
         let producer = kafka::producer(&settings.kafka)?;
@@ -86,6 +87,8 @@ impl Application {
         let app = api::routes(self.state).layer(tower_http::trace::TraceLayer::new_for_http());
         let stop = server_stop.clone();
         let server = tokio::spawn(async move {
+            // The peer address keys the rate limits of unauthenticated callers.
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(self.listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
         });
         tracing::info!(port = self.port, "serving");
@@ -144,6 +147,12 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
         };
         set.spawn(sampler.run(token.clone()));
     }
+    let sampler = crate::telemetry::sampler::Sampler {
+        router: state.router.clone(),
+        kafka: settings.kafka.clone(),
+        interval: Duration::from_secs(settings.metrics.sample_interval_secs.max(1)),
+    };
+    set.spawn(sampler.run(token.clone()));
     if settings.transfers.consumer_enabled {
         let state = state.clone();
         let token = token.clone();

@@ -8,13 +8,20 @@ use serde::Serialize;
 
 use crate::ledger;
 
-#[derive(Debug, Clone, Serialize)]
+/// An RFC 9457 problem (`application/problem+json`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// `/problems/<code>`.
     #[serde(rename = "type")]
+    #[schema(example = "/problems/insufficient_funds")]
     pub kind: String,
+    #[schema(value_type = String, example = "Unprocessable Entity")]
     pub title: &'static str,
+    #[schema(example = 422)]
     pub status: u16,
     pub detail: String,
+    /// The stable machine code to branch on.
+    #[schema(value_type = super::openapi::ProblemCode)]
     pub code: &'static str,
 }
 

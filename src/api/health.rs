@@ -8,12 +8,21 @@ use serde_json::json;
 use super::{auth::require_admin, error::ApiError, AppState};
 use crate::{domain::Caller, ledger::verify, messaging::dlq};
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "alive", body = super::openapi::schemas::Health)))]
 pub async fn health() -> impl IntoResponse {
     Json(json!({ "status": "alive" }))
 }
 
 /// 200 when every shard and the broker answer within a second; else 503 naming what
 /// is down.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "every shard and the broker answer", body = super::openapi::schemas::Readiness),
+        (status = 503, description = "something is down", body = super::openapi::schemas::Readiness),
+    )
+)]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let probes = state.router.shards().iter().map(|shard| async move {
         let probe = async {
@@ -59,11 +68,25 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
+/// Audits every shard (admin only): balances, postings, holds, totals.
+#[utoipa::path(get, path = "/v1/admin/audit", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the audit report", body = super::openapi::schemas::AuditReport),
+        (status = 403, description = "forbidden: admins only"),
+    )
+)]
 pub async fn audit(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
     require_admin(&caller)?;
     Ok(Json(verify::run(&state.router).await?))
 }
 
+/// Dead-lettered stage messages (admin only).
+#[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "counts", body = super::openapi::schemas::DeadLetters),
+        (status = 403, description = "forbidden: admins only"),
+    )
+)]
 pub async fn dead_letters(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
     require_admin(&caller)?;
     let settings = state.settings.kafka.clone();

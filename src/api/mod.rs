@@ -4,13 +4,18 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 mod health;
+pub mod http_metrics;
 pub mod idempotency;
+pub mod openapi;
+pub mod rate_limit;
+mod rejections;
 mod transfers;
 mod users;
 
 use std::{sync::Arc, time::Duration};
 
 use axum::{
+    middleware,
     routing::{get, post},
     Router as Routes,
 };
@@ -36,6 +41,7 @@ impl AppState {
 }
 
 pub fn routes(state: AppState) -> Routes {
+    let limits = rate_limit::RateLimits::new(&state.settings.rate_limits, state.auth.clone());
     Routes::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
@@ -51,6 +57,8 @@ pub fn routes(state: AppState) -> Routes {
         .route("/v1/admin/adjustments", post(users::adjust))
         .route("/v1/admin/audit", get(health::audit))
         .route("/v1/admin/dead-letters", get(health::dead_letters))
+        .route("/metrics", get(http_metrics::scrape))
+        .merge(openapi::routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -59,5 +67,9 @@ pub fn routes(state: AppState) -> Routes {
                 "method not allowed on this endpoint",
             )
         })
+        // Layers run bottom-up: metrics see every response, 429s included.
+        .layer(middleware::from_fn(rejections::as_problems))
+        .layer(middleware::from_fn_with_state(limits, rate_limit::enforce))
+        .layer(middleware::from_fn(http_metrics::track))
         .with_state(state)
 }

@@ -15,6 +15,7 @@ use super::{
     error::ApiError,
     extract::{self, json_body, PageQuery},
     idempotency::Idempotency,
+    openapi::schemas::{self as doc, IdempotencyHeader, PageParams, TransferPath, UserPath},
     AppState,
 };
 use crate::{
@@ -23,16 +24,36 @@ use crate::{
     transfer::{self, admission::Overloaded},
 };
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewTransfer {
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "alice")]
     from_user_id: String,
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "bob")]
     to_user_id: String,
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     currency: String,
     #[serde(default)]
+    #[schema(schema_with = doc::amount_input, required = true)]
     amount: serde_json::Value,
+    /// At most 500 characters.
+    #[schema(max_length = 500)]
     description: Option<String>,
 }
 
+/// Sends money. Same shard: `201`, completed. Across shards: `202`, pending (follow it
+/// with `GET /v1/transfers/{transfer_id}`). Needs an Idempotency-Key.
+#[utoipa::path(post, path = "/v1/transfers", tag = "transfers", security(("bearer" = [])),
+    params(IdempotencyHeader), request_body = NewTransfer,
+    responses(
+        (status = 201, description = "completed (same shard)", body = doc::Transfer),
+        (status = 202, description = "accepted, pending (cross shard)", body = doc::Transfer),
+        (status = 400, description = "invalid_request, invalid_amount or idempotency_key_missing"),
+        (status = 403, description = "forbidden: a user may only send from themself"),
+        (status = 404, description = "user_not_found or wallet_not_found"),
+        (status = 409, description = "idempotency_request_in_progress"),
+        (status = 422, description = "insufficient_funds, currency_mismatch, same_account or idempotency_key_reused"),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -75,6 +96,7 @@ pub async fn create(
     if cross_shard {
         state.admission.finish(shard.index, committed);
     }
+    crate::telemetry::metrics::transfer_created(committed, cross_shard);
     if committed && cross_shard {
         state.wakers.wake(shard.index);
     }
@@ -95,6 +117,15 @@ fn overloaded(refused: &Overloaded) -> Response {
     response
 }
 
+/// A transfer (its parties and admins only).
+#[utoipa::path(get, path = "/v1/transfers/{transfer_id}", tag = "transfers", security(("bearer" = [])),
+    params(TransferPath),
+    responses(
+        (status = 200, description = "the transfer", body = doc::Transfer),
+        (status = 403, description = "forbidden: not a party"),
+        (status = 404, description = "transfer_not_found"),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -111,6 +142,15 @@ pub async fn get(
     Ok(Json(view).into_response())
 }
 
+/// A user's transfers, sent and received, newest first.
+#[utoipa::path(get, path = "/v1/users/{user_id}/transfers", tag = "transfers", security(("bearer" = [])),
+    params(UserPath, PageParams),
+    responses(
+        (status = 200, description = "a page of transfers", body = doc::TransferPage),
+        (status = 403, description = "forbidden: another user's data"),
+        (status = 404, description = "user_not_found"),
+    )
+)]
 pub async fn list_for_user(
     State(state): State<AppState>,
     caller: Caller,

@@ -14,6 +14,7 @@ use super::{
     error::ApiError,
     extract::{self, json_body, PageQuery},
     idempotency::Idempotency,
+    openapi::schemas::{self as doc, CurrencyPath, EntryPath, IdempotencyHeader, PageParams, UserPath},
     AppState,
 };
 use crate::{
@@ -21,11 +22,21 @@ use crate::{
     ledger::{accounts, local, queries},
 };
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewUser {
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "mallory")]
     user_id: String,
 }
 
+/// Creates a user (admin only); `409 user_exists` when it exists.
+#[utoipa::path(post, path = "/v1/users", tag = "users", security(("bearer" = [])),
+    request_body = NewUser,
+    responses(
+        (status = 201, description = "created", body = doc::User),
+        (status = 403, description = "forbidden: admins only"),
+        (status = 409, description = "user_exists"),
+    )
+)]
 pub async fn create_user(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
     require_admin(&caller)?;
     let (_, req): (_, NewUser) = json_body(&body)?;
@@ -35,6 +46,14 @@ pub async fn create_user(State(state): State<AppState>, caller: Caller, body: By
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+/// A user and their wallets.
+#[utoipa::path(get, path = "/v1/users/{user_id}", tag = "users", security(("bearer" = [])), params(UserPath),
+    responses(
+        (status = 200, description = "the user", body = doc::UserWithWallets),
+        (status = 403, description = "forbidden: another user's data"),
+        (status = 404, description = "user_not_found"),
+    )
+)]
 pub async fn get_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -48,11 +67,22 @@ pub async fn get_user(
     Ok(Json(json!({ "user_id": view.user_id, "created_at": view.created_at, "wallets": wallets })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewWallet {
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     currency: String,
 }
 
+/// Opens a wallet in a currency for a user (admin only).
+#[utoipa::path(post, path = "/v1/users/{user_id}/wallets", tag = "users", security(("bearer" = [])),
+    params(UserPath), request_body = NewWallet,
+    responses(
+        (status = 201, description = "created", body = doc::Wallet),
+        (status = 403, description = "forbidden: admins only"),
+        (status = 404, description = "user_not_found"),
+        (status = 409, description = "wallet_exists"),
+    )
+)]
 pub async fn create_wallet(
     State(state): State<AppState>,
     caller: Caller,
@@ -68,6 +98,14 @@ pub async fn create_wallet(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+/// A user's wallets.
+#[utoipa::path(get, path = "/v1/users/{user_id}/wallets", tag = "users", security(("bearer" = [])), params(UserPath),
+    responses(
+        (status = 200, description = "the wallets", body = doc::WalletList),
+        (status = 403, description = "forbidden: another user's data"),
+        (status = 404, description = "user_not_found"),
+    )
+)]
 pub async fn list_wallets(
     State(state): State<AppState>,
     caller: Caller,
@@ -82,6 +120,15 @@ pub async fn list_wallets(
     Ok(Json(json!({ "data": queries::list_wallets(&client, &user).await? })).into_response())
 }
 
+/// One wallet: balance, held and available.
+#[utoipa::path(get, path = "/v1/users/{user_id}/wallets/{currency}", tag = "users", security(("bearer" = [])),
+    params(UserPath, CurrencyPath),
+    responses(
+        (status = 200, description = "the wallet", body = doc::Wallet),
+        (status = 403, description = "forbidden: another user's data"),
+        (status = 404, description = "user_not_found or wallet_not_found"),
+    )
+)]
 pub async fn get_wallet(
     State(state): State<AppState>,
     caller: Caller,
@@ -94,6 +141,15 @@ pub async fn get_wallet(
     Ok(Json(queries::get_wallet(&client, &user, &currency).await?).into_response())
 }
 
+/// A wallet's ledger entries, newest first.
+#[utoipa::path(get, path = "/v1/users/{user_id}/wallets/{currency}/entries", tag = "users",
+    security(("bearer" = [])), params(UserPath, CurrencyPath, PageParams),
+    responses(
+        (status = 200, description = "a page of entries", body = doc::EntryPage),
+        (status = 403, description = "forbidden: another user's data"),
+        (status = 404, description = "user_not_found or wallet_not_found"),
+    )
+)]
 pub async fn entries(
     State(state): State<AppState>,
     caller: Caller,
@@ -115,16 +171,34 @@ pub async fn entries(
     Ok(Json(json!({ "data": data, "next_cursor": next.map(|n| n.to_string()) })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Adjustment {
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "mallory")]
     user_id: String,
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     currency: String,
     #[serde(default)]
+    #[schema(schema_with = doc::amount_input, required = true)]
     amount: serde_json::Value,
+    #[schema(value_type = doc::Direction)]
     direction: local::Direction,
+    /// 1-500 characters.
+    #[schema(min_length = 1, max_length = 500, example = "opening balance")]
     reason: String,
 }
 
+/// Credits or debits a wallet (admin only; needs an Idempotency-Key).
+#[utoipa::path(post, path = "/v1/admin/adjustments", tag = "admin", security(("bearer" = [])),
+    params(IdempotencyHeader), request_body = Adjustment,
+    responses(
+        (status = 201, description = "applied", body = doc::AdjustmentView),
+        (status = 400, description = "invalid_request, invalid_amount or idempotency_key_missing"),
+        (status = 403, description = "forbidden: admins only"),
+        (status = 404, description = "user_not_found or wallet_not_found"),
+        (status = 409, description = "idempotency_request_in_progress"),
+        (status = 422, description = "insufficient_funds or idempotency_key_reused"),
+    )
+)]
 pub async fn adjust(
     State(state): State<AppState>,
     caller: Caller,
@@ -150,6 +224,18 @@ pub async fn adjust(
     Ok(response)
 }
 
+/// Reverses the posting an entry belongs to (admin only; needs an Idempotency-Key).
+#[utoipa::path(post, path = "/v1/entries/{entry_id}/reversal", tag = "admin", security(("bearer" = [])),
+    params(EntryPath, IdempotencyHeader),
+    responses(
+        (status = 201, description = "reversed", body = doc::Reversal),
+        (status = 400, description = "idempotency_key_missing or invalid_request"),
+        (status = 403, description = "forbidden: admins only"),
+        (status = 404, description = "not_found: no such entry"),
+        (status = 409, description = "already_reversed or idempotency_request_in_progress"),
+        (status = 422, description = "not_reversible, insufficient_funds or idempotency_key_reused"),
+    )
+)]
 pub async fn reverse_entry(
     State(state): State<AppState>,
     caller: Caller,

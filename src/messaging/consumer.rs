@@ -147,11 +147,13 @@ impl Worker {
             Ok(msg) => msg,
             Err(e) => return self.dead_letter(m, &format!("unreadable message: {e}")).await,
         };
+        let _timer = crate::telemetry::metrics::StageTimer::start(msg.stage.name());
         let mut backoff = Duration::from_millis(50);
         for attempt in 1..=self.max_attempts {
             match tcc::handle(&self.router, &msg).await {
                 Ok(shard) => return self.wakers.wake(shard),
                 Err(e) if e.is_transient() && attempt < self.max_attempts => {
+                    crate::telemetry::metrics::stage_retried(msg.stage.name());
                     tracing::warn!(error = %e, attempt, transfer_id = %msg.transfer_id, "stage failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -162,6 +164,7 @@ impl Worker {
     }
 
     async fn dead_letter(&self, m: &OwnedMessage, error: &str) {
+        crate::telemetry::metrics::dead_lettered();
         tracing::error!(
             error,
             topic = m.topic(),

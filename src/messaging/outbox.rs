@@ -139,6 +139,7 @@ impl Relay {
         tx.cached_execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids]).await?;
         tx.commit().await?;
         tracing::debug!(published = ids.len(), "outbox batch published");
+        crate::telemetry::metrics::outbox_published(&self.shard.name, ids.len());
         Ok(ids.len())
     }
 }

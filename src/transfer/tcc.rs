@@ -281,6 +281,7 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
         SenderStep::Ignore => {}
     }
     tx.commit().await?;
+    crate::telemetry::metrics::sender_step(&step);
     Ok(shard.index)
 }
 

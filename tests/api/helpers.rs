@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use shardwallet::{
     api::auth::Auth,
     config::{
-        AuthSettings, IdempotencySettings, KafkaSettings, ServerSettings, Settings, ShardSettings, TransferSettings,
+        AuthSettings, IdempotencySettings, KafkaSettings, Limit, MetricsSettings, RateLimitSettings, ServerSettings,
+        Settings, ShardSettings, TransferSettings,
     },
     domain::{Role, UserId},
     ledger::verify,
@@ -23,23 +24,48 @@ use tokio_postgres::NoTls;
 
 pub const JWT_SECRET: &str = "test-secret";
 
-/// Where the test servers are, from the environment `make test` sets.
+/// Where the test servers are.
+#[derive(Clone)]
 pub struct TestEnv {
     pub pg: Vec<String>,
     pub kafka: String,
     pub nisshi: Option<String>,
 }
 
+static ENV: std::sync::OnceLock<TestEnv> = std::sync::OnceLock::new();
+
+/// The local cluster when `make test` set SHARDWALLET_TEST_PG (SHARDWALLET_TEST_KAFKA,
+/// default 127.0.0.1:9092); else, when a Docker engine answers, PostgreSQL and Kafka in
+/// containers (`containers`); chosen once per process and printed.
 pub fn env() -> TestEnv {
-    let pg = std::env::var("SHARDWALLET_TEST_PG").unwrap_or_else(|_| {
-        panic!("SHARDWALLET_TEST_PG is not set: run the tests with `make test`, which starts the servers")
-    });
-    TestEnv {
-        pg: pg.split(',').map(str::to_string).collect(),
-        kafka: std::env::var("SHARDWALLET_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into()),
-        nisshi: std::env::var("SHARDWALLET_TEST_NISSHI").ok(),
-    }
+    ENV.get_or_init(|| {
+        let kafka = std::env::var("SHARDWALLET_TEST_KAFKA").ok();
+        let nisshi = std::env::var("SHARDWALLET_TEST_NISSHI").ok();
+        if let Ok(pg) = std::env::var("SHARDWALLET_TEST_PG") {
+            let kafka = kafka.unwrap_or_else(|| "127.0.0.1:9092".into());
+            announce(&format!("local cluster (SHARDWALLET_TEST_PG={pg}, kafka {kafka})"));
+            return TestEnv { pg: pg.split(',').map(str::to_string).collect(), kafka, nisshi };
+        }
+        if !crate::containers::docker_available() {
+            panic!(
+                "SHARDWALLET_TEST_PG is not set and no Docker engine answers: run the tests with `make test`, \
+                 which starts the local cluster"
+            );
+        }
+        let (pg, kafka) = crate::containers::start(SHARDS, kafka);
+        announce(&format!("testcontainers (postgres {pg:?}, kafka {kafka})"));
+        TestEnv { pg, kafka, nisshi }
+    })
+    .clone()
 }
+
+/// Written past the test harness's output capture, so it shows once per run.
+fn announce(choice: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "test servers: {choice}");
+}
+
+pub const ROOMY: Limit = Limit { per_second: 100_000.0, burst: 100_000 };
 
 pub const SHARDS: usize = 3;
 pub const RANGES: [&str; SHARDS] = ["0-5460", "5461-10921", "10922-16383"];
@@ -189,6 +215,15 @@ impl Deployment {
                 ..TransferSettings::default()
             },
             idempotency: IdempotencySettings { retention_hours: 24 },
+            metrics: MetricsSettings { sample_interval_secs: 1 },
+            // On, but roomy: some tests fire hundreds of requests as one user at once.
+            // tests/api/rate_limit.rs sets tight limits.
+            rate_limits: RateLimitSettings {
+                write: ROOMY,
+                read: ROOMY,
+                callback: ROOMY,
+                ..RateLimitSettings::default()
+            },
         }
     }
 

@@ -1,0 +1,266 @@
+//! Response bodies as the OpenAPI document shows them. The read models live in
+//! `ledger` (which knows nothing of HTTP); these mirror their JSON field for field, and
+//! `make fuzz` (Schemathesis) checks every response the service sends against them.
+#![allow(dead_code)]
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+pub const USER_ID_PATTERN: &str = "^[A-Za-z0-9_.-]{1,64}$";
+pub const CURRENCY_PATTERN: &str = "^[A-Z]{3}$";
+pub const AMOUNT_PATTERN: &str = "^[1-9][0-9]{0,35}$";
+
+/// An amount in minor units: a string of 1-36 digits without leading zero, or a
+/// positive JSON integer up to 2^64-1. Responses always use the string form.
+pub fn amount_input() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+    let text = ObjectBuilder::new().schema_type(SchemaType::Type(Type::String)).pattern(Some(AMOUNT_PATTERN)).build();
+    let integer = ObjectBuilder::new().schema_type(SchemaType::Type(Type::Integer)).minimum(Some(1.0)).build();
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(text)
+            .item(integer)
+            .description(Some("minor units: a digit string (up to 36 digits, no leading zero) or a positive integer"))
+            .build(),
+    )
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct UserPath {
+    /// The user id (1-64 characters of `[A-Za-z0-9_.-]`).
+    #[param(pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "alice")]
+    pub user_id: String,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct CurrencyPath {
+    /// Three upper-case letters.
+    #[param(pattern = "^[A-Z]{3}$", example = "EUR")]
+    pub currency: String,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TransferPath {
+    /// A transfer id as returned by `POST /v1/transfers`.
+    pub transfer_id: Uuid,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct EntryPath {
+    /// An entry id as listed in a wallet's entries.
+    pub entry_id: Uuid,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyHeader {
+    /// 1-255 visible ASCII characters, unique per intended effect. A retry with the
+    /// same key and request replays the first response (`Idempotent-Replayed: true`);
+    /// the same key with another request is `422 idempotency_key_reused`.
+    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$")]
+    pub idempotency_key: String,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1-200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct User {
+    pub user_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(ToSchema)]
+pub struct UserWithWallets {
+    pub user_id: String,
+    pub created_at: DateTime<Utc>,
+    pub wallets: Vec<Wallet>,
+}
+
+#[derive(ToSchema)]
+pub struct Wallet {
+    pub user_id: String,
+    pub currency: String,
+    /// Minor units, as a string.
+    #[schema(example = "5000")]
+    pub balance: String,
+    /// Held for cross-shard transfers in flight.
+    pub held: String,
+    /// `balance - held`.
+    pub available: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(ToSchema)]
+pub struct WalletList {
+    pub data: Vec<Wallet>,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Adjustment,
+    Transfer,
+    TransferDebit,
+    TransferCredit,
+    Reversal,
+}
+
+#[derive(ToSchema)]
+pub struct Entry {
+    pub entry_id: Uuid,
+    pub kind: EntryKind,
+    /// Signed minor units: negative for a debit.
+    #[schema(example = "-1000")]
+    pub amount: String,
+    pub balance_after: Option<String>,
+    /// The transfer id, for transfer entries.
+    pub reference: Option<Uuid>,
+    pub posting_id: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(ToSchema)]
+pub struct EntryPage {
+    pub data: Vec<Entry>,
+    /// Pass back as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferStatus {
+    Pending,
+    Completed,
+    Cancelled,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferRoute {
+    Local,
+    CrossShard,
+}
+
+#[derive(ToSchema)]
+pub struct Transfer {
+    pub transfer_id: Uuid,
+    pub status: TransferStatus,
+    /// The internal TCC state (`trying`, `confirming`, `completed`, `cancelled`).
+    pub state: String,
+    pub from_user_id: String,
+    pub to_user_id: String,
+    pub currency: String,
+    pub amount: String,
+    pub description: Option<String>,
+    pub route: TransferRoute,
+    /// Why it was cancelled: `user_not_found`, `currency_mismatch`, `timeout`, `rejected`.
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(ToSchema)]
+pub struct TransferPage {
+    pub data: Vec<Transfer>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Credit,
+    Debit,
+}
+
+#[derive(ToSchema)]
+pub struct AdjustmentView {
+    pub entry_id: Uuid,
+    pub posting_id: Uuid,
+    pub user_id: String,
+    pub currency: String,
+    pub amount: String,
+    pub direction: Direction,
+    pub balance_after: Option<String>,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(ToSchema)]
+pub struct Reversal {
+    pub posting_id: Uuid,
+    pub reverses_entry_id: Uuid,
+    pub reverses_posting_id: Uuid,
+    pub entries: Vec<ReversalEntry>,
+}
+
+#[derive(ToSchema)]
+pub struct ReversalEntry {
+    pub entry_id: Uuid,
+    pub amount: String,
+    pub balance_after: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(ToSchema)]
+pub struct AuditReport {
+    pub ok: bool,
+    pub shards: Vec<ShardAudit>,
+    /// Per currency, the sum of every account on every shard: must be zero.
+    pub totals: BTreeMap<String, String>,
+    pub problems: Vec<String>,
+}
+
+#[derive(ToSchema)]
+pub struct ShardAudit {
+    pub shard: String,
+    pub wallets: i64,
+    pub postings: i64,
+    pub entries: i64,
+    pub totals: BTreeMap<String, BTreeMap<String, String>>,
+    pub problems: Vec<String>,
+}
+
+#[derive(ToSchema)]
+pub struct DeadLetters {
+    pub topic: String,
+    pub total: i64,
+    pub pending: i64,
+}
+
+#[derive(ToSchema)]
+pub struct Health {
+    #[schema(example = "alive")]
+    pub status: String,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckState {
+    Up,
+    Down,
+}
+
+#[derive(ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    pub status: String,
+    /// What did not answer.
+    pub down: Vec<String>,
+    /// Per shard name and `broker`.
+    pub checks: BTreeMap<String, CheckState>,
+}
