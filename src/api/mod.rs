@@ -1,10 +1,12 @@
 //! The REST API. Handlers parse into domain types, ask the router for the shard, and
 //! call the ledger / transfer layers; errors become problems in `error`.
 pub mod auth;
+mod callbacks;
 pub mod error;
 pub mod extract;
 mod health;
 pub mod idempotency;
+mod payments;
 mod transfers;
 mod users;
 
@@ -26,6 +28,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub wakers: Wakers,
     pub producer: FutureProducer,
+    pub payments: Arc<crate::payments::Payments>,
 }
 
 impl AppState {
@@ -50,6 +53,12 @@ pub fn routes(state: AppState) -> Routes {
         .route("/v1/admin/adjustments", post(users::adjust))
         .route("/v1/admin/audit", get(health::audit))
         .route("/v1/admin/dead-letters", get(health::dead_letters))
+        .route("/v1/deposits", post(payments::deposit))
+        .route("/v1/withdrawals", post(payments::withdraw))
+        .route("/v1/payments/{payment_id}", get(payments::get))
+        .route("/v1/users/{user_id}/payments", get(payments::list_for_user))
+        .route("/v1/gateways/{gateway}/callbacks", post(callbacks::receive))
+        .route("/v1/admin/gateways", get(payments::admin_gateways))
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

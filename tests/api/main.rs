@@ -9,3 +9,4 @@ mod idempotency;
 mod ledger;
 mod tcc;
 mod tcc_failures;
+mod payments;
