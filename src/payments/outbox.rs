@@ -19,11 +19,18 @@ const POLL: Duration = Duration::from_millis(500);
 /// carries no amount, no card number: the worker reads the row.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SubmitPayment {
+    /// Schema version (1).
+    #[serde(default = "version")]
+    pub v: u32,
     pub payment_id: Uuid,
 }
 
+fn version() -> u32 {
+    1
+}
+
 pub async fn enqueue(tx: &Transaction<'_>, payment_id: Uuid) -> crate::ledger::Result<()> {
-    let payload = serde_json::to_string(&SubmitPayment { payment_id })
+    let payload = serde_json::to_string(&SubmitPayment { v: 1, payment_id })
         .map_err(|e| crate::ledger::Error::Invariant(format!("payment message does not serialise: {e}")))?;
     tx.execute("INSERT INTO payment_outbox (msg_key, payload) VALUES ($1, $2)", &[&payment_id.to_string(), &payload])
         .await?;
