@@ -24,15 +24,14 @@ pub async fn receive(
     let Some(configured) = state.payments.gateways.get(&gateway) else {
         return Err(ApiError::not_found("gateway_not_found", format!("no payment gateway named '{gateway}'")));
     };
-    let event = configured.client.verify_callback(&headers, &body, chrono::Utc::now().timestamp()).map_err(|e| {
-        match e {
+    let event =
+        configured.client.verify_callback(&headers, &body, chrono::Utc::now().timestamp()).map_err(|e| match e {
             CallbackError::InvalidSignature => {
                 tracing::warn!(%gateway, "callback refused: invalid signature");
                 ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", e.to_string())
             }
             CallbackError::Malformed(_) => ApiError::invalid_request(e.to_string()),
-        }
-    })?;
+        })?;
     let result = state.payments.record_callback(&gateway, event).await?;
     let body = match result {
         CallbackResult::UnknownPayment => {

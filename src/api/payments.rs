@@ -34,7 +34,12 @@ pub struct NewPayment {
     payment_method: serde_json::Value,
 }
 
-pub async fn deposit(state: State<AppState>, caller: Caller, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn deposit(
+    state: State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     create(state, caller, headers, body, PaymentKind::Deposit).await
 }
 
@@ -84,8 +89,7 @@ async fn create(
         return Ok(response);
     }
     // The fingerprint sees the method masked plus a keyed digest, never the number.
-    raw["payment_method"] =
-        json!({ "masked": method.masked(), "digest": payments.sealer.fingerprint(&method) });
+    raw["payment_method"] = json!({ "masked": method.masked(), "digest": payments.sealer.fingerprint(&method) });
     let path = format!("/v1/{}s", kind.as_str());
     let idem = Idempotency::from_request(&caller, &headers, "POST", &path, &raw)?;
     let sealed = payments.sealer.seal(&method)?;

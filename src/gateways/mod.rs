@@ -123,7 +123,9 @@ impl Configured {
             .retry(self.retry)
             .sleep(tokio::time::sleep)
             .when(GatewayError::is_transient)
-            .notify(|e, after| tracing::warn!(gateway = %self.name, error = %e, retry_in = ?after, "gateway call failed"))
+            .notify(
+                |e, after| tracing::warn!(gateway = %self.name, error = %e, retry_in = ?after, "gateway call failed"),
+            )
             .await
     }
 }

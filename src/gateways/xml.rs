@@ -9,8 +9,7 @@ use uuid::Uuid;
 use super::{signature, CallbackError, CallbackEvent, Gateway, GatewayError, PaymentRequest};
 use crate::payments::state::Outcome;
 use transformers::{
-    from_xml, to_xml, Envelope, NotificationBody, PaymentBody, PaymentRequestXml, ReplyBody, StatusBody,
-    StatusRequest,
+    from_xml, to_xml, Envelope, NotificationBody, PaymentBody, PaymentRequestXml, ReplyBody, StatusBody, StatusRequest,
 };
 
 pub const SIGNATURE_HEADER: &str = "x-signature";

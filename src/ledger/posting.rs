@@ -104,7 +104,7 @@ impl Kind {
             Kind::Withdrawal,
         ]
         .into_iter()
-            .find(|k| k.as_str() == text)
+        .find(|k| k.as_str() == text)
     }
 }
 

@@ -43,7 +43,7 @@ pub async fn release(tx: &Transaction<'_>, payment_id: Uuid, by: &str) -> Result
             &[&payment_id, &by],
         )
         .await?;
-    row.map(|r| Ok((r.get(0), accounts::parse_numeric(r.get(1))?))).transpose()
+    row.map(|r| -> Result<(i64, BigInt)> { Ok((r.get(0), accounts::parse_numeric(r.get(1))?)) }).transpose()
 }
 
 async fn ensure_clearing(tx: &Transaction<'_>, clearing: System, currency: &str) -> Result<()> {

@@ -138,8 +138,9 @@ impl Sealer {
     /// From 64 hex digits.
     pub fn from_hex(hex_key: &str) -> anyhow::Result<Self> {
         let bytes = hex::decode(hex_key.trim()).map_err(|_| anyhow::anyhow!("payments.encryption_key is not hex"))?;
-        let key: [u8; 32] =
-            bytes.try_into().map_err(|_| anyhow::anyhow!("payments.encryption_key must be 32 bytes (64 hex digits)"))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("payments.encryption_key must be 32 bytes (64 hex digits)"))?;
         Ok(Self { cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)), key })
     }
 
@@ -166,7 +167,7 @@ impl Sealer {
     /// A keyed digest of the full number: lets the idempotency fingerprint tell two
     /// cards apart without storing a plain hash of a card number.
     pub fn fingerprint(&self, method: &PaymentMethod) -> String {
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else { return String::new() };
+        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&self.key) else { return String::new() };
         mac.update(method.secret().as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }
@@ -185,7 +186,8 @@ mod tests {
         let iban = PaymentMethod::parse(&json!({"type": "iban", "iban": "DE89 3704 0044 0532 0130 00"})).unwrap();
         assert_eq!(iban.masked().last4, "3000");
         assert!(PaymentMethod::parse(&json!({"type": "iban", "iban": "DE88370400440532013000"})).is_err());
-        for bad in [json!({"type": "cash"}), json!({"number": "4242424242424242"}), json!("x"), json!({"type": "card"})] {
+        for bad in [json!({"type": "cash"}), json!({"number": "4242424242424242"}), json!("x"), json!({"type": "card"})]
+        {
             assert!(PaymentMethod::parse(&bad).is_err(), "{bad}");
         }
         assert!(!format!("{card:?}").contains("42424242"));

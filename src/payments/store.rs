@@ -250,7 +250,13 @@ pub async fn transition(tx: &Transaction<'_>, p: &PaymentRow, event: &Event, tim
     Ok(step)
 }
 
-async fn finish(tx: &Transaction<'_>, id: Uuid, state: &str, reason: Option<&str>, reference: Option<&str>) -> Result<()> {
+async fn finish(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    state: &str,
+    reason: Option<&str>,
+    reference: Option<&str>,
+) -> Result<()> {
     tx.execute(
         "UPDATE payments SET state = $2, reason = $3, gateway_reference = coalesce($4, gateway_reference),
              method_sealed = NULL, updated_at = now(), completed_at = now() WHERE payment_id = $1",

@@ -57,10 +57,11 @@ impl Worker {
                     _ => break,
                 }
             }
+            let payments = &self.payments;
             let jobs = batch.iter().map(|m| async move {
                 match serde_json::from_slice::<SubmitPayment>(m.payload().unwrap_or_default()) {
                     Ok(msg) => {
-                        if let Err(e) = submit(&self.payments, msg.payment_id).await {
+                        if let Err(e) = submit(payments, msg.payment_id).await {
                             // The row stays as it is; the reconciler picks it up again.
                             tracing::warn!(error = %e, payment_id = %msg.payment_id, "payment submission failed");
                         }
@@ -133,7 +134,11 @@ pub async fn submit(payments: &Payments, payment_id: Uuid) -> Result<()> {
     Ok(())
 }
 
-async fn call_gateway(payments: &Payments, row: &store::PaymentRow, method: &PaymentMethod) -> std::result::Result<Outcome, GatewayError> {
+async fn call_gateway(
+    payments: &Payments,
+    row: &store::PaymentRow,
+    method: &PaymentMethod,
+) -> std::result::Result<Outcome, GatewayError> {
     let Some(gateway) = payments.gateways.get(&row.gateway) else {
         return Err(GatewayError::Rejected("gateway no longer configured".into()));
     };
@@ -154,7 +159,7 @@ async fn call_gateway(payments: &Payments, row: &store::PaymentRow, method: &Pay
 }
 
 /// Fails a payment that cannot be submitted (gateway no longer configured, method lost).
-async fn fail(tx: tokio_postgres::Transaction<'_>, row: &store::PaymentRow, payments: &Payments) -> Result<()> {
+async fn fail(tx: deadpool_postgres::Transaction<'_>, row: &store::PaymentRow, payments: &Payments) -> Result<()> {
     let event = Event::Answer(Outcome::Declined { reason: "gateway_error".into(), reference: None });
     store::transition(&tx, row, &event, payments.timing(Duration::ZERO)).await?;
     tx.commit().await.map_err(Error::from)

@@ -7,6 +7,6 @@ mod auth;
 mod foundation;
 mod idempotency;
 mod ledger;
+mod payments;
 mod tcc;
 mod tcc_failures;
-mod payments;

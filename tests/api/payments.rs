@@ -54,7 +54,14 @@ async fn mock_calls(app: &TestApp, gateway: &str, id: &str) -> Value {
     body(app.http.get(format!("{base}/_mock/calls/{id}")).send().await.expect("mock calls")).await
 }
 
-fn signed_callback(gateway: &str, event_id: &str, payment_id: &str, approved: bool, t: i64, secret: &str) -> (String, Vec<u8>, String) {
+fn signed_callback(
+    gateway: &str,
+    event_id: &str,
+    payment_id: &str,
+    approved: bool,
+    t: i64,
+    secret: &str,
+) -> (String, Vec<u8>, String) {
     let payment_id = payment_id.parse().expect("uuid");
     let (header, body) = if gateway == "gateway_a" {
         let n = a::transformers::Notification {
@@ -257,7 +264,8 @@ async fn invalid_requests_are_refused_with_stable_codes() {
     let user = app.user_on_shard("bad", 0);
     app.funded_user(&user, "EUR", "100").await;
     let token = app.user_token(&user);
-    let base = json!({ "user_id": user, "currency": "EUR", "amount": "10", "gateway": "gateway_a", "payment_method": card() });
+    let base =
+        json!({ "user_id": user, "currency": "EUR", "amount": "10", "gateway": "gateway_a", "payment_method": card() });
     let mut unknown = base.clone();
     unknown["gateway"] = json!("gateway_z");
     let r = app.post("/v1/deposits", &token, &unknown, Some("k1")).await;

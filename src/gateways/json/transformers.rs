@@ -74,6 +74,10 @@ pub struct Notification {
 impl TryFrom<Notification> for CallbackEvent {
     type Error = String;
     fn try_from(n: Notification) -> Result<Self, String> {
-        Ok(CallbackEvent { outcome: outcome(&n.status, Some(n.id))?, event_id: n.event_id, payment_id: n.idempotency_key })
+        Ok(CallbackEvent {
+            outcome: outcome(&n.status, Some(n.id))?,
+            event_id: n.event_id,
+            payment_id: n.idempotency_key,
+        })
     }
 }
