@@ -383,7 +383,8 @@ async fn a_crash_between_the_gateway_call_and_recording_its_answer_is_settled_by
     let deployment = Deployment::new().await;
     let mut crashing = deployment.settings();
     crashing.payments.drop_gateway_answers = true;
-    crashing.payments.query_after_ms = 600_000;
+    // The stored schedule says "query in 3 s": long enough for this process to stop first.
+    crashing.payments.query_after_ms = 3000;
     let app = deployment.spawn(crashing).await;
     let user = app.user_on_shard("crash", 0);
     app.funded_user(&user, "EUR", "5000").await;
