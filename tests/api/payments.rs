@@ -415,3 +415,38 @@ async fn a_crash_between_the_gateway_call_and_recording_its_answer_is_settled_by
     assert_eq!((wallet["balance"].as_str(), wallet["held"].as_str()), (Some("5000"), Some("0")), "{wallet}");
     app.assert_verified().await;
 }
+
+#[tokio::test]
+async fn a_payment_still_pending_at_its_deadline_expires_and_releases_the_hold() {
+    let deployment = Deployment::new().await;
+    let mut proxy = Proxy::start(deployment.mock_b.trim_start_matches("http://")).await;
+    let mut settings = deployment.settings();
+    settings.gateways.get_mut("gateway_b").expect("gateway_b").base_url = format!("http://127.0.0.1:{}", proxy.port);
+    settings.payments.deadline_secs = 2;
+    settings.payments.query_after_ms = 200;
+    let app = deployment.spawn(settings).await;
+    let user = app.user_on_shard("exp", 2);
+    app.funded_user(&user, "EUR", "1000").await;
+    proxy.cut();
+    let id = start(&app, "withdrawals", &user, "400", "gateway_b", "e1").await;
+    assert_eq!(app.wallet(&user, "EUR").await["available"], "600");
+    let done = wait_final(&app, &id).await;
+    assert_eq!((done["status"].as_str(), done["reason"].as_str()), (Some("failed"), Some("expired")), "{done}");
+    let wallet = app.wallet(&user, "EUR").await;
+    assert_eq!((wallet["balance"].as_str(), wallet["held"].as_str()), (Some("1000"), Some("0")), "{wallet}");
+    proxy.restore().await;
+    assert_eq!(mock_calls(&app, "gateway_b", &id).await["charges"], 0, "never reached the gateway");
+    let user_view = app.get("/v1/admin/gateways", &app.user_token(&user)).await;
+    assert_problem(user_view, StatusCode::FORBIDDEN, "forbidden").await;
+    let (header, unknown, sig) = signed_callback(
+        "gateway_b",
+        "e9",
+        "00000000-0000-8000-8000-000000000000",
+        true,
+        chrono::Utc::now().timestamp(),
+        GATEWAY_SECRET,
+    );
+    let r = post_callback(&app, "gateway_b", Some((header.as_str(), sig.as_str())), unknown).await;
+    assert_problem(r, StatusCode::NOT_FOUND, "payment_not_found").await;
+    app.assert_verified().await;
+}
