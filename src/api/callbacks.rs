@@ -22,21 +22,19 @@ pub async fn receive(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Some(configured) = state.payments.gateways.get(&gateway) else {
-        return Err(ApiError::not_found("gateway_not_found", format!("no payment gateway named '{gateway}'")));
+        return Err(ApiError::gateway_not_found(StatusCode::NOT_FOUND, &gateway));
     };
     let event =
         configured.client.verify_callback(&headers, &body, chrono::Utc::now().timestamp()).map_err(|e| match e {
             CallbackError::InvalidSignature => {
                 tracing::warn!(%gateway, "callback refused: invalid signature");
-                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", e.to_string())
+                ApiError::invalid_signature()
             }
             CallbackError::Malformed(_) => ApiError::invalid_request(e.to_string()),
         })?;
     let result = state.payments.record_callback(&gateway, event).await?;
     let body = match result {
-        CallbackResult::UnknownPayment => {
-            return Err(ApiError::not_found("payment_not_found", "no payment of this gateway has that id"))
-        }
+        CallbackResult::UnknownPayment => return Err(ApiError::payment_not_found()),
         CallbackResult::Duplicate => json!({ "recorded": true, "duplicate": true, "applied": false }),
         CallbackResult::Recorded(step) => {
             let applied = !matches!(step, Step::Ignore | Step::Contradiction);

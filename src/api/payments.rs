@@ -3,7 +3,7 @@
 use axum::{
     body::Bytes,
     extract::{Path, Query, State},
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::{
     auth::{require_admin, require_self_or_admin},
-    error::ApiError,
+    error::{gateway_unavailable, ApiError},
     extract::{self, json_body, PageQuery},
     idempotency::Idempotency,
     AppState,
@@ -63,30 +63,16 @@ async fn create(
     let user = extract::user_id(&req.user_id)?;
     let currency = extract::currency(&req.currency)?;
     let amount = extract::amount(&req.amount)?;
-    let method = PaymentMethod::parse(&req.payment_method)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_payment_method", e.to_string()))?;
+    let method =
+        PaymentMethod::parse(&req.payment_method).map_err(|e| ApiError::invalid_payment_method(e.to_string()))?;
     require_self_or_admin(&caller, &user)?;
     let payments = &state.payments;
     let Some(gateway) = payments.gateways.get(&req.gateway) else {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "gateway_not_found",
-            format!("no payment gateway named '{}'", req.gateway),
-        ));
+        return Err(ApiError::gateway_not_found(StatusCode::UNPROCESSABLE_ENTITY, &req.gateway));
     };
     if let Err(wait) = gateway.breaker.admits_new_payments() {
         // Refused before the Idempotency-Key is claimed: a retry after Retry-After runs.
-        let mut response = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "gateway_unavailable",
-            format!("gateway '{}' is failing; retry later", req.gateway),
-        )
-        .into_response();
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        return Ok(response);
+        return Ok(gateway_unavailable(&req.gateway, wait));
     }
     // The fingerprint sees the method masked plus a keyed digest, never the number.
     raw["payment_method"] = json!({ "masked": method.masked(), "digest": payments.sealer.fingerprint(&method) });
@@ -119,7 +105,7 @@ pub async fn get(
     caller: Caller,
     Path(payment_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let not_found = || ApiError::not_found("payment_not_found", "payment not found");
+    let not_found = ApiError::payment_not_found;
     let id = RoutableId::parse(&payment_id).ok_or_else(not_found)?;
     let shard = state.router.for_id(&id).map_err(|_| not_found())?;
     let client = shard.client().await?;

@@ -449,4 +449,10 @@ async fn a_payment_still_pending_at_its_deadline_expires_and_releases_the_hold()
     let r = post_callback(&app, "gateway_b", Some((header.as_str(), sig.as_str())), unknown).await;
     assert_problem(r, StatusCode::NOT_FOUND, "payment_not_found").await;
     app.assert_verified().await;
+    // verify catches a payment whose state and ledger legs disagree.
+    let db = app.shard_db(2).await;
+    let uuid: uuid::Uuid = id.parse().expect("uuid");
+    db.execute("UPDATE payments SET state = 'succeeded' WHERE payment_id = $1", &[&uuid]).await.expect("corrupt");
+    let report = app.verify().await;
+    assert!(!report.ok && report.problems.iter().any(|p| p.contains("payment legs do not match")), "{report}");
 }
