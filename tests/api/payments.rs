@@ -10,7 +10,7 @@ use shardwallet::gateways::{json as a, signature, xml as b};
 use crate::helpers::*;
 
 const GATEWAYS: [&str; 2] = ["gateway_a", "gateway_b"];
-const FINAL_WITHIN: Duration = Duration::from_secs(20);
+const FINAL_WITHIN: Duration = Duration::from_secs(60);
 const CARD: &str = "4242424242424242";
 
 fn card() -> Value {
