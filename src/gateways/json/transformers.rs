@@ -81,3 +81,23 @@ impl TryFrom<Notification> for CallbackEvent {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_and_notifications_map_to_outcomes() {
+        let reply: ChargeReply =
+            serde_json::from_str(r#"{"id":"A-1","status":"declined","decline_reason":"x"}"#).unwrap();
+        let declined = Outcome::Declined { reason: "declined".into(), reference: Some("A-1".into()) };
+        assert_eq!(Outcome::try_from(reply).unwrap(), declined);
+        let bad: ChargeReply = serde_json::from_str(r#"{"id":"A-2","status":"maybe"}"#).unwrap();
+        assert!(Outcome::try_from(bad).is_err());
+        let key = Uuid::new_v4();
+        let n =
+            Notification { event_id: "e".into(), idempotency_key: key, id: "A-3".into(), status: "approved".into() };
+        let event = CallbackEvent::try_from(n).unwrap();
+        assert_eq!((event.payment_id, event.outcome), (key, Outcome::Approved { reference: Some("A-3".into()) }));
+    }
+}
