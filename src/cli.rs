@@ -58,6 +58,21 @@ enum Command {
     },
     /// Load-test a running service and compare with pgbench.
     Bench(crate::bench::BenchArgs),
+    /// Run a mock payment gateway (JSON: gateway A's protocol, XML: gateway B's).
+    MockGateway {
+        #[arg(long, value_enum)]
+        protocol: crate::gateways::mock::Protocol,
+        #[arg(long, default_value = "127.0.0.1:9101")]
+        listen: String,
+        /// Callback signing secret (the gateway's `signing_secret` in shardwallet.toml).
+        #[arg(long, env = "MOCK_GATEWAY_SECRET", default_value = "mock-gateway-secret", hide_env_values = true)]
+        secret: String,
+        /// Where to send callbacks when a request names no callback URL.
+        #[arg(long)]
+        callback_url: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        callback_delay_ms: u64,
+    },
     /// Dead-lettered stage messages.
     Dlq {
         #[command(subcommand)]
@@ -81,7 +96,7 @@ enum RoleArg {
 
 impl Cli {
     pub fn is_server(&self) -> bool {
-        matches!(self.command, Command::Serve)
+        matches!(self.command, Command::Serve | Command::MockGateway { .. })
     }
 
     pub async fn run(self) -> anyhow::Result<ExitCode> {
@@ -120,6 +135,18 @@ impl Cli {
                 );
             }
             Command::Bench(args) => crate::bench::run(&settings()?, args).await?,
+            Command::MockGateway { protocol, listen, secret, callback_url, callback_delay_ms } => {
+                let listener =
+                    tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
+                tracing::info!(?protocol, %listen, "mock gateway serving");
+                let config = crate::gateways::mock::MockConfig {
+                    protocol,
+                    secret: secret.into_bytes(),
+                    callback_url,
+                    callback_delay: Duration::from_millis(callback_delay_ms),
+                };
+                crate::gateways::mock::serve(listener, config, shutdown_signal()).await?;
+            }
             Command::Dlq { command } => {
                 let settings = settings()?;
                 match command {

@@ -21,6 +21,11 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     #[serde(default)]
     pub rate_limits: RateLimitSettings,
+    #[serde(default)]
+    pub payments: PaymentSettings,
+    /// One entry per payment gateway, keyed by its name (`gateway_a`, ...).
+    #[serde(default)]
+    pub gateways: std::collections::BTreeMap<String, GatewaySettings>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -192,6 +197,105 @@ impl Default for RateLimitSettings {
     }
 }
 
+/// Deposits and withdrawals (issue #7).
+#[derive(Clone, Deserialize)]
+pub struct PaymentSettings {
+    /// AES-256-GCM key (64 hex digits) sealing card numbers and IBANs until the gateway
+    /// has them (SHARDWALLET__PAYMENTS__ENCRYPTION_KEY).
+    #[serde(default = "default_payment_key")]
+    pub encryption_key: String,
+    /// The base URL gateways call back (`<public_url>/v1/gateways/<name>/callbacks`);
+    /// when empty, `http://127.0.0.1:<bound port>`.
+    #[serde(default)]
+    pub public_url: String,
+    /// A payment the gateway holds as pending is queried after this long.
+    #[serde(default = "default_query_after")]
+    pub query_after_ms: u64,
+    /// A payment still pending this long after creation is failed as `expired`.
+    #[serde(default = "default_payment_deadline")]
+    pub deadline_secs: u64,
+    /// How often each shard's payment reconciler runs.
+    #[serde(default = "default_payment_sweep")]
+    pub sweep_interval_ms: u64,
+    /// How many payment-topic messages one worker handles at once.
+    #[serde(default = "default_payment_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "yes")]
+    pub worker_enabled: bool,
+    /// Fault injection for tests: the worker forgets the gateway's answer, as if the
+    /// process died between the gateway call and recording it. Never set in production.
+    #[serde(default)]
+    pub drop_gateway_answers: bool,
+}
+
+impl Default for PaymentSettings {
+    fn default() -> Self {
+        Self {
+            encryption_key: default_payment_key(),
+            public_url: String::new(),
+            query_after_ms: default_query_after(),
+            deadline_secs: default_payment_deadline(),
+            sweep_interval_ms: default_payment_sweep(),
+            concurrency: default_payment_concurrency(),
+            worker_enabled: true,
+            drop_gateway_answers: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for PaymentSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymentSettings")
+            .field("encryption_key", &"<redacted>")
+            .field("public_url", &self.public_url)
+            .field("query_after_ms", &self.query_after_ms)
+            .field("deadline_secs", &self.deadline_secs)
+            .field("sweep_interval_ms", &self.sweep_interval_ms)
+            .field("worker_enabled", &self.worker_enabled)
+            .finish()
+    }
+}
+
+/// One payment gateway: where it is, how it signs, how we retry and when we stop calling.
+#[derive(Clone, Deserialize)]
+pub struct GatewaySettings {
+    /// Which client speaks to it: `json` (gateway A's protocol) or `xml` (gateway B's).
+    pub protocol: String,
+    pub base_url: String,
+    /// HMAC-SHA256 key of its callbacks (SHARDWALLET__GATEWAYS__<NAME>__SIGNING_SECRET).
+    pub signing_secret: String,
+    #[serde(default = "default_gateway_timeout")]
+    pub timeout_ms: u64,
+    /// Attempts per call on transient failures (timeout, refused, 5xx), with
+    /// exponential backoff and full jitter between `retry_min_delay_ms` and `_max_`.
+    #[serde(default = "default_retry_attempts")]
+    pub retry_max_attempts: usize,
+    #[serde(default = "default_retry_min")]
+    pub retry_min_delay_ms: u64,
+    #[serde(default = "default_retry_max")]
+    pub retry_max_delay_ms: u64,
+    /// Consecutive failed calls that open the circuit breaker.
+    #[serde(default = "default_breaker_threshold")]
+    pub breaker_failure_threshold: u32,
+    /// How long the breaker stays open before one half-open probe is let through.
+    #[serde(default = "default_breaker_open")]
+    pub breaker_open_ms: u64,
+}
+
+impl std::fmt::Debug for GatewaySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewaySettings")
+            .field("protocol", &self.protocol)
+            .field("base_url", &self.base_url)
+            .field("signing_secret", &"<redacted>")
+            .field("timeout_ms", &self.timeout_ms)
+            .field("retry_max_attempts", &self.retry_max_attempts)
+            .field("breaker_failure_threshold", &self.breaker_failure_threshold)
+            .field("breaker_open_ms", &self.breaker_open_ms)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
@@ -203,6 +307,8 @@ impl std::fmt::Debug for Settings {
             .field("idempotency", &self.idempotency)
             .field("metrics", &self.metrics)
             .field("rate_limits", &self.rate_limits)
+            .field("payments", &self.payments)
+            .field("gateways", &self.gateways)
             .finish()
     }
 }
@@ -273,6 +379,40 @@ fn default_retry_after() -> u64 {
 }
 fn default_admission_sample() -> u64 {
     100
+}
+fn default_payment_key() -> String {
+    // Local development only; production sets SHARDWALLET__PAYMENTS__ENCRYPTION_KEY.
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f".into()
+}
+fn default_query_after() -> u64 {
+    10_000
+}
+fn default_payment_deadline() -> u64 {
+    3600
+}
+fn default_payment_sweep() -> u64 {
+    1000
+}
+fn default_payment_concurrency() -> usize {
+    32
+}
+fn default_gateway_timeout() -> u64 {
+    5000
+}
+fn default_retry_attempts() -> usize {
+    4
+}
+fn default_retry_min() -> u64 {
+    100
+}
+fn default_retry_max() -> u64 {
+    2000
+}
+fn default_breaker_threshold() -> u32 {
+    5
+}
+fn default_breaker_open() -> u64 {
+    10_000
 }
 fn yes() -> bool {
     true

@@ -12,6 +12,8 @@
 //! - [`sharding`]: `shard-map.toml` and the `Router`, the one place that picks a shard.
 //! - [`ledger`]: double-entry rules inside one shard transaction, and `verify`.
 //! - [`transfer`]: starting transfers; the TCC state machine (`transfer::tcc`); the sweeper.
+//! - [`payments`]: deposits and withdrawals, their state machine (`payments::state`),
+//!   worker and reconciler; [`gateways`]: the gateway trait, one module per protocol, mocks.
 //! - [`messaging`]: Kafka clients, the transactional outbox relay, the consumer, the DLQ.
 //! - [`storage`]: migrations and the shard identity check.
 //! - [`startup`]: `Application::build` / `run_until_stopped`; [`cli`]: the subcommands.
@@ -20,8 +22,10 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod gateways;
 pub mod ledger;
 pub mod messaging;
+pub mod payments;
 pub mod sharding;
 pub mod startup;
 pub mod storage;

@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     api::{self, auth::Auth, AppState},
     config::Settings,
+    gateways::Gateways,
     messaging::{consumer, kafka, outbox},
+    payments::{self, method::Sealer, Payments},
     sharding::{Router, ShardMap},
     storage::identity,
     transfer::{
@@ -60,6 +62,7 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.server.listen))?;
         let port = listener.local_addr()?.port();
+        let payments = Arc::new(payments_context(&settings, &router, port)?);
         let state = AppState {
             wakers: outbox::Wakers::new(router.shards().len()),
             admission: Arc::new(Admission::new(&settings.transfers, router.shards().len())),
@@ -67,6 +70,7 @@ impl Application {
             auth: Auth::new(&settings.auth.jwt_secret),
             settings: Arc::new(settings),
             producer,
+            payments,
         };
         Ok(Self { listener, state, port })
     }
@@ -113,6 +117,75 @@ impl Application {
     }
 }
 
+/// The payments context: gateways from `[gateways.*]`, the sealing key, and where the
+/// gateways call back.
+fn payments_context(settings: &Settings, router: &Arc<Router>, port: u16) -> anyhow::Result<Payments> {
+    let public_url = if settings.payments.public_url.is_empty() {
+        format!("http://127.0.0.1:{port}")
+    } else {
+        settings.payments.public_url.clone()
+    };
+    Ok(Payments {
+        router: router.clone(),
+        gateways: Gateways::from_settings(&settings.gateways)?,
+        sealer: Sealer::from_hex(&settings.payments.encryption_key)?,
+        settings: settings.payments.clone(),
+        public_url,
+        wakers: payments::outbox::Wakers::new(router.shards().len()),
+    })
+}
+
+/// Per shard a payment relay and a reconciler, plus the payments-topic worker.
+fn spawn_payment_workers(state: &AppState, topics: &kafka::Topics, token: &CancellationToken, set: &mut JoinSet<()>) {
+    let settings = &state.settings;
+    for shard in state.router.shards() {
+        if settings.transfers.relay_enabled {
+            let relay = payments::outbox::Relay {
+                shard: shard.clone(),
+                producer: state.producer.clone(),
+                topic: topics.payments.clone(),
+                wakers: state.payments.wakers.clone(),
+            };
+            set.spawn(relay.run(token.clone()));
+        }
+        let reconciler = payments::reconcile::Reconciler { payments: state.payments.clone(), shard: shard.clone() };
+        set.spawn(reconciler.run(token.clone()));
+    }
+    if settings.payments.worker_enabled {
+        let (state, topics, token) = (state.clone(), topics.clone(), token.clone());
+        set.spawn(async move {
+            let consumer = tokio::select! {
+                c = start_payment_consumer(&state, &topics) => c,
+                _ = token.cancelled() => return,
+            };
+            payments::worker::Worker { consumer, payments: state.payments.clone() }.run(token).await;
+        });
+    }
+}
+
+async fn start_payment_consumer(state: &AppState, topics: &kafka::Topics) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer;
+    let settings = &state.settings.kafka;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            kafka::ensure_topics(settings, topics).await?;
+            let group = format!("{}.payments", settings.group_id);
+            let consumer: rdkafka::consumer::StreamConsumer = kafka::consumer_config(settings, &group).create()?;
+            consumer.subscribe(&[&topics.payments])?;
+            anyhow::Ok(consumer)
+        };
+        match attempt.await {
+            Ok(consumer) => return consumer,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot start the payments consumer yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
     let settings = &state.settings;
     let topics = kafka::Topics::new(&settings.kafka.topic_prefix);
@@ -153,6 +226,7 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
         interval: Duration::from_secs(settings.metrics.sample_interval_secs.max(1)),
     };
     set.spawn(sampler.run(token.clone()));
+    spawn_payment_workers(state, &topics, token, &mut set);
     if settings.transfers.consumer_enabled {
         let state = state.clone();
         let token = token.clone();

@@ -87,6 +87,37 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The codes of deposits, withdrawals and gateway callbacks (issue #7).
+impl ApiError {
+    pub fn invalid_payment_method(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_payment_method", detail)
+    }
+    /// 422 when a payment names it, 404 for a callback path.
+    pub fn gateway_not_found(status: StatusCode, gateway: &str) -> Self {
+        Self::new(status, "gateway_not_found", format!("no payment gateway named '{gateway}'"))
+    }
+    pub fn invalid_signature() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_signature", "missing, malformed, wrong or stale signature")
+    }
+    pub fn payment_not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "payment_not_found", "payment not found")
+    }
+}
+
+/// 503 `gateway_unavailable` with `Retry-After` (whole seconds, at least 1): the
+/// gateway's circuit breaker is open.
+pub fn gateway_unavailable(gateway: &str, retry_after: std::time::Duration) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "gateway_unavailable",
+        format!("gateway '{gateway}' is failing; retry later"),
+    )
+    .into_response();
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+    response
+}
+
 impl From<ledger::Error> for ApiError {
     fn from(e: ledger::Error) -> Self {
         use ledger::Error as L;

@@ -1,12 +1,14 @@
 //! The REST API. Handlers parse into domain types, ask the router for the shard, and
 //! call the ledger / transfer layers; errors become problems in `error`.
 pub mod auth;
+mod callbacks;
 pub mod error;
 pub mod extract;
 mod health;
 pub mod http_metrics;
 pub mod idempotency;
 pub mod openapi;
+mod payments;
 pub mod rate_limit;
 mod rejections;
 mod transfers;
@@ -32,6 +34,7 @@ pub struct AppState {
     pub wakers: Wakers,
     pub producer: FutureProducer,
     pub admission: Arc<Admission>,
+    pub payments: Arc<crate::payments::Payments>,
 }
 
 impl AppState {
@@ -59,6 +62,12 @@ pub fn routes(state: AppState) -> Routes {
         .route("/v1/admin/dead-letters", get(health::dead_letters))
         .route("/metrics", get(http_metrics::scrape))
         .merge(openapi::routes())
+        .route("/v1/deposits", post(payments::deposit))
+        .route("/v1/withdrawals", post(payments::withdraw))
+        .route("/v1/payments/{payment_id}", get(payments::get))
+        .route("/v1/users/{user_id}/payments", get(payments::list_for_user))
+        .route("/v1/gateways/{gateway}/callbacks", post(callbacks::receive))
+        .route("/v1/admin/gateways", get(payments::admin_gateways))
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

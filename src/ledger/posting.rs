@@ -30,6 +30,9 @@ pub enum System {
     /// Money in flight between shards: credited by the sender's shard on confirm,
     /// debited by the receiver's shard when it credits the receiver.
     Transit,
+    /// A payment gateway's clearing account (`clearing:<gateway>`): debited by
+    /// deposits, credited by withdrawals. Created on first use (`payments::ledger`).
+    Clearing(&'static str),
 }
 
 impl System {
@@ -39,7 +42,29 @@ impl System {
         match self {
             System::Adjustments => "adjustments",
             System::Transit => "transit",
+            System::Clearing(account) => account,
         }
+    }
+
+    /// The clearing account of `gateway`. Names are interned: one small allocation per
+    /// distinct gateway name for the life of the process.
+    pub fn clearing(gateway: &str) -> System {
+        use std::{
+            collections::HashSet,
+            sync::{Mutex, OnceLock},
+        };
+        static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+        let account = format!("clearing:{gateway}");
+        let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        let name = match names.get(account.as_str()) {
+            Some(name) => *name,
+            None => {
+                let leaked: &'static str = Box::leak(account.into_boxed_str());
+                names.insert(leaked);
+                leaked
+            }
+        };
+        System::Clearing(name)
     }
 }
 
@@ -50,6 +75,10 @@ pub enum Kind {
     TransferDebit,
     TransferCredit,
     Reversal,
+    /// A deposit through a payment gateway: clearing -> wallet.
+    Deposit,
+    /// A withdrawal through a payment gateway: wallet -> clearing.
+    Withdrawal,
 }
 
 impl Kind {
@@ -60,13 +89,23 @@ impl Kind {
             Kind::TransferDebit => "transfer_debit",
             Kind::TransferCredit => "transfer_credit",
             Kind::Reversal => "reversal",
+            Kind::Deposit => "deposit",
+            Kind::Withdrawal => "withdrawal",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Kind::Adjustment, Kind::Transfer, Kind::TransferDebit, Kind::TransferCredit, Kind::Reversal]
-            .into_iter()
-            .find(|k| k.as_str() == text)
+        [
+            Kind::Adjustment,
+            Kind::Transfer,
+            Kind::TransferDebit,
+            Kind::TransferCredit,
+            Kind::Reversal,
+            Kind::Deposit,
+            Kind::Withdrawal,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
     }
 }
 

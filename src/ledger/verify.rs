@@ -1,7 +1,9 @@
 //! The audit: on each shard (one REPEATABLE READ snapshot), every wallet's balance
 //! equals the sum of its entries, `held` equals its open holds, every posting sums to
-//! zero, every open hold belongs to a transfer in flight, and each finished transfer has
-//! the legs it should; over all shards, the total per currency is zero.
+//! zero, every open hold belongs to a transfer or payment in flight, and each finished
+//! transfer or payment has the legs it should (payments against their gateway's
+//! clearing account); over all shards, the total per currency is zero (gateway clearing
+//! accounts included: they carry what entered or left through the gateway).
 use std::collections::BTreeMap;
 
 use num_bigint::BigInt;
@@ -42,7 +44,12 @@ const CHECKS: &[(&str, &str)] = &[
     (
         "wallet held differs from its open holds",
         "SELECT format('wallet %s/%s: held %s, open holds sum to %s', a.user_id, a.currency, a.held, coalesce(h.total, 0))
-         FROM accounts a LEFT JOIN (SELECT account_id, sum(amount) AS total FROM holds WHERE released_at IS NULL GROUP BY account_id) h
+         FROM accounts a LEFT JOIN (
+                  SELECT account_id, sum(amount) AS total FROM (
+                      SELECT account_id, amount FROM holds WHERE released_at IS NULL
+                      UNION ALL
+                      SELECT account_id, amount FROM payment_holds WHERE released_at IS NULL) open
+                  GROUP BY account_id) h
               USING (account_id)
          WHERE a.held <> coalesce(h.total, 0)",
     ),
@@ -72,6 +79,37 @@ const CHECKS: &[(&str, &str)] = &[
          FROM incoming_transfers i LEFT JOIN postings p ON p.reference = i.transfer_id AND p.kind = 'transfer_credit'
          GROUP BY i.transfer_id, i.state
          HAVING count(p.*) <> CASE WHEN i.state = 'confirmed' THEN 1 ELSE 0 END",
+    ),
+    (
+        "open hold of a payment not in flight",
+        "SELECT format('hold of payment %s is open but the payment is %s', h.payment_id, p.state)
+         FROM payment_holds h JOIN payments p USING (payment_id)
+         WHERE h.released_at IS NULL AND p.state NOT IN ('created', 'submitted')",
+    ),
+    (
+        "withdrawal in flight without its hold",
+        "SELECT format('withdrawal %s is %s but holds nothing', p.payment_id, p.state)
+         FROM payments p LEFT JOIN payment_holds h ON h.payment_id = p.payment_id AND h.released_at IS NULL
+         WHERE p.kind = 'withdrawal' AND p.state IN ('created', 'submitted') AND h.payment_id IS NULL",
+    ),
+    (
+        "payment legs do not match its state",
+        "SELECT format('payment %s (%s) is %s but has %s posting(s)', p.payment_id, p.kind, p.state, count(po.*))
+         FROM payments p LEFT JOIN postings po ON po.reference = p.payment_id AND po.kind = p.kind
+         GROUP BY p.payment_id, p.kind, p.state
+         HAVING count(po.*) <> CASE WHEN p.state = 'succeeded' THEN 1 ELSE 0 END",
+    ),
+    (
+        "payment posting not against its gateway's clearing account",
+        "SELECT format('payment %s posts to %s, not clearing:%s', p.payment_id, a.system_name, p.gateway)
+         FROM payments p JOIN postings po ON po.reference = p.payment_id AND po.kind = p.kind
+              JOIN entries e ON e.posting_id = po.posting_id JOIN accounts a ON a.account_id = e.account_id
+         WHERE a.user_id IS NULL AND a.system_name <> 'clearing:' || p.gateway",
+    ),
+    (
+        "final payment still keeps its sealed payment method",
+        "SELECT format('payment %s is %s but its payment method is still stored', payment_id, state)
+         FROM payments WHERE state IN ('succeeded', 'failed') AND method_sealed IS NOT NULL",
     ),
 ];
 

@@ -16,11 +16,17 @@ use crate::config::KafkaSettings;
 pub struct Topics {
     pub stages: String,
     pub dead_letters: String,
+    /// `SubmitPayment` messages (deposits and withdrawals to send to their gateway).
+    pub payments: String,
 }
 
 impl Topics {
     pub fn new(prefix: &str) -> Self {
-        Self { stages: format!("{prefix}transfers"), dead_letters: format!("{prefix}transfers.dlq") }
+        Self {
+            stages: format!("{prefix}transfers"),
+            dead_letters: format!("{prefix}transfers.dlq"),
+            payments: format!("{prefix}payments"),
+        }
     }
 }
 
@@ -88,6 +94,7 @@ pub async fn ensure_topics(settings: &KafkaSettings, topics: &Topics) -> anyhow:
     let new = [
         NewTopic::new(&topics.stages, settings.partitions, TopicReplication::Fixed(1)),
         NewTopic::new(&topics.dead_letters, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&topics.payments, settings.partitions, TopicReplication::Fixed(1)),
     ];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new, &options).await? {

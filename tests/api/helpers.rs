@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use shardwallet::{
     api::auth::Auth,
     config::{
-        AuthSettings, IdempotencySettings, KafkaSettings, Limit, MetricsSettings, RateLimitSettings, ServerSettings,
-        Settings, ShardSettings, TransferSettings,
+        AuthSettings, GatewaySettings, IdempotencySettings, KafkaSettings, Limit, MetricsSettings, PaymentSettings,
+        RateLimitSettings, ServerSettings, Settings, ShardSettings, TransferSettings,
     },
     domain::{Role, UserId},
     ledger::verify,
@@ -147,6 +147,39 @@ pub struct Deployment {
     dbs: Vec<(String, String)>,
     pub kafka: String,
     dir: PathBuf,
+    /// Base URLs of this test's mock gateways (JSON: gateway_a, XML: gateway_b).
+    pub mock_a: String,
+    pub mock_b: String,
+}
+
+pub const GATEWAY_SECRET: &str = "test-gateway-secret";
+
+/// Starts a mock gateway on a free port for the rest of the test; returns its base URL.
+pub async fn start_mock_gateway(protocol: shardwallet::gateways::mock::Protocol) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind mock gateway");
+    let port = listener.local_addr().expect("addr").port();
+    let config = shardwallet::gateways::mock::MockConfig {
+        protocol,
+        secret: GATEWAY_SECRET.as_bytes().to_vec(),
+        callback_url: None,
+        callback_delay: Duration::from_millis(300),
+    };
+    tokio::spawn(shardwallet::gateways::mock::serve(listener, config, std::future::pending()));
+    format!("http://127.0.0.1:{port}")
+}
+
+pub fn gateway_settings(protocol: &str, base_url: &str) -> GatewaySettings {
+    GatewaySettings {
+        protocol: protocol.into(),
+        base_url: base_url.into(),
+        signing_secret: GATEWAY_SECRET.into(),
+        timeout_ms: 2000,
+        retry_max_attempts: 4,
+        retry_min_delay_ms: 20,
+        retry_max_delay_ms: 200,
+        breaker_failure_threshold: 5,
+        breaker_open_ms: 1000,
+    }
 }
 
 impl Deployment {
@@ -182,7 +215,9 @@ impl Deployment {
         }
         let dir = std::env::temp_dir().join(format!("shardwallet-{id}"));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let deployment = Self { id, db_urls, dbs, kafka: kafka.to_string(), dir };
+        let mock_a = start_mock_gateway(shardwallet::gateways::mock::Protocol::Json).await;
+        let mock_b = start_mock_gateway(shardwallet::gateways::mock::Protocol::Xml).await;
+        let deployment = Self { id, db_urls, dbs, kafka: kafka.to_string(), dir, mock_a, mock_b };
         // Record the standard map's identity on each shard, as `shardwallet migrate` does.
         let map = ShardMap::parse(&shard_map_text(&deployment.db_urls, &RANGES), |_| None).expect("map");
         for (spec, url) in map.shards().iter().zip(&deployment.db_urls) {
@@ -224,6 +259,18 @@ impl Deployment {
                 callback: ROOMY,
                 ..RateLimitSettings::default()
             },
+            payments: PaymentSettings {
+                query_after_ms: 1500,
+                deadline_secs: 60,
+                sweep_interval_ms: 100,
+                ..PaymentSettings::default()
+            },
+            gateways: [
+                ("gateway_a".to_string(), gateway_settings("json", &self.mock_a)),
+                ("gateway_b".to_string(), gateway_settings("xml", &self.mock_b)),
+            ]
+            .into_iter()
+            .collect(),
         }
     }
 
@@ -286,7 +333,10 @@ impl Drop for Deployment {
                 let topics = shardwallet::messaging::kafka::Topics::new(&prefix);
                 let _ = tokio::time::timeout(
                     Duration::from_secs(5),
-                    shardwallet::messaging::kafka::delete_topics(&settings, &[&topics.stages, &topics.dead_letters]),
+                    shardwallet::messaging::kafka::delete_topics(
+                        &settings,
+                        &[&topics.stages, &topics.dead_letters, &topics.payments],
+                    ),
                 )
                 .await;
             });

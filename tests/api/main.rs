@@ -11,6 +11,7 @@ mod idempotency;
 mod ledger;
 mod metrics;
 mod openapi;
+mod payments;
 mod rate_limit;
 mod tcc;
 mod tcc_failures;

@@ -1,0 +1,163 @@
+//! Deposits and withdrawals: create (202 pending), read, a user's list, and the admin
+//! view of the gateways.
+use axum::{
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    auth::{require_admin, require_self_or_admin},
+    error::{gateway_unavailable, ApiError},
+    extract::{self, json_body, PageQuery},
+    idempotency::Idempotency,
+    AppState,
+};
+use crate::{
+    domain::{Caller, RoutableId},
+    ledger,
+    payments::{method::PaymentMethod, store, PaymentKind},
+};
+
+#[derive(Deserialize)]
+pub struct NewPayment {
+    user_id: String,
+    currency: String,
+    #[serde(default)]
+    amount: serde_json::Value,
+    gateway: String,
+    #[serde(default)]
+    payment_method: serde_json::Value,
+}
+
+pub async fn deposit(
+    state: State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    create(state, caller, headers, body, PaymentKind::Deposit).await
+}
+
+pub async fn withdraw(
+    state: State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    create(state, caller, headers, body, PaymentKind::Withdrawal).await
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+    kind: PaymentKind,
+) -> Result<Response, ApiError> {
+    let (mut raw, req): (_, NewPayment) = json_body(&body)?;
+    let user = extract::user_id(&req.user_id)?;
+    let currency = extract::currency(&req.currency)?;
+    let amount = extract::amount(&req.amount)?;
+    let method =
+        PaymentMethod::parse(&req.payment_method).map_err(|e| ApiError::invalid_payment_method(e.to_string()))?;
+    require_self_or_admin(&caller, &user)?;
+    let payments = &state.payments;
+    let Some(gateway) = payments.gateways.get(&req.gateway) else {
+        return Err(ApiError::gateway_not_found(StatusCode::UNPROCESSABLE_ENTITY, &req.gateway));
+    };
+    if let Err(wait) = gateway.breaker.admits_new_payments() {
+        // Refused before the Idempotency-Key is claimed: a retry after Retry-After runs.
+        return Ok(gateway_unavailable(&req.gateway, wait));
+    }
+    // The fingerprint sees the method masked plus a keyed digest, never the number.
+    raw["payment_method"] = json!({ "masked": method.masked(), "digest": payments.sealer.fingerprint(&method) });
+    let path = format!("/v1/{}s", kind.as_str());
+    let idem = Idempotency::from_request(&caller, &headers, "POST", &path, &raw)?;
+    let sealed = payments.sealer.seal(&method)?;
+    let now = chrono::Utc::now();
+    let new = store::NewPayment {
+        payment_id: state.router.new_id_for(&user),
+        kind,
+        user: &user,
+        currency: &currency,
+        amount: &amount,
+        gateway: &gateway.name,
+        method: &method,
+        sealed: &sealed,
+        deadline: now + chrono::Duration::seconds(payments.settings.deadline_secs as i64),
+        redrive_at: now + chrono::Duration::milliseconds(payments.settings.query_after_ms as i64),
+    };
+    let shard = state.router.for_user(&user);
+    let (response, committed) = idem.run(shard, StatusCode::ACCEPTED, async |tx| store::create(tx, &new).await).await?;
+    if committed {
+        payments.wakers.wake(shard.index);
+    }
+    Ok(response)
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(payment_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let not_found = ApiError::payment_not_found;
+    let id = RoutableId::parse(&payment_id).ok_or_else(not_found)?;
+    let shard = state.router.for_id(&id).map_err(|_| not_found())?;
+    let client = shard.client().await?;
+    let payment = store::get(&client, id.uuid()).await?.ok_or_else(not_found)?;
+    if !(caller.is_admin() || caller.subject == payment.user_id) {
+        return Err(ApiError::forbidden("this payment is not yours"));
+    }
+    Ok(Json(payment.view).into_response())
+}
+
+pub async fn list_for_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(user_id): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let user = extract::user_id(&user_id)?;
+    require_self_or_admin(&caller, &user)?;
+    let limit = page.limit()?;
+    let cursor = match &page.cursor {
+        None => None,
+        Some(c) => Some(
+            uuid::Uuid::parse_str(c).map_err(|_| ApiError::invalid_request("cursor is not one this API returned"))?,
+        ),
+    };
+    let client = state.router.for_user(&user).client().await?;
+    if !ledger::accounts::user_exists(&client, &user).await? {
+        return Err(ledger::Error::UserNotFound.into());
+    }
+    let (data, next) = store::list(&client, &user, limit, cursor).await?;
+    Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
+}
+
+/// Each gateway's breaker state, recent error rate and payments in flight.
+pub async fn admin_gateways(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let in_flight = state.payments.in_flight().await?;
+    let data: Vec<_> = state
+        .payments
+        .gateways
+        .iter()
+        .map(|g| {
+            let (rate, calls) = g.breaker.error_rate();
+            json!({
+                "gateway": g.name,
+                "protocol": g.protocol,
+                "circuit": g.breaker.circuit(),
+                "recent_error_rate": rate,
+                "recent_calls": calls,
+                "in_flight": in_flight.get(&g.name).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "data": data })).into_response())
+}

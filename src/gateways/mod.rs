@@ -1,0 +1,175 @@
+//! Payment gateways: the `Gateway` trait, one module per protocol (`json`: gateway A,
+//! `xml`: gateway B, each with its wire types in `transformers.rs`), the circuit
+//! breaker, callback signatures, and the mock gateway servers (`mock`).
+//!
+//! Adding a gateway: write a module implementing `Gateway` (its requests, its replies,
+//! its callback format), add a match arm in `build_client`, and a `[gateways.<name>]`
+//! entry in shardwallet.toml with its `protocol`.
+pub mod breaker;
+pub mod json;
+pub mod mock;
+pub mod signature;
+pub mod xml;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use axum::http::HeaderMap;
+use backon::{ExponentialBuilder, Retryable};
+use uuid::Uuid;
+
+use crate::{config::GatewaySettings, payments::method::PaymentMethod, payments::state::Outcome};
+pub use breaker::{Breaker, Circuit};
+
+/// What we ask a gateway to do. `payment_id` is the idempotency key the gateway dedups on.
+pub struct PaymentRequest<'a> {
+    pub payment_id: Uuid,
+    pub amount: &'a str,
+    pub currency: &'a str,
+    pub method: &'a PaymentMethod,
+    pub callback_url: &'a str,
+}
+
+/// A verified callback.
+#[derive(Debug, Clone)]
+pub struct CallbackEvent {
+    pub event_id: String,
+    pub payment_id: Uuid,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Timeout, connection refused, 5xx: the same call may succeed later.
+    #[error("transient gateway failure: {0}")]
+    Transient(String),
+    /// The gateway refused the request itself (4xx, unreadable reply).
+    #[error("gateway refused the request: {0}")]
+    Rejected(String),
+    /// The breaker is open: no call was made.
+    #[error("circuit open; retry in {0:?}")]
+    CircuitOpen(Duration),
+}
+
+impl GatewayError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, GatewayError::Transient(_))
+    }
+
+    /// Classifies an HTTP client error.
+    pub fn from_http(e: reqwest::Error) -> Self {
+        match e.status() {
+            Some(s) if s.is_client_error() => GatewayError::Rejected(format!("status {s}")),
+            _ => GatewayError::Transient(e.without_url().to_string()),
+        }
+    }
+
+    pub fn from_status(status: reqwest::StatusCode) -> Self {
+        if status.is_server_error() {
+            GatewayError::Transient(format!("status {status}"))
+        } else {
+            GatewayError::Rejected(format!("status {status}"))
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CallbackError {
+    #[error("missing, malformed, wrong or stale signature")]
+    InvalidSignature,
+    #[error("callback body: {0}")]
+    Malformed(String),
+}
+
+/// One protocol's client.
+#[async_trait]
+pub trait Gateway: Send + Sync {
+    async fn deposit(&self, req: &PaymentRequest<'_>) -> Result<Outcome, GatewayError>;
+    async fn withdraw(&self, req: &PaymentRequest<'_>) -> Result<Outcome, GatewayError>;
+    /// The gateway's view of a payment; `None` when it never received it.
+    async fn query(&self, payment_id: Uuid) -> Result<Option<Outcome>, GatewayError>;
+    /// Checks the signature (HMAC-SHA256, tolerance window) and parses the body.
+    fn verify_callback(&self, headers: &HeaderMap, body: &[u8], now_unix: i64) -> Result<CallbackEvent, CallbackError>;
+}
+
+/// A configured gateway: its client, breaker and retry policy.
+pub struct Configured {
+    pub name: String,
+    pub protocol: String,
+    pub client: Box<dyn Gateway>,
+    pub breaker: Breaker,
+    retry: ExponentialBuilder,
+}
+
+impl Configured {
+    /// Runs `op` through the breaker, retrying transient failures with exponential
+    /// backoff and jitter, bounded by the configured attempts.
+    pub async fn call<T, F, Fut>(&self, mut op: F) -> Result<T, GatewayError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, GatewayError>>,
+    {
+        let attempt = || {
+            let permit = self.breaker.try_acquire();
+            let fut = op();
+            async move {
+                permit.map_err(GatewayError::CircuitOpen)?;
+                let result = fut.await;
+                self.breaker.record(!matches!(&result, Err(e) if e.is_transient()));
+                result
+            }
+        };
+        attempt
+            .retry(self.retry)
+            .sleep(tokio::time::sleep)
+            .when(GatewayError::is_transient)
+            .notify(
+                |e, after| tracing::warn!(gateway = %self.name, error = %e, retry_in = ?after, "gateway call failed"),
+            )
+            .await
+    }
+}
+
+/// Every configured gateway, by name.
+#[derive(Clone, Default)]
+pub struct Gateways(Arc<BTreeMap<String, Arc<Configured>>>);
+
+impl Gateways {
+    pub fn from_settings(settings: &BTreeMap<String, GatewaySettings>) -> anyhow::Result<Self> {
+        let mut map = BTreeMap::new();
+        for (name, s) in settings {
+            let client = build_client(name, s)?;
+            let retry = ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(s.retry_min_delay_ms))
+                .with_max_delay(Duration::from_millis(s.retry_max_delay_ms))
+                .with_max_times(s.retry_max_attempts.saturating_sub(1))
+                .with_jitter();
+            let breaker = Breaker::new(s.breaker_failure_threshold, Duration::from_millis(s.breaker_open_ms));
+            let configured = Configured { name: name.clone(), protocol: s.protocol.clone(), client, breaker, retry };
+            map.insert(name.clone(), Arc::new(configured));
+        }
+        Ok(Self(Arc::new(map)))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Configured>> {
+        self.0.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Configured>> {
+        self.0.values()
+    }
+}
+
+fn build_client(name: &str, s: &GatewaySettings) -> anyhow::Result<Box<dyn Gateway>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(s.timeout_ms))
+        .connect_timeout(Duration::from_millis(s.timeout_ms.min(2000)))
+        .build()?;
+    let base = s.base_url.trim_end_matches('/').to_string();
+    let secret = s.signing_secret.as_bytes().to_vec();
+    Ok(match s.protocol.as_str() {
+        "json" => Box::new(json::GatewayA::new(http, base, secret)),
+        "xml" => Box::new(xml::GatewayB::new(http, base, secret)),
+        other => anyhow::bail!("gateway {name}: unknown protocol '{other}' (json or xml)"),
+    })
+}

@@ -1,0 +1,268 @@
+//! Payment rows: creating one (with its hold and outbox message), reading them, and
+//! running one state-machine step on a locked row.
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Transaction};
+use num_bigint::BigInt;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{
+    ledger as legs,
+    method::{MaskedMethod, PaymentMethod},
+    outbox,
+    state::{self, Event, State, Step},
+    PaymentKind,
+};
+use crate::{
+    domain::{Amount, Currency, RoutableId, UserId},
+    ledger::{accounts, Error, Result},
+};
+
+/// What the API shows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PaymentView {
+    pub payment_id: Uuid,
+    pub kind: String,
+    pub user_id: String,
+    pub currency: String,
+    pub amount: String,
+    pub gateway: String,
+    pub status: &'static str,
+    pub reason: Option<String>,
+    pub gateway_reference: Option<String>,
+    pub payment_method: MaskedMethod,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// A payment as the workers need it (with the sealed method, never serialised).
+pub struct PaymentRow {
+    pub payment_id: Uuid,
+    pub kind: PaymentKind,
+    pub user_id: String,
+    pub currency: String,
+    pub amount: String,
+    pub gateway: String,
+    pub state: State,
+    pub sealed: Option<Vec<u8>>,
+    pub view: PaymentView,
+}
+
+const COLUMNS: &str = "payment_id, kind, user_id, currency, amount::text, gateway, state, reason, gateway_reference,
+     method_type, method_last4, created_at, updated_at, completed_at, method_sealed";
+
+fn parse_row(row: &Row) -> Result<PaymentRow> {
+    let state_text: String = row.get(6);
+    let state = State::parse(&state_text).ok_or_else(|| Error::Invariant(format!("payment state {state_text}")))?;
+    let kind_text: String = row.get(1);
+    let kind = PaymentKind::parse(&kind_text).ok_or_else(|| Error::Invariant(format!("payment kind {kind_text}")))?;
+    let view = PaymentView {
+        payment_id: row.get(0),
+        kind: kind_text,
+        user_id: row.get(2),
+        currency: row.get(3),
+        amount: row.get(4),
+        gateway: row.get(5),
+        status: state.status(),
+        reason: row.get(7),
+        gateway_reference: row.get(8),
+        payment_method: MaskedMethod { kind: row.get(9), last4: row.get(10) },
+        created_at: row.get(11),
+        updated_at: row.get(12),
+        completed_at: row.get(13),
+    };
+    Ok(PaymentRow {
+        payment_id: view.payment_id,
+        kind,
+        user_id: view.user_id.clone(),
+        currency: view.currency.clone(),
+        amount: view.amount.clone(),
+        gateway: view.gateway.clone(),
+        state,
+        sealed: row.get(14),
+        view,
+    })
+}
+
+pub struct NewPayment<'a> {
+    pub payment_id: RoutableId,
+    pub kind: PaymentKind,
+    pub user: &'a UserId,
+    pub currency: &'a Currency,
+    pub amount: &'a Amount,
+    pub gateway: &'a str,
+    pub method: &'a PaymentMethod,
+    pub sealed: &'a [u8],
+    pub deadline: DateTime<Utc>,
+    /// When the reconciler may re-emit the message if the worker has not picked it up.
+    pub redrive_at: DateTime<Utc>,
+}
+
+/// Records a payment in `created` (a withdrawal holds its amount at once) and commits
+/// its message to the payment outbox, in the caller's transaction.
+#[tracing::instrument(skip_all, fields(payment_id = %p.payment_id, kind = p.kind.as_str()))]
+pub async fn create(tx: &Transaction<'_>, p: &NewPayment<'_>) -> Result<PaymentView> {
+    let Some(wallet) = accounts::lock_wallets(tx, &[p.user], p.currency).await?.pop() else {
+        return Err(accounts::missing_wallet_error(tx, p.user).await?);
+    };
+    let amount = p.amount.to_string();
+    if p.kind == PaymentKind::Withdrawal && wallet.available() < BigInt::from(p.amount.value().clone()) {
+        return Err(Error::InsufficientFunds);
+    }
+    let id = p.payment_id.uuid();
+    let masked = p.method.masked();
+    let sql = format!(
+        "INSERT INTO payments (payment_id, kind, user_id, currency, amount, gateway, state, method_type, method_last4,
+                               method_sealed, deadline, next_attempt_at)
+         VALUES ($1, $2, $3, $4, $5::text::numeric, $6, 'created', $7, $8, $9, $10, $11)
+         RETURNING {COLUMNS}"
+    );
+    let row = tx
+        .query_one(
+            &sql,
+            &[
+                &id,
+                &p.kind.as_str(),
+                &p.user.as_str(),
+                &p.currency.as_str(),
+                &amount,
+                &p.gateway,
+                &masked.kind,
+                &masked.last4,
+                &p.sealed,
+                &p.deadline,
+                &p.redrive_at,
+            ],
+        )
+        .await?;
+    if p.kind == PaymentKind::Withdrawal {
+        legs::hold(tx, id, wallet.account_id, &amount).await?;
+    }
+    outbox::enqueue(tx, id).await?;
+    Ok(parse_row(&row)?.view)
+}
+
+pub async fn get(client: &impl GenericClient, payment_id: Uuid) -> Result<Option<PaymentRow>> {
+    let sql = format!("SELECT {COLUMNS} FROM payments WHERE payment_id = $1");
+    client.query_opt(&sql, &[&payment_id]).await?.as_ref().map(parse_row).transpose()
+}
+
+pub async fn lock(tx: &Transaction<'_>, payment_id: Uuid) -> Result<Option<PaymentRow>> {
+    let sql = format!("SELECT {COLUMNS} FROM payments WHERE payment_id = $1 FOR UPDATE");
+    tx.query_opt(&sql, &[&payment_id]).await?.as_ref().map(parse_row).transpose()
+}
+
+/// A page of a user's payments, newest first (ids sort by creation time).
+pub async fn list(
+    client: &impl GenericClient,
+    user: &UserId,
+    limit: i64,
+    cursor: Option<Uuid>,
+) -> Result<(Vec<PaymentView>, Option<Uuid>)> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM payments WHERE user_id = $1 AND ($2::uuid IS NULL OR payment_id < $2)
+         ORDER BY payment_id DESC LIMIT $3"
+    );
+    let rows = client.query(&sql, &[&user.as_str(), &cursor, &(limit + 1)]).await?;
+    let mut views = rows.iter().map(|r| parse_row(r).map(|p| p.view)).collect::<Result<Vec<_>>>()?;
+    let next = if views.len() as i64 > limit {
+        views.truncate(limit as usize);
+        views.last().map(|v| v.payment_id)
+    } else {
+        None
+    };
+    Ok((views, next))
+}
+
+/// Timing of the steps that schedule the next look at a payment.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// After a submit or a pending answer: when to query the gateway.
+    pub query_after: Duration,
+    /// After `NotReached`: when to try again.
+    pub retry_in: Duration,
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_millis() as f64
+}
+
+/// Runs one state-machine step on a payment locked in `tx`.
+#[tracing::instrument(skip_all, fields(payment_id = %p.payment_id, state = p.state.as_str()))]
+pub async fn transition(tx: &Transaction<'_>, p: &PaymentRow, event: &Event, timing: Timing) -> Result<Step> {
+    let step = state::step(p.state, event);
+    let reference = match event {
+        Event::Answer(o) => o.reference().map(str::to_string),
+        _ => None,
+    };
+    let id = p.payment_id;
+    let bucket = RoutableId::from_uuid(id).map(|r| r.bucket()).unwrap_or_default();
+    match &step {
+        Step::MarkSubmitted => {
+            tx.execute(
+                "UPDATE payments SET state = 'submitted', attempts = attempts + 1, updated_at = now(),
+                     next_attempt_at = now() + $2 * interval '1 millisecond' WHERE payment_id = $1",
+                &[&id, &millis(timing.query_after)],
+            )
+            .await?;
+        }
+        Step::BackToCreated => {
+            tx.execute(
+                "UPDATE payments SET state = 'created', updated_at = now(),
+                     next_attempt_at = now() + $2 * interval '1 millisecond' WHERE payment_id = $1",
+                &[&id, &millis(timing.retry_in)],
+            )
+            .await?;
+        }
+        Step::AwaitAnswer => {
+            // The gateway has the payment: the full number is no longer needed.
+            tx.execute(
+                "UPDATE payments SET state = 'submitted', gateway_reference = coalesce($2, gateway_reference),
+                     method_sealed = NULL, updated_at = now(),
+                     next_attempt_at = now() + $3 * interval '1 millisecond' WHERE payment_id = $1",
+                &[&id, &reference, &millis(timing.query_after)],
+            )
+            .await?;
+        }
+        Step::Succeed => {
+            let currency = Currency::parse(&p.currency).map_err(|e| Error::Invariant(e.to_string()))?;
+            match p.kind {
+                PaymentKind::Deposit => {
+                    let user = UserId::parse(&p.user_id).map_err(|e| Error::Invariant(e.to_string()))?;
+                    let amount = accounts::parse_numeric(&p.amount)?;
+                    legs::settle_deposit(tx, id, bucket, &user, &currency, &p.gateway, amount).await?;
+                }
+                PaymentKind::Withdrawal => legs::settle_withdrawal(tx, id, bucket, &p.currency, &p.gateway).await?,
+            }
+            finish(tx, id, "succeeded", None, reference.as_deref()).await?;
+        }
+        Step::Fail { reason } => {
+            legs::release(tx, id, "failed").await?;
+            finish(tx, id, "failed", Some(reason), reference.as_deref()).await?;
+        }
+        Step::Ignore => {}
+        Step::Contradiction => {
+            tracing::warn!(payment_id = %id, ?event, "gateway answer contradicts the final state; not applied")
+        }
+    }
+    Ok(step)
+}
+
+async fn finish(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    state: &str,
+    reason: Option<&str>,
+    reference: Option<&str>,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE payments SET state = $2, reason = $3, gateway_reference = coalesce($4, gateway_reference),
+             method_sealed = NULL, updated_at = now(), completed_at = now() WHERE payment_id = $1",
+        &[&id, &state, &reason, &reference],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! The payments worker: consumes `SubmitPayment` messages and calls the gateway.
+//!
+//! Per payment: (1) in one transaction, the row is locked and moved created →
+//! submitted, and the sealed method opened in memory; (2) the gateway is called with
+//! the payment id as idempotency key, through the breaker, transient failures retried
+//! with backoff and jitter; (3) its answer is applied in a second transaction. A crash
+//! between (2) and (3) leaves a submitted payment: the reconciler queries the gateway.
+//! Messages are never retried here beyond that: the row's state is the queue.
+use std::{sync::Arc, time::Duration};
+
+use futures::FutureExt;
+use rdkafka::{
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    message::Message,
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{
+    method::PaymentMethod,
+    outbox::SubmitPayment,
+    state::{Event, Outcome, State},
+    store, PaymentKind, Payments,
+};
+use crate::{
+    domain::RoutableId,
+    gateways::{GatewayError, PaymentRequest},
+    ledger::{Error, Result},
+};
+
+pub struct Worker {
+    pub consumer: StreamConsumer,
+    pub payments: Arc<Payments>,
+}
+
+impl Worker {
+    #[tracing::instrument(name = "payment_worker", skip_all)]
+    pub async fn run(self, shutdown: CancellationToken) {
+        let max = self.payments.settings.concurrency.max(1);
+        loop {
+            let first = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = shutdown.cancelled() => break,
+            };
+            let first = match first {
+                Ok(m) => m.detach(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "consume failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < max {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(m)) => batch.push(m.detach()),
+                    _ => break,
+                }
+            }
+            let payments = &self.payments;
+            let jobs = batch.iter().map(|m| async move {
+                match serde_json::from_slice::<SubmitPayment>(m.payload().unwrap_or_default()) {
+                    Ok(msg) => {
+                        if let Err(e) = submit(payments, msg.payment_id).await {
+                            // The row stays as it is; the reconciler picks it up again.
+                            tracing::warn!(error = %e, payment_id = %msg.payment_id, "payment submission failed");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, offset = m.offset(), "unreadable payment message skipped"),
+                }
+            });
+            futures::future::join_all(jobs).await;
+            for m in &batch {
+                if let Err(e) = self.consumer.store_offset(m.topic(), m.partition(), m.offset()) {
+                    tracing::warn!(error = %e, "store offset");
+                }
+            }
+        }
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "final commit");
+        }
+        self.consumer.unsubscribe();
+    }
+}
+
+/// Claims a created payment and calls its gateway.
+#[tracing::instrument(skip(payments))]
+pub async fn submit(payments: &Payments, payment_id: Uuid) -> Result<()> {
+    let Some(id) = RoutableId::from_uuid(payment_id) else { return Ok(()) };
+    let shard = payments.router.for_id(&id)?;
+    let (row, method) = {
+        let mut client = shard.client().await?;
+        let tx = client.transaction().await?;
+        let Some(row) = store::lock(&tx, payment_id).await? else { return Ok(()) };
+        if row.state != State::Created {
+            // Submitted: the reconciler asks the gateway; final: nothing to do.
+            return Ok(());
+        }
+        let Some(gateway) = payments.gateways.get(&row.gateway) else {
+            return fail(tx, &row, payments).await;
+        };
+        if let Err(wait) = gateway.breaker.admits_new_payments() {
+            defer(&tx, payment_id, wait).await?;
+            tx.commit().await?;
+            return Ok(());
+        }
+        let Some(method) = row.sealed.as_deref().and_then(|s| payments.sealer.open(s).ok()) else {
+            tracing::error!(%payment_id, "payment method missing or unreadable; failing the payment");
+            return fail(tx, &row, payments).await;
+        };
+        store::transition(&tx, &row, &Event::Submit, payments.timing(Duration::ZERO)).await?;
+        tx.commit().await?;
+        (row, method)
+    };
+    let result = call_gateway(payments, &row, &method).await;
+    drop(method);
+    if payments.settings.drop_gateway_answers {
+        tracing::warn!(%payment_id, "fault injection: the gateway's answer is dropped");
+        return Ok(());
+    }
+    let (event, retry_in) = match result {
+        Ok(outcome) => (Event::Answer(outcome), Duration::ZERO),
+        Err(GatewayError::CircuitOpen(wait)) => (Event::NotReached, wait),
+        Err(e @ GatewayError::Transient(_)) => {
+            tracing::warn!(%payment_id, error = %e, "gateway unreachable after retries; will retry later");
+            (Event::NotReached, payments.query_after())
+        }
+        Err(e @ GatewayError::Rejected(_)) => {
+            tracing::warn!(%payment_id, error = %e, "gateway refused the request");
+            (Event::Answer(Outcome::Declined { reason: "gateway_error".into(), reference: None }), Duration::ZERO)
+        }
+    };
+    payments.apply(payment_id, &event, retry_in).await?;
+    Ok(())
+}
+
+async fn call_gateway(
+    payments: &Payments,
+    row: &store::PaymentRow,
+    method: &PaymentMethod,
+) -> std::result::Result<Outcome, GatewayError> {
+    let Some(gateway) = payments.gateways.get(&row.gateway) else {
+        return Err(GatewayError::Rejected("gateway no longer configured".into()));
+    };
+    let callback_url = payments.callback_url(&row.gateway);
+    let req = PaymentRequest {
+        payment_id: row.payment_id,
+        amount: &row.amount,
+        currency: &row.currency,
+        method,
+        callback_url: &callback_url,
+    };
+    gateway
+        .call(|| match row.kind {
+            PaymentKind::Deposit => gateway.client.deposit(&req),
+            PaymentKind::Withdrawal => gateway.client.withdraw(&req),
+        })
+        .await
+}
+
+/// Fails a payment that cannot be submitted (gateway no longer configured, method lost).
+async fn fail(tx: deadpool_postgres::Transaction<'_>, row: &store::PaymentRow, payments: &Payments) -> Result<()> {
+    let event = Event::Answer(Outcome::Declined { reason: "gateway_error".into(), reference: None });
+    store::transition(&tx, row, &event, payments.timing(Duration::ZERO)).await?;
+    tx.commit().await.map_err(Error::from)
+}
+
+/// Leaves a created payment for later (the breaker is open).
+pub async fn defer(tx: &deadpool_postgres::Transaction<'_>, payment_id: Uuid, wait: Duration) -> Result<()> {
+    tx.execute(
+        "UPDATE payments SET next_attempt_at = now() + $2 * interval '1 millisecond' WHERE payment_id = $1",
+        &[&payment_id, &(wait.as_millis() as f64)],
+    )
+    .await?;
+    Ok(())
+}
