@@ -60,9 +60,10 @@ pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
 ///
 /// Failover: a member killed without leaving holds its partitions until its session
 /// times out (`kafka.session_timeout_ms`, 3 s by default, heartbeats 6 times per
-/// session), and cooperative-sticky assignment lets the surviving members keep
-/// consuming their own partitions during the rebalance instead of stopping all of them.
-/// `max.poll.interval.ms` bounds how long a stuck member can hold a rebalance open.
+/// session). `max.poll.interval.ms` bounds how long a stuck member can hold a rebalance
+/// open. Assignment stays eager (librdkafka's default): with cooperative-sticky,
+/// librdkafka 2.x aborted the process (`rd_kafka_cgrp_terminated: assert:
+/// !rd_kafka_assignment_in_progress`) when a consumer closed during a rebalance.
 pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
     let mut config = base(settings);
     config
@@ -74,7 +75,6 @@ pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig
         .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
         .set("fetch.min.bytes", "1")
         .set("socket.nagle.disable", "true")
-        .set("partition.assignment.strategy", "cooperative-sticky")
         .set("max.poll.interval.ms", "30000")
         // Notice within seconds a stage topic that a restarted broker re-created.
         .set("topic.metadata.refresh.interval.ms", "5000")
