@@ -96,6 +96,15 @@ retention_hours = 24
 [rate_limits]
 # The checks send many requests as one caller; limits have tests of their own.
 enabled = false
+# The two mock gateways started below, so payments are processed for real.
+[gateways.gateway_a]
+protocol = "json"
+base_url = "http://127.0.0.1:18101"
+signing_secret = "mock-gateway-secret"
+[gateways.gateway_b]
+protocol = "xml"
+base_url = "http://127.0.0.1:18102"
+signing_secret = "mock-gateway-secret"
 CONF
 CONFIG=(--config "$DIR/shardwallet.toml")
 
@@ -109,9 +118,13 @@ done
 log "serving on $BASE (log: $DIR/serve.log)"
 RUST_LOG=${RUST_LOG:-info} "$BIN" "${CONFIG[@]}" serve >"$DIR/serve.log" 2>&1 &
 SERVER=$!
+"$BIN" mock-gateway --protocol json --listen 127.0.0.1:18101 >"$DIR/mock-a.log" 2>&1 &
+MOCK_A=$!
+"$BIN" mock-gateway --protocol xml --listen 127.0.0.1:18102 >"$DIR/mock-b.log" 2>&1 &
+MOCK_B=$!
 stop() {
-	kill -TERM "$SERVER" 2>/dev/null || true
-	wait "$SERVER" 2>/dev/null || true
+	kill -TERM "$SERVER" "$MOCK_A" "$MOCK_B" 2>/dev/null || true
+	wait "$SERVER" "$MOCK_A" "$MOCK_B" 2>/dev/null || true
 }
 trap stop EXIT
 for _ in $(seq 1 120); do
