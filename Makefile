@@ -74,11 +74,8 @@ health: ## GET /health and /ready of a running server
 verify: build ## check the ledger across shards (non-zero exit on discrepancy)
 	$(BIN) verify
 
-run: cluster-up build migrate testdata ## cluster, build, migrate, test data, mock gateways (background), then serve
-	$(BIN) mock-gateway --protocol json --listen 127.0.0.1:9101 & \
-	$(BIN) mock-gateway --protocol xml --listen 127.0.0.1:9102 & \
-	trap 'kill $$(jobs -p) 2>/dev/null' EXIT; \
-	$(BIN) serve
+run: cluster-up build migrate testdata ## cluster, build, migrate, test data, then mock gateways + serve, printing where everything is
+	SHARDWALLET_BIN=$(BIN) SERVICE_URL=$(SERVICE_URL) bash scripts/run.sh
 
 # --- tests and benchmark -----------------------------------------------------
 

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# `make run` (which has already brought the cluster up, built, migrated and loaded the
+# test data): starts the two mock payment gateways and `shardwallet serve`, prints where
+# everything is once the service is ready, and stays in the foreground until Ctrl-C,
+# which stops all three.
+#
+# Environment: SHARDWALLET_BIN (default target/release/shardwallet), SERVICE_URL
+# (default http://127.0.0.1:8080), READY_TIMEOUT (seconds, default 90).
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+BIN=${SHARDWALLET_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/shardwallet}
+SERVICE_URL=${SERVICE_URL:-http://127.0.0.1:8080}
+READY_TIMEOUT=${READY_TIMEOUT:-90}
+MOCK_A=127.0.0.1:9101
+MOCK_B=127.0.0.1:9102
+
+[[ -x $BIN ]] || die "$BIN not found; run 'make build' first"
+mkdir -p "$LOG_DIR"
+
+pids=()
+stop() {
+	((${#pids[@]})) && kill -TERM "${pids[@]}" 2>/dev/null || true
+	wait 2>/dev/null || true
+}
+trap stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+"$BIN" mock-gateway --protocol json --listen "$MOCK_A" >>"$LOG_DIR/mock-gateway-a.log" 2>&1 &
+pids+=($!)
+"$BIN" mock-gateway --protocol xml --listen "$MOCK_B" >>"$LOG_DIR/mock-gateway-b.log" 2>&1 &
+pids+=($!)
+# The service logs to this terminal, as a foreground `serve` would.
+"$BIN" serve &
+server=$!
+pids+=("$server")
+
+ready() {
+	kill -0 "$server" 2>/dev/null || die "shardwallet serve exited during start-up"
+	curl -fsS -m 2 -o /dev/null "$SERVICE_URL/ready" 2>/dev/null
+}
+wait_until "$READY_TIMEOUT" "$SERVICE_URL/ready" ready || die "shardwallet serve is not ready after ${READY_TIMEOUT}s"
+
+# alice is one of the users testdata/testdata.sql loads (with EUR funds).
+token=$("$BIN" token --sub alice --ttl 24h)
+cat >&2 <<EOF
+
+================================================================================
+ shardwallet is ready
+   API              $SERVICE_URL          (health: /health, readiness: /ready)
+   Swagger UI       $SERVICE_URL/docs
+   OpenAPI          $SERVICE_URL/openapi.json
+   Metrics          $SERVICE_URL/metrics
+   Mock gateways    gateway_a (JSON) http://$MOCK_A, gateway_b (XML) http://$MOCK_B
+   Shards           postgres://shardwallet@127.0.0.1:5441-5443/shardwallet
+   Broker           127.0.0.1:9092 (storage: $(cat "$LOCAL_DIR/nisshi.storage" 2>/dev/null || echo unknown))
+   Logs             service here; gateways, broker, Postgres in $LOG_DIR
+
+ A token for user alice (24 h; an admin one: $BIN token --sub ops --role admin):
+   export TOKEN=$token
+
+ Try a transfer:
+   curl -s -X POST $SERVICE_URL/v1/transfers -H "Authorization: Bearer \$TOKEN" \\
+     -H "Idempotency-Key: \$(date +%s%N)" -H 'Content-Type: application/json' \\
+     -d '{"from_user_id":"alice","to_user_id":"bob","currency":"EUR","amount":"250"}'
+
+ Ctrl-C stops the service and the mock gateways; 'make cluster-down' stops the rest.
+================================================================================
+
+EOF
+wait "$server"
