@@ -9,12 +9,30 @@ use axum::{
 };
 use serde_json::json;
 
-use super::{error::ApiError, AppState};
+use super::{
+    error::ApiError,
+    openapi::schemas::{self as doc, CallbackSignature, GatewayPath},
+    AppState,
+};
 use crate::{
     gateways::CallbackError,
     payments::{state::Step, CallbackResult},
 };
 
+/// A gateway's notification of a payment's outcome, in its own format (gateway A: JSON,
+/// gateway B: XML), signed with the gateway's secret instead of a bearer token. Recorded
+/// once per gateway event id; a repeat answers `200` with `duplicate: true`.
+#[utoipa::path(post, path = "/v1/gateways/{gateway}/callbacks", tag = "payments", security(()),
+    params(GatewayPath, CallbackSignature),
+    request_body(description = "the gateway's notification, raw (the signature covers these exact bytes)",
+        content((String = "application/json"), (String = "application/xml"))),
+    responses(
+        (status = 200, description = "recorded (or a duplicate)", body = doc::CallbackAck),
+        (status = 400, description = "invalid_request: a signed body that is not a notification"),
+        (status = 401, description = "invalid_signature: missing, malformed, wrong or stale signature"),
+        (status = 404, description = "gateway_not_found, or payment_not_found: no payment of this gateway has that id"),
+    )
+)]
 pub async fn receive(
     State(state): State<AppState>,
     Path(gateway): Path<String>,

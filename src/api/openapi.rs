@@ -26,7 +26,7 @@ use utoipa::{
     Modify, OpenApi, ToSchema,
 };
 
-use super::{error::Problem, health, transfers, users};
+use super::{callbacks, error::Problem, health, payments, transfers, users};
 
 /// Every stable `code` a problem response can carry.
 #[derive(ToSchema, serde::Serialize)]
@@ -56,6 +56,15 @@ pub enum ProblemCode {
     Busy,
     /// 503 on POST /v1/transfers: too many cross-shard transfers in flight (Retry-After).
     Overloaded,
+    /// 400 on deposits and withdrawals: not a valid card number or IBAN.
+    InvalidPaymentMethod,
+    /// 422 when a payment names an unknown gateway; 404 on a callback path.
+    GatewayNotFound,
+    /// 503 on deposits and withdrawals: the gateway's circuit breaker is open (Retry-After).
+    GatewayUnavailable,
+    /// 401 on gateway callbacks: missing, malformed, wrong or stale signature.
+    InvalidSignature,
+    PaymentNotFound,
     Internal,
 }
 
@@ -81,9 +90,15 @@ pub enum ProblemCode {
         transfers::create,
         transfers::get,
         users::reverse_entry,
+        payments::deposit,
+        payments::withdraw,
+        payments::get,
+        payments::list_for_user,
+        callbacks::receive,
         users::adjust,
         health::audit,
         health::dead_letters,
+        payments::admin_gateways,
         super::http_metrics::scrape,
     ),
     components(schemas(Problem, ProblemCode)),
@@ -92,7 +107,8 @@ pub enum ProblemCode {
         (name = "operations", description = "health, readiness, metrics"),
         (name = "users", description = "users and wallets"),
         (name = "transfers", description = "money between users"),
-        (name = "admin", description = "operators: adjustments, reversals, audit, dead letters"),
+        (name = "payments", description = "deposits and withdrawals through payment gateways, and their callbacks"),
+        (name = "admin", description = "operators: adjustments, reversals, audit, dead letters, gateways"),
     )
 )]
 pub struct ApiDoc;
@@ -146,7 +162,11 @@ impl Modify for CommonErrors {
                 for (status, response) in responses.iter_mut() {
                     if let RefOr::T(r) = response {
                         if r.content.is_empty() && (status.starts_with('4') || status.starts_with('5')) {
-                            *response = problem(&r.description.clone());
+                            // Headers the annotation names (Retry-After) stay.
+                            let headers = std::mem::take(&mut r.headers);
+                            let mut with_body = builder(&r.description.clone()).build();
+                            with_body.headers = headers;
+                            *response = with_body.into();
                         }
                     }
                 }

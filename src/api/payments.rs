@@ -15,6 +15,7 @@ use super::{
     error::{gateway_unavailable, ApiError},
     extract::{self, json_body, PageQuery},
     idempotency::Idempotency,
+    openapi::schemas::{self as doc, IdempotencyHeader, PageParams, PaymentPath, UserPath},
     AppState,
 };
 use crate::{
@@ -23,17 +24,40 @@ use crate::{
     payments::{method::PaymentMethod, store, PaymentKind},
 };
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewPayment {
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "alice")]
     user_id: String,
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     currency: String,
     #[serde(default)]
+    #[schema(schema_with = doc::amount_input, required = true)]
     amount: serde_json::Value,
+    /// A configured gateway's name (`GET /v1/admin/gateways` lists them).
+    #[schema(example = "gateway_a")]
     gateway: String,
     #[serde(default)]
+    #[schema(value_type = doc::PaymentMethodInput, required = true)]
     payment_method: serde_json::Value,
 }
 
+/// Money in from a card or bank account through a gateway: `202`, pending (follow it
+/// with `GET /v1/payments/{payment_id}`); the wallet is credited when the gateway
+/// confirms. Needs an Idempotency-Key.
+#[utoipa::path(post, path = "/v1/deposits", tag = "payments", security(("bearer" = [])),
+    params(IdempotencyHeader), request_body = NewPayment,
+    responses(
+        (status = 202, description = "accepted, pending", body = doc::Payment),
+        (status = 400, description = "invalid_request, invalid_amount, invalid_payment_method or idempotency_key_missing"),
+        (status = 403, description = "forbidden: a user may only deposit to themself"),
+        (status = 404, description = "user_not_found or wallet_not_found"),
+        (status = 409, description = "idempotency_request_in_progress"),
+        (status = 422, description = "gateway_not_found or idempotency_key_reused"),
+        (status = 503, description = "gateway_unavailable: the gateway's circuit is open, retry after Retry-After; \
+                                      or shard_unavailable / busy: retry later (with the same Idempotency-Key)",
+            headers(("Retry-After" = u64, description = "with gateway_unavailable: seconds until a retry can succeed"))),
+    )
+)]
 pub async fn deposit(
     state: State<AppState>,
     caller: Caller,
@@ -43,6 +67,23 @@ pub async fn deposit(
     create(state, caller, headers, body, PaymentKind::Deposit).await
 }
 
+/// Money out to a card or bank account through a gateway: `202`, pending; the amount is
+/// held at once, and leaves the wallet when the gateway confirms (released if it
+/// fails). Needs an Idempotency-Key.
+#[utoipa::path(post, path = "/v1/withdrawals", tag = "payments", security(("bearer" = [])),
+    params(IdempotencyHeader), request_body = NewPayment,
+    responses(
+        (status = 202, description = "accepted, pending", body = doc::Payment),
+        (status = 400, description = "invalid_request, invalid_amount, invalid_payment_method or idempotency_key_missing"),
+        (status = 403, description = "forbidden: a user may only withdraw from themself"),
+        (status = 404, description = "user_not_found or wallet_not_found"),
+        (status = 409, description = "idempotency_request_in_progress"),
+        (status = 422, description = "gateway_not_found, insufficient_funds or idempotency_key_reused"),
+        (status = 503, description = "gateway_unavailable: the gateway's circuit is open, retry after Retry-After; \
+                                      or shard_unavailable / busy: retry later (with the same Idempotency-Key)",
+            headers(("Retry-After" = u64, description = "with gateway_unavailable: seconds until a retry can succeed"))),
+    )
+)]
 pub async fn withdraw(
     state: State<AppState>,
     caller: Caller,
@@ -100,6 +141,15 @@ async fn create(
     Ok(response)
 }
 
+/// A payment (its user and admins only).
+#[utoipa::path(get, path = "/v1/payments/{payment_id}", tag = "payments", security(("bearer" = [])),
+    params(PaymentPath),
+    responses(
+        (status = 200, description = "the payment", body = doc::Payment),
+        (status = 403, description = "forbidden: another user's payment"),
+        (status = 404, description = "payment_not_found"),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -116,6 +166,16 @@ pub async fn get(
     Ok(Json(payment.view).into_response())
 }
 
+/// A user's deposits and withdrawals, newest first.
+#[utoipa::path(get, path = "/v1/users/{user_id}/payments", tag = "payments", security(("bearer" = [])),
+    params(UserPath, PageParams),
+    responses(
+        (status = 200, description = "a page of payments", body = doc::PaymentPage),
+        (status = 400, description = "invalid_request: a malformed user id, limit or cursor"),
+        (status = 403, description = "forbidden: another user's data"),
+        (status = 404, description = "user_not_found"),
+    )
+)]
 pub async fn list_for_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -139,7 +199,13 @@ pub async fn list_for_user(
     Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
 }
 
-/// Each gateway's breaker state, recent error rate and payments in flight.
+/// Each gateway's breaker state, recent error rate and payments in flight (admin only).
+#[utoipa::path(get, path = "/v1/admin/gateways", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "every configured gateway", body = doc::GatewayList),
+        (status = 403, description = "forbidden: admins only"),
+    )
+)]
 pub async fn admin_gateways(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     require_admin(&caller)?;
     let in_flight = state.payments.in_flight().await?;

@@ -24,7 +24,16 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/v1/admin/adjustments"),
     ("get", "/v1/admin/audit"),
     ("get", "/v1/admin/dead-letters"),
+    ("post", "/v1/deposits"),
+    ("post", "/v1/withdrawals"),
+    ("get", "/v1/payments/{payment_id}"),
+    ("get", "/v1/users/{user_id}/payments"),
+    ("post", "/v1/gateways/{gateway}/callbacks"),
+    ("get", "/v1/admin/gateways"),
 ];
+
+/// Signed by the gateway, not by a bearer token.
+const CALLBACKS: &str = "/v1/gateways/{gateway}/callbacks";
 
 async fn document(app: &TestApp) -> Value {
     let response = app.http.get(app.url("/openapi.json")).send().await.expect("GET /openapi.json");
@@ -44,14 +53,18 @@ async fn the_openapi_document_lists_every_endpoint_with_its_errors_and_security(
         let op = &doc["paths"][path][method];
         assert!(op.is_object(), "{method} {path} is documented");
         let responses = op["responses"].as_object().expect("responses");
-        if path.starts_with("/v1/") {
+        if *path == CALLBACKS {
+            assert_eq!(op["security"], serde_json::json!([{}]), "{method} {path} needs no bearer token");
+        } else if path.starts_with("/v1/") {
             assert_eq!(op["security"][0]["bearer"], Value::Array(vec![]), "{method} {path} needs a bearer token");
+        }
+        if path.starts_with("/v1/") {
             for status in ["400", "401", "429", "500", "503"] {
                 let problem = &responses[status]["content"]["application/problem+json"]["schema"]["$ref"];
                 assert_eq!(problem, "#/components/schemas/Problem", "{method} {path} {status}");
             }
         }
-        let idempotent = *method == "post" && !path.starts_with("/v1/users");
+        let idempotent = *method == "post" && !path.starts_with("/v1/users") && *path != CALLBACKS;
         let key = op["parameters"].as_array().into_iter().flatten().find(|p| p["name"] == "Idempotency-Key");
         assert_eq!(key.is_some(), idempotent, "{method} {path} Idempotency-Key");
         if let Some(key) = key {
@@ -65,10 +78,26 @@ async fn the_openapi_document_lists_every_endpoint_with_its_errors_and_security(
     for header in ["Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"] {
         assert!(limited[header].is_object(), "429 documents {header}");
     }
+    let payment = &doc["paths"]["/v1/deposits"]["post"]["responses"];
+    assert_eq!(payment["202"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Payment");
+    assert!(payment["503"]["headers"]["Retry-After"].is_object(), "gateway_unavailable documents Retry-After");
+    let signed = &doc["paths"][CALLBACKS]["post"]["responses"]["401"]["content"]["application/problem+json"];
+    assert_eq!(signed["schema"]["$ref"], "#/components/schemas/Problem");
     let scheme = &doc["components"]["securitySchemes"]["bearer"];
     assert_eq!((&scheme["type"], &scheme["scheme"]), (&Value::from("http"), &Value::from("bearer")));
     let codes = doc["components"]["schemas"]["ProblemCode"]["enum"].as_array().expect("ProblemCode enum");
-    for code in ["rate_limited", "insufficient_funds", "idempotency_key_reused", "unauthorized", "internal"] {
+    for code in [
+        "rate_limited",
+        "insufficient_funds",
+        "idempotency_key_reused",
+        "unauthorized",
+        "internal",
+        "invalid_payment_method",
+        "gateway_not_found",
+        "gateway_unavailable",
+        "invalid_signature",
+        "payment_not_found",
+    ] {
         assert!(codes.contains(&Value::from(code)), "ProblemCode lists {code}");
     }
     assert_eq!(

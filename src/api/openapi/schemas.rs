@@ -117,6 +117,10 @@ pub enum EntryKind {
     TransferDebit,
     TransferCredit,
     Reversal,
+    /// A deposit through a payment gateway, credited when the gateway confirms it.
+    Deposit,
+    /// A withdrawal through a payment gateway, debited when the gateway confirms it.
+    Withdrawal,
 }
 
 #[derive(ToSchema)]
@@ -127,7 +131,8 @@ pub struct Entry {
     #[schema(example = "-1000")]
     pub amount: String,
     pub balance_after: Option<String>,
-    /// The transfer id, for transfer entries.
+    /// The transfer id, for transfer entries; the payment id, for deposit and
+    /// withdrawal entries.
     pub reference: Option<Uuid>,
     pub posting_id: Uuid,
     pub created_at: DateTime<Utc>,
@@ -263,4 +268,145 @@ pub struct Readiness {
     pub down: Vec<String>,
     /// Per shard name and `broker`.
     pub checks: BTreeMap<String, CheckState>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct PaymentPath {
+    /// A payment id as returned by `POST /v1/deposits` or `POST /v1/withdrawals`.
+    pub payment_id: Uuid,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct GatewayPath {
+    /// A configured gateway's name.
+    #[param(example = "gateway_a")]
+    pub gateway: String,
+}
+
+/// The signature headers of gateway callbacks: gateway A (`json`) signs with
+/// `Gateway-Signature`, gateway B (`xml`) with `X-Signature`; both
+/// `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "{t}.{raw body}")>`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct CallbackSignature {
+    /// Gateway A's signature.
+    #[param(rename = "Gateway-Signature", example = "t=1700000000,v1=5f2b0c9e")]
+    pub gateway_signature: Option<String>,
+    /// Gateway B's signature.
+    #[param(rename = "X-Signature", example = "t=1700000000,v1=5f2b0c9e")]
+    pub x_signature: Option<String>,
+}
+
+/// A card (12-19 digits passing the Luhn check; spaces are ignored) or an IBAN
+/// (passing its mod-97 check; spaces are ignored).
+#[derive(ToSchema, serde::Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum PaymentMethodInput {
+    Card {
+        #[schema(example = "4242 4242 4242 4242")]
+        number: String,
+    },
+    Iban {
+        #[schema(example = "DE89 3704 0044 0532 0130 00")]
+        iban: String,
+    },
+}
+
+/// The payment method as responses show it: its type and last four characters.
+#[derive(ToSchema, serde::Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum MaskedPaymentMethod {
+    Card {
+        #[schema(example = "4242")]
+        last4: String,
+    },
+    Iban {
+        #[schema(example = "3000")]
+        last4: String,
+    },
+}
+
+#[derive(ToSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentKind {
+    Deposit,
+    Withdrawal,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+#[derive(ToSchema)]
+pub struct Payment {
+    pub payment_id: Uuid,
+    pub kind: PaymentKind,
+    pub user_id: String,
+    pub currency: String,
+    /// Minor units, as a string.
+    #[schema(example = "5000")]
+    pub amount: String,
+    #[schema(example = "gateway_a")]
+    pub gateway: String,
+    pub status: PaymentStatus,
+    /// Why it failed (the gateway's decline reason, `expired`, ...).
+    pub reason: Option<String>,
+    /// The gateway's id for the payment, once it has one.
+    pub gateway_reference: Option<String>,
+    pub payment_method: MaskedPaymentMethod,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(ToSchema)]
+pub struct PaymentPage {
+    pub data: Vec<Payment>,
+    /// Pass back as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// What became of a callback: `duplicate` when this gateway event id was recorded
+/// before; `applied` false when it changes nothing or contradicts a final state.
+#[derive(ToSchema)]
+pub struct CallbackAck {
+    pub recorded: bool,
+    pub duplicate: bool,
+    pub applied: bool,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Circuit {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+#[derive(ToSchema)]
+pub struct GatewayHealth {
+    #[schema(example = "gateway_a")]
+    pub gateway: String,
+    /// `json` (gateway A's protocol) or `xml` (gateway B's).
+    #[schema(example = "json")]
+    pub protocol: String,
+    pub circuit: Circuit,
+    /// Failed share of the recent calls, 0 to 1 (0 with no calls).
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub recent_error_rate: f64,
+    /// How many recent calls the rate is over (at most 50).
+    pub recent_calls: u64,
+    /// Payments of this gateway not final yet, over every shard.
+    pub in_flight: i64,
+}
+
+#[derive(ToSchema)]
+pub struct GatewayList {
+    pub data: Vec<GatewayHealth>,
 }
