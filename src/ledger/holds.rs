@@ -20,14 +20,9 @@ use crate::domain::{Currency, UserId};
 
 use super::local::TransferRequest;
 
-/// Records a cross-shard transfer in `trying` and reserves the amount on the sender's
-/// wallet (`held` grows; `balance` does not move until confirmation).
-#[tracing::instrument(skip_all, fields(transfer_id = %req.transfer_id))]
-pub async fn place_hold(
-    tx: &Transaction<'_>,
-    req: &TransferRequest<'_>,
-    deadline: DateTime<Utc>,
-) -> Result<TransferView> {
+/// Locks the sender's wallet of a cross-shard transfer and checks that the amount is
+/// available; returns the wallet and the amount.
+async fn lock_sender(tx: &Transaction<'_>, req: &TransferRequest<'_>) -> Result<(accounts::LockedWallet, BigInt)> {
     if req.from == req.to {
         return Err(Error::SameAccount);
     }
@@ -38,6 +33,18 @@ pub async fn place_hold(
     if wallet.available() < amount {
         return Err(Error::InsufficientFunds);
     }
+    Ok((wallet, amount))
+}
+
+/// Records a cross-shard transfer in `trying` and reserves the amount on the sender's
+/// wallet (`held` grows; `balance` does not move until confirmation).
+#[tracing::instrument(skip_all, fields(transfer_id = %req.transfer_id))]
+pub async fn place_hold(
+    tx: &Transaction<'_>,
+    req: &TransferRequest<'_>,
+    deadline: DateTime<Utc>,
+) -> Result<TransferView> {
+    let (wallet, _) = lock_sender(tx, req).await?;
     let id = req.transfer_id.uuid();
     let amount_text = req.amount.to_string();
     let sql = format!(
@@ -75,13 +82,7 @@ pub async fn place_hold(
 /// in `confirming` and debited to the shard's transit account at once, with no hold.
 #[tracing::instrument(skip_all, fields(transfer_id = %req.transfer_id))]
 pub async fn debit_direct(tx: &Transaction<'_>, req: &TransferRequest<'_>) -> Result<TransferView> {
-    let Some(wallet) = accounts::lock_wallets(tx, &[req.from], req.currency).await?.pop() else {
-        return Err(accounts::missing_wallet_error(tx, req.from).await?);
-    };
-    let amount = BigInt::from(req.amount.value().clone());
-    if wallet.available() < amount {
-        return Err(Error::InsufficientFunds);
-    }
+    let (wallet, amount) = lock_sender(tx, req).await?;
     let id = req.transfer_id.uuid();
     let amount_text = req.amount.to_string();
     let sql = format!(

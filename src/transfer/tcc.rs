@@ -306,7 +306,7 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
     // Cancel handled at the same moment by two instances cannot miss each other. The
     // reads are pipelined behind the lock: the server runs them once it is granted.
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
-    let is_try = matches!(msg.stage, Stage::TryCredit | Stage::DirectCredit);
+    let needs_receiver_check = matches!(msg.stage, Stage::TryCredit | Stage::DirectCredit);
     // The lock is prepared beforehand so that it is the first statement on the wire even
     // when the reads' statements still have to be prepared on this connection.
     let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))").await?;
@@ -317,7 +317,7 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
             Ok(tx.cached_query_opt("SELECT state FROM incoming_transfers WHERE transfer_id = $1", &params).await?)
         },
         async {
-            match is_try {
+            match needs_receiver_check {
                 true => check_receiver(&tx, &to, &msg.currency).await.map(Some),
                 false => Ok(None),
             }
