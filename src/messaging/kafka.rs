@@ -83,6 +83,17 @@ pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig
     config
 }
 
+/// Closes a group consumer on a thread of its own. Dropping a consumer leaves the group
+/// and waits, polling, until librdkafka says the close is done; if the broker never
+/// completes it (seen with nisshi during rebalances), that wait would block the async
+/// worker thread it runs on, and with it the whole runtime's shutdown.
+pub fn close_in_background<T: Send + 'static>(consumer: T) {
+    let spawned = std::thread::Builder::new().name("kafka-close".into()).spawn(move || drop(consumer));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot close the consumer on its own thread");
+    }
+}
+
 pub fn admin(settings: &KafkaSettings) -> anyhow::Result<AdminClient<DefaultClientContext>> {
     Ok(base(settings).create()?)
 }

@@ -79,7 +79,12 @@ impl Worker {
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "final commit");
         }
-        self.consumer.unsubscribe();
+        // No unsubscribe here: dropping the consumer closes it, which leaves the group
+        // and waits for the unassignment to finish. An unsubscribe right before the
+        // drop let librdkafka terminate the group with that unassignment still in
+        // progress (`rd_kafka_cgrp_terminated: assert: !rd_kafka_assignment_in_progress`,
+        // an abort of the whole process, seen in the test suite).
+        crate::messaging::kafka::close_in_background(self.consumer);
     }
 }
 
