@@ -61,9 +61,11 @@ pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
 /// Failover: a member killed without leaving holds its partitions until its session
 /// times out (`kafka.session_timeout_ms`, 3 s by default, heartbeats 6 times per
 /// session). `max.poll.interval.ms` bounds how long a stuck member can hold a rebalance
-/// open. Assignment stays eager (librdkafka's default): with cooperative-sticky,
-/// librdkafka 2.x aborted the process (`rd_kafka_cgrp_terminated: assert:
-/// !rd_kafka_assignment_in_progress`) when a consumer closed during a rebalance.
+/// open. Assignment is eager (librdkafka's default). cooperative-sticky was tried and
+/// reverted while chasing a process abort on close (`rd_kafka_cgrp_terminated: assert:
+/// !rd_kafka_assignment_in_progress`); the abort came back with eager assignment, and its
+/// trigger was an unsubscribe right before the close (see `close_in_background`), so
+/// cooperative-sticky is untested since, not known bad.
 pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
     let mut config = base(settings);
     config
