@@ -48,4 +48,14 @@ impl PageQuery {
             },
         }
     }
+
+    /// The cursor of a page keyed by routable id (transfers, payments).
+    pub fn id_cursor(&self) -> Result<Option<uuid::Uuid>, ApiError> {
+        self.cursor
+            .as_deref()
+            .map(|c| {
+                uuid::Uuid::parse_str(c).map_err(|_| ApiError::invalid_request("cursor is not one this API returned"))
+            })
+            .transpose()
+    }
 }

@@ -185,12 +185,7 @@ pub async fn list_for_user(
     let user = extract::user_id(&user_id)?;
     require_self_or_admin(&caller, &user)?;
     let limit = page.limit()?;
-    let cursor = match &page.cursor {
-        None => None,
-        Some(c) => Some(
-            uuid::Uuid::parse_str(c).map_err(|_| ApiError::invalid_request("cursor is not one this API returned"))?,
-        ),
-    };
+    let cursor = page.id_cursor()?;
     let client = state.router.for_user(&user).client().await?;
     if !ledger::accounts::user_exists(&client, &user).await? {
         return Err(ledger::Error::UserNotFound.into());
