@@ -444,6 +444,29 @@ impl TestApp {
         self.post("/v1/transfers", token, &body, Some(key)).await
     }
 
+    /// `transfer` as a well-behaved client sends it: a 503 (`overloaded`, `busy`,
+    /// `shard_unavailable` when a loaded machine makes requests queue) is retried with
+    /// the same key after its Retry-After, for up to a minute.
+    pub async fn transfer_retrying(
+        &self,
+        token: &str,
+        from: &str,
+        to: &str,
+        currency: &str,
+        amount: &str,
+        key: &str,
+    ) -> Response {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self.transfer(token, from, to, currency, amount, key).await;
+            if r.status() != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+                return r;
+            }
+            let wait = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            tokio::time::sleep(Duration::from_millis(wait.map_or(200, |s| s * 1000))).await;
+        }
+    }
+
     pub async fn wallet(&self, user: &str, currency: &str) -> Value {
         let response = self.get(&format!("/v1/users/{user}/wallets/{currency}"), &self.admin()).await;
         assert_eq!(response.status(), StatusCode::OK, "wallet {user}/{currency}");

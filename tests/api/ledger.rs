@@ -199,7 +199,8 @@ async fn two_hundred_concurrent_debits_never_overdraw_a_wallet() {
     let token = app.user_token(&alice);
     let keys: Vec<String> = (0..200).map(|i| format!("race-{i}")).collect();
     let responses =
-        futures::future::join_all(keys.iter().map(|k| app.transfer(&token, &alice, &bob, "EUR", "1", k))).await;
+        futures::future::join_all(keys.iter().map(|k| app.transfer_retrying(&token, &alice, &bob, "EUR", "1", k)))
+            .await;
     let mut accepted = 0;
     for r in responses {
         match r.status() {
@@ -226,9 +227,9 @@ async fn opposite_transfers_do_not_deadlock() {
     let keys: Vec<String> = (0..100).map(|i| format!("x-{i}")).collect();
     let requests = keys.iter().enumerate().map(|(i, k)| {
         if i % 2 == 0 {
-            app.transfer(&ta, &a, &b, "EUR", "3", k)
+            app.transfer_retrying(&ta, &a, &b, "EUR", "3", k)
         } else {
-            app.transfer(&tb, &b, &a, "EUR", "5", k)
+            app.transfer_retrying(&tb, &b, &a, "EUR", "5", k)
         }
     });
     for r in futures::future::join_all(requests).await {

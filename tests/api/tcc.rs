@@ -112,16 +112,16 @@ async fn a_storm_of_concurrent_random_transfers_all_finish_and_conserve_money() 
             let _permit = semaphore.acquire().await.expect("permit");
             // A client of the real service: a 503 (admission control's `overloaded`)
             // is retried with the same key after its Retry-After.
-            let r = loop {
-                let r = app
-                    .transfer(&tokens[*from], &users[*from], &users[*to], "EUR", &amount.to_string(), &format!("s{i}"))
-                    .await;
-                if r.status() != StatusCode::SERVICE_UNAVAILABLE {
-                    break r;
-                }
-                let wait = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                tokio::time::sleep(Duration::from_millis(wait.map_or(200, |s| s * 1000))).await;
-            };
+            let r = app
+                .transfer_retrying(
+                    &tokens[*from],
+                    &users[*from],
+                    &users[*to],
+                    "EUR",
+                    &amount.to_string(),
+                    &format!("s{i}"),
+                )
+                .await;
             match r.status() {
                 StatusCode::CREATED | StatusCode::ACCEPTED => body(r).await["transfer_id"].as_str().map(str::to_string),
                 _ => {
