@@ -372,7 +372,9 @@ fn default_max_in_flight() -> u64 {
     150
 }
 fn default_max_outbox_age() -> u64 {
-    1000
+    // Not lower: on a loaded machine one slow publish would refuse a whole shard's
+    // cross-shard traffic (seen in the test suite at 1000 ms).
+    5000
 }
 fn default_retry_after() -> u64 {
     1
