@@ -308,6 +308,8 @@ impl Deployment {
 impl Drop for Deployment {
     fn drop(&mut self) {
         let dbs = std::mem::take(&mut self.dbs);
+        let kafka = self.kafka.clone();
+        let prefix = format!("{}.", self.id);
         let dir = self.dir.clone();
         // Drop runs inside the test's runtime: clean up on a thread with its own.
         let cleanup = std::thread::spawn(move || {
@@ -319,12 +321,24 @@ impl Drop for Deployment {
                         let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
                     }
                 }
-                // The test's topics stay on the broker (each test has its own prefix; the
-                // suite's broker runs in memory). Deleting them here raced with the apps'
-                // consumers, which the test's runtime closes only after this: a consumer
-                // closed in the middle of the rebalance a topic deletion starts makes
-                // librdkafka abort the whole test process (`rd_kafka_cgrp_terminated:
-                // assert: !rd_kafka_assignment_in_progress`).
+                let settings = KafkaSettings {
+                    brokers: kafka,
+                    topic_prefix: prefix.clone(),
+                    group_id: String::new(),
+                    partitions: 1,
+                    session_timeout_ms: 3000,
+                    fetch_wait_max_ms: 10,
+                    trim_interval_secs: 0,
+                };
+                let topics = shardwallet::messaging::kafka::Topics::new(&prefix);
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    shardwallet::messaging::kafka::delete_topics(
+                        &settings,
+                        &[&topics.stages, &topics.dead_letters, &topics.payments],
+                    ),
+                )
+                .await;
             });
             let _ = std::fs::remove_dir_all(dir);
         });
