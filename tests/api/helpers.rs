@@ -330,6 +330,12 @@ impl Drop for Deployment {
                     fetch_wait_max_ms: 10,
                     trim_interval_secs: 0,
                 };
+                // Deleting a topic starts a rebalance in the consumers still subscribed
+                // to it, and librdkafka aborts the whole process when a consumer is
+                // closed in the middle of one (`rd_kafka_cgrp_terminated: assert:
+                // !rd_kafka_assignment_in_progress`). The test's runtime closes them as
+                // it shuts down, after this drop: so wait for that first.
+                tokio::time::sleep(Duration::from_secs(5)).await;
                 let topics = shardwallet::messaging::kafka::Topics::new(&prefix);
                 let _ = tokio::time::timeout(
                     Duration::from_secs(5),
@@ -342,7 +348,9 @@ impl Drop for Deployment {
             });
             let _ = std::fs::remove_dir_all(dir);
         });
-        let _ = cleanup.join();
+        // Not joined: the test's runtime must be able to shut down (closing the apps'
+        // consumers) while this waits to delete the topics.
+        drop(cleanup);
     }
 }
 
