@@ -16,8 +16,13 @@ COMPOSE ?= docker compose
 
 # Where `health` looks; must match server.listen (SHARDWALLET__SERVER__LISTEN).
 SERVICE_URL ?= http://127.0.0.1:8080
-# cargo test's --test-threads.
-TEST_THREADS ?= 6
+# cargo test's --test-threads for the first pass.
+TEST_THREADS ?= 4
+# Tests that load the whole machine (a 1,000-transfer storm, processes killed in turn, a
+# broker of their own, a headless browser): `make test` runs them after the others, one at
+# a time, so that on 2 cores no other test's deadline is spent waiting for them.
+HEAVY_TESTS := tcc::a_storm_of failover:: tcc_failures::two_instances \
+	tcc_failures::transfers_made_while_the_broker_is_down openapi::swagger_ui
 # Extra arguments for `shardwallet bench`, e.g. BENCH_ARGS="--mode cross --rates 100,200,400".
 BENCH_ARGS ?=
 # Broker storage when `cluster-up` has to start the broker: memory (default: idle ~5% of a
@@ -83,8 +88,12 @@ run: cluster-up build migrate testdata ## cluster, build, migrate, test data, th
 # unless one already runs (scripts/cluster.sh reuses a running broker as it is).
 test: BROKER_STORAGE = memory
 test: cluster-up browser ## run the whole test suite against the local cluster
-	eval "$$($(CLUSTER) env)"; \
-	$(CARGO) test --locked --all-targets -- --test-threads=$(TEST_THREADS)
+	eval "$$($(CLUSTER) env)"; status=0; \
+	$(CARGO) test --locked --all-targets -- --test-threads=$(TEST_THREADS) \
+		$(addprefix --skip ,$(HEAVY_TESTS)) || status=$$?; \
+	echo "=== the heavy tests, one at a time ==="; \
+	$(CARGO) test --locked --test api -- --test-threads=1 $(HEAVY_TESTS) || status=$$?; \
+	exit $$status
 
 # The Swagger UI test drives Debian's chromium headless.
 browser: ## install Debian's chromium when missing (for the Swagger UI test)

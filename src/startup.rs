@@ -88,7 +88,12 @@ impl Application {
         let workers_stop = CancellationToken::new();
         let mut workers = spawn_workers(&self.state, &workers_stop);
         let grace = self.state.settings.shutdown_grace();
-        let app = api::routes(self.state).layer(tower_http::trace::TraceLayer::new_for_http());
+        // A 5xx the service chose (503 `overloaded`, `shard_unavailable`) is an answer, not
+        // a fault: logged at WARN; internal errors are logged at ERROR where they happen
+        // (api::error).
+        let trace = tower_http::trace::TraceLayer::new_for_http()
+            .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN));
+        let app = api::routes(self.state).layer(trace);
         let stop = server_stop.clone();
         let server = tokio::spawn(async move {
             // The peer address keys the rate limits of unauthenticated callers.

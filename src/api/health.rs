@@ -38,11 +38,14 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     });
     let shards = futures::future::join_all(probes).await;
     let producer = state.producer.clone();
+    // Only this deployment's stage topic: the metadata of every topic on a shared broker
+    // can take longer than the second a probe has.
+    let stages = crate::messaging::kafka::Topics::new(&state.settings.kafka.topic_prefix).stages;
     let broker = tokio::task::spawn_blocking(move || {
         if let Some((_, reason)) = producer.client().fatal_error() {
             return Err(format!("producer failed fatally: {reason}"));
         }
-        producer.client().fetch_metadata(None, Duration::from_secs(1)).map(|_| ()).map_err(|e| e.to_string())
+        producer.client().fetch_metadata(Some(&stages), Duration::from_secs(1)).map(|_| ()).map_err(|e| e.to_string())
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()));

@@ -29,7 +29,7 @@ async fn ready_turns_503_naming_the_shard_whose_server_is_down_and_recovers() {
     assert_eq!(app.http.get(app.url("/ready")).send().await.expect("ready").status(), StatusCode::OK);
 
     proxy.cut();
-    let down = eventually(Duration::from_secs(10), "ready to turn 503", || async {
+    let down = eventually(Duration::from_secs(30), "ready to turn 503", || async {
         let r = app.http.get(app.url("/ready")).send().await.expect("ready");
         (r.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(r)
     })
@@ -39,7 +39,7 @@ async fn ready_turns_503_naming_the_shard_whose_server_is_down_and_recovers() {
     assert_eq!(down["checks"]["shard-1"], "up");
 
     proxy.restore().await;
-    eventually(Duration::from_secs(10), "ready to turn 200 again", || async {
+    eventually(Duration::from_secs(30), "ready to turn 200 again", || async {
         let r = app.http.get(app.url("/ready")).send().await.expect("ready");
         (r.status() == StatusCode::OK).then_some(())
     })

@@ -92,7 +92,7 @@ async fn keys_are_pruned_after_the_retention_period() {
     let first = body(app.adjust("alice", "EUR", "5", "credit", "once").await).await;
     let shard = app.router.for_user(&shardwallet::domain::UserId::parse("alice").expect("id")).index;
     let db = app.shard_db(shard).await;
-    eventually(Duration::from_secs(10), "the expired key to be pruned", || async {
+    eventually(Duration::from_secs(30), "the expired key to be pruned", || async {
         let n: i64 = db.query_one("SELECT count(*) FROM idempotency_keys WHERE key = 'once'", &[]).await.ok()?.get(0);
         (n == 0).then_some(())
     })

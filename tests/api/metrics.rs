@@ -66,8 +66,8 @@ async fn metrics_count_requests_and_transfers_when_money_moves() {
     let cancelled = app.transfer(&token, &alice, &ghost, "EUR", "30", "m-ghost").await;
     assert_eq!(cancelled.status(), StatusCode::ACCEPTED);
     let cancelled_id = body(cancelled).await["transfer_id"].as_str().expect("id").to_string();
-    assert_eq!(app.wait_final(&cross_id, Duration::from_secs(30)).await["status"], "completed");
-    assert_eq!(app.wait_final(&cancelled_id, Duration::from_secs(30)).await["status"], "cancelled");
+    assert_eq!(app.wait_final(&cross_id, Duration::from_secs(90)).await["status"], "completed");
+    assert_eq!(app.wait_final(&cancelled_id, Duration::from_secs(90)).await["status"], "cancelled");
     // A replay moves no money and starts nothing.
     assert_eq!(app.transfer(&token, &alice, &heidi, "EUR", "10", "m-local").await.status(), StatusCode::CREATED);
 
@@ -95,7 +95,7 @@ async fn metrics_count_requests_and_transfers_when_money_moves() {
 
     // The sampler's gauges: this deployment's topics are unique to this test.
     let topics = shardwallet::messaging::kafka::Topics::new(&app.settings.kafka.topic_prefix);
-    let sampled = eventually(Duration::from_secs(15), "sampled gauges", || async {
+    let sampled = eventually(Duration::from_secs(30), "sampled gauges", || async {
         let s = scrape(&app).await;
         let lag = value(&s, "shardwallet_consumer_lag_messages", &[("topic", &topics.stages)])?;
         let dead = value(&s, "shardwallet_dead_letters_retained", &[("topic", &topics.dead_letters)])?;
@@ -128,7 +128,7 @@ async fn the_outbox_gauges_show_unpublished_rows_and_their_age() {
     // What the sampler reads (its gauges are process-wide, and every test's shards are
     // named shard-1..3, so the query is checked here and the gauges' presence above).
     let shard = app.router.for_user(&shardwallet::domain::UserId::parse(&alice).expect("id")).clone();
-    let (depth, _) = eventually(Duration::from_secs(10), "the oldest row to age", || async {
+    let (depth, _) = eventually(Duration::from_secs(30), "the oldest row to age", || async {
         let stats = shardwallet::telemetry::sampler::outbox_stats(&shard).await.expect("outbox stats");
         (stats.1 >= 1.0).then_some(stats)
     })
@@ -167,7 +167,7 @@ async fn consumer_lag_counts_stage_messages_nobody_consumed() {
     let token = app.user_token(&alice);
     assert_eq!(app.transfer(&token, &alice, &bob, "EUR", "5", "lag-1").await.status(), StatusCode::ACCEPTED);
     let topic = shardwallet::messaging::kafka::Topics::new(&app.settings.kafka.topic_prefix).stages;
-    eventually(Duration::from_secs(20), "a lag of one message", || async {
+    eventually(Duration::from_secs(30), "a lag of one message", || async {
         let s = scrape(&app).await;
         (value(&s, "shardwallet_consumer_lag_messages", &[("topic", &topic)])? >= 1.0).then_some(())
     })

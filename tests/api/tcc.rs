@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 
 use crate::helpers::*;
 
-const FINAL_WITHIN: Duration = Duration::from_secs(60);
+const FINAL_WITHIN: Duration = Duration::from_secs(90);
 
 #[tokio::test]
 async fn a_cross_shard_transfer_is_pending_then_completes_and_releases_the_hold() {
@@ -34,7 +34,7 @@ async fn a_cross_shard_transfer_is_pending_then_completes_and_releases_the_hold(
     let incoming = body(app.get(&format!("/v1/users/{bob}/transfers"), &app.user_token(&bob)).await).await;
     let incoming = &incoming["data"][0];
     assert_eq!(incoming["transfer_id"], id.as_str());
-    eventually(Duration::from_secs(10), "the receiver's record to be completed", || async {
+    eventually(Duration::from_secs(30), "the receiver's record to be completed", || async {
         let list = body(app.get(&format!("/v1/users/{bob}/transfers"), &app.admin()).await).await;
         (list["data"][0]["status"] == "completed").then_some(())
     })
@@ -180,7 +180,7 @@ async fn an_overloaded_shard_refuses_cross_shard_transfers_without_storing_the_k
     // Once the backlog drains, the client's retry with the same key is a new transfer.
     let app = deployment.spawn_default().await;
     assert_eq!(app.wait_final(&first, FINAL_WITHIN).await["status"], "completed");
-    let retried = eventually(Duration::from_secs(10), "room for the retry", || async {
+    let retried = eventually(Duration::from_secs(30), "room for the retry", || async {
         let response = app.transfer(&token, &alice, &bob, "EUR", "20", "second").await;
         (response.status() != StatusCode::SERVICE_UNAVAILABLE).then_some(response)
     })

@@ -10,7 +10,7 @@ use shardwallet::transfer::{
 
 use crate::helpers::*;
 
-const FINAL_WITHIN: Duration = Duration::from_secs(60);
+const FINAL_WITHIN: Duration = Duration::from_secs(90);
 
 async fn count(db: &tokio_postgres::Client, sql: &str, id: &uuid::Uuid) -> i64 {
     db.query_one(sql, &[id]).await.expect("count").get(0)
@@ -80,7 +80,7 @@ async fn redeliver_every_stage(direct: bool) {
     // The receiver answers each duplicate again; wait until those answers were handled.
     let receiver = app.shard_db(1).await;
     let sender = app.shard_db(0).await;
-    eventually(Duration::from_secs(20), "duplicates to be answered and drained", || async {
+    eventually(Duration::from_secs(30), "duplicates to be answered and drained", || async {
         let outbox: i64 = sender.query_one("SELECT count(*) FROM outbox", &[]).await.ok()?.get(0);
         let outbox2: i64 = receiver.query_one("SELECT count(*) FROM outbox", &[]).await.ok()?.get(0);
         (outbox + outbox2 == 0).then_some(())
@@ -274,7 +274,7 @@ impl Broker {
             .expect("start nisshi");
         self.child = Some(child);
         let port = self.port;
-        eventually(Duration::from_secs(20), "the broker to listen", || async move {
+        eventually(Duration::from_secs(30), "the broker to listen", || async move {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
         })
         .await;
@@ -334,7 +334,7 @@ async fn a_poison_message_is_dead_lettered_counted_and_replayable() {
     let app = spawn_app().await;
     // Wait until the consumer has created the topics.
     let admin = app.admin();
-    eventually(Duration::from_secs(20), "the dead-letter count to be served", || async {
+    eventually(Duration::from_secs(30), "the dead-letter count to be served", || async {
         (app.get("/v1/admin/dead-letters", &admin).await.status() == StatusCode::OK).then_some(())
     })
     .await;
