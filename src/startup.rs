@@ -136,7 +136,7 @@ fn payments_context(settings: &Settings, router: &Arc<Router>, port: u16) -> any
         sealer: Sealer::from_hex(&settings.payments.encryption_key)?,
         settings: settings.payments.clone(),
         public_url,
-        wakers: payments::outbox::Wakers::new(router.shards().len()),
+        wakers: outbox::Wakers::new(router.shards().len()),
     })
 }
 
@@ -145,12 +145,13 @@ fn spawn_payment_workers(state: &AppState, topics: &kafka::Topics, token: &Cance
     let settings = &state.settings;
     for shard in state.router.shards() {
         if settings.transfers.relay_enabled {
-            let relay = payments::outbox::Relay {
-                shard: shard.clone(),
-                producer: state.producer.clone(),
-                topic: topics.payments.clone(),
-                wakers: state.payments.wakers.clone(),
-            };
+            let relay = outbox::Relay::new(
+                shard.clone(),
+                state.producer.clone(),
+                settings.kafka.clone(),
+                outbox::Outbox::Payments,
+                state.payments.wakers.clone(),
+            );
             set.spawn(relay.run(token.clone()));
         }
         let reconciler = payments::reconcile::Reconciler { payments: state.payments.clone(), shard: shard.clone() };
@@ -200,13 +201,13 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
         // another publishes what was committed meanwhile (SKIP LOCKED keeps them apart).
         let relays = if settings.transfers.relay_enabled { settings.transfers.relays_per_shard.max(1) } else { 0 };
         for _ in 0..relays {
-            let relay = outbox::Relay {
-                shard: shard.clone(),
-                producer: state.producer.clone(),
-                kafka: settings.kafka.clone(),
-                topic: topics.stages.clone(),
-                wakers: state.wakers.clone(),
-            };
+            let relay = outbox::Relay::new(
+                shard.clone(),
+                state.producer.clone(),
+                settings.kafka.clone(),
+                outbox::Outbox::Stages,
+                state.wakers.clone(),
+            );
             set.spawn(relay.run(token.clone()));
         }
         let sweeper = Sweeper {

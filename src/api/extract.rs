@@ -59,3 +59,21 @@ impl PageQuery {
             .transpose()
     }
 }
+
+/// The user a path names, once the caller may see that user's data, with a connection
+/// to the user's shard; `must_exist` answers 404 `user_not_found` for an unknown user
+/// (lists, where an empty page would hide a typo).
+pub async fn visible_user(
+    state: &super::AppState,
+    caller: &crate::domain::Caller,
+    user_id: &str,
+    must_exist: bool,
+) -> Result<(UserId, deadpool_postgres::Object), ApiError> {
+    let user = self::user_id(user_id)?;
+    super::auth::require_self_or_admin(caller, &user)?;
+    let client = state.router.for_user(&user).client().await?;
+    if must_exist && !crate::ledger::accounts::user_exists(&client, &user).await? {
+        return Err(crate::ledger::Error::UserNotFound.into());
+    }
+    Ok((user, client))
+}

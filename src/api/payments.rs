@@ -20,7 +20,6 @@ use super::{
 };
 use crate::{
     domain::{Caller, RoutableId},
-    ledger,
     payments::{method::PaymentMethod, store, PaymentKind},
 };
 
@@ -182,14 +181,8 @@ pub async fn list_for_user(
     Path(user_id): Path<String>,
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let user = extract::user_id(&user_id)?;
-    require_self_or_admin(&caller, &user)?;
-    let limit = page.limit()?;
-    let cursor = page.id_cursor()?;
-    let client = state.router.for_user(&user).client().await?;
-    if !ledger::accounts::user_exists(&client, &user).await? {
-        return Err(ledger::Error::UserNotFound.into());
-    }
+    let (limit, cursor) = (page.limit()?, page.id_cursor()?);
+    let (user, client) = extract::visible_user(&state, &caller, &user_id, true).await?;
     let (data, next) = store::list(&client, &user, limit, cursor).await?;
     Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
 }

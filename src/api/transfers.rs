@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     domain::{Caller, RoutableId},
-    ledger::{self, local::TransferRequest, queries},
+    ledger::{local::TransferRequest, queries},
     transfer::{self, admission::Overloaded},
 };
 
@@ -157,14 +157,8 @@ pub async fn list_for_user(
     Path(user_id): Path<String>,
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let user = extract::user_id(&user_id)?;
-    require_self_or_admin(&caller, &user)?;
-    let limit = page.limit()?;
-    let cursor = page.id_cursor()?;
-    let client = state.router.for_user(&user).client().await?;
-    if !ledger::accounts::user_exists(&client, &user).await? {
-        return Err(ledger::Error::UserNotFound.into());
-    }
+    let (limit, cursor) = (page.limit()?, page.id_cursor()?);
+    let (user, client) = extract::visible_user(&state, &caller, &user_id, true).await?;
     let (data, next) = queries::user_transfers(&client, &user, limit, cursor).await?;
     Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
 }

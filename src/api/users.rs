@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    auth::{require_admin, require_self_or_admin},
+    auth::require_admin,
     error::ApiError,
     extract::{self, json_body, PageQuery},
     idempotency::Idempotency,
@@ -59,9 +59,7 @@ pub async fn get_user(
     caller: Caller,
     Path(user_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let user = extract::user_id(&user_id)?;
-    require_self_or_admin(&caller, &user)?;
-    let client = state.router.for_user(&user).client().await?;
+    let (user, client) = extract::visible_user(&state, &caller, &user_id, false).await?;
     let (view, wallets) =
         futures::try_join!(accounts::get_user(&client, &user), queries::list_wallets(&client, &user))?;
     Ok(Json(json!({ "user_id": view.user_id, "created_at": view.created_at, "wallets": wallets })).into_response())
@@ -111,12 +109,7 @@ pub async fn list_wallets(
     caller: Caller,
     Path(user_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let user = extract::user_id(&user_id)?;
-    require_self_or_admin(&caller, &user)?;
-    let client = state.router.for_user(&user).client().await?;
-    if !accounts::user_exists(&client, &user).await? {
-        return Err(crate::ledger::Error::UserNotFound.into());
-    }
+    let (user, client) = extract::visible_user(&state, &caller, &user_id, true).await?;
     Ok(Json(json!({ "data": queries::list_wallets(&client, &user).await? })).into_response())
 }
 
@@ -134,10 +127,8 @@ pub async fn get_wallet(
     caller: Caller,
     Path((user_id, currency)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let user = extract::user_id(&user_id)?;
-    require_self_or_admin(&caller, &user)?;
     let currency = extract::currency(&currency)?;
-    let client = state.router.for_user(&user).client().await?;
+    let (user, client) = extract::visible_user(&state, &caller, &user_id, false).await?;
     Ok(Json(queries::get_wallet(&client, &user, &currency).await?).into_response())
 }
 
@@ -156,8 +147,6 @@ pub async fn entries(
     Path((user_id, currency)): Path<(String, String)>,
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let user = extract::user_id(&user_id)?;
-    require_self_or_admin(&caller, &user)?;
     let currency = extract::currency(&currency)?;
     let limit = page.limit()?;
     let cursor = match &page.cursor {
@@ -166,7 +155,7 @@ pub async fn entries(
             Some(c.parse::<i64>().map_err(|_| ApiError::invalid_request("cursor is not one this API returned"))?)
         }
     };
-    let client = state.router.for_user(&user).client().await?;
+    let (user, client) = extract::visible_user(&state, &caller, &user_id, false).await?;
     let (data, next) = queries::entries_page(&client, &user, &currency, limit, cursor).await?;
     Ok(Json(json!({ "data": data, "next_cursor": next.map(|n| n.to_string()) })).into_response())
 }

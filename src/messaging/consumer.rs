@@ -71,31 +71,10 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut handled: HashMap<i32, i64> = HashMap::new();
         let mut last_trim = Instant::now();
-        loop {
-            let first = tokio::select! {
-                m = self.consumer.recv() => m,
-                _ = shutdown.cancelled() => break,
-            };
-            let first = match first {
-                Ok(m) => m.detach(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "consume failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match self.consumer.recv().now_or_never() {
-                    Some(Ok(m)) => batch.push(m.detach()),
-                    _ => break,
-                }
-            }
+        while let Some(batch) = next_batch(&self.consumer, MAX_BATCH, &shutdown).await {
             self.process(&batch).await;
+            store_offsets(&self.consumer, &batch);
             for m in &batch {
-                if let Err(e) = self.consumer.store_offset(m.topic(), m.partition(), m.offset()) {
-                    tracing::warn!(error = %e, "store offset");
-                }
                 let next = handled.entry(m.partition()).or_default();
                 *next = (*next).max(m.offset() + 1);
             }
@@ -106,15 +85,7 @@ impl Worker {
                 }
             }
         }
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(error = %e, "final commit");
-        }
-        // No unsubscribe here: dropping the consumer closes it, which leaves the group
-        // and waits for the unassignment to finish. An unsubscribe right before the
-        // drop let librdkafka terminate the group with that unassignment still in
-        // progress (`rd_kafka_cgrp_terminated: assert: !rd_kafka_assignment_in_progress`,
-        // an abort of the whole process, seen in the test suite).
-        crate::messaging::kafka::close_in_background(self.consumer);
+        finish(self.consumer);
     }
 
     /// Deletes the records below `handled` (partition -> next offset) in the background.
@@ -199,6 +170,60 @@ impl Worker {
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
+}
+
+/// Waits for the next message, then takes what else is already fetched, up to `max`
+/// messages in all. `None` once `shutdown` is cancelled. Shared by every worker that
+/// consumes a topic (stages here, payments in `payments::worker`).
+pub async fn next_batch<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    max: usize,
+    shutdown: &CancellationToken,
+) -> Option<Vec<OwnedMessage>> {
+    loop {
+        let first = tokio::select! {
+            m = consumer.recv() => m,
+            _ = shutdown.cancelled() => return None,
+        };
+        match first {
+            Ok(m) => {
+                let mut batch = vec![m.detach()];
+                while batch.len() < max {
+                    match consumer.recv().now_or_never() {
+                        Some(Ok(m)) => batch.push(m.detach()),
+                        _ => break,
+                    }
+                }
+                return Some(batch);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "consume failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Marks a handled batch for the next (periodic) offset commit.
+pub fn store_offsets<C: ConsumerContext + 'static>(consumer: &StreamConsumer<C>, batch: &[OwnedMessage]) {
+    for m in batch {
+        if let Err(e) = consumer.store_offset(m.topic(), m.partition(), m.offset()) {
+            tracing::warn!(error = %e, "store offset");
+        }
+    }
+}
+
+/// Commits what was handled and closes the consumer without blocking the runtime.
+pub fn finish<C: ConsumerContext + 'static>(consumer: StreamConsumer<C>) {
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(error = %e, "final commit");
+    }
+    // No unsubscribe here: dropping the consumer closes it, which leaves the group
+    // and waits for the unassignment to finish. An unsubscribe right before the
+    // drop let librdkafka terminate the group with that unassignment still in
+    // progress (`rd_kafka_cgrp_terminated: assert: !rd_kafka_assignment_in_progress`,
+    // an abort of the whole process, seen in the test suite).
+    crate::messaging::kafka::close_in_background(consumer);
 }
 
 pub fn subscribe(consumer: &StageConsumer, topics: &Topics) -> anyhow::Result<()> {

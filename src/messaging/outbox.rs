@@ -1,7 +1,8 @@
-//! The transactional outbox: `enqueue` writes a stage message in the caller's
-//! transaction; a `Relay` per shard publishes committed rows and deletes them once the
-//! broker acknowledged. A crash between publish and delete publishes again (consumers
-//! are idempotent); a crash before publish leaves the row for the next relay.
+//! The transactional outboxes: `enqueue` writes a stage message in the caller's
+//! transaction (the payments module writes its own table, `payment_outbox`); a `Relay`
+//! per shard and table publishes committed rows and deletes them once the broker
+//! acknowledged. A crash between publish and delete publishes again (consumers are
+//! idempotent); a crash before publish leaves the row for the next relay.
 use crate::storage::Cached;
 use std::{sync::Arc, time::Duration};
 
@@ -51,18 +52,65 @@ impl Wakers {
     }
 }
 
+/// Which outbox table a relay drains, and to which topic of `kafka::Topics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbox {
+    /// `outbox`: TCC stage messages, to the stage topic.
+    Stages,
+    /// `payment_outbox`: `SubmitPayment` messages, to the payments topic.
+    Payments,
+}
+
+impl Outbox {
+    fn select_sql(self) -> &'static str {
+        match self {
+            Outbox::Stages => "SELECT id, msg_key, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            Outbox::Payments => {
+                "SELECT id, msg_key, payload FROM payment_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+            }
+        }
+    }
+
+    fn delete_sql(self) -> &'static str {
+        match self {
+            Outbox::Stages => "DELETE FROM outbox WHERE id = ANY($1)",
+            Outbox::Payments => "DELETE FROM payment_outbox WHERE id = ANY($1)",
+        }
+    }
+
+    fn topic(self, topics: &kafka::Topics) -> String {
+        match self {
+            Outbox::Stages => topics.stages.clone(),
+            Outbox::Payments => topics.payments.clone(),
+        }
+    }
+}
+
 pub struct Relay {
     pub shard: Arc<Shard>,
     pub producer: FutureProducer,
     /// To rebuild the producer after a fatal error (an idempotent producer whose broker
     /// forgot its id cannot continue).
     pub kafka: KafkaSettings,
-    pub topic: String,
+    pub outbox: Outbox,
+    topic: String,
+    /// Woken by this process's commits (the wakers of this outbox).
     pub wakers: Wakers,
 }
 
 impl Relay {
-    #[tracing::instrument(name = "relay", skip_all, fields(shard = %self.shard.name))]
+    pub fn new(
+        shard: Arc<Shard>,
+        producer: FutureProducer,
+        kafka: KafkaSettings,
+        outbox: Outbox,
+        wakers: Wakers,
+    ) -> Self {
+        let topic = outbox.topic(&kafka::Topics::new(&kafka.topic_prefix));
+        Self { shard, producer, kafka, outbox, topic, wakers }
+    }
+
+    #[tracing::instrument(name = "relay", skip_all, fields(shard = %self.shard.name, outbox = ?self.outbox))]
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -103,12 +151,7 @@ impl Relay {
     pub async fn publish_batch(&self) -> anyhow::Result<usize> {
         let mut client = self.shard.client().await?;
         let tx = client.transaction().await?;
-        let rows = tx
-            .cached_query(
-                "SELECT id, msg_key, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                &[&BATCH],
-            )
-            .await?;
+        let rows = tx.cached_query(self.outbox.select_sql(), &[&BATCH]).await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -129,17 +172,19 @@ impl Relay {
                 ) {
                     // A broker that lost its topics (memory storage, restarted): create
                     // them again; the rows stay in the outbox for the next attempt.
-                    tracing::warn!(topic = %self.topic, "the broker does not know the stage topic; creating it again");
+                    tracing::warn!(topic = %self.topic, "the broker does not know the topic; creating it again");
                     kafka::ensure_topics(&self.kafka, &kafka::Topics::new(&self.kafka.topic_prefix)).await?;
                 }
                 anyhow::bail!("publish to {}: {e}", self.topic);
             }
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-        tx.cached_execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids]).await?;
+        tx.cached_execute(self.outbox.delete_sql(), &[&ids]).await?;
         tx.commit().await?;
         tracing::debug!(published = ids.len(), "outbox batch published");
-        crate::telemetry::metrics::outbox_published(&self.shard.name, ids.len());
+        if self.outbox == Outbox::Stages {
+            crate::telemetry::metrics::outbox_published(&self.shard.name, ids.len());
+        }
         Ok(ids.len())
     }
 }

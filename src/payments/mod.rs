@@ -65,7 +65,7 @@ pub struct Payments {
     pub settings: PaymentSettings,
     /// `<public_url>`; callbacks go to `<public_url>/v1/gateways/<name>/callbacks`.
     pub public_url: String,
-    pub wakers: outbox::Wakers,
+    pub wakers: crate::messaging::outbox::Wakers,
 }
 
 /// What became of a callback.

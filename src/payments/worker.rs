@@ -8,11 +8,7 @@
 //! Messages are never retried here beyond that: the row's state is the queue.
 use std::{sync::Arc, time::Duration};
 
-use futures::FutureExt;
-use rdkafka::{
-    consumer::{CommitMode, Consumer, StreamConsumer},
-    message::Message,
-};
+use rdkafka::{consumer::StreamConsumer, message::Message};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -26,6 +22,7 @@ use crate::{
     domain::RoutableId,
     gateways::{GatewayError, PaymentRequest},
     ledger::{Error, Result},
+    messaging::consumer,
 };
 
 pub struct Worker {
@@ -37,26 +34,7 @@ impl Worker {
     #[tracing::instrument(name = "payment_worker", skip_all)]
     pub async fn run(self, shutdown: CancellationToken) {
         let max = self.payments.settings.concurrency.max(1);
-        loop {
-            let first = tokio::select! {
-                m = self.consumer.recv() => m,
-                _ = shutdown.cancelled() => break,
-            };
-            let first = match first {
-                Ok(m) => m.detach(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "consume failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            let mut batch = vec![first];
-            while batch.len() < max {
-                match self.consumer.recv().now_or_never() {
-                    Some(Ok(m)) => batch.push(m.detach()),
-                    _ => break,
-                }
-            }
+        while let Some(batch) = consumer::next_batch(&self.consumer, max, &shutdown).await {
             let payments = &self.payments;
             let jobs = batch.iter().map(|m| async move {
                 match serde_json::from_slice::<SubmitPayment>(m.payload().unwrap_or_default()) {
@@ -70,21 +48,9 @@ impl Worker {
                 }
             });
             futures::future::join_all(jobs).await;
-            for m in &batch {
-                if let Err(e) = self.consumer.store_offset(m.topic(), m.partition(), m.offset()) {
-                    tracing::warn!(error = %e, "store offset");
-                }
-            }
+            consumer::store_offsets(&self.consumer, &batch);
         }
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(error = %e, "final commit");
-        }
-        // No unsubscribe here: dropping the consumer closes it, which leaves the group
-        // and waits for the unassignment to finish. An unsubscribe right before the
-        // drop let librdkafka terminate the group with that unassignment still in
-        // progress (`rd_kafka_cgrp_terminated: assert: !rd_kafka_assignment_in_progress`,
-        // an abort of the whole process, seen in the test suite).
-        crate::messaging::kafka::close_in_background(self.consumer);
+        consumer::finish(self.consumer);
     }
 }
 
