@@ -89,10 +89,10 @@ run: cluster-up build migrate testdata ## cluster, build, migrate, test data, th
 test: BROKER_STORAGE = memory
 test: cluster-up browser ## run the whole test suite against the local cluster
 	eval "$$($(CLUSTER) env)"; status=0; \
-	$(CARGO) test --locked --all-targets -- --test-threads=$(TEST_THREADS) \
+	$(CARGO) test --locked --no-fail-fast --all-targets -- --test-threads=$(TEST_THREADS) \
 		$(addprefix --skip ,$(HEAVY_TESTS)) || status=$$?; \
 	echo "=== the heavy tests, one at a time ==="; \
-	$(CARGO) test --locked --test api -- --test-threads=1 $(HEAVY_TESTS) || status=$$?; \
+	$(CARGO) test --locked --no-fail-fast --test api -- --test-threads=1 $(HEAVY_TESTS) || status=$$?; \
 	exit $$status
 
 # The Swagger UI test drives Debian's chromium headless.

@@ -225,13 +225,15 @@ mod tests {
 
     #[test]
     fn a_burst_is_allowed_then_refused_until_replenished() {
-        let bucket = Bucket::new(&Limit { per_second: 1000.0, burst: 2 }).expect("bucket");
+        // One token per 500 ms: slow enough that the checks below never straddle a
+        // replenishment, even on a loaded machine.
+        let bucket = Bucket::new(&Limit { per_second: 2.0, burst: 2 }).expect("bucket");
         let key = "sub:alice".to_string();
         assert_eq!(bucket.limiter.check_key(&key).map(|s| s.remaining_burst_capacity()).ok(), Some(1));
         assert_eq!(bucket.limiter.check_key(&key).map(|s| s.remaining_burst_capacity()).ok(), Some(0));
         assert!(bucket.limiter.check_key(&key).is_err());
         assert!(bucket.limiter.check_key(&"sub:bob".to_string()).is_ok(), "callers have their own buckets");
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(600));
         assert!(bucket.limiter.check_key(&key).is_ok());
     }
 

@@ -120,7 +120,9 @@ mod tests {
 
     #[test]
     fn opens_after_the_threshold_probes_once_and_closes_on_success() {
-        let b = Breaker::new(3, Duration::from_millis(30));
+        // Open for 300 ms: the checks made while it is open never outlast that, even on a
+        // loaded machine; the sleeps outlast it.
+        let b = Breaker::new(3, Duration::from_millis(300));
         for _ in 0..2 {
             assert!(b.try_acquire().is_ok());
             b.record(false);
@@ -130,14 +132,14 @@ mod tests {
         assert_eq!(b.circuit(), Circuit::Open);
         assert!(b.try_acquire().is_err());
         assert!(b.admits_new_payments().is_err());
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(350));
         assert_eq!(b.circuit(), Circuit::HalfOpen);
         assert!(b.admits_new_payments().is_ok());
         assert!(b.try_acquire().is_ok(), "one probe");
         assert!(b.try_acquire().is_err(), "only one probe at a time");
         b.record(false);
         assert_eq!(b.circuit(), Circuit::Open, "a failed probe reopens");
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(350));
         assert!(b.try_acquire().is_ok());
         b.record(true);
         assert_eq!(b.circuit(), Circuit::Closed);
