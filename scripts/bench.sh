@@ -17,9 +17,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
-BIN=${SHARDWALLET_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/shardwallet}
-SERVICE_URL=${SERVICE_URL:-http://127.0.0.1:8080}
-READY_TIMEOUT=${READY_TIMEOUT:-90}
+BIN=$SHARDWALLET_BIN
 SERVE_LOG="$LOG_DIR/bench-serve.log"
 BENCH_JSON=${BENCH_JSON:-$LOCAL_DIR/bench.json}
 SERVER_PID=""
@@ -44,14 +42,6 @@ stop_server() {
 	SERVER_PID=""
 }
 
-server_ready() {
-	kill -0 "$SERVER_PID" 2>/dev/null || {
-		show_log_tail "$SERVE_LOG" 30
-		die "shardwallet serve exited during start-up (log: $SERVE_LOG)"
-	}
-	curl -fsS -m 2 -o /dev/null "$SERVICE_URL/ready" 2>/dev/null
-}
-
 main() {
 	# A server we did not start would be benchmarked and then left running.
 	if curl -sS -m 2 -o /dev/null "$SERVICE_URL/health" 2>/dev/null; then
@@ -68,7 +58,7 @@ main() {
 	"$BIN" serve </dev/null >>"$SERVE_LOG" 2>&1 &
 	SERVER_PID=$!
 
-	if ! wait_until "$READY_TIMEOUT" "$SERVICE_URL/ready" server_ready; then
+	if ! wait_until "$READY_TIMEOUT" "$SERVICE_URL/ready" service_ready "$SERVER_PID" "$SERVE_LOG"; then
 		curl -sS -m 2 "$SERVICE_URL/ready" >&2 || true
 		echo >&2
 		show_log_tail "$SERVE_LOG" 30

@@ -122,6 +122,24 @@ require_pg_bin() {
 }
 
 # ---------------------------------------------------------------------------
+# The service (scripts/run.sh, scripts/bench.sh)
+# ---------------------------------------------------------------------------
+
+SHARDWALLET_BIN=${SHARDWALLET_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/shardwallet}
+SERVICE_URL=${SERVICE_URL:-http://127.0.0.1:8080}
+READY_TIMEOUT=${READY_TIMEOUT:-90}
+
+# service_ready PID LOG: dies (showing LOG's tail when there is one) if `serve` PID has
+# exited; else true once SERVICE_URL/ready answers 200. For wait_until.
+service_ready() {
+	kill -0 "$1" 2>/dev/null || {
+		[[ -z ${2:-} ]] || show_log_tail "$2" 30
+		die "shardwallet serve exited during start-up${2:+ (log: $2)}"
+	}
+	curl -fsS -m 2 -o /dev/null "$SERVICE_URL/ready" 2>/dev/null
+}
+
+# ---------------------------------------------------------------------------
 # nisshi (the Kafka-compatible broker)
 # ---------------------------------------------------------------------------
 

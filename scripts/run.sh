@@ -12,9 +12,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
-BIN=${SHARDWALLET_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/shardwallet}
-SERVICE_URL=${SERVICE_URL:-http://127.0.0.1:8080}
-READY_TIMEOUT=${READY_TIMEOUT:-90}
+BIN=$SHARDWALLET_BIN
 MOCK_A=127.0.0.1:9101
 MOCK_B=127.0.0.1:9102
 
@@ -39,11 +37,7 @@ pids+=($!)
 server=$!
 pids+=("$server")
 
-ready() {
-	kill -0 "$server" 2>/dev/null || die "shardwallet serve exited during start-up"
-	curl -fsS -m 2 -o /dev/null "$SERVICE_URL/ready" 2>/dev/null
-}
-wait_until "$READY_TIMEOUT" "$SERVICE_URL/ready" ready || die "shardwallet serve is not ready after ${READY_TIMEOUT}s"
+wait_until "$READY_TIMEOUT" "$SERVICE_URL/ready" service_ready "$server" || die "shardwallet serve is not ready after ${READY_TIMEOUT}s"
 
 # alice is one of the users testdata/testdata.sql loads (with EUR funds).
 token=$("$BIN" token --sub alice --ttl 24h)

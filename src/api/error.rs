@@ -104,18 +104,29 @@ impl ApiError {
     }
 }
 
-/// 503 `gateway_unavailable` with `Retry-After` (whole seconds, at least 1): the
-/// gateway's circuit breaker is open.
+/// `d` in whole seconds, rounded up.
+pub fn ceil_secs(d: std::time::Duration) -> u64 {
+    d.as_nanos().div_ceil(1_000_000_000) as u64
+}
+
+impl ApiError {
+    /// The problem with a `Retry-After` header: `wait` in whole seconds, rounded up, at
+    /// least 1 (503 `overloaded`, `gateway_unavailable`; 429 `rate_limited`).
+    pub fn with_retry_after(self, wait: std::time::Duration) -> Response {
+        let mut response = self.into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(ceil_secs(wait).max(1)));
+        response
+    }
+}
+
+/// 503 `gateway_unavailable` with `Retry-After`: the gateway's circuit breaker is open.
 pub fn gateway_unavailable(gateway: &str, retry_after: std::time::Duration) -> Response {
-    let mut response = ApiError::new(
+    ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "gateway_unavailable",
         format!("gateway '{gateway}' is failing; retry later"),
     )
-    .into_response();
-    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
-    response
+    .with_retry_after(retry_after)
 }
 
 impl From<ledger::Error> for ApiError {

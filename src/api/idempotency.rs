@@ -104,7 +104,9 @@ impl Idempotency {
             }
             Ok(_) => {
                 tx.rollback().await?;
-                Ok((self.replay(&client).await?, false))
+                // The insert found the key taken, so it is there to replay.
+                let replay = self.replay(&client).await?.ok_or_else(|| anyhow::anyhow!("idempotency key vanished"))?;
+                Ok((replay, false))
             }
             Err(e) if crate::storage::is_lock_timeout(&e) => Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -115,14 +117,24 @@ impl Idempotency {
         }
     }
 
-    /// The stored response of a key used before, or 422 when it was used for another request.
-    async fn replay(&self, client: &deadpool_postgres::Client) -> Result<Response, ApiError> {
-        let row = client
-            .cached_query_one(
+    /// The stored response when this key was used before (422 when for another
+    /// request), without running anything.
+    pub async fn stored(&self, shard: &Shard) -> Result<Option<Response>, ApiError> {
+        self.replay(&shard.client().await?).await
+    }
+
+    /// The stored response of a key used before (422 when it was used for another
+    /// request); `None` when the key is unknown.
+    async fn replay(&self, client: &deadpool_postgres::Client) -> Result<Option<Response>, ApiError> {
+        let Some(row) = client
+            .cached_query_opt(
                 "SELECT request_hash, status_code, response_body FROM idempotency_keys WHERE caller = $1 AND key = $2",
                 &[&self.caller, &self.key.as_str()],
             )
-            .await?;
+            .await?
+        else {
+            return Ok(None);
+        };
         let (hash, status, body): (Vec<u8>, i16, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
         if hash != self.fingerprint {
             return Err(ApiError::new(
@@ -134,6 +146,6 @@ impl Idempotency {
         let status = StatusCode::from_u16(status as u16).map_err(anyhow::Error::from)?;
         let mut response = problem_response(status, body);
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-        Ok(response)
+        Ok(Some(response))
     }
 }

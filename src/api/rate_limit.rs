@@ -22,7 +22,7 @@ use axum::{
     extract::{ConnectInfo, MatchedPath, Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode},
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use governor::{
     clock::{Clock, DefaultClock},
@@ -31,7 +31,10 @@ use governor::{
     Quota, RateLimiter,
 };
 
-use super::{auth::Auth, error::ApiError};
+use super::{
+    auth::Auth,
+    error::{ceil_secs, ApiError},
+};
 use crate::{
     config::{Limit, RateLimitSettings},
     domain::Caller,
@@ -147,10 +150,6 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_nanos().div_ceil(1_000_000_000) as u64
-}
-
 fn set_headers(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: u64) {
     headers.insert("ratelimit-limit", HeaderValue::from(limit));
     headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
@@ -192,18 +191,17 @@ pub async fn enforce(State(limits): State<Arc<RateLimits>>, mut request: Request
             response
         }
         Err(not_until) => {
-            let wait = ceil_secs(not_until.wait_time_from(DefaultClock::default().now())).max(1);
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let secs = ceil_secs(wait).max(1);
             metrics::rate_limited(class.label());
-            tracing::debug!(%key, class = class.label(), wait, "rate limited");
+            tracing::debug!(%key, class = class.label(), wait = secs, "rate limited");
             let mut response = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                format!("too many requests; retry in {wait} s"),
+                format!("too many requests; retry in {secs} s"),
             )
-            .into_response();
-            let headers = response.headers_mut();
-            headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(wait));
-            set_headers(headers, bucket.limit, 0, wait);
+            .with_retry_after(wait);
+            set_headers(response.headers_mut(), bucket.limit, 0, secs);
             response
         }
     }

@@ -3,7 +3,7 @@
 use axum::{
     body::Bytes,
     extract::{Path, Query, State},
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
@@ -70,10 +70,22 @@ pub async fn create(
     }
     require_self_or_admin(&caller, &from)?;
     let idem = Idempotency::from_request(&caller, &headers, "POST", "/v1/transfers", &raw)?;
+    let shard = state.router.for_user(&from);
+    let cross_shard = !state.router.same_shard(&from, &to);
+    // Admission first, so a refusal costs no read on the receiver's shard. A refused
+    // request is not stored under its key (a retry goes through once there is room),
+    // but a retry of a transfer accepted earlier gets that answer, overloaded or not.
+    let admitted = match cross_shard.then(|| state.admission.admit(shard.index)).transpose() {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            return Ok(match idem.stored(shard).await? {
+                Some(replay) => replay,
+                None => overloaded(&refused),
+            })
+        }
+    };
     let route =
         transfer::Route::decide(&state.router, &from, &to, &currency, state.settings.transfers.direct_credit).await;
-    let cross_shard = route.is_cross_shard();
-    let shard = state.router.for_user(&from);
     let request = TransferRequest {
         transfer_id: state.router.new_id_for(&from),
         from: &from,
@@ -83,18 +95,11 @@ pub async fn create(
         description: req.description.as_deref(),
     };
     let success = if cross_shard { StatusCode::ACCEPTED } else { StatusCode::CREATED };
-    if cross_shard {
-        // Refused before the key is claimed: a retry with the same key goes through
-        // once there is room.
-        if let Err(refused) = state.admission.admit(shard.index) {
-            return Ok(overloaded(&refused));
-        }
-    }
     let outcome =
         idem.run(shard, success, async |tx| transfer::start(tx, route, &request, state.try_timeout()).await).await;
     let committed = matches!(outcome, Ok((_, true)));
-    if cross_shard {
-        state.admission.finish(shard.index, committed);
+    if let Some(admitted) = admitted {
+        admitted.finish(committed);
     }
     crate::telemetry::metrics::transfer_created(committed, cross_shard);
     if committed && cross_shard {
@@ -105,16 +110,12 @@ pub async fn create(
 
 fn overloaded(refused: &Overloaded) -> Response {
     tracing::info!(why = %refused.why, "cross-shard transfer refused: overloaded");
-    let mut response = ApiError::new(
+    ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "overloaded",
         "too many cross-shard transfers are in flight; retry after the Retry-After delay with the same Idempotency-Key",
     )
-    .into_response();
-    if let Ok(value) = HeaderValue::from_str(&refused.retry_after.as_secs().to_string()) {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
-    response
+    .with_retry_after(refused.retry_after)
 }
 
 /// A transfer (its parties and admins only).

@@ -58,9 +58,12 @@ impl Admission {
         }
     }
 
-    /// Admits one cross-shard transfer from `shard`, or says why not.
-    pub fn admit(&self, shard: usize) -> Result<(), Overloaded> {
-        let Some(backlog) = self.shards.get(shard) else { return Ok(()) };
+    /// Admits one cross-shard transfer from `shard`, or says why not. The place is held
+    /// until the returned guard is finished (or dropped: a request that ends early, e.g.
+    /// its client went away, committed nothing and frees its place).
+    pub fn admit(&self, shard: usize) -> Result<Admitted<'_>, Overloaded> {
+        let admitted = Admitted { admission: self, shard, finished: false };
+        let Some(backlog) = self.shards.get(shard) else { return Ok(admitted) };
         let in_flight = backlog.in_flight.load(Ordering::Relaxed);
         let age = backlog.outbox_age_ms.load(Ordering::Relaxed);
         let why = if self.max_in_flight > 0 && in_flight >= self.max_in_flight {
@@ -70,14 +73,14 @@ impl Admission {
         } else {
             backlog.in_flight.fetch_add(1, Ordering::Relaxed);
             backlog.pending.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+            return Ok(admitted);
         };
         Err(Overloaded { retry_after: self.retry_after, why })
     }
 
     /// The request of an admitted transfer is over: it committed a new transfer, or
     /// not (refused, replayed, failed).
-    pub fn finish(&self, shard: usize, committed: bool) {
+    fn finish(&self, shard: usize, committed: bool) {
         if let Some(backlog) = self.shards.get(shard) {
             let _ = backlog.pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
             if committed {
@@ -99,6 +102,29 @@ impl Admission {
                 + backlog.committed.load(Ordering::Relaxed).saturating_sub(committed_before);
             backlog.in_flight.store(in_flight + unseen, Ordering::Relaxed);
             backlog.outbox_age_ms.store(outbox_age_ms, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A place taken by `Admission::admit`, given back by `finish` or on drop.
+pub struct Admitted<'a> {
+    admission: &'a Admission,
+    shard: usize,
+    finished: bool,
+}
+
+impl Admitted<'_> {
+    /// The request is over: it committed a new transfer, or not.
+    pub fn finish(mut self, committed: bool) {
+        self.finished = true;
+        self.admission.finish(self.shard, committed);
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.admission.finish(self.shard, false);
         }
     }
 }
@@ -157,14 +183,17 @@ mod tests {
     fn refuses_past_the_in_flight_bound_counting_its_own_admissions() {
         let a = admission(3, 0);
         a.record(0, 1, 0, 0);
-        assert!(a.admit(0).is_ok());
-        assert!(a.admit(0).is_ok());
-        let refused = a.admit(0).expect_err("third is over the bound");
+        let first = a.admit(0).expect("room for a second");
+        let _second = a.admit(0).expect("room for a third");
+        let refused = a.admit(0).err().expect("third is over the bound");
         assert!(refused.why.contains("in flight"), "{}", refused.why);
         // The other shard has its own backlog.
         assert!(a.admit(1).is_ok());
         // A request that committed nothing frees its place at once.
-        a.finish(0, false);
+        first.finish(false);
+        let again = a.admit(0).expect("room again");
+        // So does one that ended without finishing (its client went away).
+        drop(again);
         assert!(a.admit(0).is_ok());
     }
 
@@ -172,10 +201,10 @@ mod tests {
     fn a_sample_that_missed_a_commit_still_counts_it() {
         let a = admission(1, 0);
         a.record(0, 0, 0, a.committed(0));
-        assert!(a.admit(0).is_ok());
+        let admitted = a.admit(0).expect("room");
         // A sample that began before the commit and saw nothing...
         let before = a.committed(0);
-        a.finish(0, true);
+        admitted.finish(true);
         a.record(0, 0, 0, before);
         assert!(a.admit(0).is_err(), "the committed transfer is still counted");
         // ...and the next one sees it in the table.
@@ -191,6 +220,6 @@ mod tests {
         a.record(0, 1_000_000, 499, 0);
         assert!(a.admit(0).is_ok(), "no in-flight bound when it is 0");
         a.record(0, 0, 500, 0);
-        assert_eq!(a.admit(0).expect_err("outbox too old").retry_after, Duration::from_secs(1));
+        assert_eq!(a.admit(0).err().expect("outbox too old").retry_after, Duration::from_secs(1));
     }
 }

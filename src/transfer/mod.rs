@@ -33,15 +33,11 @@ impl Route {
     pub async fn decide(router: &Router, from: &UserId, to: &UserId, currency: &Currency, direct: bool) -> Self {
         if router.same_shard(from, to) {
             Route::Local
-        } else if direct && from != to && tcc::receiver_ready(router, to, currency.as_str()).await {
+        } else if direct && tcc::receiver_ready(router, to, currency.as_str()).await {
             Route::CrossDirect
         } else {
             Route::Cross
         }
-    }
-
-    pub fn is_cross_shard(self) -> bool {
-        self != Route::Local
     }
 }
 

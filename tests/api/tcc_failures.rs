@@ -16,6 +16,28 @@ async fn count(db: &tokio_postgres::Client, sql: &str, id: &uuid::Uuid) -> i64 {
     db.query_one(sql, &[id]).await.expect("count").get(0)
 }
 
+/// A full-TCC cross-shard transfer of `amount` EUR from alice (100 EUR, on shard
+/// `shards.0`) to bob (on shard `shards.1`) by an app whose relay publishes nothing and
+/// whose Try times out after 1 s: its stages wait in the outbox.
+async fn a_try_nobody_publishes(
+    shards: (usize, usize),
+    amount: &str,
+) -> (std::sync::Arc<Deployment>, TestApp, String, String, uuid::Uuid) {
+    let deployment = Deployment::new().await;
+    let mut settings = deployment.settings();
+    settings.transfers.relay_enabled = false;
+    settings.transfers.direct_credit = false;
+    settings.transfers.try_timeout_secs = 1;
+    let app = deployment.spawn(settings).await;
+    let alice = app.user_on_shard("alice", shards.0);
+    let bob = app.user_on_shard("bob", shards.1);
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    let sent = body(app.transfer(&app.user_token(&alice), &alice, &bob, "EUR", amount, "stuck").await).await;
+    let id = sent["transfer_id"].as_str().expect("id").parse().expect("uuid");
+    (deployment, app, alice, bob, id)
+}
+
 #[tokio::test]
 async fn every_stage_delivered_twice_changes_nothing() {
     redeliver_every_stage(false).await;
@@ -157,19 +179,9 @@ async fn a_process_stopped_between_commit_and_publish_completes_after_restart() 
 
 #[tokio::test]
 async fn an_unanswered_try_times_out_and_a_late_answer_does_not_revive_it() {
-    let deployment = Deployment::new().await;
-    let mut settings = deployment.settings();
-    settings.transfers.relay_enabled = false;
-    settings.transfers.direct_credit = false;
-    settings.transfers.try_timeout_secs = 1;
-    let app = deployment.spawn(settings).await;
-    let alice = app.user_on_shard("alice", 1);
-    let bob = app.user_on_shard("bob", 2);
-    app.funded_user(&alice, "EUR", "100").await;
-    app.funded_user(&bob, "EUR", "0").await;
-    let sent = body(app.transfer(&app.user_token(&alice), &alice, &bob, "EUR", "80", "t").await).await;
-    let id = sent["transfer_id"].as_str().expect("id").to_string();
-    let done = app.wait_final(&id, Duration::from_secs(20)).await;
+    let (deployment, app, alice, bob, id) = a_try_nobody_publishes((1, 2), "80").await;
+    let id = id.to_string();
+    let done = app.wait_final(&id, FINAL_WITHIN).await;
     assert_eq!((done["status"].as_str(), done["reason"].as_str()), (Some("cancelled"), Some("timeout")));
     assert_eq!(app.wallet(&alice, "EUR").await["held"], "0");
     app.stop().await;
@@ -368,18 +380,7 @@ async fn a_poison_message_is_dead_lettered_counted_and_replayable() {
 
 #[tokio::test]
 async fn a_lost_cancel_is_sent_again_until_the_receiver_acknowledges_it() {
-    let deployment = Deployment::new().await;
-    let mut settings = deployment.settings();
-    settings.transfers.relay_enabled = false;
-    settings.transfers.direct_credit = false;
-    settings.transfers.try_timeout_secs = 1;
-    let app = deployment.spawn(settings).await;
-    let alice = app.user_on_shard("alice", 0);
-    let bob = app.user_on_shard("bob", 1);
-    app.funded_user(&alice, "EUR", "100").await;
-    app.funded_user(&bob, "EUR", "0").await;
-    let sent = body(app.transfer(&app.user_token(&alice), &alice, &bob, "EUR", "30", "lost").await).await;
-    let id: uuid::Uuid = sent["transfer_id"].as_str().expect("id").parse().expect("uuid");
+    let (deployment, app, alice, bob, id) = a_try_nobody_publishes((0, 1), "30").await;
     let (sender, receiver) = (app.shard_db(0).await, app.shard_db(1).await);
 
     // The receiver gets the Try and answers, but the answer is lost (as a broker on
@@ -395,7 +396,7 @@ async fn a_lost_cancel_is_sent_again_until_the_receiver_acknowledges_it() {
     tcc::handle(&app.router, &facts.message(Stage::TryCredit)).await.expect("try");
     receiver.execute("DELETE FROM outbox", &[]).await.expect("lose Tried");
     // The sender times out and cancels; its CancelCredit is lost too.
-    let done = app.wait_final(&id.to_string(), Duration::from_secs(20)).await;
+    let done = app.wait_final(&id.to_string(), FINAL_WITHIN).await;
     assert_eq!(done["reason"], "timeout");
     sender.execute("DELETE FROM outbox", &[]).await.expect("lose TryCredit and CancelCredit");
     let state = "SELECT state FROM incoming_transfers WHERE transfer_id = $1";
