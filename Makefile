@@ -20,9 +20,11 @@ SERVICE_URL ?= http://127.0.0.1:8080
 TEST_THREADS ?= 4
 # Tests that load the whole machine (a 1,000-transfer storm, processes killed in turn, a
 # broker of their own, a headless browser): `make test` runs them after the others, one at
-# a time, so that on 2 cores no other test's deadline is spent waiting for them.
+# a time, so that on 2 cores no other test's deadline is spent waiting for them. The
+# metrics tests run there too: the recorder is process-wide, so what moves between two
+# scrapes must be the test's own doing.
 HEAVY_TESTS := tcc::a_storm_of failover:: tcc_failures::two_instances \
-	tcc_failures::transfers_made_while_the_broker_is_down openapi::swagger_ui
+	tcc_failures::transfers_made_while_the_broker_is_down openapi::swagger_ui metrics::
 # Extra arguments for `shardwallet bench`, e.g. BENCH_ARGS="--mode cross --rates 100,200,400".
 BENCH_ARGS ?=
 # Broker storage when `cluster-up` has to start the broker: memory (default: idle ~5% of a

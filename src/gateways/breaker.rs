@@ -18,6 +18,19 @@ pub enum Circuit {
     HalfOpen,
 }
 
+impl Circuit {
+    pub const ALL: [Circuit; 3] = [Circuit::Closed, Circuit::Open, Circuit::HalfOpen];
+
+    /// As the admin view and the `state` label of the circuit gauge write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Circuit::Closed => "closed",
+            Circuit::Open => "open",
+            Circuit::HalfOpen => "half_open",
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     consecutive_failures: u32,

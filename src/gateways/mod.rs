@@ -113,9 +113,23 @@ impl Configured {
             let permit = self.breaker.try_acquire();
             let fut = op();
             async move {
-                permit.map_err(GatewayError::CircuitOpen)?;
-                let result = fut.await;
-                self.breaker.record(!matches!(&result, Err(e) if e.is_transient()));
+                let started = std::time::Instant::now();
+                let result = match permit {
+                    Err(wait) => Err(GatewayError::CircuitOpen(wait)),
+                    Ok(()) => {
+                        let result = fut.await;
+                        self.breaker.record(!matches!(&result, Err(e) if e.is_transient()));
+                        result
+                    }
+                };
+                let outcome = match &result {
+                    Ok(_) => "ok",
+                    Err(GatewayError::Transient(_)) => "error",
+                    Err(GatewayError::Rejected(_)) => "rejected",
+                    Err(GatewayError::CircuitOpen(_)) => "circuit_open",
+                };
+                crate::telemetry::metrics::gateway_call(&self.name, outcome, started);
+                crate::telemetry::metrics::circuit_state(&self.name, self.breaker.circuit());
                 result
             }
         };

@@ -36,9 +36,6 @@ pub const SAMPLER_ERRORS: &str = "shardwallet_sampler_errors_total";
 /// Latency buckets (seconds) of every histogram: 1 ms to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// The circuit breaker states a gateway can report, as the `state` label.
-pub const CIRCUIT_STATES: &[&str] = &["closed", "open", "half_open"];
-
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder once, and returns the handle that renders it.
@@ -205,27 +202,23 @@ pub fn sampler_error(source: &'static str) {
     counter!(SAMPLER_ERRORS, "source" => source).increment(1);
 }
 
-// --- payment gateways (hooks for the gateway clients) ---------------------------
+// --- payment gateways (recorded by `gateways::Configured::call`) ----------------
 
-/// One call to a payment gateway; `outcome` is a short stable word such as `ok`,
-/// `declined`, `timeout`, `error` or `circuit_open`.
-pub fn gateway_call(gateway: &str, outcome: &str) {
+/// One call (attempt) to a payment gateway and its latency; `outcome` is `ok` (the
+/// gateway answered, approved or declined), `error` (transient), `rejected` or
+/// `circuit_open` (no call made).
+pub fn gateway_call(gateway: &str, outcome: &str, started: Instant) {
     counter!(GATEWAY_CALLS, "gateway" => gateway.to_string(), "outcome" => outcome.to_string()).increment(1);
-}
-
-/// [`gateway_call`] with its latency.
-pub fn gateway_call_timed(gateway: &str, outcome: &str, started: Instant) {
-    gateway_call(gateway, outcome);
     histogram!(GATEWAY_DURATION, "gateway" => gateway.to_string(), "outcome" => outcome.to_string())
         .record(started.elapsed().as_secs_f64());
 }
 
-/// A gateway's circuit breaker is now in `state` (one of [`CIRCUIT_STATES`]): that
-/// series is set to 1 and the others to 0, so `max by (gateway)` shows the state.
-pub fn circuit_state(gateway: &str, state: &str) {
-    for s in CIRCUIT_STATES {
-        let value = if *s == state { 1.0 } else { 0.0 };
-        gauge!(CIRCUIT_STATE, "gateway" => gateway.to_string(), "state" => *s).set(value);
+/// A gateway's circuit breaker is now in `state`: that series is set to 1 and the
+/// others to 0, so `max by (gateway)` shows the state.
+pub fn circuit_state(gateway: &str, state: crate::gateways::breaker::Circuit) {
+    for s in crate::gateways::breaker::Circuit::ALL {
+        let value = if s == state { 1.0 } else { 0.0 };
+        gauge!(CIRCUIT_STATE, "gateway" => gateway.to_string(), "state" => s.as_str()).set(value);
     }
 }
 
@@ -236,8 +229,8 @@ mod tests {
     #[test]
     fn recorded_values_appear_in_the_exposition() {
         let _ = handle();
-        gateway_call("unit-test-gw", "ok");
-        circuit_state("unit-test-gw", "open");
+        gateway_call("unit-test-gw", "ok", Instant::now());
+        circuit_state("unit-test-gw", crate::gateways::breaker::Circuit::Open);
         http_request("/unit/{id}", "GET", 200, Instant::now());
         let text = render();
         assert!(text.contains(r#"shardwallet_gateway_calls_total{gateway="unit-test-gw",outcome="ok"} 1"#), "{text}");

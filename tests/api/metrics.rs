@@ -1,6 +1,6 @@
 //! `GET /metrics`: a real Prometheus parser reads it, and counters move when money does.
-//! The recorder is process-wide and tests run in parallel, so counters are compared as
-//! "moved by at least"; gauges carry labels unique to this test (its topics).
+//! The recorder is process-wide: `make test` runs these tests in its serial pass
+//! (`HEAVY_TESTS`), so what moves between two scrapes is this test's doing.
 use std::time::Duration;
 
 use prom_text_format_parser::{Scrape, Type, ValueType};
@@ -139,18 +139,31 @@ async fn the_outbox_gauges_show_unpublished_rows_and_their_age() {
 }
 
 #[tokio::test]
-async fn gateway_hooks_record_calls_and_circuit_state() {
+async fn gateway_calls_and_the_circuit_state_are_recorded_when_a_payment_goes_out() {
     let app = spawn_app().await;
-    use shardwallet::telemetry::metrics;
-    metrics::gateway_call("test-gw-hooks", "ok");
-    metrics::gateway_call_timed("test-gw-hooks", "timeout", std::time::Instant::now());
-    metrics::circuit_state("test-gw-hooks", "half_open");
-    let s = scrape(&app).await;
-    assert_eq!(count(&s, "shardwallet_gateway_calls_total", &[("gateway", "test-gw-hooks"), ("outcome", "ok")]), 1.0);
-    assert_eq!(count(&s, "shardwallet_gateway_calls_total", &[("gateway", "test-gw-hooks")]), 2.0);
+    let user = app.user_on_shard("gw", 0);
+    app.funded_user(&user, "EUR", "0").await;
+    let before = scrape(&app).await;
+    let deposit = serde_json::json!({
+        "user_id": user, "currency": "EUR", "amount": "1000", "gateway": "gateway_a",
+        "payment_method": { "type": "card", "number": "4242424242424242" },
+    });
+    let accepted = app.post("/v1/deposits", &app.admin(), &deposit, Some("gw-metrics")).await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let id = body(accepted).await["payment_id"].as_str().expect("payment id").to_string();
+    eventually(Duration::from_secs(30), "the deposit to succeed", || async {
+        let payment = body(app.get(&format!("/v1/payments/{id}"), &app.admin()).await).await;
+        (payment["status"] == "succeeded").then_some(())
+    })
+    .await;
+    let after = scrape(&app).await;
+    let ok = [("gateway", "gateway_a"), ("outcome", "ok")];
+    let moved = |name: &str| count(&after, name, &ok) - count(&before, name, &ok);
+    assert!(moved("shardwallet_gateway_calls_total") >= 1.0, "the gateway call is counted");
+    assert!(moved("shardwallet_gateway_call_duration_seconds") >= 1.0, "and timed");
     let state =
-        |st: &str| count(&s, "shardwallet_gateway_circuit_state", &[("gateway", "test-gw-hooks"), ("state", st)]);
-    assert_eq!((state("closed"), state("open"), state("half_open")), (0.0, 0.0, 1.0));
+        |st: &str| count(&after, "shardwallet_gateway_circuit_state", &[("gateway", "gateway_a"), ("state", st)]);
+    assert_eq!((state("closed"), state("open"), state("half_open")), (1.0, 0.0, 0.0));
 }
 
 #[tokio::test]
