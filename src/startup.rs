@@ -270,7 +270,13 @@ async fn start_consumer(state: &AppState, topics: &kafka::Topics) -> consumer::W
                     max_attempts: 8,
                     trim: match settings.trim_interval_secs {
                         0 => None,
-                        secs => kafka::admin(settings).ok().map(|a| (a, Duration::from_secs(secs))),
+                        secs => match kafka::admin(settings) {
+                            Ok(admin) => Some((admin, Duration::from_secs(secs))),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "no admin client: handled stage messages are not trimmed");
+                                None
+                            }
+                        },
                     },
                 }
             }

@@ -164,6 +164,16 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
         println!("figures written to {}", path.display());
     }
+    // The figures are out; a phase that could not be measured still fails the run.
+    let failed: Vec<&str> = [
+        ("same-shard", results.local.as_ref().is_some_and(|r| r.is_err())),
+        ("pgbench", matches!(results.pgbench, Pgbench::Failed(_))),
+        ("cross-shard", results.cross.as_ref().is_some_and(|r| r.is_err())),
+    ]
+    .into_iter()
+    .filter_map(|(name, failed)| failed.then_some(name))
+    .collect();
+    anyhow::ensure!(failed.is_empty(), "the {} phase(s) failed (see the summary above)", failed.join(", "));
     Ok(())
 }
 

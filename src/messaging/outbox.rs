@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use deadpool_postgres::Transaction;
 use rdkafka::{
-    producer::{FutureProducer, FutureRecord, Producer},
+    producer::{FutureProducer, FutureRecord},
     types::RDKafkaErrorCode,
 };
 use tokio::sync::Notify;
@@ -89,8 +89,7 @@ impl Outbox {
 pub struct Relay {
     pub shard: Arc<Shard>,
     pub producer: FutureProducer,
-    /// To rebuild the producer after a fatal error (an idempotent producer whose broker
-    /// forgot its id cannot continue).
+    /// To create the topics again when a restarted broker (memory storage) forgot them.
     pub kafka: KafkaSettings,
     pub outbox: Outbox,
     topic: String,
@@ -111,7 +110,7 @@ impl Relay {
     }
 
     #[tracing::instrument(name = "relay", skip_all, fields(shard = %self.shard.name, outbox = ?self.outbox))]
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
         loop {
             match self.publish_batch().await {
@@ -119,13 +118,6 @@ impl Relay {
                 Ok(_) => backoff = Duration::from_millis(50),
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay failed; retrying");
-                    if let Some((code, reason)) = self.producer.client().fatal_error() {
-                        tracing::error!(?code, reason, "producer failed fatally; building a new one");
-                        match kafka::producer(&self.kafka) {
-                            Ok(p) => self.producer = p,
-                            Err(e) => tracing::error!(error = %e, "cannot build a new producer"),
-                        }
-                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.cancelled() => break,
