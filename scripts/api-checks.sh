@@ -53,8 +53,9 @@ need() {
 }
 need curl:curl psql:postgresql-client
 
-if [[ ! -x $BIN ]]; then
-	log "building $BIN"
+# The debug build is brought up to date (a no-op when it is): never a stale binary checked.
+if [[ -z ${SHARDWALLET_BIN:-} ]]; then
+	log "building $BIN (if out of date)"
 	${CARGO:-cargo} build --locked
 fi
 

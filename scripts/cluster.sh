@@ -310,7 +310,7 @@ broker_up() {
 	*) die "BROKER_STORAGE must be memory, sqlite, postgres or none (got '$storage')" ;;
 	esac
 	bin=$(nisshi_bin) ||
-		die "broker: nisshi is not installed (looked on PATH and in ${CARGO_HOME:-$HOME/.cargo}/bin). Postgres is up; install the broker with 'scripts/cluster.sh install' (builds from crates.io: 10-25 min on 2 cores, once per machine), then run 'scripts/cluster.sh up' again"
+		die "broker: nisshi is not installed (looked on PATH and in ${CARGO_HOME:-$HOME/.cargo}/bin). Postgres is up; install the broker with 'scripts/cluster.sh install' (builds from crates.io: about 11 minutes on 2 idle cores, once per machine), then run 'scripts/cluster.sh up' again"
 
 	mkdir -p "$LOG_DIR"
 	info "broker: starting $bin with storage=$storage (log: $BROKER_LOG)"
@@ -389,7 +389,7 @@ cmd_install() {
 		return 0
 	fi
 	cargo=$(cargo_bin) || die "cargo not found; install Rust (rustup) first"
-	info "nisshi: installing $NISSHI_VERSION (features $NISSHI_FEATURES) from crates.io (about 15 minutes on 2 cores, once per machine)"
+	info "nisshi: installing $NISSHI_VERSION (features $NISSHI_FEATURES) from crates.io (about 11 minutes on 2 idle cores, once per machine)"
 	"$cargo" install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
 		--no-default-features --features "$NISSHI_FEATURES"
 	bin=$(nisshi_bin) || die "cargo install finished but nisshi is not in ${CARGO_HOME:-$HOME/.cargo}/bin"

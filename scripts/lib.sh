@@ -145,8 +145,8 @@ service_ready() {
 
 NISSHI_VERSION=0.8.1
 # The storage engines the local cluster can use: memory:// (dynostore), sqlite:// (libsql)
-# and postgres:// (the tests' broker-restart test). This is nisshi's default set, named
-# explicitly so the lake features (delta, iceberg, parquet) and slatedb/turso stay out.
+# and postgres:// (the tests' broker-restart test). This is nisshi 0.8.1's own default
+# feature set, named so that a later default cannot add engines to the build unnoticed.
 # Measured: 20.6 CPU-minutes (about 11 min on 2 idle cores); dropping libsql did not
 # save time (27.3 CPU-minutes in a contended run: its sys crate is pulled in anyway).
 NISSHI_FEATURES=dynostore,libsql,postgres

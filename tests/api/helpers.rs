@@ -116,6 +116,18 @@ async fn template() -> &'static str {
             for server in &env().pg {
                 let admin = connect(server).await;
                 admin.execute("SELECT pg_advisory_lock(727274)", &[]).await.expect("lock");
+                // The last tests of an earlier run may have exited before their cleanup
+                // thread dropped their databases: drop those nobody is connected to (a
+                // test process running beside this one keeps its own: DROP refuses).
+                let leftovers = admin
+                    .query("SELECT datname FROM pg_database WHERE datname ~ '^t[0-9a-f]{12}_s[0-9]+$'", &[])
+                    .await
+                    .expect("list test databases");
+                for db in leftovers.iter().map(|r| r.get::<_, String>(0)) {
+                    if let Err(e) = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db}")).await {
+                        tracing::debug!(error = %e, %db, "test database in use; left alone");
+                    }
+                }
                 let exists = admin
                     .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
                     .await

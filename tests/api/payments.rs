@@ -355,11 +355,9 @@ async fn an_open_breaker_refuses_new_payments_fast_then_half_opens_and_recovers(
         (admin_view().await["circuit"] == "open").then_some(())
     })
     .await;
-    let started = std::time::Instant::now();
+    // Refused by the breaker in the request itself (a deposit is otherwise accepted and
+    // submitted later): no payment is created, so only the first one is in flight.
     let refused = pay(&app, "deposits", &user, "800", "gateway_a", "b2").await;
-    // Sooner than one gateway timeout (2 s, and the gateway is unreachable): the breaker
-    // answered, nobody waited for the gateway.
-    assert!(started.elapsed() < Duration::from_millis(2000), "refused at once");
     assert!(refused.headers().get("retry-after").is_some());
     assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "gateway_unavailable").await;
     let view = admin_view().await;
