@@ -94,7 +94,7 @@ test: cluster-up browser ## run the whole test suite against the local cluster
 	$(CARGO) test --locked --no-fail-fast --all-targets -- --test-threads=$(TEST_THREADS) \
 		$(addprefix --skip ,$(HEAVY_TESTS)) || status=$$?; \
 	echo "=== the heavy tests, one at a time ==="; \
-	$(CARGO) test --locked --no-fail-fast --test api -- --test-threads=1 $(HEAVY_TESTS) || status=$$?; \
+	$(CARGO) test --locked --no-fail-fast --all-targets -- --test-threads=1 $(HEAVY_TESTS) || status=$$?; \
 	exit $$status
 
 # The Swagger UI test drives Debian's chromium headless.

@@ -92,21 +92,7 @@ pub async fn debit_direct(tx: &Transaction<'_>, req: &TransferRequest<'_>) -> Re
     );
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
         [&id, &req.from.as_str(), &req.to.as_str(), &req.currency.as_str(), &amount_text, &req.description];
-    let debit = posting::post(
-        tx,
-        Posting {
-            kind: Kind::TransferDebit,
-            reference: Some(id),
-            reverses: None,
-            description: None,
-            bucket: req.transfer_id.bucket(),
-            currency: req.currency.as_str(),
-            legs: vec![
-                Leg { account: Account::Id(wallet.account_id), amount: -amount.clone() },
-                Leg { account: Account::System(System::Transit), amount },
-            ],
-        },
-    );
+    let debit = transit_posting(tx, id, req.transfer_id.bucket(), req.currency.as_str(), wallet.account_id, -amount);
     // The funds were checked under the wallet's lock: both writes go in one round trip.
     let (row, _) = futures::try_join!(async { Ok(tx.cached_query_one(&sql, &params).await?) }, debit)?;
     Ok(TransferView::from_row(&row))
@@ -144,23 +130,7 @@ pub async fn debit_to_transit(tx: &Transaction<'_>, transfer_id: Uuid, bucket: u
         .await?
         .ok_or_else(|| Error::Invariant(format!("transfer {transfer_id} confirmed without an open hold")))?;
     let amount = accounts::parse_numeric(&amount)?;
-    posting::post(
-        tx,
-        Posting {
-            kind: Kind::TransferDebit,
-            reference: Some(transfer_id),
-            reverses: None,
-            description: None,
-            bucket,
-            currency,
-            legs: vec![
-                Leg { account: Account::Id(account_id), amount: -amount.clone() },
-                Leg { account: Account::System(System::Transit), amount },
-            ],
-        },
-    )
-    .await?;
-    Ok(())
+    transit_posting(tx, transfer_id, bucket, currency, account_id, -amount).await
 }
 
 /// Confirm on the receiver: credit the wallet against this shard's transit account.
@@ -173,20 +143,37 @@ pub async fn credit_from_transit(
     amount: &BigInt,
 ) -> Result<()> {
     let Some(wallet) = accounts::lock_wallets(tx, &[to], currency).await?.pop() else {
-        return Err(Error::Invariant(format!("receiver wallet of {transfer_id} vanished after Try")));
+        return Err(Error::Invariant(format!(
+            "the receiver wallet of {transfer_id} is gone (wallets are never deleted)"
+        )));
     };
+    transit_posting(tx, transfer_id, bucket, currency.as_str(), wallet.account_id, amount.clone()).await
+}
+
+/// A cross-shard transfer's leg on one shard: `wallet` moves by `delta` against the
+/// shard's transit account (a debit, `TransferDebit`, on the sender's shard; a credit,
+/// `TransferCredit`, on the receiver's).
+async fn transit_posting(
+    tx: &Transaction<'_>,
+    transfer_id: Uuid,
+    bucket: u16,
+    currency: &str,
+    wallet: i64,
+    delta: BigInt,
+) -> Result<()> {
+    let kind = if delta.sign() == num_bigint::Sign::Minus { Kind::TransferDebit } else { Kind::TransferCredit };
     posting::post(
         tx,
         Posting {
-            kind: Kind::TransferCredit,
+            kind,
             reference: Some(transfer_id),
             reverses: None,
             description: None,
             bucket,
-            currency: currency.as_str(),
+            currency,
             legs: vec![
-                Leg { account: Account::System(System::Transit), amount: -amount.clone() },
-                Leg { account: Account::Id(wallet.account_id), amount: amount.clone() },
+                Leg { account: Account::Id(wallet), amount: delta.clone() },
+                Leg { account: Account::System(System::Transit), amount: -delta },
             ],
         },
     )

@@ -111,7 +111,9 @@ impl Sweeper {
                 "trying" => Stage::TryCredit,
                 "confirming" if row.get::<_, bool>(7) => Stage::DirectCredit,
                 "confirming" => Stage::ConfirmCredit,
-                _ => Stage::CancelCredit,
+                "cancelled" => Stage::CancelCredit,
+                // The query selects only the states above.
+                other => return Err(ledger::Error::Invariant(format!("re-drive of a transfer in state {other}"))),
             };
             tracing::info!(transfer_id = %facts.transfer_id, stage = stage.name(), "re-emitting stage of a stuck transfer");
             outbox::enqueue(&tx, &facts.message(stage)).await?;

@@ -306,7 +306,10 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
     // Cancel handled at the same moment by two instances cannot miss each other. The
     // reads are pipelined behind the lock: the server runs them once it is granted.
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
-    let needs_receiver_check = matches!(msg.stage, Stage::TryCredit | Stage::DirectCredit);
+    // Only a Try asks whether the receiver can take the money: a DirectCredit was sent
+    // because the API found the wallet, and wallets are never deleted (were it gone,
+    // `credit_from_transit` refuses with an invariant error).
+    let needs_receiver_check = matches!(msg.stage, Stage::TryCredit);
     // The lock is prepared beforehand so that it is the first statement on the wire even
     // when the reads' statements still have to be prepared on this connection.
     let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))").await?;
@@ -355,32 +358,25 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
             let reason = if ok { None } else { rejection_reason(&tx, id).await? };
             outbox::enqueue(&tx, &facts.message(Stage::Tried { ok, reason })).await?;
         }
-        ReceiverStep::Confirm => {
+        // Confirm after a Try, or a direct credit (no Try: its incoming record is new).
+        ReceiverStep::Confirm | ReceiverStep::CreditDirect => {
             let currency = Currency::parse(&msg.currency).map_err(|e| Error::Invariant(e.to_string()))?;
             let amount = accounts::parse_numeric(&msg.amount)?;
             let answer = facts.message(Stage::Confirmed);
+            let incoming = async {
+                match step {
+                    ReceiverStep::CreditDirect => record_incoming(&tx, msg, "confirmed", None).await,
+                    _ => set_incoming(&tx, id, "confirmed").await,
+                }
+            };
             futures::try_join!(
                 barrier(&tx, id, "confirm"),
+                incoming,
                 holds::credit_from_transit(&tx, id, bucket, &to, &currency, &amount),
-                set_incoming(&tx, id, "confirmed"),
                 outbox::enqueue(&tx, &answer),
             )?;
         }
         ReceiverStep::AnswerConfirmedAgain => outbox::enqueue(&tx, &facts.message(Stage::Confirmed)).await?,
-        ReceiverStep::CreditDirect => {
-            if let Some(reason) = checked.flatten() {
-                return Err(Error::Invariant(format!("the receiver of a direct credit is gone: {reason}")));
-            }
-            let currency = Currency::parse(&msg.currency).map_err(|e| Error::Invariant(e.to_string()))?;
-            let amount = accounts::parse_numeric(&msg.amount)?;
-            let answer = facts.message(Stage::Confirmed);
-            futures::try_join!(
-                barrier(&tx, id, "confirm"),
-                record_incoming(&tx, msg, "confirmed", None),
-                holds::credit_from_transit(&tx, id, bucket, &to, &currency, &amount),
-                outbox::enqueue(&tx, &answer),
-            )?;
-        }
         ReceiverStep::EmptyRollback => {
             tracing::info!("Cancel arrived before Try (empty rollback): barrier recorded");
             let answer = facts.message(Stage::Cancelled);
