@@ -219,12 +219,15 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
             key_retention: Duration::from_secs(settings.idempotency.retention_hours * 3600),
         };
         set.spawn(sweeper.run(token.clone()));
-        let sampler = admission::Sampler {
-            admission: state.admission.clone(),
-            shard: shard.clone(),
-            interval: Duration::from_millis(settings.transfers.admission_sample_ms.max(10)),
-        };
-        set.spawn(sampler.run(token.clone()));
+        // Nothing to sample when both bounds are off.
+        if settings.transfers.admission_max_in_flight > 0 || settings.transfers.admission_max_outbox_age_ms > 0 {
+            let sampler = admission::Sampler {
+                admission: state.admission.clone(),
+                shard: shard.clone(),
+                interval: Duration::from_millis(settings.transfers.admission_sample_ms.max(10)),
+            };
+            set.spawn(sampler.run(token.clone()));
+        }
     }
     let sampler = crate::telemetry::sampler::Sampler {
         router: state.router.clone(),

@@ -49,13 +49,12 @@ impl PageQuery {
         }
     }
 
-    /// The cursor of a page keyed by routable id (transfers, payments).
-    pub fn id_cursor(&self) -> Result<Option<uuid::Uuid>, ApiError> {
+    /// The cursor as the key of the page's order: a routable id (transfers, payments,
+    /// `Uuid`) or an entry sequence number (`i64`).
+    pub fn cursor<T: std::str::FromStr>(&self) -> Result<Option<T>, ApiError> {
         self.cursor
             .as_deref()
-            .map(|c| {
-                uuid::Uuid::parse_str(c).map_err(|_| ApiError::invalid_request("cursor is not one this API returned"))
-            })
+            .map(|c| c.parse().map_err(|_| ApiError::invalid_request("cursor is not one this API returned")))
             .transpose()
     }
 }

@@ -146,10 +146,6 @@ impl RateLimits {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
-}
-
 fn set_headers(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: u64) {
     headers.insert("ratelimit-limit", HeaderValue::from(limit));
     headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
@@ -159,13 +155,12 @@ fn set_headers(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: u64) 
 /// The middleware (`axum::middleware::from_fn_with_state`). A verified caller is left
 /// in the request's extensions, so the `Caller` extractor does not verify twice.
 pub async fn enforce(State(limits): State<Arc<RateLimits>>, mut request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
-    let class = Class::of(request.method(), route.as_deref());
+    let class = Class::of(request.method(), request.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
     let Some(bucket) = limits.bucket(class) else { return next.run(request).await };
     let caller = if class == Class::Callback {
         None
     } else {
-        bearer(request.headers()).and_then(|token| limits.auth.verify(token).ok())
+        super::auth::bearer_token(request.headers()).ok().and_then(|token| limits.auth.verify(token).ok())
     };
     let key = match &caller {
         Some(caller) if caller.is_admin() && !limits.limit_admins => {

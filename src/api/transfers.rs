@@ -158,7 +158,7 @@ pub async fn list_for_user(
     Path(user_id): Path<String>,
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let (limit, cursor) = (page.limit()?, page.id_cursor()?);
+    let (limit, cursor) = (page.limit()?, page.cursor::<uuid::Uuid>()?);
     let (user, client) = extract::visible_user(&state, &caller, &user_id, true).await?;
     let (data, next) = queries::user_transfers(&client, &user, limit, cursor).await?;
     Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())

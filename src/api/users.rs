@@ -149,12 +149,7 @@ pub async fn entries(
 ) -> Result<Response, ApiError> {
     let currency = extract::currency(&currency)?;
     let limit = page.limit()?;
-    let cursor = match &page.cursor {
-        None => None,
-        Some(c) => {
-            Some(c.parse::<i64>().map_err(|_| ApiError::invalid_request("cursor is not one this API returned"))?)
-        }
-    };
+    let cursor = page.cursor::<i64>()?;
     let (user, client) = extract::visible_user(&state, &caller, &user_id, false).await?;
     let (data, next) = queries::entries_page(&client, &user, &currency, limit, cursor).await?;
     Ok(Json(json!({ "data": data, "next_cursor": next.map(|n| n.to_string()) })).into_response())

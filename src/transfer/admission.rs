@@ -19,7 +19,7 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::TransferSettings, sharding::Shard};
+use crate::{config::TransferSettings, sharding::Shard, storage::Cached};
 
 /// Why a cross-shard transfer is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,13 +154,13 @@ impl Sampler {
 
     async fn sample(&self) -> anyhow::Result<(u64, u64)> {
         let client = self.shard.client().await?;
-        let statement = client
-            .prepare_cached(
+        let row = client
+            .cached_query_one(
                 "SELECT (SELECT count(*) FROM transfers WHERE state IN ('trying', 'confirming')),
                         (SELECT coalesce(extract(epoch FROM now() - min(created_at)) * 1000, 0)::bigint FROM outbox)",
+                &[],
             )
             .await?;
-        let row = client.query_one(&statement, &[]).await?;
         let (in_flight, age): (i64, i64) = (row.get(0), row.get(1));
         Ok((in_flight.max(0) as u64, age.max(0) as u64))
     }
