@@ -72,6 +72,12 @@ enum Command {
         callback_url: Option<String>,
         #[arg(long, default_value_t = 1000)]
         callback_delay_ms: u64,
+        /// How long amounts ending in 08 take to answer a payment request.
+        #[arg(long, default_value_t = 10_000)]
+        slow_reply_ms: u64,
+        /// How long amounts ending in 09 answer 5xx after executing the payment.
+        #[arg(long, default_value_t = 60_000)]
+        flaky_for_ms: u64,
     },
     /// Dead-lettered stage messages.
     Dlq {
@@ -135,7 +141,15 @@ impl Cli {
                 );
             }
             Command::Bench(args) => crate::bench::run(&settings()?, args).await?,
-            Command::MockGateway { protocol, listen, secret, callback_url, callback_delay_ms } => {
+            Command::MockGateway {
+                protocol,
+                listen,
+                secret,
+                callback_url,
+                callback_delay_ms,
+                slow_reply_ms,
+                flaky_for_ms,
+            } => {
                 let listener =
                     tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
                 tracing::info!(?protocol, %listen, "mock gateway serving");
@@ -144,6 +158,8 @@ impl Cli {
                     secret: secret.into_bytes(),
                     callback_url,
                     callback_delay: Duration::from_millis(callback_delay_ms),
+                    slow_reply: Duration::from_millis(slow_reply_ms),
+                    flaky_for: Duration::from_millis(flaky_for_ms),
                 };
                 crate::gateways::mock::serve(listener, config, shutdown_signal()).await?;
             }

@@ -85,6 +85,15 @@ pub struct TransferSettings {
     /// A transfer untouched this long gets its stage message re-emitted.
     #[serde(default = "default_redrive")]
     pub redrive_after_secs: u64,
+    /// Released holds of final transfers, and the receiver's barriers of transfers
+    /// whose record is final, are deleted this long after (0: never). See "Growth" in
+    /// docs/ARCHITECTURE.md for why nothing that can still be needed goes.
+    #[serde(default = "default_prune_after")]
+    pub prune_after_secs: u64,
+    /// Re-emits of one transfer's stage before the sweeper marks it stuck and leaves
+    /// it to an operator (0: no cap).
+    #[serde(default = "default_redrive_max")]
+    pub redrive_max: u32,
     /// Whether this process publishes its shards' outboxes (tests turn it off to stand
     /// for a process killed between commit and publish).
     #[serde(default = "yes")]
@@ -121,6 +130,8 @@ impl Default for TransferSettings {
             try_timeout_secs: default_try_timeout(),
             sweep_interval_secs: default_sweep_interval(),
             redrive_after_secs: default_redrive(),
+            redrive_max: default_redrive_max(),
+            prune_after_secs: default_prune_after(),
             relay_enabled: true,
             relays_per_shard: default_relays(),
             direct_credit: true,
@@ -211,7 +222,12 @@ pub struct PaymentSettings {
     /// A payment the gateway holds as pending is queried after this long.
     #[serde(default = "default_query_after")]
     pub query_after_ms: u64,
-    /// A payment still pending this long after creation is failed as `expired`.
+    /// Status queries that find no answer back off, doubling from `query_after_ms` up
+    /// to this.
+    #[serde(default = "default_query_backoff_max")]
+    pub query_backoff_max_ms: u64,
+    /// A payment still pending this long after creation is failed as `expired` when the
+    /// gateway cannot hold it, and goes to `needs_review` (hold kept) when it may.
     #[serde(default = "default_payment_deadline")]
     pub deadline_secs: u64,
     /// How often each shard's payment reconciler runs.
@@ -222,6 +238,10 @@ pub struct PaymentSettings {
     pub concurrency: usize,
     #[serde(default = "yes")]
     pub worker_enabled: bool,
+    /// Recorded callbacks and released holds of final payments are deleted this long
+    /// after (0: never).
+    #[serde(default = "default_prune_after")]
+    pub prune_after_secs: u64,
     /// Fault injection for tests: the worker forgets the gateway's answer, as if the
     /// process died between the gateway call and recording it. Never set in production.
     #[serde(default)]
@@ -234,10 +254,12 @@ impl Default for PaymentSettings {
             encryption_key: default_payment_key(),
             public_url: String::new(),
             query_after_ms: default_query_after(),
+            query_backoff_max_ms: default_query_backoff_max(),
             deadline_secs: default_payment_deadline(),
             sweep_interval_ms: default_payment_sweep(),
             concurrency: default_payment_concurrency(),
             worker_enabled: true,
+            prune_after_secs: default_prune_after(),
             drop_gateway_answers: false,
         }
     }
@@ -249,6 +271,7 @@ impl std::fmt::Debug for PaymentSettings {
             .field("encryption_key", &"<redacted>")
             .field("public_url", &self.public_url)
             .field("query_after_ms", &self.query_after_ms)
+            .field("query_backoff_max_ms", &self.query_backoff_max_ms)
             .field("deadline_secs", &self.deadline_secs)
             .field("sweep_interval_ms", &self.sweep_interval_ms)
             .field("worker_enabled", &self.worker_enabled)
@@ -365,6 +388,14 @@ fn default_retention() -> u64 {
 fn default_redrive() -> u64 {
     10
 }
+fn default_prune_after() -> u64 {
+    // 30 days: far past any retry, re-drive, callback tolerance or operator's look.
+    30 * 24 * 3600
+}
+fn default_redrive_max() -> u32 {
+    // With redrive_after_secs = 10: about 17 minutes of re-emits.
+    100
+}
 fn default_relays() -> usize {
     2
 }
@@ -388,6 +419,11 @@ fn default_payment_key() -> String {
 }
 fn default_query_after() -> u64 {
     10_000
+}
+fn default_query_backoff_max() -> u64 {
+    // With query_after_ms = 10 s, queries at ~10, 30, 60, 90 s...: a gateway that
+    // answers 5xx for a minute is settled within two.
+    30_000
 }
 fn default_payment_deadline() -> u64 {
     3600

@@ -216,6 +216,9 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
             wakers: state.wakers.clone(),
             interval: Duration::from_secs(settings.transfers.sweep_interval_secs.max(1)),
             redrive_after: Duration::from_secs(settings.transfers.redrive_after_secs),
+            redrive_max: settings.transfers.redrive_max,
+            prune_after: (settings.transfers.prune_after_secs > 0)
+                .then(|| Duration::from_secs(settings.transfers.prune_after_secs)),
             key_retention: Duration::from_secs(settings.idempotency.retention_hours * 3600),
         };
         set.spawn(sweeper.run(token.clone()));

@@ -83,7 +83,13 @@ pub fn problem_response(status: StatusCode, body: Vec<u8>) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, problem) = self.problem();
-        problem_response(status, serde_json::to_vec(&problem).unwrap_or_default())
+        let mut response = problem_response(status, serde_json::to_vec(&problem).unwrap_or_default());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 is a "come back later" (a shard down or busy): say when. Callers
+            // with a better estimate (`with_retry_after`) overwrite it.
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(1u64));
+        }
+        response
     }
 }
 
@@ -137,6 +143,7 @@ impl From<ledger::Error> for ApiError {
             L::UserNotFound => (S::NOT_FOUND, "user_not_found"),
             L::WalletNotFound => (S::NOT_FOUND, "wallet_not_found"),
             L::TransferNotFound => (S::NOT_FOUND, "transfer_not_found"),
+            L::TransferFinal => (S::CONFLICT, "transfer_final"),
             L::EntryNotFound => (S::NOT_FOUND, "not_found"),
             L::UserExists => (S::CONFLICT, "user_exists"),
             L::WalletExists => (S::CONFLICT, "wallet_exists"),
@@ -145,8 +152,13 @@ impl From<ledger::Error> for ApiError {
             L::InsufficientFunds => (S::UNPROCESSABLE_ENTITY, "insufficient_funds"),
             L::CurrencyMismatch => (S::UNPROCESSABLE_ENTITY, "currency_mismatch"),
             L::SameAccount => (S::UNPROCESSABLE_ENTITY, "same_account"),
+            L::PaymentNotFound => (S::NOT_FOUND, "payment_not_found"),
+            L::PaymentFinal => (S::CONFLICT, "payment_final"),
             L::Shard(crate::sharding::Error::Unavailable { .. }) => (S::SERVICE_UNAVAILABLE, "shard_unavailable"),
-            L::Db(db) if crate::storage::is_lock_timeout(db) => (S::SERVICE_UNAVAILABLE, "busy"),
+            L::Db(db) if crate::storage::is_unavailable(db) => (S::SERVICE_UNAVAILABLE, "shard_unavailable"),
+            L::Db(db) if crate::storage::is_lock_timeout(db) || crate::storage::is_conflict(db) => {
+                (S::SERVICE_UNAVAILABLE, "busy")
+            }
             L::Shard(_) | L::Db(_) | L::Invariant(_) => return ApiError::Unexpected(e.into()),
         };
         if status == S::SERVICE_UNAVAILABLE {

@@ -76,3 +76,22 @@ pub async fn visible_user(
     }
     Ok((user, client))
 }
+
+/// One page, newest first, out of each shard's page (each sorted, each with up to
+/// `limit + 1` items after the same cursor): the `limit` newest of all, and the cursor
+/// of the next page when there are more. Ids sort by creation time.
+pub fn merge_newest_first<T>(
+    pages: Vec<Vec<T>>,
+    limit: i64,
+    id: impl Fn(&T) -> uuid::Uuid,
+) -> (Vec<T>, Option<uuid::Uuid>) {
+    let mut all: Vec<T> = pages.into_iter().flatten().collect();
+    all.sort_by_key(|item| std::cmp::Reverse(id(item)));
+    let next = if all.len() as i64 > limit {
+        all.truncate(limit as usize);
+        all.last().map(&id)
+    } else {
+        None
+    };
+    (all, next)
+}

@@ -58,6 +58,8 @@ pub fn routes(state: AppState) -> Routes {
         .route("/v1/transfers/{transfer_id}", get(transfers::get))
         .route("/v1/entries/{entry_id}/reversal", post(users::reverse_entry))
         .route("/v1/admin/adjustments", post(users::adjust))
+        .route("/v1/admin/transfers", get(transfers::admin_list))
+        .route("/v1/admin/transfers/{transfer_id}/redrive", post(transfers::admin_redrive))
         .route("/v1/admin/audit", get(health::audit))
         .route("/v1/admin/dead-letters", get(health::dead_letters))
         .route("/metrics", get(http_metrics::scrape))
@@ -68,6 +70,8 @@ pub fn routes(state: AppState) -> Routes {
         .route("/v1/users/{user_id}/payments", get(payments::list_for_user))
         .route("/v1/gateways/{gateway}/callbacks", post(callbacks::receive))
         .route("/v1/admin/gateways", get(payments::admin_gateways))
+        .route("/v1/admin/payments", get(payments::admin_list))
+        .route("/v1/admin/payments/{payment_id}/resolve", post(payments::admin_resolve))
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

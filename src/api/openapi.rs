@@ -65,6 +65,10 @@ pub enum ProblemCode {
     /// 401 on gateway callbacks: missing, malformed, wrong or stale signature.
     InvalidSignature,
     PaymentNotFound,
+    /// 409 on POST /v1/admin/payments/{payment_id}/resolve: the payment is already final.
+    PaymentFinal,
+    /// 409 on POST /v1/admin/transfers/{transfer_id}/redrive: nothing left to send.
+    TransferFinal,
     Internal,
 }
 
@@ -99,6 +103,10 @@ pub enum ProblemCode {
         health::audit,
         health::dead_letters,
         payments::admin_gateways,
+        transfers::admin_list,
+        transfers::admin_redrive,
+        payments::admin_list,
+        payments::admin_resolve,
         super::http_metrics::scrape,
     ),
     components(schemas(Problem, ProblemCode)),

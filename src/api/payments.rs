@@ -15,12 +15,12 @@ use super::{
     error::{gateway_unavailable, ApiError},
     extract::{self, json_body, PageQuery},
     idempotency::Idempotency,
-    openapi::schemas::{self as doc, IdempotencyHeader, PageParams, PaymentPath, UserPath},
+    openapi::schemas::{self as doc, IdempotencyHeader, PageParams, PaymentPath, PaymentStateQuery, UserPath},
     AppState,
 };
 use crate::{
     domain::{Caller, RoutableId},
-    payments::{method::PaymentMethod, store, PaymentKind},
+    payments::{method::PaymentMethod, state::State as PaymentState, store, PaymentKind},
 };
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -110,14 +110,19 @@ async fn create(
     let Some(gateway) = payments.gateways.get(&req.gateway) else {
         return Err(ApiError::gateway_not_found(StatusCode::UNPROCESSABLE_ENTITY, &req.gateway));
     };
-    if let Err(wait) = gateway.breaker.admits_new_payments() {
-        // Refused before the Idempotency-Key is claimed: a retry after Retry-After runs.
-        return Ok(gateway_unavailable(&req.gateway, wait));
-    }
     // The fingerprint sees the method masked plus a keyed digest, never the number.
     raw["payment_method"] = json!({ "masked": method.masked(), "digest": payments.sealer.fingerprint(&method) });
     let path = format!("/v1/{}s", kind.as_str());
     let idem = Idempotency::from_request(&caller, &headers, "POST", &path, &raw)?;
+    let shard = state.router.for_user(&user);
+    if let Err(wait) = gateway.breaker.admits_new_payments() {
+        // A retry of a payment already accepted gets its answer; a new one is refused
+        // before its Idempotency-Key is claimed, so a retry after Retry-After runs.
+        if let Some(stored) = idem.stored(shard).await? {
+            return Ok(stored);
+        }
+        return Ok(gateway_unavailable(&req.gateway, wait));
+    }
     let sealed = payments.sealer.seal(&method)?;
     let now = chrono::Utc::now();
     let new = store::NewPayment {
@@ -132,7 +137,6 @@ async fn create(
         deadline: now + chrono::Duration::seconds(payments.settings.deadline_secs as i64),
         redrive_at: now + chrono::Duration::milliseconds(payments.settings.query_after_ms as i64),
     };
-    let shard = state.router.for_user(&user);
     let (response, committed) = idem.run(shard, StatusCode::ACCEPTED, async |tx| store::create(tx, &new).await).await?;
     if committed {
         payments.wakers.wake(shard.index);
@@ -214,4 +218,94 @@ pub async fn admin_gateways(State(state): State<AppState>, caller: Caller) -> Re
         })
         .collect();
     Ok(Json(json!({ "data": data })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StateQuery {
+    state: Option<String>,
+}
+
+/// Payments in one state over every shard, newest first (admin only); by default those
+/// in `needs_review`: past their deadline while the gateway may hold them, hold kept.
+#[utoipa::path(get, path = "/v1/admin/payments", tag = "admin", security(("bearer" = [])),
+    params(PaymentStateQuery, PageParams),
+    responses(
+        (status = 200, description = "a page of payments", body = doc::PaymentPage),
+        (status = 400, description = "invalid_request: an unknown state, a malformed limit or cursor"),
+        (status = 403, description = "forbidden: admins only"),
+    )
+)]
+pub async fn admin_list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(filter): Query<StateQuery>,
+    Query(page): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let wanted = match filter.state.as_deref() {
+        None => PaymentState::NeedsReview,
+        Some(text) => PaymentState::parse(text).ok_or_else(|| {
+            ApiError::invalid_request("state must be created, submitted, needs_review, succeeded or failed")
+        })?,
+    };
+    let (limit, cursor) = (page.limit()?, page.cursor::<uuid::Uuid>()?);
+    let pages = state.router.shards().iter().map(|shard| async move {
+        let client = shard.client().await?;
+        store::list_in_state(&client, wanted, limit + 1, cursor).await
+    });
+    let pages = futures::future::try_join_all(pages).await?;
+    let (data, next) = extract::merge_newest_first(pages, limit, |p: &store::PaymentView| p.payment_id);
+    Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
+}
+
+#[derive(Deserialize)]
+struct Resolution {
+    outcome: String,
+    note: String,
+}
+
+/// An operator settles a payment still pending — typically one in `needs_review` —
+/// after checking with the gateway: `succeeded` posts it (a withdrawal's hold becomes
+/// the debit), `failed` releases a withdrawal's hold. Needs an Idempotency-Key; a final
+/// payment is `409 payment_final`.
+#[utoipa::path(post, path = "/v1/admin/payments/{payment_id}/resolve", tag = "admin", security(("bearer" = [])),
+    params(PaymentPath, IdempotencyHeader), request_body = doc::PaymentResolution,
+    responses(
+        (status = 200, description = "resolved", body = doc::Payment),
+        (status = 400, description = "invalid_request (outcome, note) or idempotency_key_missing"),
+        (status = 403, description = "forbidden: admins only"),
+        (status = 404, description = "payment_not_found"),
+        (status = 409, description = "payment_final: already succeeded or failed; or idempotency_request_in_progress"),
+        (status = 422, description = "idempotency_key_reused"),
+    )
+)]
+pub async fn admin_resolve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(payment_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let id = RoutableId::parse(&payment_id).ok_or_else(ApiError::payment_not_found)?;
+    let shard = state.router.for_id(&id).map_err(|_| ApiError::payment_not_found())?;
+    let (raw, req): (_, Resolution) = json_body(&body)?;
+    let succeeded = match req.outcome.as_str() {
+        "succeeded" => true,
+        "failed" => false,
+        _ => return Err(ApiError::invalid_request("outcome must be succeeded or failed")),
+    };
+    let note = req.note.trim();
+    if note.is_empty() || note.chars().count() > 1000 {
+        return Err(ApiError::invalid_request("note must be 1-1000 characters: say why"));
+    }
+    let path = format!("/v1/admin/payments/{}/resolve", id.uuid());
+    let idem = Idempotency::from_request(&caller, &headers, "POST", &path, &raw)?;
+    let timing = state.payments.timing(std::time::Duration::ZERO);
+    let (response, _) = idem
+        .run(shard, StatusCode::OK, async |tx| {
+            store::resolve(tx, id.uuid(), succeeded, &caller.subject, note, timing).await
+        })
+        .await?;
+    Ok(response)
 }

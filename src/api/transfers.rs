@@ -11,11 +11,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
+    auth::require_admin,
     auth::require_self_or_admin,
     error::ApiError,
     extract::{self, json_body, PageQuery},
     idempotency::Idempotency,
-    openapi::schemas::{self as doc, IdempotencyHeader, PageParams, TransferPath, UserPath},
+    openapi::schemas::{self as doc, IdempotencyHeader, PageParams, TransferPath, TransferStateQuery, UserPath},
     AppState,
 };
 use crate::{
@@ -162,4 +163,63 @@ pub async fn list_for_user(
     let (user, client) = extract::visible_user(&state, &caller, &user_id, true).await?;
     let (data, next) = queries::user_transfers(&client, &user, limit, cursor).await?;
     Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StateQuery {
+    state: Option<String>,
+}
+
+/// Cross-shard and same-shard transfers over every shard by state, newest first (admin
+/// only); `stuck` (the default) lists those the sweeper stopped re-driving.
+#[utoipa::path(get, path = "/v1/admin/transfers", tag = "admin", security(("bearer" = [])),
+    params(TransferStateQuery, PageParams),
+    responses(
+        (status = 200, description = "a page of transfers", body = doc::TransferPage),
+        (status = 400, description = "invalid_request: an unknown state, a malformed limit or cursor"),
+        (status = 403, description = "forbidden: admins only"),
+    )
+)]
+pub async fn admin_list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(filter): Query<StateQuery>,
+    Query(page): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let wanted = filter.state.as_deref().unwrap_or("stuck");
+    if !["stuck", "trying", "confirming", "completed", "cancelled"].contains(&wanted) {
+        return Err(ApiError::invalid_request("state must be stuck, trying, confirming, completed or cancelled"));
+    }
+    let (limit, cursor) = (page.limit()?, page.cursor::<uuid::Uuid>()?);
+    let pages = state.router.shards().iter().map(|shard| async move {
+        let client = shard.client().await?;
+        queries::transfers_in_state(&client, wanted, limit + 1, cursor).await
+    });
+    let pages = futures::future::try_join_all(pages).await?;
+    let (data, next) = extract::merge_newest_first(pages, limit, |t: &queries::TransferView| t.transfer_id);
+    Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
+}
+
+/// Re-emits the stage a cross-shard transfer's state calls for and clears its stuck
+/// mark (admin only). Stages are idempotent, so a re-drive never repeats an effect.
+#[utoipa::path(post, path = "/v1/admin/transfers/{transfer_id}/redrive", tag = "admin", security(("bearer" = [])),
+    params(TransferPath),
+    responses(
+        (status = 202, description = "the stage was queued again", body = doc::Transfer),
+        (status = 403, description = "forbidden: admins only"),
+        (status = 404, description = "transfer_not_found"),
+        (status = 409, description = "transfer_final: completed, same-shard, or its cancel acknowledged"),
+    )
+)]
+pub async fn admin_redrive(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(transfer_id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let not_found = || ApiError::not_found("transfer_not_found", "transfer not found");
+    let id = RoutableId::parse(&transfer_id).ok_or_else(not_found)?;
+    let view = transfer::sweeper::redrive_by_operator(&state.router, &state.wakers, id.uuid()).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }

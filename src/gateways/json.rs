@@ -38,8 +38,8 @@ impl GatewayA {
         if !response.status().is_success() {
             return Err(GatewayError::from_status(response.status()));
         }
-        let reply: ChargeReply = response.json().await.map_err(|e| GatewayError::Rejected(e.to_string()))?;
-        Outcome::try_from(reply).map_err(GatewayError::Rejected)
+        let reply: ChargeReply = response.json().await.map_err(|e| GatewayError::Unclear(e.to_string()))?;
+        Outcome::try_from(reply).map_err(GatewayError::Unclear)
     }
 }
 
@@ -62,13 +62,19 @@ impl Gateway for GatewayA {
             .await
             .map_err(GatewayError::from_http)?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
+            // Only the gateway's own "no such payment" counts as never received: a 404
+            // from a proxy or a wrong path says nothing about the payment.
+            let text = response.text().await.map_err(GatewayError::from_http)?;
+            return match serde_json::from_str::<transformers::NotFoundReply>(&text) {
+                Ok(_) => Ok(None),
+                Err(_) => Err(GatewayError::Unclear(format!("404 without the gateway's not-found body: {text:.200}"))),
+            };
         }
         if !response.status().is_success() {
             return Err(GatewayError::from_status(response.status()));
         }
-        let reply: ChargeReply = response.json().await.map_err(|e| GatewayError::Rejected(e.to_string()))?;
-        Outcome::try_from(reply).map(Some).map_err(GatewayError::Rejected)
+        let reply: ChargeReply = response.json().await.map_err(|e| GatewayError::Unclear(e.to_string()))?;
+        Outcome::try_from(reply).map(Some).map_err(GatewayError::Unclear)
     }
 
     fn verify_callback(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<CallbackEvent, CallbackError> {

@@ -5,10 +5,15 @@
 //! `01` declined; `02` pending, then a success callback; `03` pending, then a failure
 //! callback; `04` 5xx for the first two attempts, then approved; `05` pending, never
 //! calls back (a status query finds it succeeded); `06` approved and the success
-//! callback delivered twice; anything else approved at once. Callbacks are signed like
-//! a real gateway's. Calls are counted per idempotency key: GET /_mock/calls/{key}
-//! answers `{calls, charges, callbacks, status}`; `charges` counts how many times the
-//! payment was actually processed, which must never exceed one.
+//! callback delivered twice; `07` answers 2xx with the status `processing` (no status
+//! we know), then approves by callback ~2 s later; `08` executes the payment (approved)
+//! but every reply to the payment request comes only after `slow_reply` (longer than
+//! the client's timeout), while status queries answer at once; `09` executes it
+//! (approved) but answers 5xx, and its status endpoint answers 5xx too, for `flaky_for`
+//! (60 s by default), then tells the truth; anything else approved at once. Callbacks
+//! are signed like a real gateway's. Calls are counted per idempotency key: GET
+//! /_mock/calls/{key} answers `{calls, charges, callbacks, status}`; `charges` counts
+//! how many times the payment was actually processed, which must never exceed one.
 use std::{
     collections::HashMap,
     future::Future,
@@ -42,6 +47,10 @@ pub struct MockConfig {
     /// Where to send callbacks when the request names no callback URL.
     pub callback_url: Option<String>,
     pub callback_delay: Duration,
+    /// How long `08` takes to answer a payment request.
+    pub slow_reply: Duration,
+    /// How long `09` answers 5xx after executing a payment.
+    pub flaky_for: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +58,8 @@ enum Status {
     Approved,
     Declined,
     Pending,
+    /// Not a status our clients know: they must treat it as no answer.
+    Processing,
 }
 
 struct Record {
@@ -59,7 +70,30 @@ struct Record {
     settled: Status,
     settle_at: Instant,
     silent: bool,
+    /// `08`: every reply to the payment request is late.
+    slow: bool,
+    /// `09`: 5xx to everything about this payment until then.
+    flaky_until: Option<Instant>,
     reference: String,
+}
+
+impl Record {
+    fn flaky(&self) -> bool {
+        self.flaky_until.is_some_and(|until| Instant::now() < until)
+    }
+}
+
+/// A payment request's answer: `None` is a 5xx; sent after `delay`.
+struct Reply {
+    answer: Option<(Status, String)>,
+    delay: Duration,
+}
+
+/// What a status query finds.
+enum Lookup {
+    NotFound,
+    ServerError,
+    Found(Status, String),
 }
 
 #[derive(Clone)]
@@ -97,15 +131,18 @@ impl Mock {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Processes one call; `None` is a 5xx.
-    fn charge(&self, key: Uuid, amount: &str, callback_url: Option<String>) -> Option<(Status, String)> {
+    /// Processes one payment request.
+    fn charge(&self, key: Uuid, amount: &str, callback_url: Option<String>) -> Reply {
         let magic = &amount[amount.len().saturating_sub(2)..];
+        let slow = if magic == "08" { self.config.slow_reply } else { Duration::ZERO };
+        let reply = |answer| Reply { answer, delay: slow };
         let mut records = self.records();
         let record = records.entry(key).or_insert_with(|| {
             let (reply, settled) = match magic {
                 "01" => (Status::Declined, Status::Declined),
                 "02" | "05" => (Status::Pending, Status::Approved),
                 "03" => (Status::Pending, Status::Declined),
+                "07" => (Status::Processing, Status::Approved),
                 _ => (Status::Approved, Status::Approved),
             };
             Record {
@@ -116,22 +153,29 @@ impl Mock {
                 settled,
                 settle_at: Instant::now() + self.config.callback_delay,
                 silent: magic == "05",
+                slow: magic == "08",
+                flaky_until: None,
                 reference: format!("mock-{}", Uuid::new_v4().simple()),
             }
         });
         record.calls += 1;
         if magic == "04" && record.calls <= 2 {
-            return None;
+            return reply(None);
         }
         if record.charges > 0 {
             // The same idempotency key again: the stored answer, no second charge.
-            return Some((record.reply, record.reference.clone()));
+            let answer = (!record.flaky()).then(|| (record.reply, record.reference.clone()));
+            return reply(answer);
         }
         record.charges = 1;
-        record.settle_at = Instant::now() + self.config.callback_delay;
-        let answer = (record.reply, record.reference.clone());
+        let callback_delay = if magic == "07" { Duration::from_secs(2) } else { self.config.callback_delay };
+        record.settle_at = Instant::now() + callback_delay;
+        if magic == "09" {
+            record.flaky_until = Some(Instant::now() + self.config.flaky_for);
+        }
+        let answer = (!record.flaky()).then(|| (record.reply, record.reference.clone()));
         let deliveries = match magic {
-            "02" | "03" => 1,
+            "02" | "03" | "07" => 1,
             "06" => 2,
             _ => 0,
         };
@@ -139,23 +183,26 @@ impl Mock {
         if let Some(url) = callback_url.or_else(|| self.config.callback_url.clone()).filter(|_| deliveries > 0) {
             let mock = self.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(mock.config.callback_delay).await;
+                tokio::time::sleep(callback_delay).await;
                 for _ in 0..deliveries {
                     mock.deliver(key, &url).await;
                 }
             });
         }
-        Some(answer)
+        reply(answer)
     }
 
     /// What a status query sees: the settled status once the callback delay passed.
-    fn status(&self, key: Uuid) -> Option<(Status, String)> {
+    fn status(&self, key: Uuid) -> Lookup {
         let records = self.records();
-        let r = records.get(&key).filter(|r| r.charges > 0)?;
-        // `05` settles silently at once; `02`/`03` when their callback is due.
-        let due = r.silent || Instant::now() >= r.settle_at;
+        let Some(r) = records.get(&key).filter(|r| r.charges > 0) else { return Lookup::NotFound };
+        if r.flaky() {
+            return Lookup::ServerError;
+        }
+        // `05` settles silently at once; the others when their callback is due.
+        let due = r.silent || r.slow || Instant::now() >= r.settle_at;
         let status = if due { r.settled } else { r.reply };
-        Some((status, r.reference.clone()))
+        Lookup::Found(status, r.reference.clone())
     }
 
     async fn deliver(&self, key: Uuid, url: &str) {
@@ -213,6 +260,7 @@ fn json_status(s: Status) -> &'static str {
         Status::Approved => "approved",
         Status::Declined => "declined",
         Status::Pending => "pending",
+        Status::Processing => "processing",
     }
 }
 
@@ -221,6 +269,7 @@ fn xml_status(s: Status) -> &'static str {
         Status::Approved => "APPROVED",
         Status::Declined => "DECLINED",
         Status::Pending => "PENDING",
+        Status::Processing => "PROCESSING",
     }
 }
 
@@ -228,7 +277,9 @@ async fn json_charge(State(mock): State<Mock>, body: Bytes) -> Response {
     let Ok(req) = serde_json::from_slice::<a::transformers::ChargeRequest>(&body) else {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": "bad request"}))).into_response();
     };
-    match mock.charge(req.idempotency_key, &req.amount, req.callback_url) {
+    let reply = mock.charge(req.idempotency_key, &req.amount, req.callback_url);
+    tokio::time::sleep(reply.delay).await;
+    match reply.answer {
         None => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "try again"}))).into_response(),
         Some((status, id)) => {
             let reply = a::transformers::ChargeReply {
@@ -243,8 +294,12 @@ async fn json_charge(State(mock): State<Mock>, body: Bytes) -> Response {
 
 async fn json_query(State(mock): State<Mock>, Path(key): Path<Uuid>) -> Response {
     match mock.status(key) {
-        None => (StatusCode::NOT_FOUND, Json(json!({"error": "no such payment"}))).into_response(),
-        Some((status, id)) => {
+        Lookup::NotFound => {
+            (StatusCode::NOT_FOUND, Json(a::transformers::NotFoundReply { error: "no such payment".into() }))
+                .into_response()
+        }
+        Lookup::ServerError => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "try again"}))).into_response(),
+        Lookup::Found(status, id) => {
             Json(a::transformers::ChargeReply { id, status: json_status(status).into(), decline_reason: None })
                 .into_response()
         }
@@ -269,7 +324,9 @@ async fn soap(State(mock): State<Mock>, headers: HeaderMap, body: Bytes) -> Resp
         "Payment" => match from_xml::<Envelope<PaymentBody>>(&text) {
             Ok(env) => {
                 let r = env.body.request;
-                match mock.charge(r.merchant_reference, &r.amount, r.callback_url) {
+                let reply = mock.charge(r.merchant_reference, &r.amount, r.callback_url);
+                tokio::time::sleep(reply.delay).await;
+                match reply.answer {
                     None => return fault(StatusCode::INTERNAL_SERVER_ERROR, "Server", "try again"),
                     Some(answer) => answer,
                 }
@@ -278,8 +335,9 @@ async fn soap(State(mock): State<Mock>, headers: HeaderMap, body: Bytes) -> Resp
         },
         "Status" => match from_xml::<Envelope<StatusBody>>(&text) {
             Ok(env) => match mock.status(env.body.request.merchant_reference) {
-                Some(answer) => answer,
-                None => return fault(StatusCode::OK, "NotFound", "no such payment"),
+                Lookup::Found(status, reference) => (status, reference),
+                Lookup::NotFound => return fault(StatusCode::OK, "NotFound", "no such payment"),
+                Lookup::ServerError => return fault(StatusCode::INTERNAL_SERVER_ERROR, "Server", "try again"),
             },
             Err(e) => return fault(StatusCode::BAD_REQUEST, "Client", &e),
         },

@@ -38,29 +38,45 @@ pub struct CallbackEvent {
     pub outcome: Outcome,
 }
 
+/// Why a call gave no outcome. The distinction that matters for money is whether the
+/// gateway may have received the request: only `NotSent` and `CircuitOpen` say it
+/// cannot have.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// Timeout, connection refused, 5xx: the same call may succeed later.
+    /// The request never left: the connection could not be made. Safe to send again.
+    #[error("gateway not reached: {0}")]
+    NotSent(String),
+    /// Sent, but no reply came back or the reply was a 5xx (a timeout, a dropped
+    /// connection): the gateway may have executed it. Retried with the same key.
     #[error("transient gateway failure: {0}")]
     Transient(String),
-    /// The gateway refused the request itself (4xx, unreadable reply).
-    #[error("gateway refused the request: {0}")]
-    Rejected(String),
+    /// The gateway replied, but with nothing we may act on: a 409 (a request with this
+    /// key in progress), another 4xx, an unknown status, an unreadable body. Not
+    /// retried; the status query finds out.
+    #[error("unclear gateway reply: {0}")]
+    Unclear(String),
     /// The breaker is open: no call was made.
     #[error("circuit open; retry in {0:?}")]
     CircuitOpen(Duration),
 }
 
 impl GatewayError {
+    /// Whether the same call is retried at once (with backoff, same idempotency key).
     pub fn is_transient(&self) -> bool {
-        matches!(self, GatewayError::Transient(_))
+        matches!(self, GatewayError::Transient(_) | GatewayError::NotSent(_))
+    }
+
+    /// Whether the request may have reached the gateway.
+    pub fn maybe_received(&self) -> bool {
+        matches!(self, GatewayError::Transient(_) | GatewayError::Unclear(_))
     }
 
     /// Classifies an HTTP client error.
     pub fn from_http(e: reqwest::Error) -> Self {
         match e.status() {
-            Some(s) if s.is_client_error() => GatewayError::Rejected(format!("status {s}")),
-            _ => GatewayError::Transient(e.without_url().to_string()),
+            Some(s) => Self::from_status(s),
+            None if e.is_connect() => GatewayError::NotSent(e.without_url().to_string()),
+            None => GatewayError::Transient(e.without_url().to_string()),
         }
     }
 
@@ -68,7 +84,7 @@ impl GatewayError {
         if status.is_server_error() {
             GatewayError::Transient(format!("status {status}"))
         } else {
-            GatewayError::Rejected(format!("status {status}"))
+            GatewayError::Unclear(format!("status {status}"))
         }
     }
 }
@@ -104,14 +120,20 @@ pub struct Configured {
 impl Configured {
     /// Runs `op` through the breaker, retrying transient failures with exponential
     /// backoff and jitter, bounded by the configured attempts.
+    ///
+    /// When a later attempt finds the breaker open or cannot connect after an earlier
+    /// one may have reached the gateway, the result is `Transient`: what counts is
+    /// whether any attempt may have been received.
     pub async fn call<T, F, Fut>(&self, mut op: F) -> Result<T, GatewayError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, GatewayError>>,
     {
+        let received = std::sync::atomic::AtomicBool::new(false);
         let attempt = || {
             let permit = self.breaker.try_acquire();
             let fut = op();
+            let received = &received;
             async move {
                 let started = std::time::Instant::now();
                 let result = match permit {
@@ -124,23 +146,35 @@ impl Configured {
                 };
                 let outcome = match &result {
                     Ok(_) => "ok",
+                    Err(GatewayError::NotSent(_)) => "not_sent",
                     Err(GatewayError::Transient(_)) => "error",
-                    Err(GatewayError::Rejected(_)) => "rejected",
+                    Err(GatewayError::Unclear(_)) => "unclear",
                     Err(GatewayError::CircuitOpen(_)) => "circuit_open",
                 };
+                if matches!(&result, Err(e) if e.maybe_received()) {
+                    received.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 crate::telemetry::metrics::gateway_call(&self.name, outcome, started);
                 crate::telemetry::metrics::circuit_state(&self.name, self.breaker.circuit());
                 result
             }
         };
-        attempt
+        let result = attempt
             .retry(self.retry)
             .sleep(tokio::time::sleep)
             .when(GatewayError::is_transient)
             .notify(
                 |e, after| tracing::warn!(gateway = %self.name, error = %e, retry_in = ?after, "gateway call failed"),
             )
-            .await
+            .await;
+        match result {
+            Err(e @ (GatewayError::NotSent(_) | GatewayError::CircuitOpen(_)))
+                if received.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                Err(GatewayError::Transient(format!("{e}, after an earlier attempt that may have been received")))
+            }
+            other => other,
+        }
     }
 }
 

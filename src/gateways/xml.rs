@@ -41,23 +41,23 @@ impl GatewayB {
         if status.is_server_error() {
             return Err(GatewayError::from_status(status));
         }
-        let reply: Envelope<ReplyBody> = from_xml(&text).map_err(GatewayError::Rejected)?;
+        let reply: Envelope<ReplyBody> = from_xml(&text).map_err(GatewayError::Unclear)?;
         match (reply.body.response, reply.body.fault) {
-            (Some(r), _) => Outcome::try_from(r).map(Some).map_err(GatewayError::Rejected),
+            (Some(r), _) => Outcome::try_from(r).map(Some).map_err(GatewayError::Unclear),
             (None, Some(f)) if f.code == "NotFound" => Ok(None),
             (None, Some(f)) if f.code == "Server" => Err(GatewayError::Transient(f.message)),
-            (None, Some(f)) => Err(GatewayError::Rejected(format!("{}: {}", f.code, f.message))),
-            (None, None) => Err(GatewayError::Rejected("empty SOAP body".into())),
+            (None, Some(f)) => Err(GatewayError::Unclear(format!("{}: {}", f.code, f.message))),
+            (None, None) => Err(GatewayError::Unclear("empty SOAP body".into())),
         }
     }
 
     #[tracing::instrument(name = "gateway_b", skip(self, req), fields(payment_id = %req.payment_id))]
     async fn pay(&self, operation: &str, req: &PaymentRequest<'_>) -> Result<Outcome, GatewayError> {
         let body = to_xml(&Envelope::new(PaymentBody { request: PaymentRequestXml::new(operation, req) }))
-            .map_err(GatewayError::Rejected)?;
+            .map_err(GatewayError::NotSent)?;
         self.call("Payment", body)
             .await?
-            .ok_or_else(|| GatewayError::Rejected("payment request answered with NotFound".into()))
+            .ok_or_else(|| GatewayError::Unclear("payment request answered with NotFound".into()))
     }
 }
 
@@ -74,7 +74,7 @@ impl Gateway for GatewayB {
     #[tracing::instrument(name = "gateway_b_query", skip(self))]
     async fn query(&self, payment_id: Uuid) -> Result<Option<Outcome>, GatewayError> {
         let body = to_xml(&Envelope::new(StatusBody { request: StatusRequest { merchant_reference: payment_id } }))
-            .map_err(GatewayError::Rejected)?;
+            .map_err(GatewayError::NotSent)?;
         self.call("Status", body).await
     }
 

@@ -119,10 +119,13 @@ pub struct TransferView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// Set when the sweeper stopped re-driving it (`transfers.redrive_max`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stuck_at: Option<DateTime<Utc>>,
 }
 
 pub const TRANSFER_COLUMNS: &str = "transfer_id, state, from_user, to_user, currency, amount::text, description, \
-                                    route, reason, created_at, updated_at, completed_at";
+                                    route, reason, created_at, updated_at, completed_at, stuck_at";
 
 impl TransferView {
     pub fn from_row(row: &Row) -> Self {
@@ -141,6 +144,7 @@ impl TransferView {
             created_at: row.get(9),
             updated_at: row.get(10),
             completed_at: row.get(11),
+            stuck_at: row.get(12),
         }
     }
 }
@@ -176,7 +180,7 @@ pub async fn user_transfers(
              UNION ALL
              SELECT transfer_id, state, from_user, to_user, currency, amount::text, description,
                     'cross_shard', reason, created_at, updated_at,
-                    CASE WHEN state = 'confirmed' THEN updated_at END
+                    CASE WHEN state = 'confirmed' THEN updated_at END, NULL::timestamptz
              FROM incoming_transfers
              WHERE to_user = $1 AND ($2::uuid IS NULL OR transfer_id < $2)
          ) t ORDER BY transfer_id DESC LIMIT $3"
@@ -186,4 +190,27 @@ pub async fn user_transfers(
     let page: Vec<TransferView> = rows.iter().take(limit as usize).map(TransferView::from_row).collect();
     let next = if more { page.last().map(|t| t.transfer_id) } else { None };
     Ok((page, next))
+}
+
+/// A page of this shard's transfers (as their sender's shard records them) in `state`,
+/// or marked stuck when `state` is `stuck`, newest first.
+pub async fn transfers_in_state(
+    client: &impl GenericClient,
+    state: &str,
+    limit: i64,
+    before: Option<Uuid>,
+) -> Result<Vec<TransferView>> {
+    // Two statements, so that the stuck listing can use its partial index.
+    let filter = if state == "stuck" {
+        "stuck_at IS NOT NULL AND $1 = 'stuck'
+         AND (state IN ('trying', 'confirming') OR (state = 'cancelled' AND cancel_acked_at IS NULL))"
+    } else {
+        "state = $1"
+    };
+    let sql = format!(
+        "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE {filter} AND ($2::uuid IS NULL OR transfer_id < $2)
+         ORDER BY transfer_id DESC LIMIT $3"
+    );
+    let rows = client.query(&sql, &[&state, &before, &limit]).await?;
+    Ok(rows.iter().map(TransferView::from_row).collect())
 }

@@ -84,13 +84,13 @@ const CHECKS: &[(&str, &str)] = &[
         "open hold of a payment not in flight",
         "SELECT format('hold of payment %s is open but the payment is %s', h.payment_id, p.state)
          FROM payment_holds h JOIN payments p USING (payment_id)
-         WHERE h.released_at IS NULL AND p.state NOT IN ('created', 'submitted')",
+         WHERE h.released_at IS NULL AND p.state NOT IN ('created', 'submitted', 'needs_review')",
     ),
     (
         "withdrawal in flight without its hold",
         "SELECT format('withdrawal %s is %s but holds nothing', p.payment_id, p.state)
          FROM payments p LEFT JOIN payment_holds h ON h.payment_id = p.payment_id AND h.released_at IS NULL
-         WHERE p.kind = 'withdrawal' AND p.state IN ('created', 'submitted') AND h.payment_id IS NULL",
+         WHERE p.kind = 'withdrawal' AND p.state IN ('created', 'submitted', 'needs_review') AND h.payment_id IS NULL",
     ),
     (
         "payment legs do not match its state",

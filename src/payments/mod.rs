@@ -85,7 +85,11 @@ impl Payments {
     }
 
     pub fn timing(&self, retry_in: Duration) -> Timing {
-        Timing { query_after: self.query_after(), retry_in }
+        Timing {
+            query_after: self.query_after(),
+            retry_in,
+            backoff_max: Duration::from_millis(self.settings.query_backoff_max_ms.max(self.settings.query_after_ms)),
+        }
     }
 
     pub fn callback_url(&self, gateway: &str) -> String {
@@ -148,7 +152,8 @@ impl Payments {
             let client = shard.client().await?;
             let rows = client
                 .query(
-                    "SELECT gateway, count(*) FROM payments WHERE state IN ('created', 'submitted') GROUP BY gateway",
+                    "SELECT gateway, count(*) FROM payments WHERE state IN ('created', 'submitted', 'needs_review')
+                     GROUP BY gateway",
                     &[],
                 )
                 .await?;

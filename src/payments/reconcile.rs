@@ -1,19 +1,24 @@
-//! The payment reconciler of one shard. No payment stays pending forever:
+//! The payment reconciler of one shard. No payment stays pending unseen:
 //! - a `created` payment whose message was not acted on in time is re-emitted (the
 //!   worker ignores it when another message got there first);
-//! - a `submitted` payment whose answer has not come after `query_after` is queried
-//!   from its gateway, and the answer goes through the state machine like a callback;
-//!   a gateway that never saw it makes it `created` again (resent with the same
-//!   idempotency key);
-//! - a payment past its deadline is queried one last time, then failed as `expired`
-//!   (a withdrawal's hold released).
+//! - a `submitted` or `needs_review` payment whose answer has not come is queried from
+//!   its gateway, with backoff, and the answer goes through the state machine like a
+//!   callback; a gateway that says it never saw it makes it `created` again (resent
+//!   with the same idempotency key); a failed or unclear query only schedules the next;
+//! - past its deadline a `created` payment (no gateway holds it) is failed as
+//!   `expired`; a `submitted` one is queried one last time and, without an answer,
+//!   goes to `needs_review` with its hold kept — queried on, at the longest backoff,
+//!   until the gateway or an operator settles it.
 use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{outbox, state::Event, worker::defer, Payments};
-use crate::{ledger::Result, sharding::Shard};
+use crate::{gateways::GatewayError, ledger::Result, sharding::Shard};
+
+/// How often the pruning queries run (they find nothing new in between).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Reconciler {
     pub payments: Arc<Payments>,
@@ -24,6 +29,7 @@ impl Reconciler {
     #[tracing::instrument(name = "payment_reconciler", skip_all, fields(shard = %self.shard.name))]
     pub async fn run(self, shutdown: CancellationToken) {
         let interval = Duration::from_millis(self.payments.settings.sweep_interval_ms.max(10));
+        let mut last_prune: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -31,6 +37,13 @@ impl Reconciler {
             }
             if let Err(e) = self.pass().await {
                 tracing::warn!(error = %e, "payment reconciliation failed");
+            }
+            let every = PRUNE_EVERY.min(Duration::from_secs(self.payments.settings.prune_after_secs.max(1)));
+            if last_prune.is_none_or(|t| t.elapsed() >= every) {
+                last_prune = Some(std::time::Instant::now());
+                if let Err(e) = self.prune().await {
+                    tracing::warn!(error = %e, "pruning settled payments' records failed");
+                }
             }
         }
     }
@@ -41,7 +54,8 @@ impl Reconciler {
         let rows = client
             .query(
                 "SELECT payment_id, state, gateway, deadline < now() FROM payments
-                 WHERE state IN ('created', 'submitted') AND (next_attempt_at <= now() OR deadline < now())
+                 WHERE state IN ('created', 'submitted', 'needs_review')
+                   AND (next_attempt_at <= now() OR (deadline < now() AND state <> 'needs_review'))
                  ORDER BY next_attempt_at LIMIT 200",
                 &[],
             )
@@ -50,7 +64,7 @@ impl Reconciler {
         let due: Vec<(Uuid, String, String, bool)> =
             rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
         let jobs = due.iter().map(|(id, state, gateway, expired)| async move {
-            let result = if state == "submitted" {
+            let result = if state != "created" {
                 self.query(*id, gateway, *expired).await
             } else {
                 self.redrive(*id, gateway, *expired).await
@@ -63,29 +77,61 @@ impl Reconciler {
         Ok(due.len())
     }
 
+    /// Deletes, `prune_after_secs` after a payment is final, its released hold and its
+    /// recorded callbacks: a final payment never moves again (the state machine ignores
+    /// or only records every later event), and a callback that old fails its
+    /// signature's timestamp check anyway. Returns how many rows went.
+    pub async fn prune(&self) -> Result<u64> {
+        let secs = self.payments.settings.prune_after_secs;
+        if secs == 0 {
+            return Ok(0);
+        }
+        let secs = secs as f64;
+        let client = self.shard.client().await?;
+        let holds = client
+            .execute(
+                "DELETE FROM payment_holds WHERE payment_id IN (
+                     SELECT h.payment_id FROM payment_holds h JOIN payments p USING (payment_id)
+                     WHERE p.state IN ('succeeded', 'failed') AND p.completed_at < now() - $1 * interval '1 second'
+                     LIMIT 10000)",
+                &[&secs],
+            )
+            .await?;
+        let events = client
+            .execute(
+                "DELETE FROM payment_events WHERE (gateway, event_id) IN (
+                     SELECT e.gateway, e.event_id FROM payment_events e JOIN payments p USING (payment_id)
+                     WHERE p.state IN ('succeeded', 'failed') AND p.completed_at < now() - $1 * interval '1 second'
+                     LIMIT 10000)",
+                &[&secs],
+            )
+            .await?;
+        Ok(holds + events)
+    }
+
     async fn query(&self, id: Uuid, gateway: &str, expired: bool) -> Result<()> {
         let p = &self.payments;
         let answer = match p.gateways.get(gateway) {
             Some(gw) => gw.call(|| gw.client.query(id)).await,
-            None => Err(crate::gateways::GatewayError::Rejected("gateway not configured".into())),
+            None => Err(GatewayError::NotSent("gateway not configured".into())),
         };
         match answer {
             Ok(Some(outcome)) => {
                 tracing::info!(payment_id = %id, outcome = outcome.label(), "status query answered");
                 p.apply(id, &Event::Answer(outcome), Duration::ZERO).await?;
             }
-            Ok(None) if !expired => {
-                tracing::info!(payment_id = %id, "gateway never received the payment; resending");
-                p.apply(id, &Event::NotReached, Duration::ZERO).await?;
+            Ok(None) => {
+                tracing::info!(payment_id = %id, "the gateway never received the payment");
+                p.apply(id, &Event::NotFound, Duration::ZERO).await?;
             }
-            Ok(None) => {}
-            Err(e) if !expired => {
-                tracing::warn!(payment_id = %id, error = %e, "status query failed; will ask again");
-                self.later(id, p.query_after()).await?;
+            Err(GatewayError::CircuitOpen(wait)) => self.later(id, wait).await?,
+            Err(e) => {
+                tracing::warn!(payment_id = %id, error = %e, "status query gave no answer; will ask again");
+                p.apply(id, &Event::Unclear, Duration::ZERO).await?;
             }
-            Err(_) => {}
         }
         if expired {
+            // created (not found just now): failed, nothing held; submitted: in review.
             p.apply(id, &Event::Expire, Duration::ZERO).await?;
         }
         Ok(())

@@ -30,12 +30,18 @@ pub struct PaymentView {
     pub amount: String,
     pub gateway: String,
     pub status: &'static str,
+    /// The internal state: `created`, `submitted`, `needs_review` (all three `pending`),
+    /// `succeeded` or `failed`.
+    pub state: &'static str,
     pub reason: Option<String>,
     pub gateway_reference: Option<String>,
     pub payment_method: MaskedMethod,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The operator who settled it by hand, and their note.
+    pub resolved_by: Option<String>,
+    pub resolution_note: Option<String>,
 }
 
 /// A payment as the workers need it (with the sealed method, never serialised).
@@ -48,11 +54,13 @@ pub struct PaymentRow {
     pub gateway: String,
     pub state: State,
     pub sealed: Option<Vec<u8>>,
+    pub deadline: DateTime<Utc>,
     pub view: PaymentView,
 }
 
 const COLUMNS: &str = "payment_id, kind, user_id, currency, amount::text, gateway, state, reason, gateway_reference,
-     method_type, method_last4, created_at, updated_at, completed_at, method_sealed";
+     method_type, method_last4, created_at, updated_at, completed_at, method_sealed, deadline, resolved_by,
+     resolution_note";
 
 fn parse_row(row: &Row) -> Result<PaymentRow> {
     let state_text: String = row.get(6);
@@ -67,12 +75,15 @@ fn parse_row(row: &Row) -> Result<PaymentRow> {
         amount: row.get(4),
         gateway: row.get(5),
         status: state.status(),
+        state: state.as_str(),
         reason: row.get(7),
         gateway_reference: row.get(8),
         payment_method: MaskedMethod { kind: row.get(9), last4: row.get(10) },
         created_at: row.get(11),
         updated_at: row.get(12),
         completed_at: row.get(13),
+        resolved_by: row.get(16),
+        resolution_note: row.get(17),
     };
     Ok(PaymentRow {
         payment_id: view.payment_id,
@@ -83,6 +94,7 @@ fn parse_row(row: &Row) -> Result<PaymentRow> {
         gateway: view.gateway.clone(),
         state,
         sealed: row.get(14),
+        deadline: row.get(15),
         view,
     })
 }
@@ -177,13 +189,30 @@ pub async fn list(
     Ok((views, next))
 }
 
+/// A page of one shard's payments in `state`, newest first.
+pub async fn list_in_state(
+    client: &impl GenericClient,
+    state: State,
+    limit: i64,
+    cursor: Option<Uuid>,
+) -> Result<Vec<PaymentView>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM payments WHERE state = $1 AND ($2::uuid IS NULL OR payment_id < $2)
+         ORDER BY payment_id DESC LIMIT $3"
+    );
+    let rows = client.query(&sql, &[&state.as_str(), &cursor, &limit]).await?;
+    rows.iter().map(|r| parse_row(r).map(|p| p.view)).collect()
+}
+
 /// Timing of the steps that schedule the next look at a payment.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
     /// After a submit or a pending answer: when to query the gateway.
     pub query_after: Duration,
-    /// After `NotReached`: when to try again.
+    /// After `NotSent` / `NotFound`: when to try again.
     pub retry_in: Duration,
+    /// The longest pause between two status queries.
+    pub backoff_max: Duration,
 }
 
 fn millis(d: Duration) -> f64 {
@@ -200,10 +229,13 @@ pub async fn transition(tx: &Transaction<'_>, p: &PaymentRow, event: &Event, tim
     };
     let id = p.payment_id;
     let bucket = RoutableId::from_uuid(id).map(|r| r.bucket()).unwrap_or_default();
+    // The next status query: `query_after`, doubling per query that found no answer, at
+    // most `backoff_max`.
+    let backoff = "now() + least($2 * power(2, least(queries, 20)), $3) * interval '1 millisecond'";
     match &step {
         Step::MarkSubmitted => {
             tx.execute(
-                "UPDATE payments SET state = 'submitted', attempts = attempts + 1, updated_at = now(),
+                "UPDATE payments SET state = 'submitted', attempts = attempts + 1, queries = 0, updated_at = now(),
                      next_attempt_at = now() + $2 * interval '1 millisecond' WHERE payment_id = $1",
                 &[&id, &millis(timing.query_after)],
             )
@@ -217,13 +249,39 @@ pub async fn transition(tx: &Transaction<'_>, p: &PaymentRow, event: &Event, tim
             )
             .await?;
         }
-        Step::AwaitAnswer => {
-            // The gateway has the payment: the full number is no longer needed.
+        Step::AwaitAnswer | Step::QueryLater => {
+            // A pending answer means the gateway has the payment: the full number is no
+            // longer needed. An unclear one keeps it, to send again if the gateway turns
+            // out never to have received it.
+            let sql = format!(
+                "UPDATE payments SET state = $4, gateway_reference = coalesce($5, gateway_reference),
+                     method_sealed = CASE WHEN $6 THEN NULL ELSE method_sealed END, queries = queries + 1,
+                     updated_at = now(), next_attempt_at = {backoff} WHERE payment_id = $1"
+            );
+            let next = state::next(p.state, &step);
+            let drop_method = matches!(step, Step::AwaitAnswer);
             tx.execute(
-                "UPDATE payments SET state = 'submitted', gateway_reference = coalesce($2, gateway_reference),
-                     method_sealed = NULL, updated_at = now(),
-                     next_attempt_at = now() + $3 * interval '1 millisecond' WHERE payment_id = $1",
-                &[&id, &reference, &millis(timing.query_after)],
+                &sql,
+                &[
+                    &id,
+                    &millis(timing.query_after),
+                    &millis(timing.backoff_max),
+                    &next.as_str(),
+                    &reference,
+                    &drop_method,
+                ],
+            )
+            .await?;
+        }
+        Step::Review => {
+            // Past the deadline, the gateway may hold it: the hold stays, queries go on
+            // (at the longest backoff) until an answer or an operator settles it. No
+            // resend can follow from here, so the number goes.
+            tracing::warn!(payment_id = %id, "payment past its deadline in doubt: needs review (hold kept)");
+            tx.execute(
+                "UPDATE payments SET state = 'needs_review', method_sealed = NULL, updated_at = now(),
+                     next_attempt_at = now() + $2 * interval '1 millisecond' WHERE payment_id = $1",
+                &[&id, &millis(timing.backoff_max)],
             )
             .await?;
         }
@@ -248,7 +306,35 @@ pub async fn transition(tx: &Transaction<'_>, p: &PaymentRow, event: &Event, tim
             tracing::warn!(payment_id = %id, ?event, "gateway answer contradicts the final state; not applied")
         }
     }
+    if let Some(name) = step.name() {
+        crate::telemetry::metrics::payment_step(name);
+    }
     Ok(step)
+}
+
+/// An operator's decision on a payment still pending (typically `needs_review`): runs
+/// `Resolve` and records who and why. A final payment is refused with `PaymentFinal`.
+#[tracing::instrument(skip(tx, note, timing))]
+pub async fn resolve(
+    tx: &Transaction<'_>,
+    payment_id: Uuid,
+    succeeded: bool,
+    by: &str,
+    note: &str,
+    timing: Timing,
+) -> Result<PaymentView> {
+    let row = lock(tx, payment_id).await?.ok_or(Error::PaymentNotFound)?;
+    if row.state.is_final() {
+        return Err(Error::PaymentFinal);
+    }
+    transition(tx, &row, &Event::Resolve { succeeded }, timing).await?;
+    tx.execute(
+        "UPDATE payments SET resolved_by = $2, resolution_note = $3 WHERE payment_id = $1",
+        &[&payment_id, &by, &note],
+    )
+    .await?;
+    tracing::warn!(%payment_id, succeeded, by, "payment resolved by an operator");
+    Ok(lock(tx, payment_id).await?.ok_or(Error::PaymentNotFound)?.view)
 }
 
 async fn finish(

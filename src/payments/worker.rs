@@ -63,10 +63,14 @@ pub async fn submit(payments: &Payments, payment_id: Uuid) -> Result<()> {
         let mut client = shard.client().await?;
         let tx = client.transaction().await?;
         let Some(row) = store::lock(&tx, payment_id).await? else { return Ok(()) };
-        if row.state != State::Created {
-            // Submitted: the reconciler asks the gateway; final: nothing to do.
+        if row.state != State::Created || row.deadline <= chrono::Utc::now() {
+            // Submitted or in review: the reconciler asks the gateway; final: nothing to
+            // do; past its deadline: the reconciler expires it (a created payment is held
+            // by no gateway, so that is safe) rather than send it now.
             return Ok(());
         }
+        // `created` means no gateway holds it (never sent, or the gateway said it never
+        // received it): failing it here releases nothing that could still be paid out.
         let Some(gateway) = payments.gateways.get(&row.gateway) else {
             return fail(tx, &row, payments).await;
         };
@@ -91,14 +95,15 @@ pub async fn submit(payments: &Payments, payment_id: Uuid) -> Result<()> {
     }
     let (event, retry_in) = match result {
         Ok(outcome) => (Event::Answer(outcome), Duration::ZERO),
-        Err(GatewayError::CircuitOpen(wait)) => (Event::NotReached, wait),
-        Err(e @ GatewayError::Transient(_)) => {
-            tracing::warn!(%payment_id, error = %e, "gateway unreachable after retries; will retry later");
-            (Event::NotReached, payments.query_after())
+        Err(GatewayError::CircuitOpen(wait)) => (Event::NotSent, wait),
+        Err(e @ GatewayError::NotSent(_)) => {
+            tracing::warn!(%payment_id, error = %e, "gateway unreachable after retries; will send again later");
+            (Event::NotSent, payments.query_after())
         }
-        Err(e @ GatewayError::Rejected(_)) => {
-            tracing::warn!(%payment_id, error = %e, "gateway refused the request");
-            (Event::Answer(Outcome::Declined { reason: "gateway_error".into(), reference: None }), Duration::ZERO)
+        Err(e @ (GatewayError::Transient(_) | GatewayError::Unclear(_))) => {
+            // It may have been executed: never failed on this; the status query decides.
+            tracing::warn!(%payment_id, error = %e, "no clear answer from the gateway; will query its status");
+            (Event::Unclear, Duration::ZERO)
         }
     };
     payments.apply(payment_id, &event, retry_in).await?;
@@ -111,7 +116,7 @@ async fn call_gateway(
     method: &PaymentMethod,
 ) -> std::result::Result<Outcome, GatewayError> {
     let Some(gateway) = payments.gateways.get(&row.gateway) else {
-        return Err(GatewayError::Rejected("gateway no longer configured".into()));
+        return Err(GatewayError::NotSent("gateway no longer configured".into()));
     };
     let callback_url = payments.callback_url(&row.gateway);
     let req = PaymentRequest {
@@ -129,7 +134,8 @@ async fn call_gateway(
         .await
 }
 
-/// Fails a payment that cannot be submitted (gateway no longer configured, method lost).
+/// Fails a created payment that cannot be submitted (gateway no longer configured,
+/// method lost): no gateway holds it.
 async fn fail(tx: deadpool_postgres::Transaction<'_>, row: &store::PaymentRow, payments: &Payments) -> Result<()> {
     let event = Event::Answer(Outcome::Declined { reason: "gateway_error".into(), reference: None });
     store::transition(&tx, row, &event, payments.timing(Duration::ZERO)).await?;

@@ -19,6 +19,21 @@ pub fn is_lock_timeout(err: &tokio_postgres::Error) -> bool {
     sqlstate(err) == Some("55P03")
 }
 
+/// The shard itself is gone or refusing: a lost or refused connection, a server
+/// shutting down or starting up, no connection slot left.
+pub fn is_unavailable(err: &tokio_postgres::Error) -> bool {
+    match sqlstate(err) {
+        Some(code) => matches!(code, "57P01" | "57P02" | "57P03" | "53300") || code.starts_with("08"),
+        None => err.is_closed() || std::error::Error::source(err).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
+
+/// Two transactions collided (serialization failure, deadlock): the same request may
+/// succeed when sent again.
+pub fn is_conflict(err: &tokio_postgres::Error) -> bool {
+    matches!(sqlstate(err), Some("40001" | "40P01"))
+}
+
 /// Errors worth retrying with the same input: serialization failures, deadlocks,
 /// and lost or refused connections.
 pub fn is_transient(err: &tokio_postgres::Error) -> bool {

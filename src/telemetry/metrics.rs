@@ -32,6 +32,9 @@ pub const GATEWAY_CALLS: &str = "shardwallet_gateway_calls_total";
 pub const GATEWAY_DURATION: &str = "shardwallet_gateway_call_duration_seconds";
 pub const CIRCUIT_STATE: &str = "shardwallet_gateway_circuit_state";
 pub const SAMPLER_ERRORS: &str = "shardwallet_sampler_errors_total";
+pub const TRANSFERS_STUCK: &str = "shardwallet_transfers_stuck_total";
+pub const PAYMENT_STEPS: &str = "shardwallet_payment_steps_total";
+pub const PAYMENTS_NEEDS_REVIEW: &str = "shardwallet_payments_needs_review_total";
 
 /// Latency buckets (seconds) of every histogram: 1 ms to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -93,6 +96,12 @@ fn describe() {
     describe_histogram!(GATEWAY_DURATION, Unit::Seconds, "payment gateway call latency, by gateway and outcome");
     describe_gauge!(CIRCUIT_STATE, "1 for a gateway's current circuit breaker state, 0 for the others");
     describe_counter!(SAMPLER_ERRORS, "failed samples of the periodic sampler, by source");
+    describe_counter!(
+        TRANSFERS_STUCK,
+        "cross-shard transfers marked stuck: re-driven redrive_max times without moving"
+    );
+    describe_counter!(PAYMENT_STEPS, "payment state-machine steps taken, by step (contradiction: kept, not applied)");
+    describe_counter!(PAYMENTS_NEEDS_REVIEW, "payments that reached their deadline in doubt (needs_review, hold kept)");
 }
 
 // --- HTTP ----------------------------------------------------------------------
@@ -162,6 +171,11 @@ impl Drop for StageTimer {
 }
 
 /// A stage handler failed transiently and will be retried.
+/// A transfer the sweeper stopped re-driving (`transfers.redrive_max`).
+pub fn transfer_stuck() {
+    counter!(TRANSFERS_STUCK).increment(1);
+}
+
 pub fn stage_retried(stage: &'static str) {
     counter!(STAGE_RETRIES, "stage" => stage).increment(1);
 }
@@ -205,8 +219,8 @@ pub fn sampler_error(source: &'static str) {
 // --- payment gateways (recorded by `gateways::Configured::call`) ----------------
 
 /// One call (attempt) to a payment gateway and its latency; `outcome` is `ok` (the
-/// gateway answered, approved or declined), `error` (transient), `rejected` or
-/// `circuit_open` (no call made).
+/// gateway answered with an outcome), `error` (sent, no reply or a 5xx), `unclear` (a
+/// reply we cannot act on), `not_sent` (no connection) or `circuit_open` (no call made).
 pub fn gateway_call(gateway: &str, outcome: &str, started: Instant) {
     counter!(GATEWAY_CALLS, "gateway" => gateway.to_string(), "outcome" => outcome.to_string()).increment(1);
     histogram!(GATEWAY_DURATION, "gateway" => gateway.to_string(), "outcome" => outcome.to_string())
@@ -219,6 +233,17 @@ pub fn circuit_state(gateway: &str, state: crate::gateways::breaker::Circuit) {
     for s in crate::gateways::breaker::Circuit::ALL {
         let value = if s == state { 1.0 } else { 0.0 };
         gauge!(CIRCUIT_STATE, "gateway" => gateway.to_string(), "state" => s.as_str()).set(value);
+    }
+}
+
+// --- payments ---------------------------------------------------------------------
+
+/// One payment state-machine step, by its name (`payments::state::Step::name`);
+/// `needs_review` is counted on its own too.
+pub fn payment_step(name: &'static str) {
+    counter!(PAYMENT_STEPS, "step" => name).increment(1);
+    if name == "needs_review" {
+        counter!(PAYMENTS_NEEDS_REVIEW).increment(1);
     }
 }
 

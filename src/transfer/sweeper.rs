@@ -2,13 +2,18 @@
 //! holds), re-emits the stage message of transfers that have not moved for a while (a
 //! lost or dead-lettered message must not leave money held forever, nor a receiver's
 //! record `tried` forever), and prunes old idempotency keys.
+//!
+//! Errors are per row and per task: one transfer that cannot be handled is logged and
+//! skipped, and the other tasks of the pass run all the same. A transfer re-emitted
+//! `redrive_max` times without moving is marked stuck (counted, listed for operators)
+//! and no longer re-emitted: only an operator re-drives it.
 use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    messages::{Stage, TransferFacts},
+    messages::TransferFacts,
     tcc::{self, SenderEvent},
 };
 use crate::{
@@ -17,51 +22,92 @@ use crate::{
     sharding::{Router, Shard},
 };
 
+/// How often the pruning queries run (they find nothing new in between).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 pub struct Sweeper {
     pub router: Arc<Router>,
     pub shard: Arc<Shard>,
     pub wakers: Wakers,
     pub interval: Duration,
     pub redrive_after: Duration,
+    /// Re-emits of one transfer before it is marked stuck (0: no cap).
+    pub redrive_max: u32,
     pub key_retention: Duration,
+    /// How long after a transfer is final its released hold and the receiver's
+    /// barriers are kept (`None`: forever).
+    pub prune_after: Option<Duration>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
     pub timed_out: usize,
     pub redriven: usize,
+    pub stuck: usize,
     pub keys_pruned: u64,
+    /// Rows or tasks that failed this pass (logged; tried again next pass).
+    pub errors: usize,
 }
 
 impl Sweeper {
     #[tracing::instrument(name = "sweeper", skip_all, fields(shard = %self.shard.name))]
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut last_prune: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = shutdown.cancelled() => break,
             }
-            match self.sweep().await {
-                Ok(r) if r == SweepReport::default() => {}
-                Ok(r) => {
-                    tracing::info!(timed_out = r.timed_out, redriven = r.redriven, keys_pruned = r.keys_pruned, "swept")
+            let due = |horizon: &Duration| last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY.min(*horizon));
+            if let Some(horizon) = self.prune_after.filter(due) {
+                last_prune = Some(std::time::Instant::now());
+                match self.prune_final(horizon).await {
+                    Ok(0) => {}
+                    Ok(rows) => tracing::info!(rows, "pruned final transfers' holds and barriers"),
+                    Err(e) => tracing::warn!(error = %e, "pruning final transfers' holds and barriers failed"),
                 }
-                Err(e) => tracing::warn!(error = %e, "sweep failed"),
+            }
+            let r = self.sweep().await;
+            if r != SweepReport::default() {
+                tracing::info!(
+                    timed_out = r.timed_out,
+                    redriven = r.redriven,
+                    stuck = r.stuck,
+                    keys_pruned = r.keys_pruned,
+                    errors = r.errors,
+                    "swept"
+                );
             }
         }
     }
 
-    pub async fn sweep(&self) -> ledger::Result<SweepReport> {
-        Ok(SweepReport {
-            timed_out: self.expire_holds().await?,
-            redriven: self.redrive().await?,
-            keys_pruned: self.prune_keys().await?,
-        })
+    /// One pass; every task runs even when another failed.
+    pub async fn sweep(&self) -> SweepReport {
+        let mut report = SweepReport::default();
+        match self.expire_holds().await {
+            Ok((timed_out, errors)) => (report.timed_out, report.errors) = (timed_out, errors),
+            Err(e) => self.failed("expiring holds", &e, &mut report),
+        }
+        match self.redrive().await {
+            Ok((redriven, stuck)) => (report.redriven, report.stuck) = (redriven, stuck),
+            Err(e) => self.failed("re-driving", &e, &mut report),
+        }
+        match self.prune_keys().await {
+            Ok(pruned) => report.keys_pruned = pruned,
+            Err(e) => self.failed("pruning idempotency keys", &e, &mut report),
+        }
+        report
+    }
+
+    fn failed(&self, task: &str, e: &ledger::Error, report: &mut SweepReport) {
+        tracing::warn!(error = %e, task, "sweep task failed; next pass tries again");
+        report.errors += 1;
     }
 
     /// Holds past their expiry belong to transfers whose Try was never answered in
     /// time: cancel them. The state machine ignores the event for anything past `trying`.
-    async fn expire_holds(&self) -> ledger::Result<usize> {
+    /// Returns (cancelled, failed).
+    async fn expire_holds(&self) -> ledger::Result<(usize, usize)> {
         let client = self.shard.client().await?;
         let rows = client
             .query(
@@ -71,33 +117,45 @@ impl Sweeper {
             )
             .await?;
         drop(client);
+        let mut failed = 0;
         for row in &rows {
             let id: Uuid = row.get(0);
-            let shard = tcc::handle_sender(&self.router, id, &SenderEvent::TryTimedOut).await?;
-            self.wakers.wake(shard);
+            match tcc::handle_sender(&self.router, id, &SenderEvent::TryTimedOut).await {
+                Ok(shard) => self.wakers.wake(shard),
+                Err(e) => {
+                    tracing::warn!(transfer_id = %id, error = %e, "cancelling a timed-out transfer failed");
+                    failed += 1;
+                }
+            }
         }
-        Ok(rows.len())
+        Ok((rows.len() - failed, failed))
     }
 
     /// Re-emits TryCredit / ConfirmCredit / CancelCredit for transfers untouched for
     /// `redrive_after` (a cancelled one until its receiver acknowledged the Cancel).
-    /// Receivers answer duplicates again without repeating effects.
-    async fn redrive(&self) -> ledger::Result<usize> {
+    /// Receivers answer duplicates again without repeating effects. One re-emitted past
+    /// `redrive_max` times is marked stuck instead. Returns (re-emitted, newly stuck).
+    async fn redrive(&self) -> ledger::Result<(usize, usize)> {
         let mut client = self.shard.client().await?;
         let tx = client.transaction().await?;
+        let cap = if self.redrive_max == 0 { i32::MAX } else { self.redrive_max.min(i32::MAX as u32) as i32 };
         let rows = tx
             .query(
-                "UPDATE transfers SET updated_at = now()
+                "UPDATE transfers SET updated_at = now(), redrives = redrives + 1,
+                     stuck_at = CASE WHEN redrives >= $2 THEN now() END
                  WHERE transfer_id IN (
                      SELECT transfer_id FROM transfers
                      WHERE (state IN ('trying', 'confirming')
                             OR (state = 'cancelled' AND route = 'cross_shard' AND cancel_acked_at IS NULL))
+                       AND stuck_at IS NULL
                        AND updated_at < now() - $1 * interval '1 millisecond'
                      ORDER BY updated_at LIMIT 500 FOR UPDATE SKIP LOCKED)
-                 RETURNING transfer_id, state, from_user, to_user, currency, amount::text, description, direct",
-                &[&(self.redrive_after.as_millis() as f64)],
+                 RETURNING transfer_id, state, from_user, to_user, currency, amount::text, description, direct,
+                           stuck_at IS NOT NULL, redrives",
+                &[&(self.redrive_after.as_millis() as f64), &cap],
             )
             .await?;
+        let mut stuck = 0;
         for row in &rows {
             let facts = TransferFacts {
                 transfer_id: row.get(0),
@@ -107,22 +165,58 @@ impl Sweeper {
                 amount: row.get(5),
                 description: row.get(6),
             };
-            let stage = match row.get::<_, &str>(1) {
-                "trying" => Stage::TryCredit,
-                "confirming" if row.get::<_, bool>(7) => Stage::DirectCredit,
-                "confirming" => Stage::ConfirmCredit,
-                "cancelled" => Stage::CancelCredit,
-                // The query selects only the states above.
-                other => return Err(ledger::Error::Invariant(format!("re-drive of a transfer in state {other}"))),
+            if row.get::<_, bool>(8) {
+                let redrives: i32 = row.get(9);
+                tracing::error!(transfer_id = %facts.transfer_id, redrives, "transfer stuck: re-driven too often without moving; an operator must look");
+                crate::telemetry::metrics::transfer_stuck();
+                stuck += 1;
+                continue;
+            }
+            let Some(stage) = tcc::redrive_stage(row.get(1), row.get(7)) else {
+                return Err(ledger::Error::Invariant(format!(
+                    "re-drive of a transfer in state {}",
+                    row.get::<_, &str>(1)
+                )));
             };
             tracing::info!(transfer_id = %facts.transfer_id, stage = stage.name(), "re-emitting stage of a stuck transfer");
             outbox::enqueue(&tx, &facts.message(stage)).await?;
         }
         tx.commit().await?;
-        if !rows.is_empty() {
+        if rows.len() > stuck {
             self.wakers.wake(self.shard.index);
         }
-        Ok(rows.len())
+        Ok((rows.len() - stuck, stuck))
+    }
+
+    /// Deletes what no transition can read again: the released hold of a transfer the
+    /// sender has finished (only `trying` reads or releases a hold), and the barriers of
+    /// a transfer whose receiver record is final (the record itself implies them; see
+    /// `tcc::Barriers::implied_by`). A Cancel barrier without a record (an empty
+    /// rollback) is kept: it is all that suspends a late Try.
+    pub async fn prune_final(&self, horizon: Duration) -> ledger::Result<u64> {
+        let client = self.shard.client().await?;
+        let secs = horizon.as_secs_f64();
+        let holds = client
+            .execute(
+                "DELETE FROM holds WHERE transfer_id IN (
+                     SELECT h.transfer_id FROM holds h JOIN transfers t USING (transfer_id)
+                     WHERE h.released_at < now() - $1 * interval '1 second'
+                       AND (t.state = 'completed' OR (t.state = 'cancelled' AND t.cancel_acked_at IS NOT NULL))
+                     LIMIT 10000)",
+                &[&secs],
+            )
+            .await?;
+        let barriers = client
+            .execute(
+                "DELETE FROM tcc_barriers WHERE transfer_id IN (
+                     SELECT transfer_id FROM incoming_transfers
+                     WHERE state IN ('confirmed', 'rejected', 'cancelled') AND updated_at < now() - $1 * interval '1 second'
+                       AND EXISTS (SELECT 1 FROM tcc_barriers b WHERE b.transfer_id = incoming_transfers.transfer_id)
+                     LIMIT 10000)",
+                &[&secs],
+            )
+            .await?;
+        Ok(holds + barriers)
     }
 
     async fn prune_keys(&self) -> ledger::Result<u64> {
@@ -135,4 +229,53 @@ impl Sweeper {
             )
             .await?)
     }
+}
+
+/// An operator's re-drive of a cross-shard transfer (`POST /v1/admin/transfers/{id}/redrive`):
+/// clears the stuck mark and the re-drive count and re-emits the stage its state calls
+/// for. A transfer with nothing left to send is `TransferFinal`.
+#[tracing::instrument(skip(router, wakers))]
+pub async fn redrive_by_operator(
+    router: &Router,
+    wakers: &Wakers,
+    transfer_id: Uuid,
+) -> ledger::Result<ledger::TransferView> {
+    let id = crate::domain::RoutableId::from_uuid(transfer_id).ok_or(ledger::Error::TransferNotFound)?;
+    let shard = router.for_id(&id).map_err(|_| ledger::Error::TransferNotFound)?;
+    let mut client = shard.client().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            "SELECT state, direct, route = 'cross_shard' AND (state <> 'cancelled' OR cancel_acked_at IS NULL),
+                    from_user, to_user, currency, amount::text, description
+             FROM transfers WHERE transfer_id = $1 FOR UPDATE",
+            &[&transfer_id],
+        )
+        .await?
+        .ok_or(ledger::Error::TransferNotFound)?;
+    let stage = match row.get::<_, bool>(2) {
+        true => tcc::redrive_stage(row.get(0), row.get(1)),
+        false => None,
+    };
+    let Some(stage) = stage else { return Err(ledger::Error::TransferFinal) };
+    let facts = TransferFacts {
+        transfer_id,
+        from_user_id: row.get(3),
+        to_user_id: row.get(4),
+        currency: row.get(5),
+        amount: row.get(6),
+        description: row.get(7),
+    };
+    let name = stage.name();
+    outbox::enqueue(&tx, &facts.message(stage)).await?;
+    tx.execute(
+        "UPDATE transfers SET stuck_at = NULL, redrives = 0, updated_at = now() WHERE transfer_id = $1",
+        &[&transfer_id],
+    )
+    .await?;
+    let view = ledger::queries::get_transfer(&tx, transfer_id).await?;
+    tx.commit().await?;
+    wakers.wake(shard.index);
+    tracing::warn!(%transfer_id, stage = name, "transfer re-driven by an operator");
+    Ok(view)
 }

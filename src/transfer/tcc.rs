@@ -483,6 +483,18 @@ pub async fn receiver_ready(router: &Router, to: &UserId, currency: &str) -> boo
     matches!(tokio::time::timeout(std::time::Duration::from_secs(1), read).await, Ok(Ok(None)))
 }
 
+/// The stage a sender re-emits for a transfer in `state` that has not moved (sweeper,
+/// operator re-drive); `None` when nothing is due (a final transfer).
+pub fn redrive_stage(state: &str, direct: bool) -> Option<Stage> {
+    Some(match SenderState::parse(state)? {
+        SenderState::Trying => Stage::TryCredit,
+        SenderState::Confirming if direct => Stage::DirectCredit,
+        SenderState::Confirming => Stage::ConfirmCredit,
+        SenderState::Cancelled => Stage::CancelCredit,
+        SenderState::Completed => return None,
+    })
+}
+
 /// The deadline of a new cross-shard transfer's Try.
 pub fn try_deadline(timeout: std::time::Duration) -> chrono::DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::seconds(30))

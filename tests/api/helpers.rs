@@ -165,17 +165,30 @@ pub struct Deployment {
 }
 
 pub const GATEWAY_SECRET: &str = "test-gateway-secret";
+/// How long the test mocks answer 5xx about a payment whose amount ends in 09.
+pub const FLAKY_FOR: Duration = Duration::from_secs(6);
 
-/// Starts a mock gateway on a free port for the rest of the test; returns its base URL.
-pub async fn start_mock_gateway(protocol: shardwallet::gateways::mock::Protocol) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind mock gateway");
-    let port = listener.local_addr().expect("addr").port();
-    let config = shardwallet::gateways::mock::MockConfig {
+/// The test mocks' configuration.
+pub fn mock_config(protocol: shardwallet::gateways::mock::Protocol) -> shardwallet::gateways::mock::MockConfig {
+    shardwallet::gateways::mock::MockConfig {
         protocol,
         secret: GATEWAY_SECRET.as_bytes().to_vec(),
         callback_url: None,
         callback_delay: Duration::from_millis(300),
-    };
+        // Longer than the apps' gateway timeout (2 s, `gateway_settings`).
+        slow_reply: Duration::from_secs(4),
+        flaky_for: FLAKY_FOR,
+    }
+}
+
+/// Starts a mock gateway on a free port for the rest of the test; returns its base URL.
+pub async fn start_mock_gateway(protocol: shardwallet::gateways::mock::Protocol) -> String {
+    serve_mock_gateway(mock_config(protocol)).await
+}
+
+pub async fn serve_mock_gateway(config: shardwallet::gateways::mock::MockConfig) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind mock gateway");
+    let port = listener.local_addr().expect("addr").port();
     tokio::spawn(shardwallet::gateways::mock::serve(listener, config, std::future::pending()));
     format!("http://127.0.0.1:{port}")
 }
@@ -273,6 +286,7 @@ impl Deployment {
             },
             payments: PaymentSettings {
                 query_after_ms: 1500,
+                query_backoff_max_ms: 5000,
                 deadline_secs: 60,
                 sweep_interval_ms: 100,
                 ..PaymentSettings::default()

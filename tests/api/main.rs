@@ -3,6 +3,7 @@
 //! `make test` starts the servers and sets SHARDWALLET_TEST_PG / SHARDWALLET_TEST_KAFKA.
 mod containers;
 mod helpers;
+mod own_postgres;
 
 mod auth;
 mod failover;
@@ -11,7 +12,10 @@ mod idempotency;
 mod ledger;
 mod metrics;
 mod openapi;
+mod outage;
 mod payments;
+mod payments_doubt;
 mod rate_limit;
+mod sweeper;
 mod tcc;
 mod tcc_failures;

@@ -9,15 +9,22 @@ use shardwallet::gateways::{json as a, signature, xml as b};
 
 use crate::helpers::*;
 
-const GATEWAYS: [&str; 2] = ["gateway_a", "gateway_b"];
-const FINAL_WITHIN: Duration = Duration::from_secs(90);
+pub(crate) const GATEWAYS: [&str; 2] = ["gateway_a", "gateway_b"];
+pub(crate) const FINAL_WITHIN: Duration = Duration::from_secs(90);
 const CARD: &str = "4242424242424242";
 
 fn card() -> Value {
     json!({ "type": "card", "number": CARD })
 }
 
-async fn pay(app: &TestApp, kind: &str, user: &str, amount: &str, gateway: &str, key: &str) -> reqwest::Response {
+pub(crate) async fn pay(
+    app: &TestApp,
+    kind: &str,
+    user: &str,
+    amount: &str,
+    gateway: &str,
+    key: &str,
+) -> reqwest::Response {
     let body = json!({
         "user_id": user, "currency": "EUR", "amount": amount, "gateway": gateway, "payment_method": card(),
     });
@@ -25,7 +32,7 @@ async fn pay(app: &TestApp, kind: &str, user: &str, amount: &str, gateway: &str,
 }
 
 /// Starts a payment and returns its id (asserting the 202 pending answer).
-async fn start(app: &TestApp, kind: &str, user: &str, amount: &str, gateway: &str, key: &str) -> String {
+pub(crate) async fn start(app: &TestApp, kind: &str, user: &str, amount: &str, gateway: &str, key: &str) -> String {
     let response = pay(app, kind, user, amount, gateway, key).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED, "{kind} {amount} via {gateway}");
     let payment = body(response).await;
@@ -35,13 +42,13 @@ async fn start(app: &TestApp, kind: &str, user: &str, amount: &str, gateway: &st
     payment["payment_id"].as_str().expect("payment_id").to_string()
 }
 
-async fn payment(app: &TestApp, id: &str) -> Value {
+pub(crate) async fn payment(app: &TestApp, id: &str) -> Value {
     let response = app.get(&format!("/v1/payments/{id}"), &app.admin()).await;
     assert_eq!(response.status(), StatusCode::OK, "payment {id}");
     body(response).await
 }
 
-async fn wait_final(app: &TestApp, id: &str) -> Value {
+pub(crate) async fn wait_final(app: &TestApp, id: &str) -> Value {
     eventually(FINAL_WITHIN, &format!("payment {id} to be final"), || async {
         let p = payment(app, id).await;
         (p["status"] != "pending").then_some(p)
@@ -49,12 +56,12 @@ async fn wait_final(app: &TestApp, id: &str) -> Value {
     .await
 }
 
-async fn mock_calls(app: &TestApp, gateway: &str, id: &str) -> Value {
+pub(crate) async fn mock_calls(app: &TestApp, gateway: &str, id: &str) -> Value {
     let base = if gateway == "gateway_a" { &app.deployment.mock_a } else { &app.deployment.mock_b };
     body(app.http.get(format!("{base}/_mock/calls/{id}")).send().await.expect("mock calls")).await
 }
 
-fn signed_callback(
+pub(crate) fn signed_callback(
     gateway: &str,
     event_id: &str,
     payment_id: &str,
@@ -86,7 +93,12 @@ fn signed_callback(
     (header.to_string(), body, signature)
 }
 
-async fn post_callback(app: &TestApp, gateway: &str, header: Option<(&str, &str)>, body: Vec<u8>) -> reqwest::Response {
+pub(crate) async fn post_callback(
+    app: &TestApp,
+    gateway: &str,
+    header: Option<(&str, &str)>,
+    body: Vec<u8>,
+) -> reqwest::Response {
     let mut request = app.http.post(app.url(&format!("/v1/gateways/{gateway}/callbacks"))).body(body);
     if let Some((name, value)) = header {
         request = request.header(name, value);
@@ -360,6 +372,11 @@ async fn an_open_breaker_refuses_new_payments_fast_then_half_opens_and_recovers(
     let refused = pay(&app, "deposits", &user, "800", "gateway_a", "b2").await;
     assert!(refused.headers().get("retry-after").is_some());
     assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "gateway_unavailable").await;
+    // A retry of the payment accepted before gets its stored answer, not the refusal.
+    let retried = pay(&app, "deposits", &user, "700", "gateway_a", "b1").await;
+    assert_eq!(retried.status(), StatusCode::ACCEPTED, "a retry of an accepted payment is replayed");
+    assert_eq!(retried.headers().get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
+    assert_eq!(body(retried).await["payment_id"], first.as_str());
     let view = admin_view().await;
     assert_eq!(view["in_flight"], 1, "{view}");
     assert!(view["recent_error_rate"].as_f64().unwrap_or_default() > 0.5, "{view}");

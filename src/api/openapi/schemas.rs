@@ -177,6 +177,16 @@ pub struct Transfer {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// Only on a transfer the sweeper stopped re-driving (`GET /v1/admin/transfers?state=stuck`).
+    pub stuck_at: Option<DateTime<Utc>>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TransferStateQuery {
+    /// `stuck` (default), `trying`, `confirming`, `completed` or `cancelled`.
+    #[param(pattern = "^(stuck|trying|confirming|completed|cancelled)$")]
+    pub state: Option<String>,
 }
 
 #[derive(ToSchema)]
@@ -343,6 +353,43 @@ pub enum PaymentStatus {
     Failed,
 }
 
+/// The internal state: `created`, `submitted` and `needs_review` are all `pending`.
+/// `needs_review`: the deadline passed while the gateway may hold the payment; the hold
+/// is kept until the gateway answers or an operator resolves it.
+#[derive(ToSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentState {
+    Created,
+    Submitted,
+    NeedsReview,
+    Succeeded,
+    Failed,
+}
+
+/// `POST /v1/admin/payments/{payment_id}/resolve`: an operator's decision.
+#[derive(ToSchema)]
+pub struct PaymentResolution {
+    pub outcome: ResolutionOutcome,
+    /// Why (kept with the payment), 1-1000 characters.
+    #[schema(example = "confirmed paid in the gateway's dashboard")]
+    pub note: String,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolutionOutcome {
+    Succeeded,
+    Failed,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PaymentStateQuery {
+    /// Only payments in this state (default `needs_review`).
+    #[param(inline)]
+    pub state: Option<PaymentState>,
+}
+
 #[derive(ToSchema)]
 pub struct Payment {
     pub payment_id: Uuid,
@@ -355,7 +402,8 @@ pub struct Payment {
     #[schema(example = "gateway_a")]
     pub gateway: String,
     pub status: PaymentStatus,
-    /// Why it failed (the gateway's decline reason, `expired`, ...).
+    pub state: PaymentState,
+    /// Why it failed (the gateway's decline reason, `expired`, `resolved_failed`, ...).
     pub reason: Option<String>,
     /// The gateway's id for the payment, once it has one.
     pub gateway_reference: Option<String>,
@@ -363,6 +411,9 @@ pub struct Payment {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The operator who resolved it by hand (the token's subject), and their note.
+    pub resolved_by: Option<String>,
+    pub resolution_note: Option<String>,
 }
 
 #[derive(ToSchema)]

@@ -46,6 +46,14 @@ pub struct ChargeReply {
     pub decline_reason: Option<String>,
 }
 
+/// The body of gateway A's 404 for a payment it never received.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotFoundReply {
+    pub error: String,
+}
+
+/// Maps a status word; anything else (`processing`, a status added later) is no answer
+/// we may act on.
 pub fn outcome(status: &str, reference: Option<String>) -> Result<Outcome, String> {
     Ok(match status {
         "approved" => Outcome::Approved { reference },
