@@ -30,7 +30,14 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/v1/users/{user_id}/payments"),
     ("post", "/v1/gateways/{gateway}/callbacks"),
     ("get", "/v1/admin/gateways"),
+    ("get", "/v1/admin/payments"),
+    ("post", "/v1/admin/payments/{payment_id}/resolve"),
+    ("get", "/v1/admin/transfers"),
+    ("post", "/v1/admin/transfers/{transfer_id}/redrive"),
 ];
+
+/// Re-sending a stage never repeats an effect: a re-drive needs no Idempotency-Key.
+const REDRIVE: &str = "/v1/admin/transfers/{transfer_id}/redrive";
 
 /// Signed by the gateway, not by a bearer token.
 const CALLBACKS: &str = "/v1/gateways/{gateway}/callbacks";
@@ -64,7 +71,7 @@ async fn the_openapi_document_lists_every_endpoint_with_its_errors_and_security(
                 assert_eq!(problem, "#/components/schemas/Problem", "{method} {path} {status}");
             }
         }
-        let idempotent = *method == "post" && !path.starts_with("/v1/users") && *path != CALLBACKS;
+        let idempotent = *method == "post" && !path.starts_with("/v1/users") && *path != CALLBACKS && *path != REDRIVE;
         let key = op["parameters"].as_array().into_iter().flatten().find(|p| p["name"] == "Idempotency-Key");
         assert_eq!(key.is_some(), idempotent, "{method} {path} Idempotency-Key");
         if let Some(key) = key {
@@ -97,6 +104,8 @@ async fn the_openapi_document_lists_every_endpoint_with_its_errors_and_security(
         "gateway_unavailable",
         "invalid_signature",
         "payment_not_found",
+        "payment_final",
+        "transfer_final",
     ] {
         assert!(codes.contains(&Value::from(code)), "ProblemCode lists {code}");
     }
