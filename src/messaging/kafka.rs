@@ -9,6 +9,8 @@ use rdkafka::{
     ClientConfig,
 };
 
+use secrecy::ExposeSecret;
+
 use crate::config::KafkaSettings;
 
 /// The topic names of one deployment (`topic_prefix` keeps deployments and tests apart).
@@ -30,10 +32,55 @@ impl Topics {
     }
 }
 
+/// The settings every client shares: the broker, and how to authenticate and encrypt
+/// (the one place that reads `KafkaSecurity`).
 fn base(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.brokers).set("client.id", "shardwallet");
+    let s = &settings.security;
+    let typed = [
+        ("security.protocol", s.security_protocol.as_deref()),
+        ("sasl.mechanism", s.sasl_mechanism.as_deref()),
+        ("sasl.username", s.sasl_username.as_deref()),
+        ("sasl.password", s.sasl_password.as_ref().map(|p| p.expose_secret())),
+        ("ssl.ca.location", s.ssl_ca_location.as_deref()),
+    ];
+    for (name, value) in typed {
+        if let Some(value) = value {
+            config.set(name, value);
+        }
+    }
+    for (name, value) in &s.properties {
+        config.set(name, value);
+    }
     config
+}
+
+/// Refuses a security setup librdkafka would misread or that cannot authenticate,
+/// with the name of the setting (checked when the producer is built, i.e. at start).
+pub fn check_security(settings: &KafkaSettings) -> anyhow::Result<()> {
+    let s = &settings.security;
+    let protocol = s.security_protocol.as_deref().unwrap_or("plaintext").to_ascii_lowercase();
+    anyhow::ensure!(
+        ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&protocol.as_str()),
+        "kafka.security_protocol '{protocol}': expected plaintext, ssl, sasl_plaintext or sasl_ssl"
+    );
+    if protocol.starts_with("sasl") {
+        let mechanism = s.sasl_mechanism.as_deref().unwrap_or("");
+        anyhow::ensure!(
+            ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism),
+            "kafka.sasl_mechanism '{mechanism}': expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+        );
+        anyhow::ensure!(
+            s.sasl_username.as_deref().is_some_and(|u| !u.is_empty())
+                && s.sasl_password.as_ref().is_some_and(|p| !p.expose_secret().is_empty()),
+            "kafka.security_protocol '{protocol}' needs kafka.sasl_username and kafka.sasl_password"
+        );
+        if mechanism == "PLAIN" && protocol == "sasl_plaintext" {
+            tracing::warn!("kafka: SASL PLAIN over plaintext sends the password in clear; prefer sasl_ssl or SCRAM");
+        }
+    }
+    Ok(())
 }
 
 /// acks=all, tuned for latency: a stage message waits at most 1 ms for company in a
@@ -45,6 +92,7 @@ fn base(settings: &KafkaSettings) -> ClientConfig {
 /// state on every batch) and turns a broker restart on memory storage into a fatal
 /// producer error (the broker forgets the producer id).
 pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
+    check_security(settings)?;
     Ok(base(settings)
         .set("enable.idempotence", "false")
         .set("acks", "all")

@@ -6,6 +6,7 @@ mod helpers;
 
 mod auth;
 mod failover;
+mod forged_messages;
 mod foundation;
 mod idempotency;
 mod ledger;
