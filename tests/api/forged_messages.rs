@@ -126,7 +126,7 @@ async fn a_forged_direct_credit_credits_nobody_and_is_dead_lettered_even_after_a
     for (facts, _, reason) in &attempts {
         let id = facts.transfer_id.to_string();
         let letter = letters.iter().find(|l| l.payload.contains(&id)).expect("each forgery is dead-lettered");
-        assert_eq!(letter.error, *reason, "{letter:?}");
+        assert!(letter.error.starts_with(reason), "{letter:?}");
     }
     assert_eq!(app.balance(&bob, "EUR").await, "0");
     let receiver = app.shard_db(1).await;
@@ -143,7 +143,7 @@ async fn a_forged_direct_credit_credits_nobody_and_is_dead_lettered_even_after_a
         let id = facts.transfer_id.to_string();
         let again: Vec<_> = letters.iter().filter(|l| l.payload.contains(&id)).collect();
         assert_eq!(again.len(), 2, "{again:?}");
-        assert!(again.iter().all(|l| l.error == *reason), "{again:?}");
+        assert!(again.iter().all(|l| l.error.starts_with(reason)), "{again:?}");
     }
     assert_eq!(app.balance(&bob, "EUR").await, "0");
     app.assert_verified().await;
