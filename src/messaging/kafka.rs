@@ -173,3 +173,64 @@ pub async fn delete_topics(settings: &KafkaSettings, names: &[&str]) -> anyhow::
     admin.delete_topics(names, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)))).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use figment::{
+        providers::{Format, Toml},
+        Figment,
+    };
+
+    use super::*;
+
+    fn settings(security: &str) -> KafkaSettings {
+        let toml = format!(
+            "brokers = \"127.0.0.1:1\"\ntopic_prefix = \"p.\"\ngroup_id = \"g\"\nmessage_key_id = \"k1\"\n{security}\n\
+             [message_keys]\nk1 = \"unit-test-key-unit-test-key-unit\"\n"
+        );
+        Figment::new().merge(Toml::string(&toml)).extract().expect("kafka settings")
+    }
+
+    #[test]
+    fn scram_over_tls_and_plain_over_sasl_plaintext_make_clients() {
+        // Creating a client connects nothing yet, but librdkafka refuses properties it was
+        // built without (SCRAM and TLS need OpenSSL: the `ssl` feature).
+        let scram = settings(
+            "security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"u\"\n\
+             sasl_password = \"p\"\n[properties]\n\"ssl.endpoint.identification.algorithm\" = \"https\"",
+        );
+        drop(producer(&scram).expect("a SCRAM-SHA-512 over TLS producer"));
+        let plain = settings(
+            "security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"\nsasl_password = \"p\"",
+        );
+        drop(producer(&plain).expect("a SASL/PLAIN producer"));
+        drop(admin(&plain).expect("a SASL/PLAIN admin client"));
+        let consumer: rdkafka::consumer::BaseConsumer =
+            consumer_config(&plain, "g").create().expect("a SASL/PLAIN consumer");
+        drop(consumer);
+    }
+
+    #[test]
+    fn incomplete_or_unknown_security_settings_are_refused_by_name() {
+        let no_password = settings("security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"");
+        let error = check_security(&no_password).expect_err("refused").to_string();
+        assert!(error.contains("kafka.sasl_password"), "{error}");
+        let gssapi = settings("security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"GSSAPI\"");
+        assert!(check_security(&gssapi).expect_err("refused").to_string().contains("kafka.sasl_mechanism"));
+        let typo = settings("security_protocol = \"tls\"");
+        assert!(check_security(&typo).expect_err("refused").to_string().contains("kafka.security_protocol"));
+        assert!(check_security(&settings("")).is_ok(), "plaintext needs nothing");
+    }
+
+    #[test]
+    fn the_sasl_password_and_property_values_never_show_in_debug() {
+        let s = settings(
+            "security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"\n\
+             sasl_password = \"hunter2-password\"\n[properties]\n\"ssl.key.password\" = \"hunter3-key\"",
+        );
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("hunter2") && !printed.contains("hunter3"), "{printed}");
+        assert!(!printed.contains("unit-test-key"), "message keys are secrets too: {printed}");
+        assert!(printed.contains("ssl.key.password"), "{printed}");
+    }
+}
