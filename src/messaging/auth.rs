@@ -108,7 +108,8 @@ impl MessageAuth {
             let secret = secret.expose_secret().as_bytes();
             anyhow::ensure!(!secret.is_empty(), "kafka.message_keys.{id} is empty");
             anyhow::ensure!(!id.is_empty() && id.is_ascii(), "kafka.message_keys: key ids are non-empty ASCII");
-            let mac = HmacSha256::new_from_slice(secret).map_err(|e| anyhow::anyhow!("kafka.message_keys.{id}: {e}"))?;
+            let mac =
+                HmacSha256::new_from_slice(secret).map_err(|e| anyhow::anyhow!("kafka.message_keys.{id}: {e}"))?;
             keys.insert(id.clone(), mac);
         }
         anyhow::ensure!(

@@ -212,7 +212,8 @@ mod tests {
 
     #[test]
     fn incomplete_or_unknown_security_settings_are_refused_by_name() {
-        let no_password = settings("security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"");
+        let no_password =
+            settings("security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"");
         let error = check_security(&no_password).expect_err("refused").to_string();
         assert!(error.contains("kafka.sasl_password"), "{error}");
         let gssapi = settings("security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"GSSAPI\"");

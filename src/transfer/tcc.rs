@@ -344,12 +344,8 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
         }
     }
     let state = state_row.as_ref().and_then(|r| ReceiverState::parse(r.get(0)));
-    let recorded = state_row.map(|r| Recorded {
-        from_user: r.get(1),
-        to_user: r.get(2),
-        currency: r.get(3),
-        amount: r.get(4),
-    });
+    let recorded =
+        state_row.map(|r| Recorded { from_user: r.get(1), to_user: r.get(2), currency: r.get(3), amount: r.get(4) });
     let step = receiver_step(barriers, state, &msg.stage);
     tracing::debug!(?barriers, ?state, ?step, "receiver transition");
     let facts = msg.facts();

@@ -220,10 +220,13 @@ async fn an_unsigned_payment_message_is_refused_and_counted() {
     let topic = kafka::Topics::new(&app.settings.kafka.topic_prefix).payments;
     let payment_id = uuid::Uuid::new_v4().to_string();
     let payload = serde_json::json!({ "v": 1, "payment_id": payment_id }).to_string();
-    publish(&producer, &topic, &payment_id, &payload, Some(OwnedHeaders::new().insert(Header {
-        key: "sw-key-id",
-        value: Some("nope"),
-    })))
+    publish(
+        &producer,
+        &topic,
+        &payment_id,
+        &payload,
+        Some(OwnedHeaders::new().insert(Header { key: "sw-key-id", value: Some("nope") })),
+    )
     .await;
     eventually(Duration::from_secs(30), "the payments worker to refuse it", || async {
         let now = metric(&app, r#"shardwallet_messages_rejected_total{topic="payments",reason="unsigned"}"#).await;

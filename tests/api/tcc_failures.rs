@@ -97,11 +97,7 @@ async fn redeliver_every_stage(direct: bool) {
         let payload = serde_json::to_string(&facts.message(stage.clone())).expect("json");
         let headers = auth.headers(shardwallet::messaging::auth::Purpose::Stage, id.as_bytes(), payload.as_bytes());
         let record = rdkafka::producer::FutureRecord::to(&topic).key(&id).payload(&payload).headers(headers);
-        producer
-            .send(record, Duration::from_secs(5))
-            .await
-            .map_err(|(e, _)| e)
-            .expect("publish");
+        producer.send(record, Duration::from_secs(5)).await.map_err(|(e, _)| e).expect("publish");
     }
     // The receiver answers each duplicate again; wait until those answers were handled.
     let receiver = app.shard_db(1).await;
