@@ -89,6 +89,8 @@ brokers = "127.0.0.1:9092"
 topic_prefix = "apichecks.$(date +%s)."
 group_id = "apichecks"
 partitions = 3
+message_key_id = "k1"
+message_keys = { k1 = "api-checks-message-key-$(date +%s%N)" }
 [transfers]
 try_timeout_secs = 30
 sweep_interval_secs = 1

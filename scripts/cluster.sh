@@ -377,6 +377,8 @@ cmd_install() {
 	command -v curl >/dev/null 2>&1 || pkgs+=(curl)
 	# nisshi and shardwallet (librdkafka, aws-lc) compile C code.
 	{ command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1; } || pkgs+=(build-essential)
+	# librdkafka is built with OpenSSL (TLS and SASL/SCRAM towards the broker).
+	{ command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; } || pkgs+=(libssl-dev pkg-config)
 	if ((${#pkgs[@]})); then
 		apt_install "${pkgs[@]}"
 	else

@@ -72,6 +72,69 @@ pub struct KafkaSettings {
     /// broker's retention applies).
     #[serde(default = "default_trim_interval")]
     pub trim_interval_secs: u64,
+    /// The keys that authenticate stage and payment messages (`messaging::auth`).
+    #[serde(flatten)]
+    pub messages: MessageKeySettings,
+    /// SASL and TLS towards the broker, for every client (`messaging::kafka`).
+    #[serde(flatten)]
+    pub security: KafkaSecurity,
+}
+
+/// `[kafka] message_keys`, `message_key_id`, `accept_unsigned`: every message on the
+/// stage and payments topics carries an HMAC-SHA-256 tag made with `message_key_id`;
+/// a tag made with any key of `message_keys` verifies (rotation: add the new key to
+/// every instance, then switch `message_key_id`, then drop the old key).
+/// Key ids are lower-case (environment overrides are lower-cased by the loader):
+/// SHARDWALLET__KAFKA__MESSAGE_KEYS__K2=<secret>.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct MessageKeySettings {
+    #[serde(default)]
+    pub message_keys: std::collections::BTreeMap<String, secrecy::SecretString>,
+    #[serde(default)]
+    pub message_key_id: String,
+    /// Transitional, for a rolling upgrade from a version that did not sign: a message
+    /// with no tag at all is applied (and counted); a message with a wrong tag is still
+    /// refused. Off by default (docs/EVENTS.md, "Rolling upgrade").
+    #[serde(default)]
+    pub accept_unsigned: bool,
+}
+
+/// How the Kafka clients authenticate and encrypt (librdkafka properties). The typed
+/// fields cover SASL (PLAIN, SCRAM-SHA-256/512) and TLS; `properties` passes anything
+/// else to librdkafka as is, for every client (producer, consumers, admin).
+#[derive(Clone, Default, Deserialize)]
+pub struct KafkaSecurity {
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub security_protocol: Option<String>,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    #[serde(default)]
+    pub sasl_mechanism: Option<String>,
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    /// SHARDWALLET__KAFKA__SASL_PASSWORD.
+    #[serde(default)]
+    pub sasl_password: Option<secrecy::SecretString>,
+    /// The CA bundle (PEM) that signs the broker's certificate; default: the system's.
+    #[serde(default)]
+    pub ssl_ca_location: Option<String>,
+    /// `[kafka.properties]`: further librdkafka properties, applied after the above.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Property values may be secrets too (ssl.key.password): only their names show.
+        f.debug_struct("KafkaSecurity")
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &self.sasl_password.as_ref().map(|_| "<redacted>"))
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

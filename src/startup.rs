@@ -58,6 +58,7 @@ impl Application {
         let router = Arc::new(router(&settings)?);
         check_shard_identities(&router).await?;
         let producer = kafka::producer(&settings.kafka)?;
+        let messages = crate::messaging::auth::MessageAuth::new(&settings.kafka)?;
         let listener = TcpListener::bind(&settings.server.listen)
             .await
             .with_context(|| format!("binding {}", settings.server.listen))?;
@@ -71,6 +72,7 @@ impl Application {
             settings: Arc::new(settings),
             producer,
             payments,
+            messages,
         };
         Ok(Self { listener, state, port })
     }
@@ -151,6 +153,7 @@ fn spawn_payment_workers(state: &AppState, topics: &kafka::Topics, token: &Cance
                 settings.kafka.clone(),
                 outbox::Outbox::Payments,
                 state.payments.wakers.clone(),
+                state.messages.clone(),
             );
             set.spawn(relay.run(token.clone()));
         }
@@ -164,7 +167,8 @@ fn spawn_payment_workers(state: &AppState, topics: &kafka::Topics, token: &Cance
                 c = start_payment_consumer(&state, &topics) => c,
                 _ = token.cancelled() => return,
             };
-            payments::worker::Worker { consumer, payments: state.payments.clone() }.run(token).await;
+            let auth = state.messages.clone();
+            payments::worker::Worker { consumer, payments: state.payments.clone(), auth }.run(token).await;
         });
     }
 }
@@ -207,6 +211,7 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
                 settings.kafka.clone(),
                 outbox::Outbox::Stages,
                 state.wakers.clone(),
+                state.messages.clone(),
             );
             set.spawn(relay.run(token.clone()));
         }
@@ -274,6 +279,7 @@ async fn start_consumer(state: &AppState, topics: &kafka::Topics) -> consumer::W
                     topics: topics.clone(),
                     wakers: state.wakers.clone(),
                     max_attempts: 8,
+                    auth: state.messages.clone(),
                     trim: match settings.trim_interval_secs {
                         0 => None,
                         secs => match kafka::admin(settings) {

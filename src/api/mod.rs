@@ -35,6 +35,8 @@ pub struct AppState {
     pub producer: FutureProducer,
     pub admission: Arc<Admission>,
     pub payments: Arc<crate::payments::Payments>,
+    /// Signs what the relays publish and verifies what the consumers take.
+    pub messages: crate::messaging::auth::MessageAuth,
 }
 
 impl AppState {

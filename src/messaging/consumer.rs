@@ -6,6 +6,9 @@
 //! committed synchronously when partitions are revoked. Redelivery after a crash or a
 //! rebalance is harmless: every handler is idempotent.
 //!
+//! A message is verified (`auth`) before it is parsed: one without a valid tag is
+//! dead-lettered with the reason and never handled.
+//!
 //! Handled messages are trimmed from the topic (DeleteRecords below the handled offset)
 //! every `kafka.trim_interval_secs`: the stage topic is a work queue whose durable
 //! record is the shards' own tables, and the local broker's in-memory storage reads
@@ -23,13 +26,17 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions},
     client::DefaultClientContext,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
-    message::{Header, Message, OwnedHeaders, OwnedMessage},
+    message::{Header, Message, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
     ClientContext, Offset, TopicPartitionList,
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{kafka::Topics, outbox::Wakers};
+use super::{
+    auth::{self, MessageAuth, Purpose, Verified},
+    kafka::Topics,
+    outbox::Wakers,
+};
 use crate::{
     sharding::Router,
     transfer::{messages::StageMessage, tcc},
@@ -62,6 +69,7 @@ pub struct Worker {
     pub topics: Topics,
     pub wakers: Wakers,
     pub max_attempts: u32,
+    pub auth: MessageAuth,
     /// Deletes handled messages from the stage topic; `None` keeps them.
     pub trim: Option<(AdminClient<DefaultClientContext>, Duration)>,
 }
@@ -119,6 +127,14 @@ impl Worker {
 
     async fn process_one(&self, m: &OwnedMessage) {
         let payload = m.payload().unwrap_or_default();
+        match self.auth.verify(Purpose::Stage, m.headers(), m.key().unwrap_or_default(), payload) {
+            Ok(Verified::Signed) => {}
+            Ok(Verified::UnsignedAccepted) => crate::telemetry::metrics::message_unsigned_accepted("stages"),
+            Err(rejection) => {
+                crate::telemetry::metrics::message_rejected("stages", rejection.reason());
+                return self.dead_letter(m, &format!("rejected: {rejection}")).await;
+            }
+        }
         let msg: StageMessage = match serde_json::from_slice(payload) {
             Ok(msg) => msg,
             Err(e) => return self.dead_letter(m, &format!("unreadable message: {e}")).await,
@@ -148,7 +164,8 @@ impl Worker {
             offset = m.offset(),
             "message dead-lettered"
         );
-        let headers = OwnedHeaders::new()
+        // The tag travels along, so a replay is exactly as valid as the original.
+        let headers = auth::tag_headers(m.headers())
             .insert(Header { key: "error", value: Some(error) })
             .insert(Header { key: "source", value: Some(&format!("{}/{}/{}", m.topic(), m.partition(), m.offset())) });
         let record = || {

@@ -1,6 +1,8 @@
 //! The dead-letter topic: counts for the admin API, and `shardwallet dlq replay`, which
 //! publishes dead letters back to the stage topic (handlers are idempotent, so a
-//! message that did get handled after all is harmless).
+//! message that did get handled after all is harmless). A replay carries the original
+//! authentication headers and nothing else: a genuine message verifies again, a forged
+//! or unsigned one is refused again (and dead-lettered again).
 use std::time::Duration;
 
 use rdkafka::{
@@ -9,7 +11,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 
-use super::{consumer::committed, kafka};
+use super::{auth, consumer::committed, kafka};
 use crate::config::KafkaSettings;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -53,7 +55,7 @@ pub async fn replay(settings: &KafkaSettings, producer: &FutureProducer) -> anyh
     while position < high && tokio::time::Instant::now() < deadline {
         let Some(result) = consumer.poll(Duration::from_millis(200)) else { continue };
         let m = result?;
-        let mut record = FutureRecord::to(&topics.stages);
+        let mut record = FutureRecord::to(&topics.stages).headers(auth::tag_headers(m.headers()));
         if let Some(key) = m.key() {
             record = record.key(key);
         }

@@ -9,6 +9,8 @@ use rdkafka::{
     ClientConfig,
 };
 
+use secrecy::ExposeSecret;
+
 use crate::config::KafkaSettings;
 
 /// The topic names of one deployment (`topic_prefix` keeps deployments and tests apart).
@@ -30,10 +32,55 @@ impl Topics {
     }
 }
 
+/// The settings every client shares: the broker, and how to authenticate and encrypt
+/// (the one place that reads `KafkaSecurity`).
 fn base(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.brokers).set("client.id", "shardwallet");
+    let s = &settings.security;
+    let typed = [
+        ("security.protocol", s.security_protocol.as_deref()),
+        ("sasl.mechanism", s.sasl_mechanism.as_deref()),
+        ("sasl.username", s.sasl_username.as_deref()),
+        ("sasl.password", s.sasl_password.as_ref().map(|p| p.expose_secret())),
+        ("ssl.ca.location", s.ssl_ca_location.as_deref()),
+    ];
+    for (name, value) in typed {
+        if let Some(value) = value {
+            config.set(name, value);
+        }
+    }
+    for (name, value) in &s.properties {
+        config.set(name, value);
+    }
     config
+}
+
+/// Refuses a security setup librdkafka would misread or that cannot authenticate,
+/// with the name of the setting (checked when the producer is built, i.e. at start).
+pub fn check_security(settings: &KafkaSettings) -> anyhow::Result<()> {
+    let s = &settings.security;
+    let protocol = s.security_protocol.as_deref().unwrap_or("plaintext").to_ascii_lowercase();
+    anyhow::ensure!(
+        ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&protocol.as_str()),
+        "kafka.security_protocol '{protocol}': expected plaintext, ssl, sasl_plaintext or sasl_ssl"
+    );
+    if protocol.starts_with("sasl") {
+        let mechanism = s.sasl_mechanism.as_deref().unwrap_or("");
+        anyhow::ensure!(
+            ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism),
+            "kafka.sasl_mechanism '{mechanism}': expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+        );
+        anyhow::ensure!(
+            s.sasl_username.as_deref().is_some_and(|u| !u.is_empty())
+                && s.sasl_password.as_ref().is_some_and(|p| !p.expose_secret().is_empty()),
+            "kafka.security_protocol '{protocol}' needs kafka.sasl_username and kafka.sasl_password"
+        );
+        if mechanism == "PLAIN" && protocol == "sasl_plaintext" {
+            tracing::warn!("kafka: SASL PLAIN over plaintext sends the password in clear; prefer sasl_ssl or SCRAM");
+        }
+    }
+    Ok(())
 }
 
 /// acks=all, tuned for latency: a stage message waits at most 1 ms for company in a
@@ -45,6 +92,7 @@ fn base(settings: &KafkaSettings) -> ClientConfig {
 /// state on every batch) and turns a broker restart on memory storage into a fatal
 /// producer error (the broker forgets the producer id).
 pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
+    check_security(settings)?;
     Ok(base(settings)
         .set("enable.idempotence", "false")
         .set("acks", "all")
@@ -124,4 +172,66 @@ pub async fn delete_topics(settings: &KafkaSettings, names: &[&str]) -> anyhow::
     let admin = admin(settings)?;
     admin.delete_topics(names, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)))).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::{
+        providers::{Format, Toml},
+        Figment,
+    };
+
+    use super::*;
+
+    fn settings(security: &str) -> KafkaSettings {
+        let toml = format!(
+            "brokers = \"127.0.0.1:1\"\ntopic_prefix = \"p.\"\ngroup_id = \"g\"\nmessage_key_id = \"k1\"\n{security}\n\
+             [message_keys]\nk1 = \"unit-test-key-unit-test-key-unit\"\n"
+        );
+        Figment::new().merge(Toml::string(&toml)).extract().expect("kafka settings")
+    }
+
+    #[test]
+    fn scram_over_tls_and_plain_over_sasl_plaintext_make_clients() {
+        // Creating a client connects nothing yet, but librdkafka refuses properties it was
+        // built without (SCRAM and TLS need OpenSSL: the `ssl` feature).
+        let scram = settings(
+            "security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"u\"\n\
+             sasl_password = \"p\"\n[properties]\n\"ssl.endpoint.identification.algorithm\" = \"https\"",
+        );
+        drop(producer(&scram).expect("a SCRAM-SHA-512 over TLS producer"));
+        let plain = settings(
+            "security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"\nsasl_password = \"p\"",
+        );
+        drop(producer(&plain).expect("a SASL/PLAIN producer"));
+        drop(admin(&plain).expect("a SASL/PLAIN admin client"));
+        let consumer: rdkafka::consumer::BaseConsumer =
+            consumer_config(&plain, "g").create().expect("a SASL/PLAIN consumer");
+        drop(consumer);
+    }
+
+    #[test]
+    fn incomplete_or_unknown_security_settings_are_refused_by_name() {
+        let no_password =
+            settings("security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"");
+        let error = check_security(&no_password).expect_err("refused").to_string();
+        assert!(error.contains("kafka.sasl_password"), "{error}");
+        let gssapi = settings("security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"GSSAPI\"");
+        assert!(check_security(&gssapi).expect_err("refused").to_string().contains("kafka.sasl_mechanism"));
+        let typo = settings("security_protocol = \"tls\"");
+        assert!(check_security(&typo).expect_err("refused").to_string().contains("kafka.security_protocol"));
+        assert!(check_security(&settings("")).is_ok(), "plaintext needs nothing");
+    }
+
+    #[test]
+    fn the_sasl_password_and_property_values_never_show_in_debug() {
+        let s = settings(
+            "security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"\n\
+             sasl_password = \"hunter2-password\"\n[properties]\n\"ssl.key.password\" = \"hunter3-key\"",
+        );
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("hunter2") && !printed.contains("hunter3"), "{printed}");
+        assert!(!printed.contains("unit-test-key"), "message keys are secrets too: {printed}");
+        assert!(printed.contains("ssl.key.password"), "{printed}");
+    }
 }

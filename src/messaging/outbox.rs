@@ -2,7 +2,9 @@
 //! transaction (the payments module writes its own table, `payment_outbox`); a `Relay`
 //! per shard and table publishes committed rows and deletes them once the broker
 //! acknowledged. A crash between publish and delete publishes again (consumers are
-//! idempotent); a crash before publish leaves the row for the next relay.
+//! idempotent); a crash before publish leaves the row for the next relay. The relay
+//! signs each row's exact payload bytes as it publishes (`auth`), so rows need no tag
+//! column and a row written by any instance goes out signed.
 use crate::storage::Cached;
 use std::{sync::Arc, time::Duration};
 
@@ -14,7 +16,10 @@ use rdkafka::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::kafka;
+use super::{
+    auth::{MessageAuth, Purpose},
+    kafka,
+};
 use crate::{config::KafkaSettings, sharding::Shard, transfer::messages::StageMessage};
 
 const BATCH: i64 = 256;
@@ -78,6 +83,13 @@ impl Outbox {
         }
     }
 
+    fn purpose(self) -> Purpose {
+        match self {
+            Outbox::Stages => Purpose::Stage,
+            Outbox::Payments => Purpose::Payment,
+        }
+    }
+
     fn topic(self, topics: &kafka::Topics) -> String {
         match self {
             Outbox::Stages => topics.stages.clone(),
@@ -95,6 +107,7 @@ pub struct Relay {
     topic: String,
     /// Woken by this process's commits (the wakers of this outbox).
     pub wakers: Wakers,
+    auth: MessageAuth,
 }
 
 impl Relay {
@@ -104,9 +117,10 @@ impl Relay {
         kafka: KafkaSettings,
         outbox: Outbox,
         wakers: Wakers,
+        auth: MessageAuth,
     ) -> Self {
         let topic = outbox.topic(&kafka::Topics::new(&kafka.topic_prefix));
-        Self { shard, producer, kafka, outbox, topic, wakers }
+        Self { shard, producer, kafka, outbox, topic, wakers, auth }
     }
 
     #[tracing::instrument(name = "relay", skip_all, fields(shard = %self.shard.name, outbox = ?self.outbox))]
@@ -150,7 +164,9 @@ impl Relay {
         let sends = rows.iter().map(|row| {
             let key: &str = row.get(1);
             let payload: &str = row.get(2);
-            self.producer.send(FutureRecord::to(&self.topic).key(key).payload(payload), Duration::from_secs(10))
+            let headers = self.auth.headers(self.outbox.purpose(), key.as_bytes(), payload.as_bytes());
+            let record = FutureRecord::to(&self.topic).key(key).payload(payload).headers(headers);
+            self.producer.send(record, Duration::from_secs(10))
         });
         for result in futures::future::join_all(sends).await {
             if let Err((e, _)) = result {

@@ -6,6 +6,11 @@
 //! with backoff and jitter; (3) its answer is applied in a second transaction. A crash
 //! between (2) and (3) leaves a submitted payment: the reconciler queries the gateway.
 //! Messages are never retried here beyond that: the row's state is the queue.
+//!
+//! A message without a valid tag (`messaging::auth`) is counted, logged and skipped,
+//! not dead-lettered: the dead-letter topic replays to the stage topic, and a payment
+//! message carries nothing but an id. A genuine payment whose message was refused
+//! stays `created` and the reconciler re-emits it (signed) when it is due.
 use std::{sync::Arc, time::Duration};
 
 use rdkafka::{consumer::StreamConsumer, message::Message};
@@ -22,12 +27,16 @@ use crate::{
     domain::RoutableId,
     gateways::{GatewayError, PaymentRequest},
     ledger::{Error, Result},
-    messaging::consumer,
+    messaging::{
+        auth::{MessageAuth, Purpose, Verified},
+        consumer,
+    },
 };
 
 pub struct Worker {
     pub consumer: StreamConsumer,
     pub payments: Arc<Payments>,
+    pub auth: MessageAuth,
 }
 
 impl Worker {
@@ -36,8 +45,19 @@ impl Worker {
         let max = self.payments.settings.concurrency.max(1);
         while let Some(batch) = consumer::next_batch(&self.consumer, max, &shutdown).await {
             let payments = &self.payments;
+            let auth = &self.auth;
             let jobs = batch.iter().map(|m| async move {
-                match serde_json::from_slice::<SubmitPayment>(m.payload().unwrap_or_default()) {
+                let payload = m.payload().unwrap_or_default();
+                match auth.verify(Purpose::Payment, m.headers(), m.key().unwrap_or_default(), payload) {
+                    Ok(Verified::Signed) => {}
+                    Ok(Verified::UnsignedAccepted) => crate::telemetry::metrics::message_unsigned_accepted("payments"),
+                    Err(rejection) => {
+                        crate::telemetry::metrics::message_rejected("payments", rejection.reason());
+                        tracing::error!(%rejection, offset = m.offset(), "payment message refused; not submitted");
+                        return;
+                    }
+                }
+                match serde_json::from_slice::<SubmitPayment>(payload) {
                     Ok(msg) => {
                         if let Err(e) = submit(payments, msg.payment_id).await {
                             // The row stays as it is; the reconciler picks it up again.

@@ -23,6 +23,8 @@ pub const OUTBOX_OLDEST_AGE: &str = "shardwallet_outbox_oldest_age_seconds";
 pub const CONSUMER_LAG: &str = "shardwallet_consumer_lag_messages";
 pub const DEAD_LETTERED: &str = "shardwallet_dead_lettered_total";
 pub const DEAD_LETTERS_RETAINED: &str = "shardwallet_dead_letters_retained";
+pub const MESSAGES_REJECTED: &str = "shardwallet_messages_rejected_total";
+pub const MESSAGES_UNSIGNED_ACCEPTED: &str = "shardwallet_messages_unsigned_accepted_total";
 pub const POOL_SIZE: &str = "shardwallet_db_pool_connections";
 pub const POOL_AVAILABLE: &str = "shardwallet_db_pool_available";
 pub const POOL_WAITING: &str = "shardwallet_db_pool_waiting";
@@ -87,6 +89,8 @@ fn describe() {
     describe_gauge!(CONSUMER_LAG, "stage topic messages not yet committed by the consumer group (sampled)");
     describe_counter!(DEAD_LETTERED, "stage messages this process dead-lettered");
     describe_gauge!(DEAD_LETTERS_RETAINED, "messages retained on the dead-letter topic (sampled)");
+    describe_counter!(MESSAGES_REJECTED, "messages refused for a missing or invalid tag, by topic and reason");
+    describe_counter!(MESSAGES_UNSIGNED_ACCEPTED, "untagged messages applied under kafka.accept_unsigned, by topic");
     describe_gauge!(POOL_SIZE, "open database connections, by shard (sampled)");
     describe_gauge!(POOL_AVAILABLE, "idle database connections, by shard (sampled)");
     describe_gauge!(POOL_WAITING, "requests waiting for a database connection, by shard (sampled)");
@@ -183,6 +187,17 @@ pub fn stage_retried(stage: &'static str) {
 /// A stage message went to the dead-letter topic.
 pub fn dead_lettered() {
     counter!(DEAD_LETTERED).increment(1);
+}
+
+/// A message on `topic` (`stages`, `payments`) without a valid tag was refused;
+/// `reason` is `unsigned`, `unknown_key` or `bad_mac`.
+pub fn message_rejected(topic: &'static str, reason: &'static str) {
+    counter!(MESSAGES_REJECTED, "topic" => topic, "reason" => reason).increment(1);
+}
+
+/// An untagged message was applied because `kafka.accept_unsigned` is on.
+pub fn message_unsigned_accepted(topic: &'static str) {
+    counter!(MESSAGES_UNSIGNED_ACCEPTED, "topic" => topic).increment(1);
 }
 
 // --- messaging and storage (the sampler and the relay) -------------------------

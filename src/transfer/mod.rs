@@ -2,6 +2,7 @@
 //! starts here (a debit + DirectCredit, or a hold + TryCredit, in the outbox) and
 //! continues in `tcc`.
 pub mod admission;
+pub mod incoming;
 pub mod messages;
 pub mod sweeper;
 pub mod tcc;

@@ -45,7 +45,10 @@ use chrono::Utc;
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
-use super::messages::{Stage, StageMessage, TransferFacts};
+use super::{
+    incoming::Recorded,
+    messages::{Stage, StageMessage, TransferFacts},
+};
 use crate::{
     domain::{Currency, RoutableId, UserId},
     ledger::{self, accounts, holds, Error},
@@ -317,7 +320,13 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
         async { Ok::<_, Error>(tx.execute(&lock, &params).await?) },
         async { Ok(tx.cached_query("SELECT branch FROM tcc_barriers WHERE transfer_id = $1", &params).await?) },
         async {
-            Ok(tx.cached_query_opt("SELECT state FROM incoming_transfers WHERE transfer_id = $1", &params).await?)
+            Ok(tx
+                .cached_query_opt(
+                    "SELECT state, from_user, to_user, currency, amount::text FROM incoming_transfers
+                     WHERE transfer_id = $1",
+                    &params,
+                )
+                .await?)
         },
         async {
             match needs_receiver_check {
@@ -334,7 +343,9 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
             _ => barriers.cancelled = true,
         }
     }
-    let state = state_row.and_then(|r| ReceiverState::parse(r.get(0)));
+    let state = state_row.as_ref().and_then(|r| ReceiverState::parse(r.get(0)));
+    let recorded =
+        state_row.map(|r| Recorded { from_user: r.get(1), to_user: r.get(2), currency: r.get(3), amount: r.get(4) });
     let step = receiver_step(barriers, state, &msg.stage);
     tracing::debug!(?barriers, ?state, ?step, "receiver transition");
     let facts = msg.facts();
@@ -360,8 +371,22 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
         }
         // Confirm after a Try, or a direct credit (no Try: its incoming record is new).
         ReceiverStep::Confirm | ReceiverStep::CreditDirect => {
-            let currency = Currency::parse(&msg.currency).map_err(|e| Error::Invariant(e.to_string()))?;
-            let amount = accounts::parse_numeric(&msg.amount)?;
+            // A Confirm credits what its Try recorded; a message that says otherwise
+            // contradicts the protocol and is refused (dead-lettered), never applied.
+            let (currency, amount) = match (&step, &recorded) {
+                (ReceiverStep::Confirm, Some(recorded)) => {
+                    if let Some(why) = recorded.mismatch(msg) {
+                        return Err(Error::Invariant(why));
+                    }
+                    (recorded.currency.as_str(), recorded.amount.as_str())
+                }
+                (ReceiverStep::Confirm, None) => {
+                    return Err(Error::Invariant("ConfirmCredit without a Try record".into()));
+                }
+                _ => (msg.currency.as_str(), msg.amount.as_str()),
+            };
+            let currency = Currency::parse(currency).map_err(|e| Error::Invariant(e.to_string()))?;
+            let amount = accounts::parse_numeric(amount)?;
             let answer = facts.message(Stage::Confirmed);
             let incoming = async {
                 match step {

@@ -76,6 +76,7 @@ fn config_text(settings: &shardwallet::config::Settings, port: u16) -> String {
          [shards]\nmap_path = \"{}\"\npool_size = 8\n\
          [auth]\njwt_secret = \"{JWT_SECRET}\"\n\
          [kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\ngroup_id = \"{}\"\npartitions = 6\n\
+         message_key_id = \"{MESSAGE_KEY_ID}\"\nmessage_keys = {{ {MESSAGE_KEY_ID} = \"{MESSAGE_KEY}\" }}\n\
          [transfers]\nsweep_interval_secs = 1\nredrive_after_secs = 3\n",
         settings.shards.map_path, settings.kafka.brokers, settings.kafka.topic_prefix, settings.kafka.group_id,
     )

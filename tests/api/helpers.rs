@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use shardwallet::{
     api::auth::Auth,
     config::{
-        AuthSettings, GatewaySettings, IdempotencySettings, KafkaSettings, Limit, MetricsSettings, PaymentSettings,
-        RateLimitSettings, ServerSettings, Settings, ShardSettings, TransferSettings,
+        AuthSettings, GatewaySettings, IdempotencySettings, KafkaSecurity, KafkaSettings, Limit, MessageKeySettings,
+        MetricsSettings, PaymentSettings, RateLimitSettings, ServerSettings, Settings, ShardSettings, TransferSettings,
     },
     domain::{Role, UserId},
     ledger::verify,
@@ -23,6 +23,18 @@ use tokio::sync::OnceCell;
 use tokio_postgres::NoTls;
 
 pub const JWT_SECRET: &str = "test-secret";
+
+/// The key id and key that sign every test app's stage and payment messages.
+pub const MESSAGE_KEY_ID: &str = "test1";
+pub const MESSAGE_KEY: &str = "test-message-key-of-thirty-two-bytes!";
+
+pub fn message_keys() -> MessageKeySettings {
+    MessageKeySettings {
+        message_keys: [(MESSAGE_KEY_ID.to_string(), MESSAGE_KEY.into())].into_iter().collect(),
+        message_key_id: MESSAGE_KEY_ID.into(),
+        accept_unsigned: false,
+    }
+}
 
 /// Where the test servers are.
 #[derive(Clone)]
@@ -267,6 +279,8 @@ impl Deployment {
                 session_timeout_ms: 3000,
                 fetch_wait_max_ms: 10,
                 trim_interval_secs: 5,
+                messages: message_keys(),
+                security: KafkaSecurity::default(),
             },
             transfers: TransferSettings {
                 try_timeout_secs: 30,
@@ -355,6 +369,8 @@ impl Drop for Deployment {
                     session_timeout_ms: 3000,
                     fetch_wait_max_ms: 10,
                     trim_interval_secs: 0,
+                    messages: message_keys(),
+                    security: KafkaSecurity::default(),
                 };
                 // Deleting a topic starts a rebalance in the consumers still subscribed
                 // to it, and librdkafka aborts the whole process when a consumer is

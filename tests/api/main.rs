@@ -7,6 +7,7 @@ mod own_postgres;
 
 mod auth;
 mod failover;
+mod forged_messages;
 mod foundation;
 mod idempotency;
 mod ledger;

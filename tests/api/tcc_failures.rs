@@ -91,13 +91,13 @@ async fn redeliver_every_stage(direct: bool) {
     }
     let producer = shardwallet::messaging::kafka::producer(&app.settings.kafka).expect("producer");
     let topic = shardwallet::messaging::kafka::Topics::new(&app.settings.kafka.topic_prefix).stages;
+    // Signed as the relay signs: these are genuine stages, delivered again.
+    let auth = shardwallet::messaging::auth::MessageAuth::new(&app.settings.kafka).expect("message keys");
     for stage in &stages {
         let payload = serde_json::to_string(&facts.message(stage.clone())).expect("json");
-        producer
-            .send(rdkafka::producer::FutureRecord::to(&topic).key(&id).payload(&payload), Duration::from_secs(5))
-            .await
-            .map_err(|(e, _)| e)
-            .expect("publish");
+        let headers = auth.headers(shardwallet::messaging::auth::Purpose::Stage, id.as_bytes(), payload.as_bytes());
+        let record = rdkafka::producer::FutureRecord::to(&topic).key(&id).payload(&payload).headers(headers);
+        producer.send(record, Duration::from_secs(5)).await.map_err(|(e, _)| e).expect("publish");
     }
     // The receiver answers each duplicate again; wait until those answers were handled.
     let receiver = app.shard_db(1).await;
