@@ -129,6 +129,29 @@ pub struct Barriers {
     pub cancelled: bool,
 }
 
+impl Barriers {
+    /// What a receiver record in `state` implies was recorded. The sweeper prunes the
+    /// barriers of transfers whose record is final (`docs/ARCHITECTURE.md`, "Growth");
+    /// the record alone then gives every stage the answer the barriers gave.
+    pub fn implied_by(state: Option<ReceiverState>) -> Self {
+        let none = Self::default();
+        match state {
+            None => none,
+            Some(ReceiverState::Tried | ReceiverState::Rejected) => Self { tried: true, ..none },
+            Some(ReceiverState::Confirmed) => Self { confirmed: true, ..none },
+            Some(ReceiverState::Cancelled) => Self { tried: true, cancelled: true, ..none },
+        }
+    }
+
+    pub fn or(self, other: Self) -> Self {
+        Self {
+            tried: self.tried || other.tried,
+            confirmed: self.confirmed || other.confirmed,
+            cancelled: self.cancelled || other.cancelled,
+        }
+    }
+}
+
 /// The receiver's branch record (`incoming_transfers.state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReceiverState {
@@ -344,6 +367,7 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
         }
     }
     let state = state_row.as_ref().and_then(|r| ReceiverState::parse(r.get(0)));
+    let barriers = barriers.or(Barriers::implied_by(state));
     let recorded =
         state_row.map(|r| Recorded { from_user: r.get(1), to_user: r.get(2), currency: r.get(3), amount: r.get(4) });
     let step = receiver_step(barriers, state, &msg.stage);

@@ -79,3 +79,41 @@ fn receiver_handles_duplicates_empty_rollback_and_suspension() {
     assert!(matches!(receiver_step(tried, Some(R::Tried), &Stage::DirectCredit), ReceiverStep::Violation(_)));
     assert!(matches!(receiver_step(cancelled, None, &Stage::DirectCredit), ReceiverStep::Violation(_)));
 }
+
+/// Pruning the barriers of a final record changes no answer: for every record state and
+/// every set of barriers a real history leaves beside it, the record alone gives each
+/// stage the same step.
+#[test]
+fn a_final_record_implies_its_barriers() {
+    use ReceiverState as R;
+    let none = Barriers::default();
+    let tried = Barriers { tried: true, ..none };
+    let histories = [
+        (R::Rejected, vec![tried]),
+        // Try then Confirm, or a direct credit (no Try).
+        (R::Confirmed, vec![Barriers { tried: true, confirmed: true, ..none }, Barriers { confirmed: true, ..none }]),
+        // Try then Cancel; a Try after the Cancel adds nothing.
+        (R::Cancelled, vec![Barriers { tried: true, cancelled: true, ..none }]),
+    ];
+    let stages = [
+        Stage::TryCredit,
+        Stage::ConfirmCredit,
+        Stage::DirectCredit,
+        Stage::CancelCredit,
+        Stage::Tried { ok: true, reason: None },
+        Stage::Confirmed,
+        Stage::Cancelled,
+    ];
+    for (state, real) in histories {
+        let implied = Barriers::implied_by(Some(state));
+        for barriers in real {
+            for stage in &stages {
+                assert_eq!(
+                    receiver_step(implied, Some(state), stage),
+                    receiver_step(barriers, Some(state), stage),
+                    "{state:?} with {barriers:?} pruned, {stage:?}"
+                );
+            }
+        }
+    }
+}
