@@ -66,7 +66,7 @@ pub fn routes(state: AppState) -> Routes {
         .route("/v1/withdrawals", post(payments::withdraw))
         .route("/v1/payments/{payment_id}", get(payments::get))
         .route("/v1/users/{user_id}/payments", get(payments::list_for_user))
-        .route("/v1/gateways/{gateway}/callbacks", post(callbacks::receive))
+        .route("/v1/gateways/{gateway}/callbacks", post(callbacks::receive).layer(callbacks::body_limit()))
         .route("/v1/admin/gateways", get(payments::admin_gateways))
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {

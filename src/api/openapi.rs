@@ -65,6 +65,8 @@ pub enum ProblemCode {
     /// 401 on gateway callbacks: missing, malformed, wrong or stale signature.
     InvalidSignature,
     PaymentNotFound,
+    /// 413 on gateway callbacks: a body over 64 KiB.
+    PayloadTooLarge,
     Internal,
 }
 
@@ -128,7 +130,9 @@ impl Modify for CommonErrors {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
-                    .description(Some("HS256 JWT with `sub` (user id) and `role` (`user` or `admin`)"))
+                    .description(Some(
+                        "HS256 JWT with `sub` (user id), `role` (`user` or `admin`), and the configured `iss` and `aud`",
+                    ))
                     .build(),
             ),
         );

@@ -72,7 +72,7 @@ fn free_port() -> u16 {
 /// session and admission, test-sized sweeper intervals).
 fn config_text(settings: &shardwallet::config::Settings, port: u16) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 5\n\
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 5\nprofile = \"dev\"\n\
          [shards]\nmap_path = \"{}\"\npool_size = 8\n\
          [auth]\njwt_secret = \"{JWT_SECRET}\"\n\
          [kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\ngroup_id = \"{}\"\npartitions = 6\n\

@@ -13,5 +13,6 @@ mod metrics;
 mod openapi;
 mod payments;
 mod rate_limit;
+mod secrets;
 mod tcc;
 mod tcc_failures;

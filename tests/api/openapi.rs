@@ -97,6 +97,7 @@ async fn the_openapi_document_lists_every_endpoint_with_its_errors_and_security(
         "gateway_unavailable",
         "invalid_signature",
         "payment_not_found",
+        "payload_too_large",
     ] {
         assert!(codes.contains(&Value::from(code)), "ProblemCode lists {code}");
     }
