@@ -126,9 +126,7 @@ async fn tokens_of_a_previous_jwt_secret_are_accepted_during_rotation() {
     // the next key into an acceptance.
     let past = jsonwebtoken::get_current_timestamp() - 60;
     let (iss, aud) = (&app.settings.auth.issuer, &app.settings.auth.audience);
-    let expired_old = signed_by(
-        old,
-        json!({"sub": "alice", "role": "user", "iss": iss, "aud": aud, "exp": past, "iat": past - 60}),
-    );
+    let expired_old =
+        signed_by(old, json!({"sub": "alice", "role": "user", "iss": iss, "aud": aud, "exp": past, "iat": past - 60}));
     assert_problem(app.get(path, &expired_old).await, StatusCode::UNAUTHORIZED, "unauthorized").await;
 }
