@@ -40,6 +40,10 @@ RUN if ldd /usr/local/bin/shardwallet | grep 'not found'; then exit 1; fi \
 
 # Inside a container the service must listen beyond loopback.
 ENV SHARDWALLET__SERVER__LISTEN=0.0.0.0:8080
+# The shardwallet.toml copied above declares a development deployment (it ships known
+# secrets); the image is a production one unless its environment says `dev`
+# (docker-compose.yaml does), so it refuses to serve on the shipped secrets.
+ENV SHARDWALLET__SERVER__PROFILE=production
 USER 10001:10001
 EXPOSE 8080
 # Liveness only; docker-compose.yaml checks /ready (shards and broker reachable).

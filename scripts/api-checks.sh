@@ -77,6 +77,8 @@ buckets = ["10922-16383"]
 MAP
 cat >"$DIR/shardwallet.toml" <<CONF
 [server]
+# The mock gateways' shared secret is a known one.
+profile = "dev"
 listen = "127.0.0.1:$PORT"
 shutdown_grace_secs = 5
 [shards]

@@ -118,7 +118,7 @@ impl Cli {
                     RoleArg::User => Role::User,
                     RoleArg::Admin => Role::Admin,
                 };
-                println!("{}", Auth::new(&settings()?.auth.jwt_secret).token(&sub, role, parse_ttl(&ttl)?)?);
+                println!("{}", Auth::from_settings(&settings()?.auth).token(&sub, role, parse_ttl(&ttl)?)?);
             }
             Command::Verify { json } => {
                 let router = startup::router(&settings()?)?;

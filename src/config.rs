@@ -5,9 +5,12 @@ use figment::{
     providers::{Env, Format, Toml},
     Figment,
 };
+use secrecy::SecretString;
 use serde::Deserialize;
 
-#[derive(Clone, Deserialize)]
+/// Secrets are `SecretString`s: their `Debug` prints `[REDACTED]`, so no settings dump
+/// or log line shows one (`crate::secrets` checks them at start).
+#[derive(Clone, Debug, Deserialize)]
 pub struct Settings {
     pub server: ServerSettings,
     pub shards: ShardSettings,
@@ -33,6 +36,18 @@ pub struct ServerSettings {
     pub listen: String,
     #[serde(default = "default_grace")]
     pub shutdown_grace_secs: u64,
+    /// `production` (the default) refuses known or weak secrets; `dev` accepts them
+    /// with a warning (`crate::secrets`).
+    #[serde(default)]
+    pub profile: Profile,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Dev,
+    #[default]
+    Production,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -44,14 +59,31 @@ pub struct ShardSettings {
     pub connect_timeout_ms: u64,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct AuthSettings {
-    pub jwt_secret: String,
+    /// HS256 key that signs and verifies tokens (SHARDWALLET__AUTH__JWT_SECRET).
+    pub jwt_secret: SecretString,
+    /// Former keys, still accepted for verification while tokens they signed may live
+    /// (rotation: docs/ARCHITECTURE.md, "Secrets").
+    #[serde(default)]
+    pub previous_jwt_secrets: Vec<SecretString>,
+    /// `iss` of the tokens we mint, required of the tokens we accept.
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    /// `aud` of the tokens we mint, required of the tokens we accept.
+    #[serde(default = "default_audience")]
+    pub audience: String,
 }
 
-impl std::fmt::Debug for AuthSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AuthSettings { jwt_secret: <redacted> }")
+impl AuthSettings {
+    /// `secret` with no previous keys and the default issuer and audience.
+    pub fn with_secret(secret: &str) -> Self {
+        Self {
+            jwt_secret: secret.into(),
+            previous_jwt_secrets: Vec::new(),
+            issuer: default_issuer(),
+            audience: default_audience(),
+        }
     }
 }
 
@@ -272,12 +304,13 @@ impl Default for RateLimitSettings {
 }
 
 /// Deposits and withdrawals (issue #7).
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct PaymentSettings {
     /// AES-256-GCM key (64 hex digits) sealing card numbers and IBANs until the gateway
-    /// has them (SHARDWALLET__PAYMENTS__ENCRYPTION_KEY).
+    /// has them (SHARDWALLET__PAYMENTS__ENCRYPTION_KEY). The default is a development
+    /// key, refused by the production profile.
     #[serde(default = "default_payment_key")]
-    pub encryption_key: String,
+    pub encryption_key: SecretString,
     /// The base URL gateways call back (`<public_url>/v1/gateways/<name>/callbacks`);
     /// when empty, `http://127.0.0.1:<bound port>`.
     #[serde(default)]
@@ -328,28 +361,18 @@ impl Default for PaymentSettings {
     }
 }
 
-impl std::fmt::Debug for PaymentSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PaymentSettings")
-            .field("encryption_key", &"<redacted>")
-            .field("public_url", &self.public_url)
-            .field("query_after_ms", &self.query_after_ms)
-            .field("query_backoff_max_ms", &self.query_backoff_max_ms)
-            .field("deadline_secs", &self.deadline_secs)
-            .field("sweep_interval_ms", &self.sweep_interval_ms)
-            .field("worker_enabled", &self.worker_enabled)
-            .finish()
-    }
-}
-
 /// One payment gateway: where it is, how it signs, how we retry and when we stop calling.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct GatewaySettings {
     /// Which client speaks to it: `json` (gateway A's protocol) or `xml` (gateway B's).
     pub protocol: String,
     pub base_url: String,
     /// HMAC-SHA256 key of its callbacks (SHARDWALLET__GATEWAYS__<NAME>__SIGNING_SECRET).
-    pub signing_secret: String,
+    pub signing_secret: SecretString,
+    /// The former key, still accepted on callbacks while the gateway switches to the new
+    /// one (SHARDWALLET__GATEWAYS__<NAME>__PREVIOUS_SIGNING_SECRET).
+    #[serde(default)]
+    pub previous_signing_secret: Option<SecretString>,
     #[serde(default = "default_gateway_timeout")]
     pub timeout_ms: u64,
     /// Attempts per call on transient failures (timeout, refused, 5xx), with
@@ -366,37 +389,6 @@ pub struct GatewaySettings {
     /// How long the breaker stays open before one half-open probe is let through.
     #[serde(default = "default_breaker_open")]
     pub breaker_open_ms: u64,
-}
-
-impl std::fmt::Debug for GatewaySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GatewaySettings")
-            .field("protocol", &self.protocol)
-            .field("base_url", &self.base_url)
-            .field("signing_secret", &"<redacted>")
-            .field("timeout_ms", &self.timeout_ms)
-            .field("retry_max_attempts", &self.retry_max_attempts)
-            .field("breaker_failure_threshold", &self.breaker_failure_threshold)
-            .field("breaker_open_ms", &self.breaker_open_ms)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field("server", &self.server)
-            .field("shards", &self.shards)
-            .field("auth", &self.auth)
-            .field("kafka", &self.kafka)
-            .field("transfers", &self.transfers)
-            .field("idempotency", &self.idempotency)
-            .field("metrics", &self.metrics)
-            .field("rate_limits", &self.rate_limits)
-            .field("payments", &self.payments)
-            .field("gateways", &self.gateways)
-            .finish()
-    }
 }
 
 impl Settings {
@@ -476,9 +468,18 @@ fn default_retry_after() -> u64 {
 fn default_admission_sample() -> u64 {
     100
 }
-fn default_payment_key() -> String {
-    // Local development only; production sets SHARDWALLET__PAYMENTS__ENCRYPTION_KEY.
-    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f".into()
+/// Local development only: `crate::secrets` lists it as known, so the production
+/// profile refuses to start without SHARDWALLET__PAYMENTS__ENCRYPTION_KEY.
+pub const DEV_PAYMENT_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+fn default_payment_key() -> SecretString {
+    DEV_PAYMENT_KEY.into()
+}
+fn default_issuer() -> String {
+    "shardwallet".into()
+}
+fn default_audience() -> String {
+    "shardwallet-api".into()
 }
 fn default_query_after() -> u64 {
     10_000

@@ -16,6 +16,7 @@
 //!   worker and reconciler; [`gateways`]: the gateway trait, one module per protocol, mocks.
 //! - [`messaging`]: Kafka clients, the transactional outbox relay, the consumer, the DLQ.
 //! - [`storage`]: migrations and the shard identity check.
+//! - [`secrets`]: the start-up check that refuses known or weak secrets outside `dev`.
 //! - [`startup`]: `Application::build` / `run_until_stopped`; [`cli`]: the subcommands.
 pub mod api;
 pub mod bench;
@@ -26,6 +27,7 @@ pub mod gateways;
 pub mod ledger;
 pub mod messaging;
 pub mod payments;
+pub mod secrets;
 pub mod sharding;
 pub mod startup;
 pub mod storage;

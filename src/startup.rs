@@ -3,6 +3,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +54,9 @@ pub async fn check_shard_identities(router: &Router) -> anyhow::Result<()> {
 }
 
 impl Application {
+    /// Refuses known or weak secrets first (`crate::secrets`), before any connection.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        crate::secrets::enforce(&settings)?;
         crate::telemetry::metrics::handle();
         let router = Arc::new(router(&settings)?);
         check_shard_identities(&router).await?;
@@ -68,7 +71,7 @@ impl Application {
             wakers: outbox::Wakers::new(router.shards().len()),
             admission: Arc::new(Admission::new(&settings.transfers, router.shards().len())),
             router,
-            auth: Auth::new(&settings.auth.jwt_secret),
+            auth: Auth::from_settings(&settings.auth),
             settings: Arc::new(settings),
             producer,
             payments,
@@ -135,7 +138,7 @@ fn payments_context(settings: &Settings, router: &Arc<Router>, port: u16) -> any
     Ok(Payments {
         router: router.clone(),
         gateways: Gateways::from_settings(&settings.gateways)?,
-        sealer: Sealer::from_hex(&settings.payments.encryption_key)?,
+        sealer: Sealer::from_hex(settings.payments.encryption_key.expose_secret())?,
         settings: settings.payments.clone(),
         public_url,
         wakers: outbox::Wakers::new(router.shards().len()),

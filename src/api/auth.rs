@@ -1,17 +1,26 @@
-//! Bearer JWTs (HS256): `sub` is the user id, `role` is `user` or `admin`.
+//! Bearer JWTs (HS256): `sub` is the user id, `role` is `user` or `admin`, `iss` and
+//! `aud` must be the configured issuer and audience. Verification also accepts the
+//! keys of `auth.previous_jwt_secrets`, so the signing key can rotate without logging
+//! everyone out.
 use std::time::Duration;
 
 use axum::{extract::FromRequestParts, http::request::Parts};
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::{error::ApiError, AppState};
-use crate::domain::{Caller, Role};
+use crate::{
+    config::AuthSettings,
+    domain::{Caller, Role},
+};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
     role: Role,
+    iss: String,
+    aud: String,
     exp: u64,
     iat: u64,
 }
@@ -19,32 +28,64 @@ struct Claims {
 #[derive(Clone)]
 pub struct Auth {
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// The current key first, then the previous ones.
+    decoding: Vec<DecodingKey>,
     validation: Validation,
+    issuer: String,
+    audience: String,
 }
 
 impl Auth {
-    pub fn new(secret: &str) -> Self {
+    pub fn from_settings(settings: &AuthSettings) -> Self {
+        let current = settings.jwt_secret.expose_secret().as_bytes();
+        let previous = settings.previous_jwt_secrets.iter().map(|s| s.expose_secret().as_bytes());
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.set_issuer(&[&settings.issuer]);
+        validation.set_audience(&[&settings.audience]);
         Self {
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            encoding: EncodingKey::from_secret(current),
+            decoding: std::iter::once(current).chain(previous).map(DecodingKey::from_secret).collect(),
             validation,
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
         }
+    }
+
+    /// `secret` alone, with the default issuer and audience.
+    pub fn new(secret: &str) -> Self {
+        Self::from_settings(&AuthSettings::with_secret(secret))
     }
 
     pub fn token(&self, subject: &str, role: Role, ttl: Duration) -> anyhow::Result<String> {
         let now = jsonwebtoken::get_current_timestamp();
-        let claims = Claims { sub: subject.to_string(), role, iat: now, exp: now + ttl.as_secs() };
+        let claims = Claims {
+            sub: subject.to_string(),
+            role,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            iat: now,
+            exp: now + ttl.as_secs(),
+        };
         Ok(encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
     }
 
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
-        let data = decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| ApiError::unauthorized(format!("invalid bearer token: {e}")))?;
-        Ok(Caller { subject: data.claims.sub, role: data.claims.role })
+        let mut first_error = None;
+        for key in &self.decoding {
+            match decode::<Claims>(token, key, &self.validation) {
+                Ok(data) => return Ok(Caller { subject: data.claims.sub, role: data.claims.role }),
+                // Another key may have signed it.
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {
+                    first_error.get_or_insert(e);
+                }
+                // Signed by this key but unacceptable (expired, wrong audience...).
+                Err(e) => return Err(ApiError::unauthorized(format!("invalid bearer token: {e}"))),
+            }
+        }
+        let detail = first_error.map_or_else(|| "no verification key".to_string(), |e| e.to_string());
+        Err(ApiError::unauthorized(format!("invalid bearer token: {detail}")))
     }
 }
 

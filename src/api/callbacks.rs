@@ -2,7 +2,7 @@
 //! bearer token), recorded once per gateway event id, applied idempotently.
 use axum::{
     body::Bytes,
-    extract::{Path, State},
+    extract::{rejection::BytesRejection, DefaultBodyLimit, Path, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -19,6 +19,15 @@ use crate::{
     payments::{state::Step, CallbackResult},
 };
 
+/// A notification is a few hundred bytes; anything this big is refused before its
+/// signature is checked, so an unauthenticated caller cannot make us hash megabytes.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The route's body limit (axum's default is 2 MB).
+pub fn body_limit() -> DefaultBodyLimit {
+    DefaultBodyLimit::max(MAX_BODY)
+}
+
 /// A gateway's notification of a payment's outcome, in its own format (gateway A: JSON,
 /// gateway B: XML), signed with the gateway's secret instead of a bearer token. Recorded
 /// once per gateway event id; a repeat answers `200` with `duplicate: true`.
@@ -31,14 +40,19 @@ use crate::{
         (status = 400, description = "invalid_request: a signed body that is not a notification"),
         (status = 401, description = "invalid_signature: missing, malformed, wrong or stale signature"),
         (status = 404, description = "gateway_not_found, or payment_not_found: no payment of this gateway has that id"),
+        (status = 413, description = "payload_too_large: a body over 64 KiB"),
     )
 )]
 pub async fn receive(
     State(state): State<AppState>,
     Path(gateway): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(MAX_BODY),
+        _ => ApiError::invalid_request(e.body_text()),
+    })?;
     let Some(configured) = state.payments.gateways.get(&gateway) else {
         return Err(ApiError::gateway_not_found(StatusCode::NOT_FOUND, &gateway));
     };

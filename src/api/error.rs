@@ -108,6 +108,10 @@ impl ApiError {
     pub fn payment_not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "payment_not_found", "payment not found")
     }
+    /// 413 on gateway callbacks (issue #13).
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body exceeds {limit} bytes"))
+    }
 }
 
 /// `d` in whole seconds, rounded up.

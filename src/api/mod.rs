@@ -70,7 +70,7 @@ pub fn routes(state: AppState) -> Routes {
         .route("/v1/withdrawals", post(payments::withdraw))
         .route("/v1/payments/{payment_id}", get(payments::get))
         .route("/v1/users/{user_id}/payments", get(payments::list_for_user))
-        .route("/v1/gateways/{gateway}/callbacks", post(callbacks::receive))
+        .route("/v1/gateways/{gateway}/callbacks", post(callbacks::receive).layer(callbacks::body_limit()))
         .route("/v1/admin/gateways", get(payments::admin_gateways))
         .route("/v1/admin/payments", get(payments::admin_list))
         .route("/v1/admin/payments/{payment_id}/resolve", post(payments::admin_resolve))

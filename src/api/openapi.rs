@@ -69,6 +69,8 @@ pub enum ProblemCode {
     PaymentFinal,
     /// 409 on POST /v1/admin/transfers/{transfer_id}/redrive: nothing left to send.
     TransferFinal,
+    /// 413 on gateway callbacks: a body over 64 KiB.
+    PayloadTooLarge,
     Internal,
 }
 
@@ -136,7 +138,9 @@ impl Modify for CommonErrors {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
-                    .description(Some("HS256 JWT with `sub` (user id) and `role` (`user` or `admin`)"))
+                    .description(Some(
+                        "HS256 JWT with `sub` (user id), `role` (`user` or `admin`), and the configured `iss` and `aud`",
+                    ))
                     .build(),
             ),
         );

@@ -16,12 +16,13 @@ pub const SIGNATURE_HEADER: &str = "gateway-signature";
 pub struct GatewayA {
     http: reqwest::Client,
     base: String,
-    secret: Vec<u8>,
+    /// Callback keys: the current one, then the previous one if any.
+    secrets: Vec<Vec<u8>>,
 }
 
 impl GatewayA {
-    pub fn new(http: reqwest::Client, base: String, secret: Vec<u8>) -> Self {
-        Self { http, base, secret }
+    pub fn new(http: reqwest::Client, base: String, secrets: Vec<Vec<u8>>) -> Self {
+        Self { http, base, secrets }
     }
 
     #[tracing::instrument(name = "gateway_a", skip(self, req), fields(payment_id = %req.payment_id))]
@@ -79,7 +80,7 @@ impl Gateway for GatewayA {
 
     fn verify_callback(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<CallbackEvent, CallbackError> {
         let header = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-        if !signature::verify(&self.secret, header, body, now) {
+        if !signature::verify(&self.secrets, header, body, now) {
             return Err(CallbackError::InvalidSignature);
         }
         let n: Notification = serde_json::from_slice(body).map_err(|e| CallbackError::Malformed(e.to_string()))?;

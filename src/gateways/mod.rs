@@ -16,6 +16,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use axum::http::HeaderMap;
 use backon::{ExponentialBuilder, Retryable};
+use secrecy::ExposeSecret;
 use uuid::Uuid;
 
 use crate::{config::GatewaySettings, payments::method::PaymentMethod, payments::state::Outcome};
@@ -214,10 +215,15 @@ fn build_client(name: &str, s: &GatewaySettings) -> anyhow::Result<Box<dyn Gatew
         .connect_timeout(Duration::from_millis(s.timeout_ms.min(2000)))
         .build()?;
     let base = s.base_url.trim_end_matches('/').to_string();
-    let secret = s.signing_secret.as_bytes().to_vec();
+    // The current key, then the one it replaces: both verify callbacks while the
+    // gateway switches.
+    let secrets = std::iter::once(&s.signing_secret)
+        .chain(&s.previous_signing_secret)
+        .map(|secret| secret.expose_secret().as_bytes().to_vec())
+        .collect();
     Ok(match s.protocol.as_str() {
-        "json" => Box::new(json::GatewayA::new(http, base, secret)),
-        "xml" => Box::new(xml::GatewayB::new(http, base, secret)),
+        "json" => Box::new(json::GatewayA::new(http, base, secrets)),
+        "xml" => Box::new(xml::GatewayB::new(http, base, secrets)),
         other => anyhow::bail!("gateway {name}: unknown protocol '{other}' (json or xml)"),
     })
 }

@@ -17,12 +17,13 @@ pub const SIGNATURE_HEADER: &str = "x-signature";
 pub struct GatewayB {
     http: reqwest::Client,
     base: String,
-    secret: Vec<u8>,
+    /// Callback keys: the current one, then the previous one if any.
+    secrets: Vec<Vec<u8>>,
 }
 
 impl GatewayB {
-    pub fn new(http: reqwest::Client, base: String, secret: Vec<u8>) -> Self {
-        Self { http, base, secret }
+    pub fn new(http: reqwest::Client, base: String, secrets: Vec<Vec<u8>>) -> Self {
+        Self { http, base, secrets }
     }
 
     /// One SOAP call; `Ok(None)` for a NotFound fault.
@@ -80,7 +81,7 @@ impl Gateway for GatewayB {
 
     fn verify_callback(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<CallbackEvent, CallbackError> {
         let header = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-        if !signature::verify(&self.secret, header, body, now) {
+        if !signature::verify(&self.secrets, header, body, now) {
             return Err(CallbackError::InvalidSignature);
         }
         let text = std::str::from_utf8(body).map_err(|e| CallbackError::Malformed(e.to_string()))?;

@@ -69,15 +69,18 @@ fn free_port() -> u16 {
 }
 
 /// The settings of a child process, as a config file (product defaults for Kafka
-/// session and admission, test-sized sweeper intervals).
+/// session and admission, test-sized sweeper intervals). No rate limits: eight workers
+/// back to back over twelve users pass the default 20 writes/s of a user, and a 429 is
+/// a final answer here.
 fn config_text(settings: &shardwallet::config::Settings, port: u16) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 5\n\
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 5\nprofile = \"dev\"\n\
          [shards]\nmap_path = \"{}\"\npool_size = 8\n\
          [auth]\njwt_secret = \"{JWT_SECRET}\"\n\
          [kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\ngroup_id = \"{}\"\npartitions = 6\n\
          message_key_id = \"{MESSAGE_KEY_ID}\"\nmessage_keys = {{ {MESSAGE_KEY_ID} = \"{MESSAGE_KEY}\" }}\n\
-         [transfers]\nsweep_interval_secs = 1\nredrive_after_secs = 3\n",
+         [transfers]\nsweep_interval_secs = 1\nredrive_after_secs = 3\n\
+         [rate_limits]\nenabled = false\n",
         settings.shards.map_path, settings.kafka.brokers, settings.kafka.topic_prefix, settings.kafka.group_id,
     )
 }

@@ -11,7 +11,8 @@ use shardwallet::{
     api::auth::Auth,
     config::{
         AuthSettings, GatewaySettings, IdempotencySettings, KafkaSecurity, KafkaSettings, Limit, MessageKeySettings,
-        MetricsSettings, PaymentSettings, RateLimitSettings, ServerSettings, Settings, ShardSettings, TransferSettings,
+        MetricsSettings, PaymentSettings, Profile, RateLimitSettings, ServerSettings, Settings, ShardSettings,
+        TransferSettings,
     },
     domain::{Role, UserId},
     ledger::verify,
@@ -210,6 +211,7 @@ pub fn gateway_settings(protocol: &str, base_url: &str) -> GatewaySettings {
         protocol: protocol.into(),
         base_url: base_url.into(),
         signing_secret: GATEWAY_SECRET.into(),
+        previous_signing_secret: None,
         timeout_ms: 2000,
         retry_max_attempts: 4,
         retry_min_delay_ms: 20,
@@ -268,9 +270,11 @@ impl Deployment {
         let path = self.dir.join(format!("shard-map-{}.toml", uuid::Uuid::new_v4().simple()));
         std::fs::write(&path, shard_map_text(urls, ranges)).expect("write shard map");
         Settings {
-            server: ServerSettings { listen: "127.0.0.1:0".into(), shutdown_grace_secs: 10 },
+            // The harness's secrets are in the repository: a development deployment
+            // (tests/api/secrets.rs checks the production profile).
+            server: ServerSettings { listen: "127.0.0.1:0".into(), shutdown_grace_secs: 10, profile: Profile::Dev },
             shards: ShardSettings { map_path: path.display().to_string(), pool_size: 8, connect_timeout_ms: 1000 },
-            auth: AuthSettings { jwt_secret: JWT_SECRET.into() },
+            auth: AuthSettings::with_secret(JWT_SECRET),
             kafka: KafkaSettings {
                 brokers: self.kafka.clone(),
                 topic_prefix: format!("{}.", self.id),

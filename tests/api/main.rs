@@ -17,6 +17,7 @@ mod outage;
 mod payments;
 mod payments_doubt;
 mod rate_limit;
+mod secrets;
 mod sweeper;
 mod tcc;
 mod tcc_failures;

@@ -106,6 +106,7 @@ async fn the_openapi_document_lists_every_endpoint_with_its_errors_and_security(
         "payment_not_found",
         "payment_final",
         "transfer_final",
+        "payload_too_large",
     ] {
         assert!(codes.contains(&Value::from(code)), "ProblemCode lists {code}");
     }
