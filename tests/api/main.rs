@@ -4,6 +4,7 @@
 mod containers;
 mod helpers;
 
+mod audit;
 mod auth;
 mod failover;
 mod foundation;
