@@ -265,6 +265,7 @@ pub async fn run(router: &Router) -> Result<Report> {
 /// transfer credits the sender shard's transit account at `confirming` and the
 /// receiver's leg debits the receiver shard's at `confirmed`, and nothing else touches
 /// transit, so `balance = sent - received` in every snapshot.
+#[tracing::instrument(skip_all, fields(shard = %report.shard))]
 async fn check_transit(tx: &deadpool_postgres::Transaction<'_>, report: &mut ShardReport) -> Result<()> {
     let rows = tx
         .query(

@@ -61,6 +61,7 @@ const SENDERS: &str = "SELECT transfer_id, state, from_user, to_user, currency, 
 
 impl Senders {
     /// Reads the debited transfers of one shard inside its audit snapshot.
+    #[tracing::instrument(skip(self, tx))]
     pub async fn read(&mut self, tx: &deadpool_postgres::Transaction<'_>, shard: &str) -> Result<()> {
         for row in tx.query(SENDERS, &[]).await? {
             let debit = Debit {
