@@ -218,6 +218,11 @@ pub async fn reverse(tx: &Transaction<'_>, entry_id: &RoutableId) -> Result<Reve
         }
         mirror.push(Leg { account: Account::Id(leg.get(0)), amount: -amount });
     }
+    // The locks above serialise reversals that take them; one that committed without
+    // them is only found by the unique key, after the check. A failed statement aborts
+    // the whole transaction, and the caller still has to store the refusal with its
+    // Idempotency-Key: the savepoint keeps the transaction usable.
+    tx.batch_execute("SAVEPOINT reversal").await?;
     let result = posting::post(
         tx,
         Posting {
@@ -232,7 +237,10 @@ pub async fn reverse(tx: &Transaction<'_>, entry_id: &RoutableId) -> Result<Reve
     )
     .await;
     let (posting_id, entries) = match result {
-        Err(Error::Db(e)) if crate::storage::is_unique_violation(&e) => return Err(Error::AlreadyReversed),
+        Err(Error::Db(e)) if is_second_reversal(&e) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT reversal").await?;
+            return Err(Error::AlreadyReversed);
+        }
         other => other?,
     };
     Ok(ReversalView {
@@ -249,4 +257,9 @@ pub async fn reverse(tx: &Transaction<'_>, entry_id: &RoutableId) -> Result<Reve
             })
             .collect(),
     })
+}
+
+fn is_second_reversal(e: &tokio_postgres::Error) -> bool {
+    crate::storage::is_unique_violation(e)
+        && e.as_db_error().and_then(|d| d.constraint()) == Some("postings_reverses_key")
 }

@@ -6,7 +6,7 @@
 //! - `local`: adjustments, same-shard transfers, reversals.
 //! - `holds`: the sender and receiver legs of cross-shard transfers.
 //! - `queries`: history, transfer views.
-//! - `verify`: the audit over one shard.
+//! - `verify`: the audit of each shard, and of both sides of cross-shard transfers.
 pub mod accounts;
 pub mod holds;
 pub mod local;

@@ -2,9 +2,15 @@
 //! equals the sum of its entries, `held` equals its open holds, every posting sums to
 //! zero, every open hold belongs to a transfer or payment in flight, and each finished
 //! transfer or payment has the legs it should (payments against their gateway's
-//! clearing account); over all shards, the total per currency is zero (gateway clearing
-//! accounts included: they carry what entered or left through the gateway).
+//! clearing account, cross-shard legs between the right wallet and transit for the
+//! transfer's amount), and the shard's transit account holds what it sent minus what it
+//! received; over all shards, the total per currency is zero (gateway clearing
+//! accounts included: they carry what entered or left through the gateway), and both
+//! sides of every cross-shard transfer agree (`cross`).
 use std::collections::BTreeMap;
+
+mod cross;
+pub use cross::CrossShardReport;
 
 use num_bigint::BigInt;
 use num_traits::Zero;
@@ -20,6 +26,8 @@ pub struct Report {
     /// Per currency, the sum of every account on every shard: must be zero.
     pub totals: BTreeMap<String, String>,
     pub problems: Vec<String>,
+    /// Both sides of cross-shard transfers joined over the shards.
+    pub cross_shard: CrossShardReport,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -30,7 +38,21 @@ pub struct ShardReport {
     pub entries: i64,
     /// Per currency and account kind ("wallets", "held", system account names).
     pub totals: BTreeMap<String, BTreeMap<String, String>>,
+    /// Per currency, the transit account and what explains it (`balance = sent - received`).
+    pub transit: BTreeMap<String, Transit>,
     pub problems: Vec<String>,
+}
+
+/// A shard's transit account in one currency: the sender's leg of each of its outgoing
+/// cross-shard transfers that is `confirming` or `completed` credits it, the receiver's
+/// leg of each incoming one it has `confirmed` debits it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transit {
+    pub balance: String,
+    /// Amounts of this shard's outgoing transfers that are `confirming` or `completed`.
+    pub sent: String,
+    /// Amounts of incoming transfers this shard has `confirmed` (credited).
+    pub received: String,
 }
 
 /// Checks run on one shard; each returns rows of one text column describing a problem.
@@ -81,6 +103,49 @@ const CHECKS: &[(&str, &str)] = &[
          HAVING count(p.*) <> CASE WHEN i.state = 'confirmed' THEN 1 ELSE 0 END",
     ),
     (
+        "cross-shard debit does not match its transfer",
+        "WITH legs AS (
+             SELECT e.posting_id, count(*) AS n, count(DISTINCT a.currency) AS currencies, min(a.currency) AS currency,
+                    count(*) FILTER (WHERE a.user_id IS NOT NULL) AS wallets, min(a.user_id) AS wallet_user,
+                    sum(e.amount) FILTER (WHERE a.user_id IS NOT NULL) AS wallet_amount,
+                    sum(e.amount) FILTER (WHERE a.system_name = 'transit') AS transit_amount
+             FROM postings p JOIN entries e USING (posting_id) JOIN accounts a USING (account_id)
+             WHERE p.kind = 'transfer_debit' GROUP BY e.posting_id)
+         SELECT CASE WHEN t.transfer_id IS NULL
+             THEN format('debit posting %s names transfer %s, which is no cross-shard transfer of this shard',
+                         p.posting_id, p.reference)
+             ELSE format('transfer %s: debit posting %s (%s entries, %s) moves %s on wallet %s and %s on transit; the transfer is %s %s from %s',
+                         t.transfer_id, p.posting_id, l.n, l.currency, coalesce(l.wallet_amount::text, 'nothing'),
+                         coalesce(l.wallet_user, 'none'), coalesce(l.transit_amount::text, 'nothing'),
+                         t.amount, t.currency, t.from_user) END
+         FROM postings p JOIN legs l USING (posting_id)
+              LEFT JOIN transfers t ON t.transfer_id = p.reference AND t.route = 'cross_shard'
+         WHERE t.transfer_id IS NULL OR l.n <> 2 OR l.currencies <> 1 OR l.wallets <> 1
+            OR l.wallet_user IS DISTINCT FROM t.from_user OR l.currency <> t.currency
+            OR l.wallet_amount IS DISTINCT FROM -t.amount OR l.transit_amount IS DISTINCT FROM t.amount",
+    ),
+    (
+        "cross-shard credit does not match its incoming transfer",
+        "WITH legs AS (
+             SELECT e.posting_id, count(*) AS n, count(DISTINCT a.currency) AS currencies, min(a.currency) AS currency,
+                    count(*) FILTER (WHERE a.user_id IS NOT NULL) AS wallets, min(a.user_id) AS wallet_user,
+                    sum(e.amount) FILTER (WHERE a.user_id IS NOT NULL) AS wallet_amount,
+                    sum(e.amount) FILTER (WHERE a.system_name = 'transit') AS transit_amount
+             FROM postings p JOIN entries e USING (posting_id) JOIN accounts a USING (account_id)
+             WHERE p.kind = 'transfer_credit' GROUP BY e.posting_id)
+         SELECT CASE WHEN i.transfer_id IS NULL
+             THEN format('transfer %s: credit posting %s has no incoming transfer record', p.reference, p.posting_id)
+             ELSE format('transfer %s: credit posting %s (%s entries, %s) moves %s on wallet %s and %s on transit; the incoming transfer is %s %s to %s',
+                         i.transfer_id, p.posting_id, l.n, l.currency, coalesce(l.wallet_amount::text, 'nothing'),
+                         coalesce(l.wallet_user, 'none'), coalesce(l.transit_amount::text, 'nothing'),
+                         i.amount, i.currency, i.to_user) END
+         FROM postings p JOIN legs l USING (posting_id)
+              LEFT JOIN incoming_transfers i ON i.transfer_id = p.reference
+         WHERE i.transfer_id IS NULL OR l.n <> 2 OR l.currencies <> 1 OR l.wallets <> 1
+            OR l.wallet_user IS DISTINCT FROM i.to_user OR l.currency <> i.currency
+            OR l.wallet_amount IS DISTINCT FROM i.amount OR l.transit_amount IS DISTINCT FROM -i.amount",
+    ),
+    (
         "open hold of a payment not in flight",
         "SELECT format('hold of payment %s is open but the payment is %s', h.payment_id, p.state)
          FROM payment_holds h JOIN payments p USING (payment_id)
@@ -113,24 +178,32 @@ const CHECKS: &[(&str, &str)] = &[
     ),
 ];
 
+/// A read-only REPEATABLE READ transaction: every statement in it sees the snapshot
+/// taken by its first one.
+async fn snapshot(client: &mut deadpool_postgres::Object) -> Result<deadpool_postgres::Transaction<'_>> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}
+
 pub async fn run(router: &Router) -> Result<Report> {
     let mut shards = Vec::new();
     let mut grand: BTreeMap<String, BigInt> = BTreeMap::new();
     let mut problems = Vec::new();
+    let mut senders = cross::Senders::default();
     for shard in router.shards() {
         let mut client = shard.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let tx = snapshot(&mut client).await?;
         let mut report = ShardReport {
             shard: shard.name.clone(),
             wallets: 0,
             postings: 0,
             entries: 0,
             totals: BTreeMap::new(),
+            transit: BTreeMap::new(),
             problems: Vec::new(),
         };
         let counts = tx
@@ -164,6 +237,10 @@ pub async fn run(router: &Router) -> Result<Report> {
             }
             report.totals.entry(currency).or_default().insert(kind, total);
         }
+        check_transit(&tx, &mut report).await?;
+        // The sender side of the cross-shard join, read in this shard's snapshot before
+        // any receiver side is read (see `cross`).
+        senders.read(&tx, &shard.name).await?;
         tx.commit().await?;
         problems.extend(report.problems.iter().map(|p| format!("{}: {p}", report.shard)));
         shards.push(report);
@@ -173,12 +250,50 @@ pub async fn run(router: &Router) -> Result<Report> {
             problems.push(format!("{currency}: the accounts of all shards sum to {total}, not 0"));
         }
     }
+    let cross_shard = cross::audit(router, senders).await?;
+    problems.extend(cross_shard.problems.iter().map(|p| format!("cross-shard: {p}")));
     Ok(Report {
         ok: problems.is_empty(),
         shards,
         totals: grand.into_iter().map(|(c, t)| (c, t.to_string())).collect(),
         problems,
+        cross_shard,
     })
+}
+
+/// The transit identity of one shard, per currency: the sender's leg of a cross-shard
+/// transfer credits the sender shard's transit account at `confirming` and the
+/// receiver's leg debits the receiver shard's at `confirmed`, and nothing else touches
+/// transit, so `balance = sent - received` in every snapshot.
+#[tracing::instrument(skip_all, fields(shard = %report.shard))]
+async fn check_transit(tx: &deadpool_postgres::Transaction<'_>, report: &mut ShardReport) -> Result<()> {
+    let rows = tx
+        .query(
+            "SELECT currency, sum(balance)::text, sum(sent)::text, sum(received)::text FROM (
+                 SELECT a.currency, e.amount AS balance, 0 AS sent, 0 AS received
+                 FROM accounts a JOIN entries e USING (account_id) WHERE a.system_name = 'transit'
+                 UNION ALL
+                 SELECT currency, 0, amount, 0 FROM transfers
+                 WHERE route = 'cross_shard' AND state IN ('confirming', 'completed')
+                 UNION ALL
+                 SELECT currency, 0, 0, amount FROM incoming_transfers WHERE state = 'confirmed'
+             ) legs GROUP BY currency ORDER BY currency",
+            &[],
+        )
+        .await?;
+    for row in rows {
+        let (currency, balance, sent, received): (String, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let expected = parse_numeric(&sent)? - parse_numeric(&received)?;
+        if parse_numeric(&balance)? != expected {
+            report.problems.push(format!(
+                "transit {currency}: balance {balance}, but outgoing transfers debited ({sent}) minus incoming \
+                 ones credited ({received}) is {expected}"
+            ));
+        }
+        report.transit.insert(currency, Transit { balance, sent, received });
+    }
+    Ok(())
 }
 
 impl std::fmt::Display for Report {
@@ -189,6 +304,9 @@ impl std::fmt::Display for Report {
                 let parts: Vec<String> = kinds.iter().map(|(k, v)| format!("{k} {v}")).collect();
                 writeln!(f, "  {currency}: {}", parts.join(", "))?;
             }
+            for (currency, t) in &s.transit {
+                writeln!(f, "  transit {currency}: {} = sent {} - received {}", t.balance, t.sent, t.received)?;
+            }
             for p in &s.problems {
                 writeln!(f, "  PROBLEM {p}")?;
             }
@@ -196,6 +314,7 @@ impl std::fmt::Display for Report {
         for (currency, total) in &self.totals {
             writeln!(f, "total {currency} over all shards: {total}")?;
         }
+        writeln!(f, "{}", self.cross_shard)?;
         if self.ok {
             write!(f, "verify: OK")
         } else {

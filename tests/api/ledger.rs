@@ -1,4 +1,6 @@
 //! Users, wallets, adjustments, same-shard transfers, history, reversal, verify.
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -340,6 +342,58 @@ async fn an_entry_is_reversed_at_most_once_with_compensating_entries() {
     )
     .await;
     app.assert_verified().await;
+}
+
+/// Two reversals through the API are serialised by the wallet locks; the posting's
+/// unique `reverses` key has the last word over one that committed without them. The
+/// loser of that race still answers 409 `already_reversed`, kept under its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_that_loses_on_the_unique_key_is_409_and_its_answer_is_kept() {
+    let app = spawn_app().await;
+    app.funded_user("alice", "EUR", "0").await;
+    let credit = body(app.adjust("alice", "EUR", "100", "credit", "c1").await).await;
+    let entry = credit["entry_id"].as_str().expect("entry").to_string();
+    let shard = app.router.for_user(&shardwallet::domain::UserId::parse("alice").expect("id")).index;
+    let (mut db, watcher) = (app.shard_db(shard).await, app.shard_db(shard).await);
+    let original: uuid::Uuid = db
+        .query_one("SELECT posting_id FROM entries WHERE entry_id = $1::text::uuid", &[&entry])
+        .await
+        .expect("original posting")
+        .get(0);
+    // A reversal of the same posting, not committed yet, that took no wallet lock.
+    let competitor = db.transaction().await.expect("begin");
+    competitor
+        .execute(
+            "INSERT INTO postings (posting_id, kind, reference, reverses, description)
+             VALUES (gen_random_uuid(), 'reversal', $1, $1, 'competing')",
+            &[&original],
+        )
+        .await
+        .expect("competing reversal");
+    let path = format!("/v1/entries/{entry}/reversal");
+    let (admin, empty) = (app.admin(), json!({}));
+    let commit_once_the_api_waits = async {
+        eventually(Duration::from_secs(30), "the API's reversal to wait on the competing one", || async {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                     WHERE a.datname = current_database() AND l.locktype = 'transactionid' AND NOT l.granted",
+                    &[],
+                )
+                .await
+                .expect("pg_locks")
+                .get(0);
+            (waiting > 0).then_some(())
+        })
+        .await;
+        competitor.commit().await.expect("commit the competing reversal");
+    };
+    let (response, ()) = tokio::join!(app.post(&path, &admin, &empty, Some("race")), commit_once_the_api_waits);
+    assert_problem(response, StatusCode::CONFLICT, "already_reversed").await;
+    let replay = app.post(&path, &admin, &empty, Some("race")).await;
+    assert_eq!(replay.headers().get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
+    assert_problem(replay, StatusCode::CONFLICT, "already_reversed").await;
+    assert_eq!(app.balance("alice", "EUR").await, "100", "the losing reversal moved nothing");
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ mod containers;
 mod helpers;
 mod own_postgres;
 
+mod audit;
 mod auth;
 mod failover;
 mod forged_messages;

@@ -238,6 +238,8 @@ pub struct AuditReport {
     /// Per currency, the sum of every account on every shard: must be zero.
     pub totals: BTreeMap<String, String>,
     pub problems: Vec<String>,
+    /// Both sides of every cross-shard transfer joined over the shards.
+    pub cross_shard: CrossShardAudit,
 }
 
 #[derive(ToSchema)]
@@ -247,6 +249,27 @@ pub struct ShardAudit {
     pub postings: i64,
     pub entries: i64,
     pub totals: BTreeMap<String, BTreeMap<String, String>>,
+    /// Per currency: the transit account, `balance = sent - received`.
+    pub transit: BTreeMap<String, TransitAudit>,
+    pub problems: Vec<String>,
+}
+
+#[derive(ToSchema)]
+pub struct TransitAudit {
+    pub balance: String,
+    /// Outgoing cross-shard transfers debited (`confirming` or `completed`).
+    pub sent: String,
+    /// Incoming cross-shard transfers credited (`confirmed`).
+    pub received: String,
+}
+
+#[derive(ToSchema)]
+pub struct CrossShardAudit {
+    pub debited: i64,
+    pub credited: i64,
+    /// Per currency, debited transfers whose credit was not seen yet.
+    pub in_flight: BTreeMap<String, String>,
+    pub rechecked: i64,
     pub problems: Vec<String>,
 }
 
