@@ -122,3 +122,68 @@ async fn a_transfer_redriven_too_often_is_stuck_until_an_admin_redrives_it() {
     assert_problem(bad, StatusCode::BAD_REQUEST, "invalid_request").await;
     app.assert_verified().await;
 }
+
+async fn count(app: &TestApp, shard: usize, sql: &str, ids: &[uuid::Uuid]) -> i64 {
+    app.shard_db(shard).await.query_one(sql, &[&ids]).await.expect("count").get(0)
+}
+
+#[tokio::test]
+async fn final_transfers_and_payments_shed_their_guards_and_a_late_duplicate_still_changes_nothing() {
+    use shardwallet::transfer::{
+        messages::{Stage, TransferFacts},
+        tcc,
+    };
+    let deployment = Deployment::new().await;
+    let mut settings = deployment.settings();
+    // The full protocol: every transfer leaves a hold on the sender and barriers on the receiver.
+    settings.transfers.direct_credit = false;
+    settings.transfers.prune_after_secs = 1;
+    settings.payments.prune_after_secs = 1;
+    let app = deployment.spawn(settings).await;
+    let (sender, receiver, payer) =
+        (app.user_on_shard("g-a", 0), app.user_on_shard("g-b", 1), app.user_on_shard("g-c", 2));
+    app.funded_user(&sender, "EUR", "1000").await;
+    app.funded_user(&receiver, "EUR", "0").await;
+    app.funded_user(&payer, "EUR", "1000").await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let r = app.transfer(&app.user_token(&sender), &sender, &receiver, "EUR", "10", &format!("g{n}")).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let id = body(r).await["transfer_id"].as_str().expect("id").to_string();
+        assert_eq!(app.wait_final(&id, WITHIN).await["status"], "completed");
+        ids.push(id.parse::<uuid::Uuid>().expect("uuid"));
+    }
+    let deposit = crate::payments::start(&app, "deposits", &payer, "1002", "gateway_a", "gd").await;
+    let withdrawal = crate::payments::start(&app, "withdrawals", &payer, "300", "gateway_b", "gw").await;
+    for id in [&deposit, &withdrawal] {
+        assert_eq!(crate::payments::wait_final(&app, id).await["status"], "succeeded");
+    }
+    let payments: Vec<uuid::Uuid> = [&deposit, &withdrawal].iter().map(|id| id.parse().expect("uuid")).collect();
+    eventually(WITHIN, "the guards of final transfers and payments to be pruned", || async {
+        let left = count(&app, 0, "SELECT count(*) FROM holds WHERE transfer_id = ANY($1)", &ids).await
+            + count(&app, 1, "SELECT count(*) FROM tcc_barriers WHERE transfer_id = ANY($1)", &ids).await
+            + count(&app, 2, "SELECT count(*) FROM payment_events WHERE payment_id = ANY($1)", &payments).await
+            + count(&app, 2, "SELECT count(*) FROM payment_holds WHERE payment_id = ANY($1)", &payments).await;
+        (left == 0).then_some(())
+    })
+    .await;
+    // The records stay, and they alone answer a stage that arrives late or twice.
+    assert_eq!(count(&app, 1, "SELECT count(*) FROM incoming_transfers WHERE transfer_id = ANY($1)", &ids).await, 5);
+    for id in &ids {
+        let facts = TransferFacts {
+            transfer_id: *id,
+            from_user_id: sender.clone(),
+            to_user_id: receiver.clone(),
+            currency: "EUR".into(),
+            amount: "10".into(),
+            description: None,
+        };
+        for stage in [Stage::TryCredit, Stage::ConfirmCredit, Stage::Confirmed] {
+            tcc::handle(&app.router, &facts.message(stage)).await.expect("a late duplicate is answered");
+        }
+    }
+    assert_eq!(app.balance(&receiver, "EUR").await, "50", "credited once per transfer");
+    assert_eq!(app.balance(&sender, "EUR").await, "950");
+    assert_eq!(app.balance(&payer, "EUR").await, "1702");
+    app.assert_verified().await;
+}
