@@ -77,15 +77,31 @@ pub async fn visible_user(
     Ok((user, client))
 }
 
-/// One page, newest first, out of each shard's page (each sorted, each with up to
-/// `limit + 1` items after the same cursor): the `limit` newest of all, and the cursor
-/// of the next page when there are more. Ids sort by creation time.
-pub fn merge_newest_first<T>(
-    pages: Vec<Vec<T>>,
+/// `?state=` of the admin listings.
+#[derive(Debug, serde::Deserialize)]
+pub struct StateQuery {
+    pub state: Option<String>,
+}
+
+/// One page, newest first, over every shard: `read` fetches a shard's page of up to
+/// `limit + 1` items after the cursor, newest first; the `limit` newest of all are
+/// kept, with the cursor of the next page when there are more. Ids sort by creation
+/// time.
+pub async fn page_over_shards<T, F, Fut>(
+    router: &crate::sharding::Router,
     limit: i64,
     id: impl Fn(&T) -> uuid::Uuid,
-) -> (Vec<T>, Option<uuid::Uuid>) {
-    let mut all: Vec<T> = pages.into_iter().flatten().collect();
+    read: F,
+) -> Result<(Vec<T>, Option<uuid::Uuid>), ApiError>
+where
+    F: Fn(deadpool_postgres::Client) -> Fut,
+    Fut: std::future::Future<Output = crate::ledger::Result<Vec<T>>>,
+{
+    let pages = router.shards().iter().map(|shard| async {
+        let client = shard.client().await?;
+        read(client).await
+    });
+    let mut all: Vec<T> = futures::future::try_join_all(pages).await?.into_iter().flatten().collect();
     all.sort_by_key(|item| std::cmp::Reverse(id(item)));
     let next = if all.len() as i64 > limit {
         all.truncate(limit as usize);
@@ -93,5 +109,5 @@ pub fn merge_newest_first<T>(
     } else {
         None
     };
-    (all, next)
+    Ok((all, next))
 }

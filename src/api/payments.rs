@@ -220,11 +220,6 @@ pub async fn admin_gateways(State(state): State<AppState>, caller: Caller) -> Re
     Ok(Json(json!({ "data": data })).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-pub struct StateQuery {
-    state: Option<String>,
-}
-
 /// Payments in one state over every shard, newest first (admin only); by default those
 /// in `needs_review`: past their deadline while the gateway may hold them, hold kept.
 #[utoipa::path(get, path = "/v1/admin/payments", tag = "admin", security(("bearer" = [])),
@@ -238,7 +233,7 @@ pub struct StateQuery {
 pub async fn admin_list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(filter): Query<StateQuery>,
+    Query(filter): Query<extract::StateQuery>,
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     require_admin(&caller)?;
@@ -249,12 +244,13 @@ pub async fn admin_list(
         })?,
     };
     let (limit, cursor) = (page.limit()?, page.cursor::<uuid::Uuid>()?);
-    let pages = state.router.shards().iter().map(|shard| async move {
-        let client = shard.client().await?;
-        store::list_in_state(&client, wanted, limit + 1, cursor).await
-    });
-    let pages = futures::future::try_join_all(pages).await?;
-    let (data, next) = extract::merge_newest_first(pages, limit, |p: &store::PaymentView| p.payment_id);
+    let (data, next) = extract::page_over_shards(
+        &state.router,
+        limit,
+        |p: &store::PaymentView| p.payment_id,
+        |client| async move { store::list_in_state(&client, wanted, limit + 1, cursor).await },
+    )
+    .await?;
     Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
 }
 

@@ -165,11 +165,6 @@ pub async fn list_for_user(
     Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-pub struct StateQuery {
-    state: Option<String>,
-}
-
 /// Cross-shard and same-shard transfers over every shard by state, newest first (admin
 /// only); `stuck` (the default) lists those the sweeper stopped re-driving.
 #[utoipa::path(get, path = "/v1/admin/transfers", tag = "admin", security(("bearer" = [])),
@@ -183,7 +178,7 @@ pub struct StateQuery {
 pub async fn admin_list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(filter): Query<StateQuery>,
+    Query(filter): Query<extract::StateQuery>,
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     require_admin(&caller)?;
@@ -192,12 +187,13 @@ pub async fn admin_list(
         return Err(ApiError::invalid_request("state must be stuck, trying, confirming, completed or cancelled"));
     }
     let (limit, cursor) = (page.limit()?, page.cursor::<uuid::Uuid>()?);
-    let pages = state.router.shards().iter().map(|shard| async move {
-        let client = shard.client().await?;
-        queries::transfers_in_state(&client, wanted, limit + 1, cursor).await
-    });
-    let pages = futures::future::try_join_all(pages).await?;
-    let (data, next) = extract::merge_newest_first(pages, limit, |t: &queries::TransferView| t.transfer_id);
+    let (data, next) = extract::page_over_shards(
+        &state.router,
+        limit,
+        |t: &queries::TransferView| t.transfer_id,
+        |client| async move { queries::transfers_in_state(&client, wanted, limit + 1, cursor).await },
+    )
+    .await?;
     Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
 }
 

@@ -72,6 +72,18 @@ struct KafkaProbe {
     topics: kafka::Topics,
 }
 
+/// The probe is a member of the consumer group: closing it leaves the group, which can
+/// wait on the broker indefinitely. It is dropped when the sampler task is, often on the
+/// runtime's own thread while it shuts down, so it closes on a thread of its own (a hang
+/// seen in the test suite: a test's runtime never finished shutting down).
+impl Drop for KafkaProbe {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            kafka::close_in_background(consumer);
+        }
+    }
+}
+
 impl KafkaProbe {
     fn new(settings: &KafkaSettings) -> Self {
         let consumer = kafka::consumer_config(settings, &settings.group_id)
