@@ -240,7 +240,7 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
             set.spawn(sampler.run(token.clone()));
         }
     }
-    let sampler = crate::telemetry::sampler::Sampler {
+    let sampler = crate::messaging::sampler::Sampler {
         router: state.router.clone(),
         kafka: settings.kafka.clone(),
         interval: Duration::from_secs(settings.metrics.sample_interval_secs.max(1)),
@@ -275,13 +275,16 @@ async fn start_consumer(state: &AppState, topics: &kafka::Topics) -> consumer::W
         };
         match attempt.await {
             Ok(consumer) => {
-                return consumer::Worker {
-                    consumer,
+                let handler = crate::transfer::worker::StageHandler {
                     router: state.router.clone(),
-                    producer: state.producer.clone(),
-                    topics: topics.clone(),
                     wakers: state.wakers.clone(),
                     max_attempts: 8,
+                };
+                return consumer::Worker {
+                    consumer,
+                    handler: Arc::new(handler),
+                    producer: state.producer.clone(),
+                    topics: topics.clone(),
                     auth: state.messages.clone(),
                     trim: match settings.trim_interval_secs {
                         0 => None,
@@ -293,7 +296,7 @@ async fn start_consumer(state: &AppState, topics: &kafka::Topics) -> consumer::W
                             }
                         },
                     },
-                }
+                };
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot start the stage consumer yet");

@@ -1,7 +1,6 @@
 //! Logging: `RUST_LOG` filters (default `info`); `SHARDWALLET_LOG_FORMAT=json` for JSON lines.
 //! Metrics: [`metrics`] (names and recording functions), [`sampler`] (periodic gauges).
 pub mod metrics;
-pub mod sampler;
 
 use tracing_subscriber::{fmt, EnvFilter};
 

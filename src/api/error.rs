@@ -21,8 +21,54 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     /// The stable machine code to branch on.
-    #[schema(value_type = super::openapi::ProblemCode)]
+    #[schema(value_type = ProblemCode)]
     pub code: &'static str,
+}
+
+/// Every stable `code` a problem response can carry.
+#[derive(utoipa::ToSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemCode {
+    InvalidRequest,
+    InvalidAmount,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    UserNotFound,
+    WalletNotFound,
+    TransferNotFound,
+    UserExists,
+    WalletExists,
+    AlreadyReversed,
+    NotReversible,
+    InsufficientFunds,
+    CurrencyMismatch,
+    SameAccount,
+    IdempotencyKeyMissing,
+    IdempotencyKeyReused,
+    IdempotencyRequestInProgress,
+    MethodNotAllowed,
+    RateLimited,
+    ShardUnavailable,
+    Busy,
+    /// 503 on POST /v1/transfers: too many cross-shard transfers in flight (Retry-After).
+    Overloaded,
+    /// 400 on deposits and withdrawals: not a valid card number or IBAN.
+    InvalidPaymentMethod,
+    /// 422 when a payment names an unknown gateway; 404 on a callback path.
+    GatewayNotFound,
+    /// 503 on deposits and withdrawals: the gateway's circuit breaker is open (Retry-After).
+    GatewayUnavailable,
+    /// 401 on gateway callbacks: missing, malformed, wrong or stale signature.
+    InvalidSignature,
+    PaymentNotFound,
+    /// 409 on POST /v1/admin/payments/{payment_id}/resolve: the payment is already final.
+    PaymentFinal,
+    /// 409 on POST /v1/admin/transfers/{transfer_id}/redrive: nothing left to send.
+    TransferFinal,
+    /// 413 on gateway callbacks: a body over 64 KiB.
+    PayloadTooLarge,
+    Internal,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -23,56 +23,14 @@ use utoipa::{
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
         RefOr,
     },
-    Modify, OpenApi, ToSchema,
+    Modify, OpenApi,
 };
 
-use super::{callbacks, error::Problem, health, payments, transfers, users};
-
-/// Every stable `code` a problem response can carry.
-#[derive(ToSchema, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProblemCode {
-    InvalidRequest,
-    InvalidAmount,
-    Unauthorized,
-    Forbidden,
-    NotFound,
-    UserNotFound,
-    WalletNotFound,
-    TransferNotFound,
-    UserExists,
-    WalletExists,
-    AlreadyReversed,
-    NotReversible,
-    InsufficientFunds,
-    CurrencyMismatch,
-    SameAccount,
-    IdempotencyKeyMissing,
-    IdempotencyKeyReused,
-    IdempotencyRequestInProgress,
-    MethodNotAllowed,
-    RateLimited,
-    ShardUnavailable,
-    Busy,
-    /// 503 on POST /v1/transfers: too many cross-shard transfers in flight (Retry-After).
-    Overloaded,
-    /// 400 on deposits and withdrawals: not a valid card number or IBAN.
-    InvalidPaymentMethod,
-    /// 422 when a payment names an unknown gateway; 404 on a callback path.
-    GatewayNotFound,
-    /// 503 on deposits and withdrawals: the gateway's circuit breaker is open (Retry-After).
-    GatewayUnavailable,
-    /// 401 on gateway callbacks: missing, malformed, wrong or stale signature.
-    InvalidSignature,
-    PaymentNotFound,
-    /// 409 on POST /v1/admin/payments/{payment_id}/resolve: the payment is already final.
-    PaymentFinal,
-    /// 409 on POST /v1/admin/transfers/{transfer_id}/redrive: nothing left to send.
-    TransferFinal,
-    /// 413 on gateway callbacks: a body over 64 KiB.
-    PayloadTooLarge,
-    Internal,
-}
+use super::{
+    callbacks,
+    error::{Problem, ProblemCode},
+    health, payments, transfers, users,
+};
 
 #[derive(OpenApi)]
 #[openapi(

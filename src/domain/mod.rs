@@ -1,6 +1,7 @@
 //! Domain types. Each parses once at the edge; a parsed value is valid everywhere.
 mod amount;
 mod ids;
+pub mod payment_method;
 
 pub use amount::{Amount, AmountError, MAX_AMOUNT_DIGITS};
 pub use ids::{Currency, IdempotencyKey, InvalidId, RoutableId, UserId};

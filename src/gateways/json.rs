@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use uuid::Uuid;
 
 use super::{signature, CallbackError, CallbackEvent, Gateway, GatewayError, PaymentRequest};
-use crate::payments::state::Outcome;
+use crate::gateways::Outcome;
 use transformers::{ChargeReply, ChargeRequest, Notification};
 
 pub const SIGNATURE_HEADER: &str = "gateway-signature";

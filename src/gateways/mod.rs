@@ -19,8 +19,34 @@ use backon::{ExponentialBuilder, Retryable};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
-use crate::{config::GatewaySettings, payments::method::PaymentMethod, payments::state::Outcome};
+use crate::{config::GatewaySettings, domain::payment_method::PaymentMethod};
 pub use breaker::{Breaker, Circuit};
+
+/// What a gateway says about a payment, when it says something we can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Approved { reference: Option<String> },
+    Declined { reason: String, reference: Option<String> },
+    Pending { reference: Option<String> },
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Approved { .. } => "approved",
+            Outcome::Declined { .. } => "declined",
+            Outcome::Pending { .. } => "pending",
+        }
+    }
+
+    pub fn reference(&self) -> Option<&str> {
+        match self {
+            Outcome::Approved { reference } | Outcome::Declined { reference, .. } | Outcome::Pending { reference } => {
+                reference.as_deref()
+            }
+        }
+    }
+}
 
 /// What we ask a gateway to do. `payment_id` is the idempotency key the gateway dedups on.
 pub struct PaymentRequest<'a> {
@@ -156,7 +182,8 @@ impl Configured {
                     received.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 crate::telemetry::metrics::gateway_call(&self.name, outcome, started);
-                crate::telemetry::metrics::circuit_state(&self.name, self.breaker.circuit());
+                let all = Circuit::ALL.map(Circuit::as_str);
+                crate::telemetry::metrics::circuit_state(&self.name, self.breaker.circuit().as_str(), &all);
                 result
             }
         };

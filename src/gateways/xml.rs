@@ -7,7 +7,7 @@ use axum::http::HeaderMap;
 use uuid::Uuid;
 
 use super::{signature, CallbackError, CallbackEvent, Gateway, GatewayError, PaymentRequest};
-use crate::payments::state::Outcome;
+use crate::gateways::Outcome;
 use transformers::{
     from_xml, to_xml, Envelope, NotificationBody, PaymentBody, PaymentRequestXml, ReplyBody, StatusBody, StatusRequest,
 };

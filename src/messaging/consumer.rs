@@ -1,4 +1,6 @@
-//! Consumes stage messages and hands each to `transfer::tcc::handle`.
+//! The stage topic's consumer loop: takes messages in batches, checks each one's tag,
+//! and hands the verified payloads to a `Handler` (the stage worker is
+//! `transfer::worker::StageHandler`); what the handler refuses is dead-lettered.
 //!
 //! Messages are taken in batches; within a batch, messages with the same key (one
 //! transfer) run in order and different transfers run concurrently. Offsets are stored
@@ -35,12 +37,19 @@ use tokio_util::sync::CancellationToken;
 use super::{
     auth::{self, MessageAuth, Purpose, Verified},
     kafka::Topics,
-    outbox::Wakers,
 };
-use crate::{
-    sharding::Router,
-    transfer::{messages::StageMessage, tcc},
-};
+
+/// Why a handler gave up on a message: it is dead-lettered with this text.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+/// What the consumer does with a verified message. Handlers are idempotent (a message
+/// may come again after a crash or a rebalance) and retry what is worth retrying
+/// themselves; an `Err` is final for this delivery.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync {
+    async fn handle(&self, payload: &[u8]) -> Result<(), Refused>;
+}
 
 const MAX_BATCH: usize = 512;
 
@@ -64,11 +73,9 @@ pub type StageConsumer = StreamConsumer<CommitOnRevoke>;
 
 pub struct Worker {
     pub consumer: StageConsumer,
-    pub router: Arc<Router>,
+    pub handler: Arc<dyn Handler>,
     pub producer: FutureProducer,
     pub topics: Topics,
-    pub wakers: Wakers,
-    pub max_attempts: u32,
     pub auth: MessageAuth,
     /// Deletes handled messages from the stage topic; `None` keeps them.
     pub trim: Option<(AdminClient<DefaultClientContext>, Duration)>,
@@ -135,23 +142,8 @@ impl Worker {
                 return self.dead_letter(m, &format!("rejected: {rejection}")).await;
             }
         }
-        let msg: StageMessage = match serde_json::from_slice(payload) {
-            Ok(msg) => msg,
-            Err(e) => return self.dead_letter(m, &format!("unreadable message: {e}")).await,
-        };
-        let _timer = crate::telemetry::metrics::StageTimer::start(msg.stage.name());
-        let mut backoff = Duration::from_millis(50);
-        for attempt in 1..=self.max_attempts {
-            match tcc::handle(&self.router, &msg).await {
-                Ok(shard) => return self.wakers.wake(shard),
-                Err(e) if e.is_transient() && attempt < self.max_attempts => {
-                    crate::telemetry::metrics::stage_retried(msg.stage.name());
-                    tracing::warn!(error = %e, attempt, transfer_id = %msg.transfer_id, "stage failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => return self.dead_letter(m, &e.to_string()).await,
-            }
+        if let Err(Refused(why)) = self.handler.handle(payload).await {
+            self.dead_letter(m, &why).await;
         }
     }
 

@@ -8,3 +8,4 @@ pub mod consumer;
 pub mod dlq;
 pub mod kafka;
 pub mod outbox;
+pub mod sampler;

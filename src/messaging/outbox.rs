@@ -20,19 +20,20 @@ use super::{
     auth::{MessageAuth, Purpose},
     kafka,
 };
-use crate::{config::KafkaSettings, sharding::Shard, transfer::messages::StageMessage};
+use crate::{config::KafkaSettings, sharding::Shard};
 
 const BATCH: i64 = 256;
 const POLL: Duration = Duration::from_millis(500);
 
-pub async fn enqueue(tx: &Transaction<'_>, msg: &StageMessage) -> crate::ledger::Result<()> {
-    let payload = serde_json::to_string(msg)
-        .map_err(|e| crate::ledger::Error::Invariant(format!("stage message does not serialise: {e}")))?;
-    tx.cached_execute(
-        "INSERT INTO outbox (msg_key, payload) VALUES ($1, $2)",
-        &[&msg.transfer_id.to_string(), &payload],
-    )
-    .await?;
+/// Writes a message to `outbox`'s table in the caller's transaction; the relay publishes
+/// it once that transaction has committed.
+pub async fn enqueue(
+    tx: &Transaction<'_>,
+    outbox: Outbox,
+    key: &str,
+    payload: &str,
+) -> Result<(), tokio_postgres::Error> {
+    tx.cached_execute(outbox.insert_sql(), &[&key, &payload]).await?;
     Ok(())
 }
 
@@ -67,6 +68,13 @@ pub enum Outbox {
 }
 
 impl Outbox {
+    fn insert_sql(self) -> &'static str {
+        match self {
+            Outbox::Stages => "INSERT INTO outbox (msg_key, payload) VALUES ($1, $2)",
+            Outbox::Payments => "INSERT INTO payment_outbox (msg_key, payload) VALUES ($1, $2)",
+        }
+    }
+
     fn select_sql(self) -> &'static str {
         match self {
             Outbox::Stages => "SELECT id, msg_key, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",

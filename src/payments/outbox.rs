@@ -22,7 +22,7 @@ fn version() -> u32 {
 pub async fn enqueue(tx: &Transaction<'_>, payment_id: Uuid) -> crate::ledger::Result<()> {
     let payload = serde_json::to_string(&SubmitPayment { v: 1, payment_id })
         .map_err(|e| crate::ledger::Error::Invariant(format!("payment message does not serialise: {e}")))?;
-    tx.execute("INSERT INTO payment_outbox (msg_key, payload) VALUES ($1, $2)", &[&payment_id.to_string(), &payload])
-        .await?;
+    let key = payment_id.to_string();
+    crate::messaging::outbox::enqueue(tx, crate::messaging::outbox::Outbox::Payments, &key, &payload).await?;
     Ok(())
 }

@@ -72,31 +72,7 @@ impl State {
     }
 }
 
-/// What a gateway says about a payment, when it says something we can act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Approved { reference: Option<String> },
-    Declined { reason: String, reference: Option<String> },
-    Pending { reference: Option<String> },
-}
-
-impl Outcome {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Approved { .. } => "approved",
-            Outcome::Declined { .. } => "declined",
-            Outcome::Pending { .. } => "pending",
-        }
-    }
-
-    pub fn reference(&self) -> Option<&str> {
-        match self {
-            Outcome::Approved { reference } | Outcome::Declined { reference, .. } | Outcome::Pending { reference } => {
-                reference.as_deref()
-            }
-        }
-    }
-}
+pub use crate::gateways::Outcome;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

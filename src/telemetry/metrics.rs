@@ -143,16 +143,14 @@ pub fn transfer_created(committed: bool, cross_shard: bool) {
     }
 }
 
-/// The sender's transition of a cross-shard transfer, after its transaction committed.
-pub fn sender_step(step: &crate::transfer::tcc::SenderStep) {
-    use crate::transfer::tcc::SenderStep;
-    match step {
-        SenderStep::Complete => counter!(TRANSFERS_COMPLETED, "route" => "cross_shard").increment(1),
-        SenderStep::Cancel { reason } => {
-            counter!(TRANSFERS_CANCELLED, "route" => "cross_shard", "reason" => reason.clone()).increment(1)
-        }
-        SenderStep::Confirm | SenderStep::AckCancel | SenderStep::Ignore => {}
-    }
+/// A cross-shard transfer completed (its sender's transition committed).
+pub fn cross_shard_completed() {
+    counter!(TRANSFERS_COMPLETED, "route" => "cross_shard").increment(1);
+}
+
+/// A cross-shard transfer was cancelled, and why.
+pub fn cross_shard_cancelled(reason: &str) {
+    counter!(TRANSFERS_CANCELLED, "route" => "cross_shard", "reason" => reason.to_string()).increment(1);
 }
 
 /// Times the handling of one stage message (retries included) from creation to drop.
@@ -242,12 +240,12 @@ pub fn gateway_call(gateway: &str, outcome: &str, started: Instant) {
         .record(started.elapsed().as_secs_f64());
 }
 
-/// A gateway's circuit breaker is now in `state`: that series is set to 1 and the
-/// others to 0, so `max by (gateway)` shows the state.
-pub fn circuit_state(gateway: &str, state: crate::gateways::breaker::Circuit) {
-    for s in crate::gateways::breaker::Circuit::ALL {
-        let value = if s == state { 1.0 } else { 0.0 };
-        gauge!(CIRCUIT_STATE, "gateway" => gateway.to_string(), "state" => s.as_str()).set(value);
+/// A gateway's circuit breaker is now in `state`, one of `all`: that series is set to 1
+/// and the others to 0, so `max by (gateway)` shows the state.
+pub fn circuit_state(gateway: &str, state: &'static str, all: &[&'static str]) {
+    for s in all {
+        let value = if *s == state { 1.0 } else { 0.0 };
+        gauge!(CIRCUIT_STATE, "gateway" => gateway.to_string(), "state" => *s).set(value);
     }
 }
 
@@ -270,7 +268,7 @@ mod tests {
     fn recorded_values_appear_in_the_exposition() {
         let _ = handle();
         gateway_call("unit-test-gw", "ok", Instant::now());
-        circuit_state("unit-test-gw", crate::gateways::breaker::Circuit::Open);
+        circuit_state("unit-test-gw", "open", &["closed", "open", "half_open"]);
         http_request("/unit/{id}", "GET", 200, Instant::now());
         let text = render();
         assert!(text.contains(r#"shardwallet_gateway_calls_total{gateway="unit-test-gw",outcome="ok"} 1"#), "{text}");

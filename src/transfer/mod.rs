@@ -6,6 +6,7 @@ pub mod incoming;
 pub mod messages;
 pub mod sweeper;
 pub mod tcc;
+pub mod worker;
 
 use std::time::Duration;
 
@@ -14,7 +15,6 @@ use deadpool_postgres::Transaction;
 use crate::{
     domain::{Currency, UserId},
     ledger::{self, holds, local, local::TransferRequest, TransferView},
-    messaging::outbox,
     sharding::Router,
 };
 use messages::{Stage, TransferFacts};
@@ -65,6 +65,6 @@ pub async fn start(
         amount: req.amount.to_string(),
         description: req.description.map(str::to_string),
     };
-    outbox::enqueue(tx, &facts.message(stage)).await?;
+    messages::enqueue(tx, &facts.message(stage)).await?;
     Ok(view)
 }

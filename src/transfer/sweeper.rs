@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    messages::TransferFacts,
+    messages::{self, TransferFacts},
     tcc::{self, SenderEvent},
 };
 use crate::{
     ledger,
-    messaging::outbox::{self, Wakers},
+    messaging::outbox::Wakers,
     sharding::{Router, Shard},
 };
 
@@ -179,7 +179,7 @@ impl Sweeper {
                 )));
             };
             tracing::info!(transfer_id = %facts.transfer_id, stage = stage.name(), "re-emitting stage of a stuck transfer");
-            outbox::enqueue(&tx, &facts.message(stage)).await?;
+            messages::enqueue(&tx, &facts.message(stage)).await?;
         }
         tx.commit().await?;
         if rows.len() > stuck {
@@ -267,7 +267,7 @@ pub async fn redrive_by_operator(
         description: row.get(7),
     };
     let name = stage.name();
-    outbox::enqueue(&tx, &facts.message(stage)).await?;
+    messages::enqueue(&tx, &facts.message(stage)).await?;
     tx.execute(
         "UPDATE transfers SET stuck_at = NULL, redrives = 0, updated_at = now() WHERE transfer_id = $1",
         &[&transfer_id],

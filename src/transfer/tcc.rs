@@ -47,12 +47,11 @@ use uuid::Uuid;
 
 use super::{
     incoming::Recorded,
-    messages::{Stage, StageMessage, TransferFacts},
+    messages::{self, Stage, StageMessage, TransferFacts},
 };
 use crate::{
     domain::{Currency, RoutableId, UserId},
     ledger::{self, accounts, holds, Error},
-    messaging::outbox,
     sharding::Router,
 };
 
@@ -285,7 +284,7 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
             futures::try_join!(
                 holds::debit_to_transit(&tx, transfer_id, id.bucket(), &facts.currency),
                 set_state(&tx, transfer_id, "confirming", None),
-                outbox::enqueue(&tx, &next),
+                messages::enqueue(&tx, &next),
             )?;
         }
         SenderStep::Cancel { reason } => {
@@ -293,7 +292,7 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
             futures::try_join!(
                 holds::release_hold(&tx, transfer_id),
                 set_state(&tx, transfer_id, "cancelled", Some(reason)),
-                outbox::enqueue(&tx, &next),
+                messages::enqueue(&tx, &next),
             )?;
         }
         SenderStep::Complete => set_state(&tx, transfer_id, "completed", None).await?,
@@ -307,7 +306,11 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
         SenderStep::Ignore => {}
     }
     tx.commit().await?;
-    crate::telemetry::metrics::sender_step(&step);
+    match &step {
+        SenderStep::Complete => crate::telemetry::metrics::cross_shard_completed(),
+        SenderStep::Cancel { reason } => crate::telemetry::metrics::cross_shard_cancelled(reason),
+        SenderStep::Confirm | SenderStep::AckCancel | SenderStep::Ignore => {}
+    }
     Ok(shard.index)
 }
 
@@ -382,7 +385,7 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
             futures::try_join!(
                 barrier(&tx, id, "try"),
                 record_incoming(&tx, msg, recorded, reason.as_deref()),
-                outbox::enqueue(&tx, &answer),
+                messages::enqueue(&tx, &answer),
             )?;
         }
         ReceiverStep::Suspend => {
@@ -391,7 +394,7 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
         }
         ReceiverStep::AnswerTriedAgain { ok } => {
             let reason = if ok { None } else { rejection_reason(&tx, id).await? };
-            outbox::enqueue(&tx, &facts.message(Stage::Tried { ok, reason })).await?;
+            messages::enqueue(&tx, &facts.message(Stage::Tried { ok, reason })).await?;
         }
         // Confirm after a Try, or a direct credit (no Try: its incoming record is new).
         ReceiverStep::Confirm | ReceiverStep::CreditDirect => {
@@ -422,14 +425,14 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
                 barrier(&tx, id, "confirm"),
                 incoming,
                 holds::credit_from_transit(&tx, id, bucket, &to, &currency, &amount),
-                outbox::enqueue(&tx, &answer),
+                messages::enqueue(&tx, &answer),
             )?;
         }
-        ReceiverStep::AnswerConfirmedAgain => outbox::enqueue(&tx, &facts.message(Stage::Confirmed)).await?,
+        ReceiverStep::AnswerConfirmedAgain => messages::enqueue(&tx, &facts.message(Stage::Confirmed)).await?,
         ReceiverStep::EmptyRollback => {
             tracing::info!("Cancel arrived before Try (empty rollback): barrier recorded");
             let answer = facts.message(Stage::Cancelled);
-            futures::try_join!(barrier(&tx, id, "cancel"), outbox::enqueue(&tx, &answer))?;
+            futures::try_join!(barrier(&tx, id, "cancel"), messages::enqueue(&tx, &answer))?;
         }
         ReceiverStep::Cancel => {
             let answer = facts.message(Stage::Cancelled);
@@ -444,10 +447,10 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
                     .await?;
                     Ok(())
                 },
-                outbox::enqueue(&tx, &answer),
+                messages::enqueue(&tx, &answer),
             )?;
         }
-        ReceiverStep::AnswerCancelledAgain => outbox::enqueue(&tx, &facts.message(Stage::Cancelled)).await?,
+        ReceiverStep::AnswerCancelledAgain => messages::enqueue(&tx, &facts.message(Stage::Cancelled)).await?,
         ReceiverStep::Ignore => {}
         ReceiverStep::Violation(what) => return Err(Error::Invariant(what.to_string())),
     }

@@ -11,6 +11,7 @@ mod failover;
 mod forged_messages;
 mod foundation;
 mod idempotency;
+mod layers;
 mod ledger;
 mod metrics;
 mod openapi;

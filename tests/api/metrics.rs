@@ -129,13 +129,13 @@ async fn the_outbox_gauges_show_unpublished_rows_and_their_age() {
     // named shard-1..3, so the query is checked here and the gauges' presence above).
     let shard = app.router.for_user(&shardwallet::domain::UserId::parse(&alice).expect("id")).clone();
     let (depth, _) = eventually(Duration::from_secs(30), "the oldest row to age", || async {
-        let stats = shardwallet::telemetry::sampler::outbox_stats(&shard).await.expect("outbox stats");
+        let stats = shardwallet::messaging::sampler::outbox_stats(&shard).await.expect("outbox stats");
         (stats.1 >= 1.0).then_some(stats)
     })
     .await;
     assert_eq!(depth, 1, "the TryCredit waits in the outbox");
     let receiver = app.router.for_user(&shardwallet::domain::UserId::parse(&bob).expect("id")).clone();
-    assert_eq!(shardwallet::telemetry::sampler::outbox_stats(&receiver).await.expect("stats"), (0, 0.0));
+    assert_eq!(shardwallet::messaging::sampler::outbox_stats(&receiver).await.expect("stats"), (0, 0.0));
 }
 
 #[tokio::test]

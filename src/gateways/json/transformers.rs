@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::super::{CallbackEvent, PaymentRequest};
-use crate::payments::state::Outcome;
+use crate::gateways::Outcome;
 
 /// The method as gateway A takes it (full number: only ever sent over the wire).
 #[derive(Debug, Clone, Serialize, Deserialize)]

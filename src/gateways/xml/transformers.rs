@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::super::{CallbackEvent, PaymentRequest};
-use crate::payments::state::Outcome;
+use crate::gateways::Outcome;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename = "Envelope")]

@@ -1,5 +1,5 @@
 //! The periodic sampler: every `metrics.sample_interval_secs` it reads what no request
-//! path sees and sets the gauges of [`super::metrics`]: per shard the outbox depth and
+//! path sees and sets the gauges of [`crate::telemetry::metrics`]: per shard the outbox depth and
 //! the age of its oldest row and the connection pool's usage; the stage consumer
 //! group's lag (committed offsets against high watermarks) and the dead-letter topic's
 //! size. A failed sample is logged, counted and tried again next period.
@@ -8,11 +8,11 @@ use std::{sync::Arc, time::Duration};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio_util::sync::CancellationToken;
 
-use super::metrics;
+use super::kafka;
 use crate::{
     config::KafkaSettings,
-    messaging::kafka,
     sharding::{Router, Shard},
+    telemetry::metrics,
 };
 
 pub struct Sampler {

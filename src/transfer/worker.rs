@@ -1,0 +1,47 @@
+//! The stage worker: what the stage topic's consumer (`messaging::consumer`) does with a
+//! verified message. It parses the stage, runs it through `tcc::handle` on the shard it
+//! concerns, retries transient failures with backoff, and wakes the relay of the shard
+//! whose outbox got the answer. Anything else is refused, and so dead-lettered.
+use std::{sync::Arc, time::Duration};
+
+use super::{messages::StageMessage, tcc};
+use crate::{
+    messaging::{
+        consumer::{Handler, Refused},
+        outbox::Wakers,
+    },
+    sharding::Router,
+    telemetry::metrics,
+};
+
+pub struct StageHandler {
+    pub router: Arc<Router>,
+    pub wakers: Wakers,
+    pub max_attempts: u32,
+}
+
+#[async_trait::async_trait]
+impl Handler for StageHandler {
+    async fn handle(&self, payload: &[u8]) -> Result<(), Refused> {
+        let msg: StageMessage =
+            serde_json::from_slice(payload).map_err(|e| Refused(format!("unreadable message: {e}")))?;
+        let _timer = metrics::StageTimer::start(msg.stage.name());
+        let mut backoff = Duration::from_millis(50);
+        for attempt in 1..=self.max_attempts {
+            match tcc::handle(&self.router, &msg).await {
+                Ok(shard) => {
+                    self.wakers.wake(shard);
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() && attempt < self.max_attempts => {
+                    metrics::stage_retried(msg.stage.name());
+                    tracing::warn!(error = %e, attempt, transfer_id = %msg.transfer_id, "stage failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(Refused(e.to_string())),
+            }
+        }
+        Err(Refused(format!("no attempt left after {}", self.max_attempts)))
+    }
+}
