@@ -361,11 +361,30 @@ impl Default for PaymentSettings {
     }
 }
 
+/// The protocols a gateway client (and the mock gateway) speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayProtocol {
+    /// Gateway A's: JSON over REST.
+    Json,
+    /// Gateway B's: SOAP-style XML.
+    Xml,
+}
+
+impl GatewayProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Xml => "xml",
+        }
+    }
+}
+
 /// One payment gateway: where it is, how it signs, how we retry and when we stop calling.
 #[derive(Clone, Debug, Deserialize)]
 pub struct GatewaySettings {
     /// Which client speaks to it: `json` (gateway A's protocol) or `xml` (gateway B's).
-    pub protocol: String,
+    pub protocol: GatewayProtocol,
     pub base_url: String,
     /// HMAC-SHA256 key of its callbacks (SHARDWALLET__GATEWAYS__<NAME>__SIGNING_SECRET).
     pub signing_secret: SecretString,

@@ -179,19 +179,33 @@ fn spawn_payment_workers(state: &AppState, topics: &kafka::Topics, token: &Cance
 async fn start_payment_consumer(state: &AppState, topics: &kafka::Topics) -> rdkafka::consumer::StreamConsumer {
     use rdkafka::consumer::Consumer;
     let settings = &state.settings.kafka;
+    until_subscribed("payments", settings, topics, || {
+        let group = format!("{}.payments", settings.group_id);
+        let consumer: rdkafka::consumer::StreamConsumer = kafka::consumer_config(settings, &group).create()?;
+        consumer.subscribe(&[&topics.payments])?;
+        Ok(consumer)
+    })
+    .await
+}
+
+/// Ensures the topics exist and runs `subscribe`, retrying with backoff while the
+/// broker is away (a process may start before its broker).
+async fn until_subscribed<C>(
+    what: &str,
+    settings: &crate::config::KafkaSettings,
+    topics: &kafka::Topics,
+    subscribe: impl Fn() -> anyhow::Result<C>,
+) -> C {
     let mut backoff = Duration::from_millis(200);
     loop {
         let attempt = async {
             kafka::ensure_topics(settings, topics).await?;
-            let group = format!("{}.payments", settings.group_id);
-            let consumer: rdkafka::consumer::StreamConsumer = kafka::consumer_config(settings, &group).create()?;
-            consumer.subscribe(&[&topics.payments])?;
-            anyhow::Ok(consumer)
+            subscribe()
         };
         match attempt.await {
             Ok(consumer) => return consumer,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot start the payments consumer yet");
+                tracing::warn!(error = %e, retry_in = ?backoff, consumer = what, "cannot start the consumer yet");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -261,48 +275,40 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
     set
 }
 
-/// Ensures the topics exist and subscribes, retrying while the broker is away.
+/// The stage consumer, once the broker answers.
 async fn start_consumer(state: &AppState, topics: &kafka::Topics) -> consumer::Worker {
     let settings = &state.settings.kafka;
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let attempt = async {
-            kafka::ensure_topics(settings, topics).await?;
-            let consumer: consumer::StageConsumer =
-                kafka::consumer_config(settings, &settings.group_id).create_with_context(consumer::CommitOnRevoke)?;
-            consumer::subscribe(&consumer, topics)?;
-            anyhow::Ok(consumer)
-        };
-        match attempt.await {
-            Ok(consumer) => {
-                let handler = crate::transfer::worker::StageHandler {
-                    router: state.router.clone(),
-                    wakers: state.wakers.clone(),
-                    max_attempts: 8,
-                };
-                return consumer::Worker {
-                    consumer,
-                    handler: Arc::new(handler),
-                    producer: state.producer.clone(),
-                    topics: topics.clone(),
-                    auth: state.messages.clone(),
-                    trim: match settings.trim_interval_secs {
-                        0 => None,
-                        secs => match kafka::admin(settings) {
-                            Ok(admin) => Some((admin, Duration::from_secs(secs))),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "no admin client: handled stage messages are not trimmed");
-                                None
-                            }
-                        },
-                    },
-                };
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot start the stage consumer yet");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+    let consumer = until_subscribed("stages", settings, topics, || {
+        let consumer: consumer::StageConsumer =
+            kafka::consumer_config(settings, &settings.group_id).create_with_context(consumer::CommitOnRevoke)?;
+        consumer::subscribe(&consumer, topics)?;
+        Ok(consumer)
+    })
+    .await;
+    let handler = crate::transfer::worker::StageHandler {
+        router: state.router.clone(),
+        wakers: state.wakers.clone(),
+        max_attempts: STAGE_ATTEMPTS,
+    };
+    consumer::Worker {
+        consumer,
+        handler: Arc::new(handler),
+        producer: state.producer.clone(),
+        topics: topics.clone(),
+        auth: state.messages.clone(),
+        trim: match settings.trim_interval_secs {
+            0 => None,
+            secs => match kafka::admin(settings) {
+                Ok(admin) => Some((admin, Duration::from_secs(secs))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no admin client: handled stage messages are not trimmed");
+                    None
+                }
+            },
+        },
     }
 }
+
+/// Attempts at one stage before it is dead-lettered: with backoff from 50 ms doubling
+/// up to 2 s, about 5 s of a shard being away (longer outages: the sweeper re-drives).
+const STAGE_ATTEMPTS: u32 = 8;

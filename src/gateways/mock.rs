@@ -34,11 +34,7 @@ use uuid::Uuid;
 
 use super::{json as a, signature, xml as b};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Protocol {
-    Json,
-    Xml,
-}
+pub use crate::config::GatewayProtocol as Protocol;
 
 #[derive(Debug, Clone)]
 pub struct MockConfig {

@@ -19,7 +19,10 @@ use backon::{ExponentialBuilder, Retryable};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
-use crate::{config::GatewaySettings, domain::payment_method::PaymentMethod};
+use crate::{
+    config::{GatewayProtocol, GatewaySettings},
+    domain::payment_method::PaymentMethod,
+};
 pub use breaker::{Breaker, Circuit};
 
 /// What a gateway says about a payment, when it says something we can act on.
@@ -138,7 +141,7 @@ pub trait Gateway: Send + Sync {
 /// A configured gateway: its client, breaker and retry policy.
 pub struct Configured {
     pub name: String,
-    pub protocol: String,
+    pub protocol: GatewayProtocol,
     pub client: Box<dyn Gateway>,
     pub breaker: Breaker,
     retry: ExponentialBuilder,
@@ -214,14 +217,14 @@ impl Gateways {
     pub fn from_settings(settings: &BTreeMap<String, GatewaySettings>) -> anyhow::Result<Self> {
         let mut map = BTreeMap::new();
         for (name, s) in settings {
-            let client = build_client(name, s)?;
+            let client = build_client(s)?;
             let retry = ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(s.retry_min_delay_ms))
                 .with_max_delay(Duration::from_millis(s.retry_max_delay_ms))
                 .with_max_times(s.retry_max_attempts.saturating_sub(1))
                 .with_jitter();
             let breaker = Breaker::new(s.breaker_failure_threshold, Duration::from_millis(s.breaker_open_ms));
-            let configured = Configured { name: name.clone(), protocol: s.protocol.clone(), client, breaker, retry };
+            let configured = Configured { name: name.clone(), protocol: s.protocol, client, breaker, retry };
             map.insert(name.clone(), Arc::new(configured));
         }
         Ok(Self(Arc::new(map)))
@@ -236,7 +239,7 @@ impl Gateways {
     }
 }
 
-fn build_client(name: &str, s: &GatewaySettings) -> anyhow::Result<Box<dyn Gateway>> {
+fn build_client(s: &GatewaySettings) -> anyhow::Result<Box<dyn Gateway>> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(s.timeout_ms))
         .connect_timeout(Duration::from_millis(s.timeout_ms.min(2000)))
@@ -248,9 +251,8 @@ fn build_client(name: &str, s: &GatewaySettings) -> anyhow::Result<Box<dyn Gatew
         .chain(&s.previous_signing_secret)
         .map(|secret| secret.expose_secret().as_bytes().to_vec())
         .collect();
-    Ok(match s.protocol.as_str() {
-        "json" => Box::new(json::GatewayA::new(http, base, secrets)),
-        "xml" => Box::new(xml::GatewayB::new(http, base, secrets)),
-        other => anyhow::bail!("gateway {name}: unknown protocol '{other}' (json or xml)"),
+    Ok(match s.protocol {
+        GatewayProtocol::Json => Box::new(json::GatewayA::new(http, base, secrets)),
+        GatewayProtocol::Xml => Box::new(xml::GatewayB::new(http, base, secrets)),
     })
 }

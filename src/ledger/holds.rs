@@ -39,10 +39,12 @@ async fn lock_sender(tx: &Transaction<'_>, req: &TransferRequest<'_>) -> Result<
 /// Records a cross-shard transfer in `trying` and reserves the amount on the sender's
 /// wallet (`held` grows; `balance` does not move until confirmation).
 #[tracing::instrument(skip_all, fields(transfer_id = %req.transfer_id))]
+/// `state` is the TCC state machine's initial state (`transfer::tcc::SenderState`).
 pub async fn place_hold(
     tx: &Transaction<'_>,
     req: &TransferRequest<'_>,
     deadline: DateTime<Utc>,
+    state: &str,
 ) -> Result<TransferView> {
     let (wallet, _) = lock_sender(tx, req).await?;
     let id = req.transfer_id.uuid();
@@ -50,7 +52,7 @@ pub async fn place_hold(
     let sql = format!(
         "WITH t AS (
              INSERT INTO transfers (transfer_id, from_user, to_user, currency, amount, description, route, state, try_deadline)
-             VALUES ($1, $2, $3, $4, $5::text::numeric, $6, 'cross_shard', 'trying', $7)
+             VALUES ($1, $2, $3, $4, $5::text::numeric, $6, 'cross_shard', $9, $7)
              RETURNING {TRANSFER_COLUMNS}
          ), h AS (
              INSERT INTO holds (transfer_id, account_id, amount, expires_at)
@@ -72,6 +74,7 @@ pub async fn place_hold(
                 &req.description,
                 &deadline,
                 &wallet.account_id,
+                &state,
             ],
         )
         .await?;
@@ -81,17 +84,18 @@ pub async fn place_hold(
 /// A cross-shard transfer whose receiver is known (see `tcc::receiver_ready`): recorded
 /// in `confirming` and debited to the shard's transit account at once, with no hold.
 #[tracing::instrument(skip_all, fields(transfer_id = %req.transfer_id))]
-pub async fn debit_direct(tx: &Transaction<'_>, req: &TransferRequest<'_>) -> Result<TransferView> {
+/// `state` is the TCC state machine's initial state of a direct credit.
+pub async fn debit_direct(tx: &Transaction<'_>, req: &TransferRequest<'_>, state: &str) -> Result<TransferView> {
     let (wallet, amount) = lock_sender(tx, req).await?;
     let id = req.transfer_id.uuid();
     let amount_text = req.amount.to_string();
     let sql = format!(
         "INSERT INTO transfers (transfer_id, from_user, to_user, currency, amount, description, route, state, direct)
-         VALUES ($1, $2, $3, $4, $5::text::numeric, $6, 'cross_shard', 'confirming', true)
+         VALUES ($1, $2, $3, $4, $5::text::numeric, $6, 'cross_shard', $7, true)
          RETURNING {TRANSFER_COLUMNS}"
     );
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-        [&id, &req.from.as_str(), &req.to.as_str(), &req.currency.as_str(), &amount_text, &req.description];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+        [&id, &req.from.as_str(), &req.to.as_str(), &req.currency.as_str(), &amount_text, &req.description, &state];
     let debit = transit_posting(tx, id, req.transfer_id.bucket(), req.currency.as_str(), wallet.account_id, -amount);
     // The funds were checked under the wallet's lock: both writes go in one round trip.
     let (row, _) = futures::try_join!(async { Ok(tx.cached_query_one(&sql, &params).await?) }, debit)?;

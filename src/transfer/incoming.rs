@@ -18,15 +18,15 @@ impl Recorded {
     /// Where `msg` differs from the record (`None`: it agrees). A difference means the
     /// sender (or someone holding a message key) contradicts the Try: never credited.
     pub fn mismatch(&self, msg: &StageMessage) -> Option<String> {
-        let same_amount = match (self.amount.parse::<BigInt>(), msg.amount.parse::<BigInt>()) {
+        let same_amount = match (self.amount.parse::<BigInt>(), msg.facts.amount.parse::<BigInt>()) {
             (Ok(recorded), Ok(sent)) => recorded == sent,
             _ => false,
         };
         let fields = [
-            ("amount", same_amount, &self.amount, &msg.amount),
-            ("currency", self.currency == msg.currency, &self.currency, &msg.currency),
-            ("to_user_id", self.to_user == msg.to_user_id, &self.to_user, &msg.to_user_id),
-            ("from_user_id", self.from_user == msg.from_user_id, &self.from_user, &msg.from_user_id),
+            ("amount", same_amount, &self.amount, &msg.facts.amount),
+            ("currency", self.currency == msg.facts.currency, &self.currency, &msg.facts.currency),
+            ("to_user_id", self.to_user == msg.facts.to_user_id, &self.to_user, &msg.facts.to_user_id),
+            ("from_user_id", self.from_user == msg.facts.from_user_id, &self.from_user, &msg.facts.from_user_id),
         ];
         let differing: Vec<String> = fields
             .iter()

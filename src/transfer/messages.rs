@@ -50,22 +50,20 @@ impl Stage {
     }
 }
 
+/// A stage as it travels: the stage, the transfer it is about, and when it was sent.
+/// The facts are flattened, so the wire form is one flat JSON object (docs/EVENTS.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageMessage {
     pub v: u32,
     #[serde(flatten)]
     pub stage: Stage,
-    pub transfer_id: Uuid,
-    pub from_user_id: String,
-    pub to_user_id: String,
-    pub currency: String,
-    pub amount: String,
-    pub description: Option<String>,
+    #[serde(flatten)]
+    pub facts: TransferFacts,
     pub sent_at: DateTime<Utc>,
 }
 
 /// The transfer a message is about, as both shards know it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferFacts {
     pub transfer_id: Uuid,
     pub from_user_id: String,
@@ -75,32 +73,24 @@ pub struct TransferFacts {
     pub description: Option<String>,
 }
 
+/// The columns of `transfers` that `TransferFacts::from_row` reads, in its order.
+pub const FACTS_COLUMNS: &str = "transfer_id, from_user, to_user, currency, amount::text, description";
+
 impl TransferFacts {
-    pub fn message(&self, stage: Stage) -> StageMessage {
-        StageMessage {
-            v: SCHEMA_VERSION,
-            stage,
-            transfer_id: self.transfer_id,
-            from_user_id: self.from_user_id.clone(),
-            to_user_id: self.to_user_id.clone(),
-            currency: self.currency.clone(),
-            amount: self.amount.clone(),
-            description: self.description.clone(),
-            sent_at: Utc::now(),
+    /// From a row whose columns `at..at + 6` are `FACTS_COLUMNS`.
+    pub fn from_row(row: &tokio_postgres::Row, at: usize) -> Self {
+        Self {
+            transfer_id: row.get(at),
+            from_user_id: row.get(at + 1),
+            to_user_id: row.get(at + 2),
+            currency: row.get(at + 3),
+            amount: row.get(at + 4),
+            description: row.get(at + 5),
         }
     }
-}
 
-impl StageMessage {
-    pub fn facts(&self) -> TransferFacts {
-        TransferFacts {
-            transfer_id: self.transfer_id,
-            from_user_id: self.from_user_id.clone(),
-            to_user_id: self.to_user_id.clone(),
-            currency: self.currency.clone(),
-            amount: self.amount.clone(),
-            description: self.description.clone(),
-        }
+    pub fn message(&self, stage: Stage) -> StageMessage {
+        StageMessage { v: SCHEMA_VERSION, stage, facts: self.clone(), sent_at: Utc::now() }
     }
 }
 
@@ -108,7 +98,7 @@ impl StageMessage {
 pub async fn enqueue(tx: &deadpool_postgres::Transaction<'_>, msg: &StageMessage) -> crate::ledger::Result<()> {
     let payload = serde_json::to_string(msg)
         .map_err(|e| crate::ledger::Error::Invariant(format!("stage message does not serialise: {e}")))?;
-    let key = msg.transfer_id.to_string();
+    let key = msg.facts.transfer_id.to_string();
     crate::messaging::outbox::enqueue(tx, crate::messaging::outbox::Outbox::Stages, &key, &payload).await?;
     Ok(())
 }

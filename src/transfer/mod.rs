@@ -18,6 +18,7 @@ use crate::{
     sharding::Router,
 };
 use messages::{Stage, TransferFacts};
+use tcc::SenderState;
 
 /// How a transfer goes, decided before its transaction starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +55,13 @@ pub async fn start(
 ) -> ledger::Result<TransferView> {
     let (view, stage) = match route {
         Route::Local => return local::transfer(tx, req).await,
-        Route::CrossDirect => (holds::debit_direct(tx, req).await?, Stage::DirectCredit),
-        Route::Cross => (holds::place_hold(tx, req, tcc::try_deadline(try_timeout)).await?, Stage::TryCredit),
+        Route::CrossDirect => {
+            (holds::debit_direct(tx, req, SenderState::INITIAL_DIRECT.as_str()).await?, Stage::DirectCredit)
+        }
+        Route::Cross => {
+            let deadline = tcc::try_deadline(try_timeout);
+            (holds::place_hold(tx, req, deadline, SenderState::INITIAL.as_str()).await?, Stage::TryCredit)
+        }
     };
     let facts = TransferFacts {
         transfer_id: req.transfer_id.uuid(),

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    messages::{self, TransferFacts},
+    messages::{self, TransferFacts, FACTS_COLUMNS},
     tcc::{self, SenderEvent},
 };
 use crate::{
@@ -141,41 +141,35 @@ impl Sweeper {
         let cap = if self.redrive_max == 0 { i32::MAX } else { self.redrive_max.min(i32::MAX as u32) as i32 };
         let rows = tx
             .query(
-                "UPDATE transfers SET updated_at = now(), redrives = redrives + 1,
-                     stuck_at = CASE WHEN redrives >= $2 THEN now() END
-                 WHERE transfer_id IN (
-                     SELECT transfer_id FROM transfers
-                     WHERE (state IN ('trying', 'confirming')
-                            OR (state = 'cancelled' AND route = 'cross_shard' AND cancel_acked_at IS NULL))
-                       AND stuck_at IS NULL
-                       AND updated_at < now() - $1 * interval '1 millisecond'
-                     ORDER BY updated_at LIMIT 500 FOR UPDATE SKIP LOCKED)
-                 RETURNING transfer_id, state, from_user, to_user, currency, amount::text, description, direct,
-                           stuck_at IS NOT NULL, redrives",
+                &format!(
+                    "UPDATE transfers SET updated_at = now(), redrives = redrives + 1,
+                         stuck_at = CASE WHEN redrives >= $2 THEN now() END
+                     WHERE transfer_id IN (
+                         SELECT transfer_id FROM transfers
+                         WHERE (state IN ('trying', 'confirming')
+                                OR (state = 'cancelled' AND route = 'cross_shard' AND cancel_acked_at IS NULL))
+                           AND stuck_at IS NULL
+                           AND updated_at < now() - $1 * interval '1 millisecond'
+                         ORDER BY updated_at LIMIT 500 FOR UPDATE SKIP LOCKED)
+                     RETURNING state, direct, stuck_at IS NOT NULL, redrives, {FACTS_COLUMNS}"
+                ),
                 &[&(self.redrive_after.as_millis() as f64), &cap],
             )
             .await?;
         let mut stuck = 0;
         for row in &rows {
-            let facts = TransferFacts {
-                transfer_id: row.get(0),
-                from_user_id: row.get(2),
-                to_user_id: row.get(3),
-                currency: row.get(4),
-                amount: row.get(5),
-                description: row.get(6),
-            };
-            if row.get::<_, bool>(8) {
-                let redrives: i32 = row.get(9);
+            let facts = TransferFacts::from_row(row, 4);
+            if row.get::<_, bool>(2) {
+                let redrives: i32 = row.get(3);
                 tracing::error!(transfer_id = %facts.transfer_id, redrives, "transfer stuck: re-driven too often without moving; an operator must look");
                 crate::telemetry::metrics::transfer_stuck();
                 stuck += 1;
                 continue;
             }
-            let Some(stage) = tcc::redrive_stage(row.get(1), row.get(7)) else {
+            let Some(stage) = tcc::redrive_stage(row.get(0), row.get(1)) else {
                 return Err(ledger::Error::Invariant(format!(
                     "re-drive of a transfer in state {}",
-                    row.get::<_, &str>(1)
+                    row.get::<_, &str>(0)
                 )));
             };
             tracing::info!(transfer_id = %facts.transfer_id, stage = stage.name(), "re-emitting stage of a stuck transfer");
@@ -246,9 +240,11 @@ pub async fn redrive_by_operator(
     let tx = client.transaction().await?;
     let row = tx
         .query_opt(
-            "SELECT state, direct, route = 'cross_shard' AND (state <> 'cancelled' OR cancel_acked_at IS NULL),
-                    from_user, to_user, currency, amount::text, description
-             FROM transfers WHERE transfer_id = $1 FOR UPDATE",
+            &format!(
+                "SELECT state, direct, route = 'cross_shard' AND (state <> 'cancelled' OR cancel_acked_at IS NULL),
+                        {FACTS_COLUMNS}
+                 FROM transfers WHERE transfer_id = $1 FOR UPDATE"
+            ),
             &[&transfer_id],
         )
         .await?
@@ -258,14 +254,7 @@ pub async fn redrive_by_operator(
         false => None,
     };
     let Some(stage) = stage else { return Err(ledger::Error::TransferFinal) };
-    let facts = TransferFacts {
-        transfer_id,
-        from_user_id: row.get(3),
-        to_user_id: row.get(4),
-        currency: row.get(5),
-        amount: row.get(6),
-        description: row.get(7),
-    };
+    let facts = TransferFacts::from_row(&row, 3);
     let name = stage.name();
     messages::enqueue(&tx, &facts.message(stage)).await?;
     tx.execute(

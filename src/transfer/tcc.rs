@@ -47,7 +47,7 @@ use uuid::Uuid;
 
 use super::{
     incoming::Recorded,
-    messages::{self, Stage, StageMessage, TransferFacts},
+    messages::{self, Stage, StageMessage, TransferFacts, FACTS_COLUMNS},
 };
 use crate::{
     domain::{Currency, RoutableId, UserId},
@@ -65,14 +65,24 @@ pub enum SenderState {
 }
 
 impl SenderState {
+    pub const ALL: [SenderState; 4] = [Self::Trying, Self::Confirming, Self::Completed, Self::Cancelled];
+
+    /// Where a transfer on the full protocol starts (a hold placed, TryCredit sent).
+    pub const INITIAL: SenderState = Self::Trying;
+    /// Where a direct credit starts (debited to transit, DirectCredit sent).
+    pub const INITIAL_DIRECT: SenderState = Self::Confirming;
+
     pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "trying" => Self::Trying,
-            "confirming" => Self::Confirming,
-            "completed" => Self::Completed,
-            "cancelled" => Self::Cancelled,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trying => "trying",
+            Self::Confirming => "confirming",
+            Self::Completed => "completed",
+            Self::Cancelled => "cancelled",
+        }
     }
 }
 
@@ -237,7 +247,7 @@ pub fn receiver_step(b: Barriers, state: Option<ReceiverState>, stage: &Stage) -
 
 /// Handles one stage message in one transaction on the shard it concerns. Returns the
 /// index of the shard whose outbox got a new message (so its relay can be woken).
-#[tracing::instrument(skip_all, fields(transfer_id = %msg.transfer_id, stage = msg.stage.name()))]
+#[tracing::instrument(skip_all, fields(transfer_id = %msg.facts.transfer_id, stage = msg.stage.name()))]
 pub async fn handle(router: &Router, msg: &StageMessage) -> ledger::Result<usize> {
     if msg.stage.for_receiver() {
         handle_receiver(router, msg).await
@@ -247,7 +257,7 @@ pub async fn handle(router: &Router, msg: &StageMessage) -> ledger::Result<usize
             Stage::Cancelled => SenderEvent::CancelAcked,
             _ => SenderEvent::Confirmed,
         };
-        handle_sender(router, msg.transfer_id, &event).await
+        handle_sender(router, msg.facts.transfer_id, &event).await
     }
 }
 
@@ -259,22 +269,16 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
     let tx = client.transaction().await?;
     let row = tx
         .cached_query_opt(
-            "SELECT state, from_user, to_user, currency, amount::text, description FROM transfers
-             WHERE transfer_id = $1 AND route = 'cross_shard' FOR UPDATE",
+            &format!(
+                "SELECT state, {FACTS_COLUMNS} FROM transfers WHERE transfer_id = $1 AND route = 'cross_shard' FOR UPDATE"
+            ),
             &[&transfer_id],
         )
         .await?
         .ok_or(Error::TransferNotFound)?;
     let state: String = row.get(0);
     let state = SenderState::parse(&state).ok_or_else(|| Error::Invariant(format!("unknown state {state}")))?;
-    let facts = TransferFacts {
-        transfer_id,
-        from_user_id: row.get(1),
-        to_user_id: row.get(2),
-        currency: row.get(3),
-        amount: row.get(4),
-        description: row.get(5),
-    };
+    let facts = TransferFacts::from_row(&row, 1);
     let step = sender_step(state, event);
     tracing::debug!(?state, ?event, ?step, "sender transition");
     match &step {
@@ -283,7 +287,7 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
             let next = facts.message(Stage::ConfirmCredit);
             futures::try_join!(
                 holds::debit_to_transit(&tx, transfer_id, id.bucket(), &facts.currency),
-                set_state(&tx, transfer_id, "confirming", None),
+                set_state(&tx, transfer_id, SenderState::Confirming, None),
                 messages::enqueue(&tx, &next),
             )?;
         }
@@ -291,11 +295,11 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
             let next = facts.message(Stage::CancelCredit);
             futures::try_join!(
                 holds::release_hold(&tx, transfer_id),
-                set_state(&tx, transfer_id, "cancelled", Some(reason)),
+                set_state(&tx, transfer_id, SenderState::Cancelled, Some(reason)),
                 messages::enqueue(&tx, &next),
             )?;
         }
-        SenderStep::Complete => set_state(&tx, transfer_id, "completed", None).await?,
+        SenderStep::Complete => set_state(&tx, transfer_id, SenderState::Completed, None).await?,
         SenderStep::AckCancel => {
             tx.cached_execute(
                 "UPDATE transfers SET cancel_acked_at = now() WHERE transfer_id = $1 AND cancel_acked_at IS NULL",
@@ -314,7 +318,13 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
     Ok(shard.index)
 }
 
-async fn set_state(tx: &Transaction<'_>, transfer_id: Uuid, state: &str, reason: Option<&str>) -> ledger::Result<()> {
+async fn set_state(
+    tx: &Transaction<'_>,
+    transfer_id: Uuid,
+    state: SenderState,
+    reason: Option<&str>,
+) -> ledger::Result<()> {
+    let state = state.as_str();
     tx.cached_execute(
         "UPDATE transfers SET state = $2, reason = coalesce($3, reason), updated_at = now(),
              completed_at = CASE WHEN $2 IN ('completed', 'cancelled') THEN now() END
@@ -326,11 +336,11 @@ async fn set_state(tx: &Transaction<'_>, transfer_id: Uuid, state: &str, reason:
 }
 
 async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<usize> {
-    let to = UserId::parse(&msg.to_user_id).map_err(|e| Error::Invariant(e.to_string()))?;
+    let to = UserId::parse(&msg.facts.to_user_id).map_err(|e| Error::Invariant(e.to_string()))?;
     let shard = router.for_user(&to);
     let mut client = shard.client().await?;
     let tx = client.transaction().await?;
-    let id = msg.transfer_id;
+    let id = msg.facts.transfer_id;
     // Serialises Try, Confirm and Cancel of one transfer on this shard, so a Try and a
     // Cancel handled at the same moment by two instances cannot miss each other. The
     // reads are pipelined behind the lock: the server runs them once it is granted.
@@ -356,7 +366,7 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
         },
         async {
             match needs_receiver_check {
-                true => check_receiver(&tx, &to, &msg.currency).await.map(Some),
+                true => check_receiver(&tx, &to, &msg.facts.currency).await.map(Some),
                 false => Ok(None),
             }
         },
@@ -375,7 +385,7 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
         state_row.map(|r| Recorded { from_user: r.get(1), to_user: r.get(2), currency: r.get(3), amount: r.get(4) });
     let step = receiver_step(barriers, state, &msg.stage);
     tracing::debug!(?barriers, ?state, ?step, "receiver transition");
-    let facts = msg.facts();
+    let facts = msg.facts.clone();
     let bucket = router.bucket_of_user(&to) as u16;
     match step {
         ReceiverStep::Try => {
@@ -410,7 +420,7 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
                 (ReceiverStep::Confirm, None) => {
                     return Err(Error::Invariant("ConfirmCredit without a Try record".into()));
                 }
-                _ => (msg.currency.as_str(), msg.amount.as_str()),
+                _ => (msg.facts.currency.as_str(), msg.facts.amount.as_str()),
             };
             let currency = Currency::parse(currency).map_err(|e| Error::Invariant(e.to_string()))?;
             let amount = accounts::parse_numeric(amount)?;
@@ -474,12 +484,12 @@ async fn record_incoming(
         "INSERT INTO incoming_transfers (transfer_id, from_user, to_user, currency, amount, description, state, reason)
          VALUES ($1, $2, $3, $4, $5::text::numeric, $6, $7, $8)",
         &[
-            &msg.transfer_id,
-            &msg.from_user_id,
-            &msg.to_user_id,
-            &msg.currency,
-            &msg.amount,
-            &msg.description,
+            &msg.facts.transfer_id,
+            &msg.facts.from_user_id,
+            &msg.facts.to_user_id,
+            &msg.facts.currency,
+            &msg.facts.amount,
+            &msg.facts.description,
             &state,
             &reason,
         ],

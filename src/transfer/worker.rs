@@ -35,7 +35,7 @@ impl Handler for StageHandler {
                 }
                 Err(e) if e.is_transient() && attempt < self.max_attempts => {
                     metrics::stage_retried(msg.stage.name());
-                    tracing::warn!(error = %e, attempt, transfer_id = %msg.transfer_id, "stage failed; retrying");
+                    tracing::warn!(error = %e, attempt, transfer_id = %msg.facts.transfer_id, "stage failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }

@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 use shardwallet::{
     api::auth::Auth,
     config::{
-        AuthSettings, GatewaySettings, IdempotencySettings, KafkaSecurity, KafkaSettings, Limit, MessageKeySettings,
-        MetricsSettings, PaymentSettings, Profile, RateLimitSettings, ServerSettings, Settings, ShardSettings,
-        TransferSettings,
+        AuthSettings, GatewayProtocol, GatewaySettings, IdempotencySettings, KafkaSecurity, KafkaSettings, Limit,
+        MessageKeySettings, MetricsSettings, PaymentSettings, Profile, RateLimitSettings, ServerSettings, Settings,
+        ShardSettings, TransferSettings,
     },
     domain::{Role, UserId},
     ledger::verify,
@@ -206,9 +206,9 @@ pub async fn serve_mock_gateway(config: shardwallet::gateways::mock::MockConfig)
     format!("http://127.0.0.1:{port}")
 }
 
-pub fn gateway_settings(protocol: &str, base_url: &str) -> GatewaySettings {
+pub fn gateway_settings(protocol: GatewayProtocol, base_url: &str) -> GatewaySettings {
     GatewaySettings {
-        protocol: protocol.into(),
+        protocol,
         base_url: base_url.into(),
         signing_secret: GATEWAY_SECRET.into(),
         previous_signing_secret: None,
@@ -310,8 +310,8 @@ impl Deployment {
                 ..PaymentSettings::default()
             },
             gateways: [
-                ("gateway_a".to_string(), gateway_settings("json", &self.mock_a)),
-                ("gateway_b".to_string(), gateway_settings("xml", &self.mock_b)),
+                ("gateway_a".to_string(), gateway_settings(GatewayProtocol::Json, &self.mock_a)),
+                ("gateway_b".to_string(), gateway_settings(GatewayProtocol::Xml, &self.mock_b)),
             ]
             .into_iter()
             .collect(),
