@@ -1,4 +1,4 @@
--- Payments in doubt (issue 13): a payment the gateway may hold is never failed on a
+-- Payments in doubt: a payment the gateway may hold is never failed on a
 -- guess. Past its deadline it waits in `needs_review` (hold kept) for the gateway's
 -- answer or an operator's decision; the state machine is src/payments/state.rs.
 ALTER TABLE payments DROP CONSTRAINT payments_state_check;

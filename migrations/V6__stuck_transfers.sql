@@ -1,4 +1,4 @@
--- Re-drives are capped (issue 13): a transfer re-emitted `transfers.redrive_max` times
+-- Re-drives are capped: a transfer re-emitted `transfers.redrive_max` times
 -- without moving is marked stuck, left alone by the sweeper, listed by
 -- GET /v1/admin/transfers?state=stuck and re-driven only by an operator
 -- (POST /v1/admin/transfers/{id}/redrive). Stuck is a mark beside the TCC state, not a

@@ -170,117 +170,104 @@ impl std::fmt::Debug for KafkaSecurity {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
 pub struct TransferSettings {
     /// A cross-shard transfer whose Try has no answer by then is cancelled.
-    #[serde(default = "default_try_timeout")]
     pub try_timeout_secs: u64,
     /// How often the sweeper looks for stuck transfers.
-    #[serde(default = "default_sweep_interval")]
     pub sweep_interval_secs: u64,
     /// A transfer untouched this long gets its stage message re-emitted.
-    #[serde(default = "default_redrive")]
     pub redrive_after_secs: u64,
     /// Released holds of final transfers, and the receiver's barriers of transfers
     /// whose record is final, are deleted this long after (0: never). See "Growth" in
     /// docs/ARCHITECTURE.md for why nothing that can still be needed goes.
-    #[serde(default = "default_prune_after")]
     pub prune_after_secs: u64,
     /// Re-emits of one transfer's stage before the sweeper marks it stuck and leaves
     /// it to an operator (0: no cap).
-    #[serde(default = "default_redrive_max")]
     pub redrive_max: u32,
     /// Whether this process publishes its shards' outboxes (tests turn it off to stand
     /// for a process killed between commit and publish).
-    #[serde(default = "yes")]
     pub relay_enabled: bool,
     /// Whether a cross-shard transfer whose receiver's wallet is found by a read skips
     /// TryCredit/Tried (DirectCredit); off, every cross-shard transfer runs the full
     /// Try/Confirm/Cancel exchange.
-    #[serde(default = "yes")]
     pub direct_credit: bool,
     /// Outbox relays per shard in this process.
-    #[serde(default = "default_relays")]
     pub relays_per_shard: usize,
     /// Whether this process consumes stage messages.
-    #[serde(default = "yes")]
     pub consumer_enabled: bool,
     /// Admission control: new cross-shard transfers from a shard are refused (503
     /// `overloaded`) while that shard has this many in flight (0: no bound).
-    #[serde(default = "default_max_in_flight")]
     pub admission_max_in_flight: u64,
     /// ... or while its oldest unpublished stage message is this old (0: no bound).
-    #[serde(default = "default_max_outbox_age")]
     pub admission_max_outbox_age_ms: u64,
     /// The `Retry-After` of an `overloaded` refusal.
-    #[serde(default = "default_retry_after")]
     pub admission_retry_after_secs: u64,
     /// How often each shard's backlog is sampled.
-    #[serde(default = "default_admission_sample")]
     pub admission_sample_ms: u64,
 }
 
 impl Default for TransferSettings {
     fn default() -> Self {
         Self {
-            try_timeout_secs: default_try_timeout(),
-            sweep_interval_secs: default_sweep_interval(),
-            redrive_after_secs: default_redrive(),
-            redrive_max: default_redrive_max(),
-            prune_after_secs: default_prune_after(),
+            try_timeout_secs: 30,
+            sweep_interval_secs: 5,
+            redrive_after_secs: 10,
+            // With redrive_after_secs = 10: about 17 minutes of re-emits.
+            redrive_max: 100,
+            prune_after_secs: PRUNE_AFTER_SECS,
             relay_enabled: true,
-            relays_per_shard: default_relays(),
+            relays_per_shard: 2,
             direct_credit: true,
             consumer_enabled: true,
-            admission_max_in_flight: default_max_in_flight(),
-            admission_max_outbox_age_ms: default_max_outbox_age(),
-            admission_retry_after_secs: default_retry_after(),
-            admission_sample_ms: default_admission_sample(),
+            admission_max_in_flight: 150,
+            // Not lower: on a loaded machine one slow publish would refuse a whole
+            // shard's cross-shard traffic (seen in the test suite at 1000 ms).
+            admission_max_outbox_age_ms: 5000,
+            admission_retry_after_secs: 1,
+            admission_sample_ms: 100,
         }
     }
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
 pub struct IdempotencySettings {
-    #[serde(default = "default_retention")]
     pub retention_hours: u64,
 }
 
 impl Default for IdempotencySettings {
     fn default() -> Self {
-        Self { retention_hours: default_retention() }
+        Self { retention_hours: 24 }
     }
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
 pub struct MetricsSettings {
     /// How often the sampler reads outbox depth, pool usage and consumer lag.
-    #[serde(default = "default_sample_interval")]
     pub sample_interval_secs: u64,
 }
 
 impl Default for MetricsSettings {
     fn default() -> Self {
-        Self { sample_interval_secs: default_sample_interval() }
+        Self { sample_interval_secs: 5 }
     }
 }
 
 /// Per-caller GCRA limits (`api::rate_limit`): a class of endpoint allows `burst`
 /// requests at once and then `per_second` on average.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
 pub struct RateLimitSettings {
-    #[serde(default = "yes")]
     pub enabled: bool,
     /// Whether admin tokens are limited too (they are exempt by default).
-    #[serde(default)]
     pub limit_admins: bool,
     /// Money-moving POSTs (transfers, adjustments, reversals, payments).
-    #[serde(default = "default_write_limit")]
     pub write: Limit,
     /// Reads (GET).
-    #[serde(default = "default_read_limit")]
     pub read: Limit,
     /// Unauthenticated gateway callbacks, keyed by client IP.
-    #[serde(default = "default_callback_limit")]
     pub callback: Limit,
 }
 
@@ -296,66 +283,59 @@ impl Default for RateLimitSettings {
         Self {
             enabled: true,
             limit_admins: false,
-            write: default_write_limit(),
-            read: default_read_limit(),
-            callback: default_callback_limit(),
+            write: Limit { per_second: 20.0, burst: 40 },
+            read: Limit { per_second: 100.0, burst: 200 },
+            callback: Limit { per_second: 50.0, burst: 100 },
         }
     }
 }
 
-/// Deposits and withdrawals (issue #7).
+/// Deposits and withdrawals.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
 pub struct PaymentSettings {
     /// AES-256-GCM key (64 hex digits) sealing card numbers and IBANs until the gateway
     /// has them (SHARDWALLET__PAYMENTS__ENCRYPTION_KEY). The default is a development
     /// key, refused by the production profile.
-    #[serde(default = "default_payment_key")]
     pub encryption_key: SecretString,
     /// The base URL gateways call back (`<public_url>/v1/gateways/<name>/callbacks`);
     /// when empty, `http://127.0.0.1:<bound port>`.
-    #[serde(default)]
     pub public_url: String,
     /// A payment the gateway holds as pending is queried after this long.
-    #[serde(default = "default_query_after")]
     pub query_after_ms: u64,
     /// Status queries that find no answer back off, doubling from `query_after_ms` up
     /// to this.
-    #[serde(default = "default_query_backoff_max")]
     pub query_backoff_max_ms: u64,
     /// A payment still pending this long after creation is failed as `expired` when the
     /// gateway cannot hold it, and goes to `needs_review` (hold kept) when it may.
-    #[serde(default = "default_payment_deadline")]
     pub deadline_secs: u64,
     /// How often each shard's payment reconciler runs.
-    #[serde(default = "default_payment_sweep")]
     pub sweep_interval_ms: u64,
     /// How many payment-topic messages one worker handles at once.
-    #[serde(default = "default_payment_concurrency")]
     pub concurrency: usize,
-    #[serde(default = "yes")]
     pub worker_enabled: bool,
     /// Recorded callbacks and released holds of final payments are deleted this long
     /// after (0: never).
-    #[serde(default = "default_prune_after")]
     pub prune_after_secs: u64,
     /// Fault injection for tests: the worker forgets the gateway's answer, as if the
     /// process died between the gateway call and recording it. Never set in production.
-    #[serde(default)]
     pub drop_gateway_answers: bool,
 }
 
 impl Default for PaymentSettings {
     fn default() -> Self {
         Self {
-            encryption_key: default_payment_key(),
+            encryption_key: DEV_PAYMENT_KEY.into(),
             public_url: String::new(),
-            query_after_ms: default_query_after(),
-            query_backoff_max_ms: default_query_backoff_max(),
-            deadline_secs: default_payment_deadline(),
-            sweep_interval_ms: default_payment_sweep(),
-            concurrency: default_payment_concurrency(),
+            query_after_ms: 10_000,
+            // With query_after_ms = 10 s, queries at ~10, 30, 60, 90 s...: a gateway
+            // that answers 5xx for a minute is settled within two.
+            query_backoff_max_ms: 30_000,
+            deadline_secs: 3600,
+            sweep_interval_ms: 1000,
+            concurrency: 32,
             worker_enabled: true,
-            prune_after_secs: default_prune_after(),
+            prune_after_secs: PRUNE_AFTER_SECS,
             drop_gateway_answers: false,
         }
     }
@@ -450,72 +430,20 @@ fn default_trim_interval() -> u64 {
 fn default_fetch_wait() -> u64 {
     20
 }
-fn default_try_timeout() -> u64 {
-    30
-}
-fn default_sweep_interval() -> u64 {
-    5
-}
-fn default_retention() -> u64 {
-    24
-}
-fn default_redrive() -> u64 {
-    10
-}
-fn default_prune_after() -> u64 {
-    // 30 days: far past any retry, re-drive, callback tolerance or operator's look.
-    30 * 24 * 3600
-}
-fn default_redrive_max() -> u32 {
-    // With redrive_after_secs = 10: about 17 minutes of re-emits.
-    100
-}
-fn default_relays() -> usize {
-    2
-}
-fn default_max_in_flight() -> u64 {
-    150
-}
-fn default_max_outbox_age() -> u64 {
-    // Not lower: on a loaded machine one slow publish would refuse a whole shard's
-    // cross-shard traffic (seen in the test suite at 1000 ms).
-    5000
-}
-fn default_retry_after() -> u64 {
-    1
-}
-fn default_admission_sample() -> u64 {
-    100
-}
+/// Released holds, barriers and settled payments' callbacks are pruned this long after
+/// they can no longer be read (30 days: far past any retry, re-drive, callback
+/// tolerance or operator's look).
+const PRUNE_AFTER_SECS: u64 = 30 * 24 * 3600;
+
 /// Local development only: `crate::secrets` lists it as known, so the production
 /// profile refuses to start without SHARDWALLET__PAYMENTS__ENCRYPTION_KEY.
 pub const DEV_PAYMENT_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
-fn default_payment_key() -> SecretString {
-    DEV_PAYMENT_KEY.into()
-}
 fn default_issuer() -> String {
     "shardwallet".into()
 }
 fn default_audience() -> String {
     "shardwallet-api".into()
-}
-fn default_query_after() -> u64 {
-    10_000
-}
-fn default_query_backoff_max() -> u64 {
-    // With query_after_ms = 10 s, queries at ~10, 30, 60, 90 s...: a gateway that
-    // answers 5xx for a minute is settled within two.
-    30_000
-}
-fn default_payment_deadline() -> u64 {
-    3600
-}
-fn default_payment_sweep() -> u64 {
-    1000
-}
-fn default_payment_concurrency() -> usize {
-    32
 }
 fn default_gateway_timeout() -> u64 {
     5000
@@ -535,18 +463,38 @@ fn default_breaker_threshold() -> u32 {
 fn default_breaker_open() -> u64 {
     10_000
 }
-fn yes() -> bool {
-    true
-}
-fn default_sample_interval() -> u64 {
-    5
-}
-fn default_write_limit() -> Limit {
-    Limit { per_second: 20.0, burst: 40 }
-}
-fn default_read_limit() -> Limit {
-    Limit { per_second: 100.0, burst: 200 }
-}
-fn default_callback_limit() -> Limit {
-    Limit { per_second: 50.0, burst: 100 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file that names only what has no default gets every section's one `Default`.
+    #[test]
+    fn sections_left_out_or_half_written_take_their_defaults() {
+        let text = r#"
+            [server]
+            listen = "127.0.0.1:0"
+            [shards]
+            map_path = "shard-map.toml"
+            [auth]
+            jwt_secret = "x"
+            [kafka]
+            brokers = "127.0.0.1:9092"
+            topic_prefix = "t."
+            group_id = "g"
+            [transfers]
+            try_timeout_secs = 7
+            [payments]
+            deadline_secs = 9
+        "#;
+        let settings: Settings = toml::from_str(text).expect("minimal settings");
+        assert_eq!(settings.transfers.try_timeout_secs, 7);
+        assert_eq!(settings.transfers.redrive_max, TransferSettings::default().redrive_max);
+        assert_eq!(settings.transfers.admission_max_outbox_age_ms, 5000);
+        assert_eq!(settings.payments.deadline_secs, 9);
+        assert_eq!(settings.payments.query_backoff_max_ms, 30_000);
+        assert_eq!(settings.rate_limits.write, Limit { per_second: 20.0, burst: 40 });
+        assert_eq!(settings.idempotency.retention_hours, 24);
+        assert!(settings.transfers.relay_enabled && settings.payments.worker_enabled && settings.rate_limits.enabled);
+    }
 }

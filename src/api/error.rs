@@ -139,7 +139,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The codes of deposits, withdrawals and gateway callbacks (issue #7).
+/// The codes of deposits, withdrawals and gateway callbacks.
 impl ApiError {
     pub fn invalid_payment_method(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_payment_method", detail)
@@ -154,7 +154,7 @@ impl ApiError {
     pub fn payment_not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "payment_not_found", "payment not found")
     }
-    /// 413 on gateway callbacks (issue #13).
+    /// 413 on gateway callbacks.
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body exceeds {limit} bytes"))
     }

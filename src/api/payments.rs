@@ -163,7 +163,7 @@ pub async fn get(
     let shard = state.router.for_id(&id).map_err(|_| not_found())?;
     let client = shard.client().await?;
     let payment = store::get(&client, id.uuid()).await?.ok_or_else(not_found)?;
-    if !(caller.is_admin() || caller.subject == payment.user_id) {
+    if !(caller.is_admin() || caller.subject == payment.view.user_id) {
         return Err(ApiError::forbidden("this payment is not yours"));
     }
     Ok(Json(payment.view).into_response())

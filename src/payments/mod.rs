@@ -117,7 +117,7 @@ impl Payments {
         let mut client = shard.client().await?;
         let tx = client.transaction().await?;
         let row = match store::lock(&tx, event.payment_id).await? {
-            Some(row) if row.gateway == gateway => row,
+            Some(row) if row.view.gateway == gateway => row,
             _ => return Ok(CallbackResult::UnknownPayment),
         };
         let inserted = tx

@@ -44,14 +44,10 @@ pub struct PaymentView {
     pub resolution_note: Option<String>,
 }
 
-/// A payment as the workers need it (with the sealed method, never serialised).
+/// A payment as the workers need it: what the API shows, plus its parsed state and
+/// kind, its deadline and the sealed method (never serialised).
 pub struct PaymentRow {
-    pub payment_id: Uuid,
     pub kind: PaymentKind,
-    pub user_id: String,
-    pub currency: String,
-    pub amount: String,
-    pub gateway: String,
     pub state: State,
     pub sealed: Option<Vec<u8>>,
     pub deadline: DateTime<Utc>,
@@ -85,18 +81,7 @@ fn parse_row(row: &Row) -> Result<PaymentRow> {
         resolved_by: row.get(16),
         resolution_note: row.get(17),
     };
-    Ok(PaymentRow {
-        payment_id: view.payment_id,
-        kind,
-        user_id: view.user_id.clone(),
-        currency: view.currency.clone(),
-        amount: view.amount.clone(),
-        gateway: view.gateway.clone(),
-        state,
-        sealed: row.get(14),
-        deadline: row.get(15),
-        view,
-    })
+    Ok(PaymentRow { kind, state, sealed: row.get(14), deadline: row.get(15), view })
 }
 
 pub struct NewPayment<'a> {
@@ -220,14 +205,14 @@ fn millis(d: Duration) -> f64 {
 }
 
 /// Runs one state-machine step on a payment locked in `tx`.
-#[tracing::instrument(skip_all, fields(payment_id = %p.payment_id, state = p.state.as_str()))]
+#[tracing::instrument(skip_all, fields(payment_id = %p.view.payment_id, state = p.state.as_str()))]
 pub async fn transition(tx: &Transaction<'_>, p: &PaymentRow, event: &Event, timing: Timing) -> Result<Step> {
     let step = state::step(p.state, event);
     let reference = match event {
         Event::Answer(o) => o.reference().map(str::to_string),
         _ => None,
     };
-    let id = p.payment_id;
+    let id = p.view.payment_id;
     let bucket = RoutableId::from_uuid(id).map(|r| r.bucket()).unwrap_or_default();
     // The next status query: `query_after`, doubling per query that found no answer, at
     // most `backoff_max`.
@@ -286,14 +271,16 @@ pub async fn transition(tx: &Transaction<'_>, p: &PaymentRow, event: &Event, tim
             .await?;
         }
         Step::Succeed => {
-            let currency = Currency::parse(&p.currency).map_err(|e| Error::Invariant(e.to_string()))?;
+            let currency = Currency::parse(&p.view.currency).map_err(|e| Error::Invariant(e.to_string()))?;
             match p.kind {
                 PaymentKind::Deposit => {
-                    let user = UserId::parse(&p.user_id).map_err(|e| Error::Invariant(e.to_string()))?;
-                    let amount = accounts::parse_numeric(&p.amount)?;
-                    legs::settle_deposit(tx, id, bucket, &user, &currency, &p.gateway, amount).await?;
+                    let user = UserId::parse(&p.view.user_id).map_err(|e| Error::Invariant(e.to_string()))?;
+                    let amount = accounts::parse_numeric(&p.view.amount)?;
+                    legs::settle_deposit(tx, id, bucket, &user, &currency, &p.view.gateway, amount).await?;
                 }
-                PaymentKind::Withdrawal => legs::settle_withdrawal(tx, id, bucket, &p.currency, &p.gateway).await?,
+                PaymentKind::Withdrawal => {
+                    legs::settle_withdrawal(tx, id, bucket, &p.view.currency, &p.view.gateway).await?
+                }
             }
             finish(tx, id, "succeeded", None, reference.as_deref()).await?;
         }

@@ -91,7 +91,7 @@ pub async fn submit(payments: &Payments, payment_id: Uuid) -> Result<()> {
         }
         // `created` means no gateway holds it (never sent, or the gateway said it never
         // received it): failing it here releases nothing that could still be paid out.
-        let Some(gateway) = payments.gateways.get(&row.gateway) else {
+        let Some(gateway) = payments.gateways.get(&row.view.gateway) else {
             return fail(tx, &row, payments).await;
         };
         if let Err(wait) = gateway.breaker.admits_new_payments() {
@@ -135,14 +135,14 @@ async fn call_gateway(
     row: &store::PaymentRow,
     method: &PaymentMethod,
 ) -> std::result::Result<Outcome, GatewayError> {
-    let Some(gateway) = payments.gateways.get(&row.gateway) else {
+    let Some(gateway) = payments.gateways.get(&row.view.gateway) else {
         return Err(GatewayError::NotSent("gateway no longer configured".into()));
     };
-    let callback_url = payments.callback_url(&row.gateway);
+    let callback_url = payments.callback_url(&row.view.gateway);
     let req = PaymentRequest {
-        payment_id: row.payment_id,
-        amount: &row.amount,
-        currency: &row.currency,
+        payment_id: row.view.payment_id,
+        amount: &row.view.amount,
+        currency: &row.view.currency,
         method,
         callback_url: &callback_url,
     };
