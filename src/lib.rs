@@ -5,19 +5,24 @@
 //!
 //! # Layout
 //! Data flows one way: HTTP → domain types → shard router → shard transaction →
-//! ledger → storage.
+//! ledger → storage. Folders stand on floors and use only those below them
+//! (`tests/api/layers.rs` checks it):
 //!
-//! - [`api`]: axum handlers, auth, idempotency, problem+json errors (`api::error`).
-//! - [`domain`]: parsed value types (`Amount`, `UserId`, `Currency`, `RoutableId`).
-//! - [`sharding`]: `shard-map.toml` and the `Router`, the one place that picks a shard.
+//! - [`domain`]: parsed value types (`Amount`, `UserId`, `Currency`, `RoutableId`,
+//!   `PaymentMethod`); [`config`]: settings; [`secrets`]: the start-up check of secrets.
+//! - [`telemetry`]: tracing and every metric (plain labels in, no domain types).
+//! - [`sharding`]: `shard-map.toml` and the `Router`, the one place that picks a shard;
+//!   [`storage`]: migrations, the shard identity check, cached statements.
+//! - [`messaging`]: generic Kafka plumbing: clients, message tags, the transactional
+//!   outbox relay, the consumer loop and its `Handler`, the DLQ, the sampler.
 //! - [`ledger`]: double-entry rules inside one shard transaction, and `verify`.
-//! - [`transfer`]: starting transfers; the TCC state machine (`transfer::tcc`); the sweeper.
-//! - [`payments`]: deposits and withdrawals, their state machine (`payments::state`),
-//!   worker and reconciler; [`gateways`]: the gateway trait, one module per protocol, mocks.
-//! - [`messaging`]: Kafka clients, the transactional outbox relay, the consumer, the DLQ.
-//! - [`storage`]: migrations and the shard identity check.
-//! - [`secrets`]: the start-up check that refuses known or weak secrets outside `dev`.
-//! - [`startup`]: `Application::build` / `run_until_stopped`; [`cli`]: the subcommands.
+//! - [`gateways`]: the gateway trait and `Outcome`, one module per protocol, mocks.
+//! - [`transfer`]: starting transfers; the TCC state machine (`transfer::tcc`); the stage
+//!   worker; the sweeper. [`payments`]: deposits and withdrawals, their state machine
+//!   (`payments::state`), worker and reconciler.
+//! - [`api`]: axum handlers, auth, idempotency, problem+json errors (`api::error`).
+//! - [`startup`]: `Application::build` / `run_until_stopped`; [`testdata`]: the demo
+//!   users; [`bench`]: `shardwallet bench`; [`cli`]: the subcommands.
 pub mod api;
 pub mod bench;
 pub mod cli;
