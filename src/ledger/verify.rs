@@ -56,6 +56,24 @@ pub struct Transit {
 }
 
 /// Checks run on one shard; each returns rows of one text column describing a problem.
+/// Per posting of `kind` (a cross-shard leg): how many entries, in how many currencies,
+/// how much on a wallet (and whose) and how much on transit.
+macro_rules! legs_of {
+    ($kind:literal) => {
+        concat!(
+            "WITH legs AS (
+             SELECT e.posting_id, count(*) AS n, count(DISTINCT a.currency) AS currencies, min(a.currency) AS currency,
+                    count(*) FILTER (WHERE a.user_id IS NOT NULL) AS wallets, min(a.user_id) AS wallet_user,
+                    sum(e.amount) FILTER (WHERE a.user_id IS NOT NULL) AS wallet_amount,
+                    sum(e.amount) FILTER (WHERE a.system_name = 'transit') AS transit_amount
+             FROM postings p JOIN entries e USING (posting_id) JOIN accounts a USING (account_id)
+             WHERE p.kind = '",
+            $kind,
+            "' GROUP BY e.posting_id)"
+        )
+    };
+}
+
 const CHECKS: &[(&str, &str)] = &[
     (
         "wallet balance differs from its entries",
@@ -104,13 +122,9 @@ const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "cross-shard debit does not match its transfer",
-        "WITH legs AS (
-             SELECT e.posting_id, count(*) AS n, count(DISTINCT a.currency) AS currencies, min(a.currency) AS currency,
-                    count(*) FILTER (WHERE a.user_id IS NOT NULL) AS wallets, min(a.user_id) AS wallet_user,
-                    sum(e.amount) FILTER (WHERE a.user_id IS NOT NULL) AS wallet_amount,
-                    sum(e.amount) FILTER (WHERE a.system_name = 'transit') AS transit_amount
-             FROM postings p JOIN entries e USING (posting_id) JOIN accounts a USING (account_id)
-             WHERE p.kind = 'transfer_debit' GROUP BY e.posting_id)
+        concat!(
+            legs_of!("transfer_debit"),
+            "
          SELECT CASE WHEN t.transfer_id IS NULL
              THEN format('debit posting %s names transfer %s, which is no cross-shard transfer of this shard',
                          p.posting_id, p.reference)
@@ -122,17 +136,13 @@ const CHECKS: &[(&str, &str)] = &[
               LEFT JOIN transfers t ON t.transfer_id = p.reference AND t.route = 'cross_shard'
          WHERE t.transfer_id IS NULL OR l.n <> 2 OR l.currencies <> 1 OR l.wallets <> 1
             OR l.wallet_user IS DISTINCT FROM t.from_user OR l.currency <> t.currency
-            OR l.wallet_amount IS DISTINCT FROM -t.amount OR l.transit_amount IS DISTINCT FROM t.amount",
+            OR l.wallet_amount IS DISTINCT FROM -t.amount OR l.transit_amount IS DISTINCT FROM t.amount"),
     ),
     (
         "cross-shard credit does not match its incoming transfer",
-        "WITH legs AS (
-             SELECT e.posting_id, count(*) AS n, count(DISTINCT a.currency) AS currencies, min(a.currency) AS currency,
-                    count(*) FILTER (WHERE a.user_id IS NOT NULL) AS wallets, min(a.user_id) AS wallet_user,
-                    sum(e.amount) FILTER (WHERE a.user_id IS NOT NULL) AS wallet_amount,
-                    sum(e.amount) FILTER (WHERE a.system_name = 'transit') AS transit_amount
-             FROM postings p JOIN entries e USING (posting_id) JOIN accounts a USING (account_id)
-             WHERE p.kind = 'transfer_credit' GROUP BY e.posting_id)
+        concat!(
+            legs_of!("transfer_credit"),
+            "
          SELECT CASE WHEN i.transfer_id IS NULL
              THEN format('transfer %s: credit posting %s has no incoming transfer record', p.reference, p.posting_id)
              ELSE format('transfer %s: credit posting %s (%s entries, %s) moves %s on wallet %s and %s on transit; the incoming transfer is %s %s to %s',
@@ -143,7 +153,7 @@ const CHECKS: &[(&str, &str)] = &[
               LEFT JOIN incoming_transfers i ON i.transfer_id = p.reference
          WHERE i.transfer_id IS NULL OR l.n <> 2 OR l.currencies <> 1 OR l.wallets <> 1
             OR l.wallet_user IS DISTINCT FROM i.to_user OR l.currency <> i.currency
-            OR l.wallet_amount IS DISTINCT FROM i.amount OR l.transit_amount IS DISTINCT FROM -i.amount",
+            OR l.wallet_amount IS DISTINCT FROM i.amount OR l.transit_amount IS DISTINCT FROM -i.amount"),
     ),
     (
         "open hold of a payment not in flight",
