@@ -340,6 +340,27 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
     let shard = router.for_user(&to);
     let mut client = shard.client().await?;
     let tx = client.transaction().await?;
+    let seen = read_receiver(&tx, msg, &to).await?;
+    let step = receiver_step(seen.barriers, seen.state, &msg.stage);
+    tracing::debug!(barriers = ?seen.barriers, state = ?seen.state, ?step, "receiver transition");
+    let bucket = router.bucket_of_user(&to) as u16;
+    apply_receiver_step(&tx, &step, &seen, msg, &to, bucket).await?;
+    tx.commit().await?;
+    Ok(shard.index)
+}
+
+/// What the receiver's shard knows of a transfer, read under its per-transfer lock.
+struct ReceiverView {
+    barriers: Barriers,
+    state: Option<ReceiverState>,
+    recorded: Option<Recorded>,
+    /// For a TryCredit: `None` when the receiver can take the money, else why not.
+    refusal: Option<String>,
+}
+
+/// Takes the transfer's advisory lock and reads its barriers and record (and, for a
+/// Try, whether the receiver can be credited), in one round trip.
+async fn read_receiver(tx: &Transaction<'_>, msg: &StageMessage, to: &UserId) -> ledger::Result<ReceiverView> {
     let id = msg.facts.transfer_id;
     // Serialises Try, Confirm and Cancel of one transfer on this shard, so a Try and a
     // Cancel handled at the same moment by two instances cannot miss each other. The
@@ -366,7 +387,7 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
         },
         async {
             match needs_receiver_check {
-                true => check_receiver(&tx, &to, &msg.facts.currency).await.map(Some),
+                true => check_receiver(tx, to, &msg.facts.currency).await,
                 false => Ok(None),
             }
         },
@@ -380,74 +401,53 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
         }
     }
     let state = state_row.as_ref().and_then(|r| ReceiverState::parse(r.get(0)));
-    let barriers = barriers.or(Barriers::implied_by(state));
     let recorded =
         state_row.map(|r| Recorded { from_user: r.get(1), to_user: r.get(2), currency: r.get(3), amount: r.get(4) });
-    let step = receiver_step(barriers, state, &msg.stage);
-    tracing::debug!(?barriers, ?state, ?step, "receiver transition");
-    let facts = msg.facts.clone();
-    let bucket = router.bucket_of_user(&to) as u16;
+    Ok(ReceiverView { barriers: barriers.or(Barriers::implied_by(state)), state, recorded, refusal: checked })
+}
+
+/// Writes what `step` does on the receiver's shard, in the caller's transaction.
+async fn apply_receiver_step(
+    tx: &Transaction<'_>,
+    step: &ReceiverStep,
+    seen: &ReceiverView,
+    msg: &StageMessage,
+    to: &UserId,
+    bucket: u16,
+) -> ledger::Result<()> {
+    let id = msg.facts.transfer_id;
+    let answer = |stage| msg.facts.message(stage);
     match step {
         ReceiverStep::Try => {
-            let reason = checked.flatten();
+            let reason = seen.refusal.clone();
             let recorded = if reason.is_none() { "tried" } else { "rejected" };
-            let answer = facts.message(Stage::Tried { ok: reason.is_none(), reason: reason.clone() });
+            let tried = answer(Stage::Tried { ok: reason.is_none(), reason: reason.clone() });
             futures::try_join!(
-                barrier(&tx, id, "try"),
-                record_incoming(&tx, msg, recorded, reason.as_deref()),
-                messages::enqueue(&tx, &answer),
+                barrier(tx, id, "try"),
+                record_incoming(tx, msg, recorded, reason.as_deref()),
+                messages::enqueue(tx, &tried),
             )?;
         }
         ReceiverStep::Suspend => {
             tracing::warn!("Try arrived after Cancel (suspension): ignored");
-            barrier(&tx, id, "try").await?;
+            barrier(tx, id, "try").await?;
         }
         ReceiverStep::AnswerTriedAgain { ok } => {
-            let reason = if ok { None } else { rejection_reason(&tx, id).await? };
-            messages::enqueue(&tx, &facts.message(Stage::Tried { ok, reason })).await?;
+            let reason = if *ok { None } else { rejection_reason(tx, id).await? };
+            messages::enqueue(tx, &answer(Stage::Tried { ok: *ok, reason })).await?;
         }
         // Confirm after a Try, or a direct credit (no Try: its incoming record is new).
-        ReceiverStep::Confirm | ReceiverStep::CreditDirect => {
-            // A Confirm credits what its Try recorded; a message that says otherwise
-            // contradicts the protocol and is refused (dead-lettered), never applied.
-            let (currency, amount) = match (&step, &recorded) {
-                (ReceiverStep::Confirm, Some(recorded)) => {
-                    if let Some(why) = recorded.mismatch(msg) {
-                        return Err(Error::Invariant(why));
-                    }
-                    (recorded.currency.as_str(), recorded.amount.as_str())
-                }
-                (ReceiverStep::Confirm, None) => {
-                    return Err(Error::Invariant("ConfirmCredit without a Try record".into()));
-                }
-                _ => (msg.facts.currency.as_str(), msg.facts.amount.as_str()),
-            };
-            let currency = Currency::parse(currency).map_err(|e| Error::Invariant(e.to_string()))?;
-            let amount = accounts::parse_numeric(amount)?;
-            let answer = facts.message(Stage::Confirmed);
-            let incoming = async {
-                match step {
-                    ReceiverStep::CreditDirect => record_incoming(&tx, msg, "confirmed", None).await,
-                    _ => set_incoming(&tx, id, "confirmed").await,
-                }
-            };
-            futures::try_join!(
-                barrier(&tx, id, "confirm"),
-                incoming,
-                holds::credit_from_transit(&tx, id, bucket, &to, &currency, &amount),
-                messages::enqueue(&tx, &answer),
-            )?;
-        }
-        ReceiverStep::AnswerConfirmedAgain => messages::enqueue(&tx, &facts.message(Stage::Confirmed)).await?,
+        ReceiverStep::Confirm | ReceiverStep::CreditDirect => credit(tx, step, seen, msg, to, bucket).await?,
+        ReceiverStep::AnswerConfirmedAgain => messages::enqueue(tx, &answer(Stage::Confirmed)).await?,
         ReceiverStep::EmptyRollback => {
             tracing::info!("Cancel arrived before Try (empty rollback): barrier recorded");
-            let answer = facts.message(Stage::Cancelled);
-            futures::try_join!(barrier(&tx, id, "cancel"), messages::enqueue(&tx, &answer))?;
+            let cancelled = answer(Stage::Cancelled);
+            futures::try_join!(barrier(tx, id, "cancel"), messages::enqueue(tx, &cancelled))?;
         }
         ReceiverStep::Cancel => {
-            let answer = facts.message(Stage::Cancelled);
+            let cancelled = answer(Stage::Cancelled);
             futures::try_join!(
-                barrier(&tx, id, "cancel"),
+                barrier(tx, id, "cancel"),
                 async {
                     tx.cached_execute(
                         "UPDATE incoming_transfers SET state = 'cancelled', updated_at = now()
@@ -457,15 +457,55 @@ async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<
                     .await?;
                     Ok(())
                 },
-                messages::enqueue(&tx, &answer),
+                messages::enqueue(tx, &cancelled),
             )?;
         }
-        ReceiverStep::AnswerCancelledAgain => messages::enqueue(&tx, &facts.message(Stage::Cancelled)).await?,
+        ReceiverStep::AnswerCancelledAgain => messages::enqueue(tx, &answer(Stage::Cancelled)).await?,
         ReceiverStep::Ignore => {}
         ReceiverStep::Violation(what) => return Err(Error::Invariant(what.to_string())),
     }
-    tx.commit().await?;
-    Ok(shard.index)
+    Ok(())
+}
+
+/// Credits the receiver from transit and answers Confirmed: a Confirm credits what its
+/// Try recorded, and a message that says otherwise contradicts the protocol and is
+/// refused (dead-lettered), never applied; a direct credit records the transfer first.
+async fn credit(
+    tx: &Transaction<'_>,
+    step: &ReceiverStep,
+    seen: &ReceiverView,
+    msg: &StageMessage,
+    to: &UserId,
+    bucket: u16,
+) -> ledger::Result<()> {
+    let id = msg.facts.transfer_id;
+    let direct = matches!(step, ReceiverStep::CreditDirect);
+    let (currency, amount) = match (direct, &seen.recorded) {
+        (false, Some(recorded)) => {
+            if let Some(why) = recorded.mismatch(msg) {
+                return Err(Error::Invariant(why));
+            }
+            (recorded.currency.as_str(), recorded.amount.as_str())
+        }
+        (false, None) => return Err(Error::Invariant("ConfirmCredit without a Try record".into())),
+        (true, _) => (msg.facts.currency.as_str(), msg.facts.amount.as_str()),
+    };
+    let currency = Currency::parse(currency).map_err(|e| Error::Invariant(e.to_string()))?;
+    let amount = accounts::parse_numeric(amount)?;
+    let confirmed = msg.facts.message(Stage::Confirmed);
+    let incoming = async {
+        match direct {
+            true => record_incoming(tx, msg, "confirmed", None).await,
+            false => set_incoming(tx, id, "confirmed").await,
+        }
+    };
+    futures::try_join!(
+        barrier(tx, id, "confirm"),
+        incoming,
+        holds::credit_from_transit(tx, id, bucket, to, &currency, &amount),
+        messages::enqueue(tx, &confirmed),
+    )?;
+    Ok(())
 }
 
 async fn barrier(tx: &Transaction<'_>, id: Uuid, branch: &str) -> ledger::Result<()> {
