@@ -45,13 +45,10 @@ use chrono::Utc;
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
-use super::{
-    incoming::Recorded,
-    messages::{self, Stage, StageMessage, TransferFacts, FACTS_COLUMNS},
-};
+use super::messages::{self, Stage, StageMessage, TransferFacts, FACTS_COLUMNS};
 use crate::{
-    domain::{Currency, RoutableId, UserId},
-    ledger::{self, accounts, holds, Error},
+    domain::RoutableId,
+    ledger::{self, holds, Error},
     sharding::Router,
 };
 
@@ -335,256 +332,6 @@ async fn set_state(
     Ok(())
 }
 
-async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<usize> {
-    let to = UserId::parse(&msg.facts.to_user_id).map_err(|e| Error::Invariant(e.to_string()))?;
-    let shard = router.for_user(&to);
-    let mut client = shard.client().await?;
-    let tx = client.transaction().await?;
-    let seen = read_receiver(&tx, msg, &to).await?;
-    let step = receiver_step(seen.barriers, seen.state, &msg.stage);
-    tracing::debug!(barriers = ?seen.barriers, state = ?seen.state, ?step, "receiver transition");
-    let bucket = router.bucket_of_user(&to) as u16;
-    apply_receiver_step(&tx, &step, &seen, msg, &to, bucket).await?;
-    tx.commit().await?;
-    Ok(shard.index)
-}
-
-/// What the receiver's shard knows of a transfer, read under its per-transfer lock.
-struct ReceiverView {
-    barriers: Barriers,
-    state: Option<ReceiverState>,
-    recorded: Option<Recorded>,
-    /// For a TryCredit: `None` when the receiver can take the money, else why not.
-    refusal: Option<String>,
-}
-
-/// Takes the transfer's advisory lock and reads its barriers and record (and, for a
-/// Try, whether the receiver can be credited), in one round trip.
-async fn read_receiver(tx: &Transaction<'_>, msg: &StageMessage, to: &UserId) -> ledger::Result<ReceiverView> {
-    let id = msg.facts.transfer_id;
-    // Serialises Try, Confirm and Cancel of one transfer on this shard, so a Try and a
-    // Cancel handled at the same moment by two instances cannot miss each other. The
-    // reads are pipelined behind the lock: the server runs them once it is granted.
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
-    // Only a Try asks whether the receiver can take the money: a DirectCredit was sent
-    // because the API found the wallet, and wallets are never deleted (were it gone,
-    // `credit_from_transit` refuses with an invariant error).
-    let needs_receiver_check = matches!(msg.stage, Stage::TryCredit);
-    // The lock is prepared beforehand so that it is the first statement on the wire even
-    // when the reads' statements still have to be prepared on this connection.
-    let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))").await?;
-    let (_, barrier_rows, state_row, checked) = futures::try_join!(
-        async { Ok::<_, Error>(tx.execute(&lock, &params).await?) },
-        async { Ok(tx.cached_query("SELECT branch FROM tcc_barriers WHERE transfer_id = $1", &params).await?) },
-        async {
-            Ok(tx
-                .cached_query_opt(
-                    "SELECT state, from_user, to_user, currency, amount::text FROM incoming_transfers
-                     WHERE transfer_id = $1",
-                    &params,
-                )
-                .await?)
-        },
-        async {
-            match needs_receiver_check {
-                true => check_receiver(tx, to, &msg.facts.currency).await,
-                false => Ok(None),
-            }
-        },
-    )?;
-    let mut barriers = Barriers::default();
-    for row in &barrier_rows {
-        match row.get::<_, &str>(0) {
-            "try" => barriers.tried = true,
-            "confirm" => barriers.confirmed = true,
-            _ => barriers.cancelled = true,
-        }
-    }
-    let state = state_row.as_ref().and_then(|r| ReceiverState::parse(r.get(0)));
-    let recorded =
-        state_row.map(|r| Recorded { from_user: r.get(1), to_user: r.get(2), currency: r.get(3), amount: r.get(4) });
-    Ok(ReceiverView { barriers: barriers.or(Barriers::implied_by(state)), state, recorded, refusal: checked })
-}
-
-/// Writes what `step` does on the receiver's shard, in the caller's transaction.
-async fn apply_receiver_step(
-    tx: &Transaction<'_>,
-    step: &ReceiverStep,
-    seen: &ReceiverView,
-    msg: &StageMessage,
-    to: &UserId,
-    bucket: u16,
-) -> ledger::Result<()> {
-    let id = msg.facts.transfer_id;
-    let answer = |stage| msg.facts.message(stage);
-    match step {
-        ReceiverStep::Try => {
-            let reason = seen.refusal.clone();
-            let recorded = if reason.is_none() { "tried" } else { "rejected" };
-            let tried = answer(Stage::Tried { ok: reason.is_none(), reason: reason.clone() });
-            futures::try_join!(
-                barrier(tx, id, "try"),
-                record_incoming(tx, msg, recorded, reason.as_deref()),
-                messages::enqueue(tx, &tried),
-            )?;
-        }
-        ReceiverStep::Suspend => {
-            tracing::warn!("Try arrived after Cancel (suspension): ignored");
-            barrier(tx, id, "try").await?;
-        }
-        ReceiverStep::AnswerTriedAgain { ok } => {
-            let reason = if *ok { None } else { rejection_reason(tx, id).await? };
-            messages::enqueue(tx, &answer(Stage::Tried { ok: *ok, reason })).await?;
-        }
-        // Confirm after a Try, or a direct credit (no Try: its incoming record is new).
-        ReceiverStep::Confirm | ReceiverStep::CreditDirect => credit(tx, step, seen, msg, to, bucket).await?,
-        ReceiverStep::AnswerConfirmedAgain => messages::enqueue(tx, &answer(Stage::Confirmed)).await?,
-        ReceiverStep::EmptyRollback => {
-            tracing::info!("Cancel arrived before Try (empty rollback): barrier recorded");
-            let cancelled = answer(Stage::Cancelled);
-            futures::try_join!(barrier(tx, id, "cancel"), messages::enqueue(tx, &cancelled))?;
-        }
-        ReceiverStep::Cancel => {
-            let cancelled = answer(Stage::Cancelled);
-            futures::try_join!(
-                barrier(tx, id, "cancel"),
-                async {
-                    tx.cached_execute(
-                        "UPDATE incoming_transfers SET state = 'cancelled', updated_at = now()
-                         WHERE transfer_id = $1 AND state = 'tried'",
-                        &[&id],
-                    )
-                    .await?;
-                    Ok(())
-                },
-                messages::enqueue(tx, &cancelled),
-            )?;
-        }
-        ReceiverStep::AnswerCancelledAgain => messages::enqueue(tx, &answer(Stage::Cancelled)).await?,
-        ReceiverStep::Ignore => {}
-        ReceiverStep::Violation(what) => return Err(Error::Invariant(what.to_string())),
-    }
-    Ok(())
-}
-
-/// Credits the receiver from transit and answers Confirmed: a Confirm credits what its
-/// Try recorded, and a message that says otherwise contradicts the protocol and is
-/// refused (dead-lettered), never applied; a direct credit records the transfer first.
-async fn credit(
-    tx: &Transaction<'_>,
-    step: &ReceiverStep,
-    seen: &ReceiverView,
-    msg: &StageMessage,
-    to: &UserId,
-    bucket: u16,
-) -> ledger::Result<()> {
-    let id = msg.facts.transfer_id;
-    let direct = matches!(step, ReceiverStep::CreditDirect);
-    let (currency, amount) = match (direct, &seen.recorded) {
-        (false, Some(recorded)) => {
-            if let Some(why) = recorded.mismatch(msg) {
-                return Err(Error::Invariant(why));
-            }
-            (recorded.currency.as_str(), recorded.amount.as_str())
-        }
-        (false, None) => return Err(Error::Invariant("ConfirmCredit without a Try record".into())),
-        (true, _) => (msg.facts.currency.as_str(), msg.facts.amount.as_str()),
-    };
-    let currency = Currency::parse(currency).map_err(|e| Error::Invariant(e.to_string()))?;
-    let amount = accounts::parse_numeric(amount)?;
-    let confirmed = msg.facts.message(Stage::Confirmed);
-    let incoming = async {
-        match direct {
-            true => record_incoming(tx, msg, "confirmed", None).await,
-            false => set_incoming(tx, id, "confirmed").await,
-        }
-    };
-    futures::try_join!(
-        barrier(tx, id, "confirm"),
-        incoming,
-        holds::credit_from_transit(tx, id, bucket, to, &currency, &amount),
-        messages::enqueue(tx, &confirmed),
-    )?;
-    Ok(())
-}
-
-async fn barrier(tx: &Transaction<'_>, id: Uuid, branch: &str) -> ledger::Result<()> {
-    tx.cached_execute("INSERT INTO tcc_barriers (transfer_id, branch) VALUES ($1, $2)", &[&id, &branch]).await?;
-    Ok(())
-}
-
-/// The receiver's record of an incoming transfer.
-async fn record_incoming(
-    tx: &Transaction<'_>,
-    msg: &StageMessage,
-    state: &str,
-    reason: Option<&str>,
-) -> ledger::Result<()> {
-    tx.cached_execute(
-        "INSERT INTO incoming_transfers (transfer_id, from_user, to_user, currency, amount, description, state, reason)
-         VALUES ($1, $2, $3, $4, $5::text::numeric, $6, $7, $8)",
-        &[
-            &msg.facts.transfer_id,
-            &msg.facts.from_user_id,
-            &msg.facts.to_user_id,
-            &msg.facts.currency,
-            &msg.facts.amount,
-            &msg.facts.description,
-            &state,
-            &reason,
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-async fn set_incoming(tx: &Transaction<'_>, id: Uuid, state: &str) -> ledger::Result<()> {
-    tx.cached_execute(
-        "UPDATE incoming_transfers SET state = $2, updated_at = now() WHERE transfer_id = $1",
-        &[&id, &state],
-    )
-    .await?;
-    Ok(())
-}
-
-/// `None` when the receiver can be credited in `currency`, else the reason code.
-async fn check_receiver(
-    client: &impl deadpool_postgres::GenericClient,
-    to: &UserId,
-    currency: &str,
-) -> ledger::Result<Option<String>> {
-    let row = client
-        .cached_query_one(
-            "SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1),
-                    EXISTS (SELECT 1 FROM accounts WHERE user_id = $1 AND currency = $2)",
-            &[&to.as_str(), &currency],
-        )
-        .await?;
-    Ok(match (row.get(0), row.get(1)) {
-        (false, _) => Some("user_not_found".into()),
-        (true, false) => Some("currency_mismatch".into()),
-        (true, true) => None,
-    })
-}
-
-async fn rejection_reason(tx: &Transaction<'_>, id: Uuid) -> ledger::Result<Option<String>> {
-    Ok(tx
-        .cached_query_opt("SELECT reason FROM incoming_transfers WHERE transfer_id = $1", &[&id])
-        .await?
-        .and_then(|r| r.get(0)))
-}
-
-/// The receiver's Try as a read: whether `to`'s shard already has `to`'s wallet in
-/// `currency`. Only a certain yes counts; a refusal, an error or a slow shard leaves the
-/// decision to the full protocol (TryCredit), which then records the reason.
-pub async fn receiver_ready(router: &Router, to: &UserId, currency: &str) -> bool {
-    let read = async {
-        let client = router.for_user(to).client().await?;
-        check_receiver(&client, to, currency).await
-    };
-    matches!(tokio::time::timeout(std::time::Duration::from_secs(1), read).await, Ok(Ok(None)))
-}
-
 /// The stage a sender re-emits for a transfer in `state` that has not moved (sweeper,
 /// operator re-drive); `None` when nothing is due (a final transfer).
 pub fn redrive_stage(state: &str, direct: bool) -> Option<Stage> {
@@ -601,6 +348,10 @@ pub fn redrive_stage(state: &str, direct: bool) -> Option<Stage> {
 pub fn try_deadline(timeout: std::time::Duration) -> chrono::DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::seconds(30))
 }
+
+mod receiver;
+use receiver::handle_receiver;
+pub use receiver::receiver_ready;
 
 #[cfg(test)]
 mod tests;
