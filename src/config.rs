@@ -314,6 +314,8 @@ pub struct PaymentSettings {
     /// How many payment-topic messages one worker handles at once.
     pub concurrency: usize,
     pub worker_enabled: bool,
+    /// Whether this process publishes its shards' payment outboxes.
+    pub relay_enabled: bool,
     /// Recorded callbacks and released holds of final payments are deleted this long
     /// after (0: never).
     pub prune_after_secs: u64,
@@ -335,6 +337,7 @@ impl Default for PaymentSettings {
             sweep_interval_ms: 1000,
             concurrency: 32,
             worker_enabled: true,
+            relay_enabled: true,
             prune_after_secs: PRUNE_AFTER_SECS,
             drop_gateway_answers: false,
         }

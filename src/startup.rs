@@ -149,7 +149,7 @@ fn payments_context(settings: &Settings, router: &Arc<Router>, port: u16) -> any
 fn spawn_payment_workers(state: &AppState, topics: &kafka::Topics, token: &CancellationToken, set: &mut JoinSet<()>) {
     let settings = &state.settings;
     for shard in state.router.shards() {
-        if settings.transfers.relay_enabled {
+        if settings.payments.relay_enabled {
             let relay = outbox::Relay::new(
                 shard.clone(),
                 state.producer.clone(),
