@@ -183,3 +183,21 @@ const BUNDLE: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui-bundle.
 fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "public, max-age=3600")], body).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    /// Bodies keep their required fields and the one id and currency pattern.
+    #[test]
+    fn bodies_require_their_fields_with_the_shared_patterns() {
+        let doc = serde_json::to_value(super::document()).expect("json");
+        let schemas = &doc["components"]["schemas"];
+        let transfer = &schemas["NewTransfer"];
+        for field in ["from_user_id", "to_user_id", "currency", "amount"] {
+            assert!(transfer["required"].as_array().expect("required").iter().any(|f| f == field), "{field}");
+        }
+        let pattern = |schema: &serde_json::Value, field: &str| schema["properties"][field]["pattern"].clone();
+        assert_eq!(pattern(transfer, "from_user_id"), super::schemas::USER_ID_PATTERN);
+        assert_eq!(pattern(transfer, "currency"), super::schemas::CURRENCY_PATTERN);
+        assert_eq!(pattern(&schemas["NewPayment"], "user_id"), super::schemas::USER_ID_PATTERN);
+    }
+}

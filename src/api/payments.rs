@@ -25,9 +25,9 @@ use crate::{
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewPayment {
-    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "alice")]
+    #[schema(schema_with = doc::user_id)]
     user_id: String,
-    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
+    #[schema(schema_with = doc::currency)]
     currency: String,
     #[serde(default)]
     #[schema(schema_with = doc::amount_input, required = true)]

@@ -27,11 +27,11 @@ use crate::{
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewTransfer {
-    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "alice")]
+    #[schema(schema_with = doc::user_id)]
     from_user_id: String,
-    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "bob")]
+    #[schema(schema_with = doc::user_id)]
     to_user_id: String,
-    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
+    #[schema(schema_with = doc::currency)]
     currency: String,
     #[serde(default)]
     #[schema(schema_with = doc::amount_input, required = true)]

@@ -24,7 +24,7 @@ use crate::{
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewUser {
-    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "mallory")]
+    #[schema(schema_with = doc::user_id)]
     user_id: String,
 }
 
@@ -67,7 +67,7 @@ pub async fn get_user(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewWallet {
-    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
+    #[schema(schema_with = doc::currency)]
     currency: String,
 }
 
@@ -157,9 +157,9 @@ pub async fn entries(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct Adjustment {
-    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "mallory")]
+    #[schema(schema_with = doc::user_id)]
     user_id: String,
-    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
+    #[schema(schema_with = doc::currency)]
     currency: String,
     #[serde(default)]
     #[schema(schema_with = doc::amount_input, required = true)]

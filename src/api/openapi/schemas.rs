@@ -12,6 +12,28 @@ pub const USER_ID_PATTERN: &str = "^[A-Za-z0-9_.-]{1,64}$";
 pub const CURRENCY_PATTERN: &str = "^[A-Z]{3}$";
 pub const AMOUNT_PATTERN: &str = "^[1-9][0-9]{0,35}$";
 
+fn text(pattern: &str, example: &str, description: &str) -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+    Schema::Object(
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::String))
+            .pattern(Some(pattern))
+            .examples([serde_json::json!(example)])
+            .description(Some(description))
+            .build(),
+    )
+}
+
+/// A user id, wherever one is accepted.
+pub fn user_id() -> utoipa::openapi::schema::Schema {
+    text(USER_ID_PATTERN, "alice", "1-64 characters of `[A-Za-z0-9_.-]`")
+}
+
+/// A currency code, wherever one is accepted.
+pub fn currency() -> utoipa::openapi::schema::Schema {
+    text(CURRENCY_PATTERN, "EUR", "three upper-case letters")
+}
+
 /// An amount in minor units: a string of 1-36 digits without leading zero, or a
 /// positive JSON integer up to 2^64-1. Responses always use the string form.
 pub fn amount_input() -> utoipa::openapi::schema::Schema {
@@ -31,7 +53,7 @@ pub fn amount_input() -> utoipa::openapi::schema::Schema {
 #[into_params(parameter_in = Path)]
 pub struct UserPath {
     /// The user id (1-64 characters of `[A-Za-z0-9_.-]`).
-    #[param(pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "alice")]
+    #[param(schema_with = user_id)]
     pub user_id: String,
 }
 
@@ -39,7 +61,7 @@ pub struct UserPath {
 #[into_params(parameter_in = Path)]
 pub struct CurrencyPath {
     /// Three upper-case letters.
-    #[param(pattern = "^[A-Z]{3}$", example = "EUR")]
+    #[param(schema_with = currency)]
     pub currency: String,
 }
 
