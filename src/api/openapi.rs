@@ -186,7 +186,8 @@ fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
 
 #[cfg(test)]
 mod tests {
-    /// Bodies keep their required fields and the one id and currency pattern.
+    /// Bodies keep their required fields and the one id and currency pattern; views
+    /// derived elsewhere are registered.
     #[test]
     fn bodies_require_their_fields_with_the_shared_patterns() {
         let doc = serde_json::to_value(super::document()).expect("json");
@@ -199,5 +200,11 @@ mod tests {
         assert_eq!(pattern(transfer, "from_user_id"), super::schemas::USER_ID_PATTERN);
         assert_eq!(pattern(transfer, "currency"), super::schemas::CURRENCY_PATTERN);
         assert_eq!(pattern(&schemas["NewPayment"], "user_id"), super::schemas::USER_ID_PATTERN);
+        // Derived on the ledger's view, not mirrored: the fields are the serialised ones.
+        let adjustment = &schemas["AdjustmentView"]["properties"];
+        for field in ["entry_id", "posting_id", "direction", "balance_after", "reason", "created_at"] {
+            assert!(adjustment[field].is_object(), "AdjustmentView.{field}: {adjustment}");
+        }
+        assert_eq!(schemas["Direction"]["enum"], serde_json::json!(["credit", "debit"]));
     }
 }

@@ -164,7 +164,6 @@ pub struct Adjustment {
     #[serde(default)]
     #[schema(schema_with = doc::amount_input, required = true)]
     amount: serde_json::Value,
-    #[schema(value_type = doc::Direction)]
     direction: local::Direction,
     /// 1-500 characters.
     #[schema(min_length = 1, max_length = 500, example = "opening balance")]
@@ -175,7 +174,7 @@ pub struct Adjustment {
 #[utoipa::path(post, path = "/v1/admin/adjustments", tag = "admin", security(("bearer" = [])),
     params(IdempotencyHeader), request_body = Adjustment,
     responses(
-        (status = 201, description = "applied", body = doc::AdjustmentView),
+        (status = 201, description = "applied", body = local::AdjustmentView),
         (status = 400, description = "invalid_request, invalid_amount or idempotency_key_missing"),
         (status = 403, description = "forbidden: admins only"),
         (status = 404, description = "user_not_found or wallet_not_found"),

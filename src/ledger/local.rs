@@ -14,14 +14,16 @@ use super::{
 };
 use crate::domain::{Amount, Currency, RoutableId, UserId};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+/// The read models derive their OpenAPI schema here, so the document cannot drift from
+/// what is serialised (a derive only: the ledger knows nothing of HTTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Credit,
     Debit,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AdjustmentView {
     pub entry_id: Uuid,
     pub posting_id: Uuid,

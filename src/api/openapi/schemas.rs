@@ -217,26 +217,6 @@ pub struct TransferPage {
     pub next_cursor: Option<String>,
 }
 
-#[derive(ToSchema, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Credit,
-    Debit,
-}
-
-#[derive(ToSchema)]
-pub struct AdjustmentView {
-    pub entry_id: Uuid,
-    pub posting_id: Uuid,
-    pub user_id: String,
-    pub currency: String,
-    pub amount: String,
-    pub direction: Direction,
-    pub balance_after: Option<String>,
-    pub reason: String,
-    pub created_at: DateTime<Utc>,
-}
-
 #[derive(ToSchema)]
 pub struct Reversal {
     pub posting_id: Uuid,
