@@ -46,8 +46,8 @@ pub struct NewTransfer {
 #[utoipa::path(post, path = "/v1/transfers", tag = "transfers", security(("bearer" = [])),
     params(IdempotencyHeader), request_body = NewTransfer,
     responses(
-        (status = 201, description = "completed (same shard)", body = doc::Transfer),
-        (status = 202, description = "accepted, pending (cross shard)", body = doc::Transfer),
+        (status = 201, description = "completed (same shard)", body = queries::TransferView),
+        (status = 202, description = "accepted, pending (cross shard)", body = queries::TransferView),
         (status = 400, description = "invalid_request, invalid_amount or idempotency_key_missing"),
         (status = 403, description = "forbidden: a user may only send from themself"),
         (status = 404, description = "user_not_found or wallet_not_found"),
@@ -123,7 +123,7 @@ fn overloaded(refused: &Overloaded) -> Response {
 #[utoipa::path(get, path = "/v1/transfers/{transfer_id}", tag = "transfers", security(("bearer" = [])),
     params(TransferPath),
     responses(
-        (status = 200, description = "the transfer", body = doc::Transfer),
+        (status = 200, description = "the transfer", body = queries::TransferView),
         (status = 403, description = "forbidden: not a party"),
         (status = 404, description = "transfer_not_found"),
     )
@@ -202,7 +202,7 @@ pub async fn admin_list(
 #[utoipa::path(post, path = "/v1/admin/transfers/{transfer_id}/redrive", tag = "admin", security(("bearer" = [])),
     params(TransferPath),
     responses(
-        (status = 202, description = "the stage was queued again", body = doc::Transfer),
+        (status = 202, description = "the stage was queued again", body = queries::TransferView),
         (status = 403, description = "forbidden: admins only"),
         (status = 404, description = "transfer_not_found"),
         (status = 409, description = "transfer_final: completed, same-shard, or its cancel acknowledged"),

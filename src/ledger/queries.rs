@@ -103,23 +103,44 @@ pub async fn entries_page(
     Ok((page, next))
 }
 
-/// A transfer as the API shows it; `status` hides the internal TCC states.
-#[derive(Debug, Clone, serde::Serialize)]
+/// What clients see of a transfer's state: in-flight states are all `pending`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferStatus {
+    Pending,
+    Completed,
+    Cancelled,
+}
+
+/// Whether both users are on one shard (`transfers.route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferRoute {
+    Local,
+    CrossShard,
+}
+
+/// A transfer as the API shows it; `status` hides the internal TCC states. Its
+/// OpenAPI schema (`Transfer`) is derived here, so it cannot drift from what is sent.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Transfer)]
 pub struct TransferView {
     pub transfer_id: Uuid,
-    pub status: &'static str,
+    pub status: TransferStatus,
+    /// The internal TCC state (`trying`, `confirming`, `completed`, `cancelled`).
     pub state: String,
     pub from_user_id: String,
     pub to_user_id: String,
     pub currency: String,
     pub amount: String,
     pub description: Option<String>,
-    pub route: String,
+    pub route: TransferRoute,
+    /// Why it was cancelled: `user_not_found`, `currency_mismatch`, `timeout`, `rejected`.
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
-    /// Set when the sweeper stopped re-driving it (`transfers.redrive_max`).
+    /// Only on a transfer the sweeper stopped re-driving (`GET /v1/admin/transfers?state=stuck`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stuck_at: Option<DateTime<Utc>>,
 }
@@ -139,7 +160,11 @@ impl TransferView {
             currency: row.get(4),
             amount: row.get(5),
             description: row.get(6),
-            route: row.get(7),
+            // The schema's CHECK allows only these two.
+            route: match row.get::<_, &str>(7) {
+                "local" => TransferRoute::Local,
+                _ => TransferRoute::CrossShard,
+            },
             reason: row.get(8),
             created_at: row.get(9),
             updated_at: row.get(10),
@@ -150,11 +175,11 @@ impl TransferView {
 }
 
 /// The public status of an internal state: in-flight states are all `pending`.
-pub fn status_of(state: &str) -> &'static str {
+pub fn status_of(state: &str) -> TransferStatus {
     match state {
-        "completed" | "confirmed" => "completed",
-        "cancelled" | "rejected" => "cancelled",
-        _ => "pending",
+        "completed" | "confirmed" => TransferStatus::Completed,
+        "cancelled" | "rejected" => TransferStatus::Cancelled,
+        _ => TransferStatus::Pending,
     }
 }
 

@@ -167,42 +167,6 @@ pub struct EntryPage {
     pub next_cursor: Option<String>,
 }
 
-#[derive(ToSchema, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TransferStatus {
-    Pending,
-    Completed,
-    Cancelled,
-}
-
-#[derive(ToSchema, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TransferRoute {
-    Local,
-    CrossShard,
-}
-
-#[derive(ToSchema)]
-pub struct Transfer {
-    pub transfer_id: Uuid,
-    pub status: TransferStatus,
-    /// The internal TCC state (`trying`, `confirming`, `completed`, `cancelled`).
-    pub state: String,
-    pub from_user_id: String,
-    pub to_user_id: String,
-    pub currency: String,
-    pub amount: String,
-    pub description: Option<String>,
-    pub route: TransferRoute,
-    /// Why it was cancelled: `user_not_found`, `currency_mismatch`, `timeout`, `rejected`.
-    pub reason: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub completed_at: Option<DateTime<Utc>>,
-    /// Only on a transfer the sweeper stopped re-driving (`GET /v1/admin/transfers?state=stuck`).
-    pub stuck_at: Option<DateTime<Utc>>,
-}
-
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TransferStateQuery {
@@ -213,7 +177,7 @@ pub struct TransferStateQuery {
 
 #[derive(ToSchema)]
 pub struct TransferPage {
-    pub data: Vec<Transfer>,
+    pub data: Vec<crate::ledger::TransferView>,
     pub next_cursor: Option<String>,
 }
 
