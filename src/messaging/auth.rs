@@ -168,6 +168,30 @@ impl MessageAuth {
     }
 }
 
+impl MessageAuth {
+    /// Checks a consumed message's tag and counts the verdict
+    /// (`shardwallet_messages_rejected_total`, `..._unsigned_accepted_total`): what every
+    /// consumer runs before it reads a payload.
+    pub fn admit<M: rdkafka::message::Message>(&self, purpose: Purpose, m: &M) -> Result<(), Rejection> {
+        let label = match purpose {
+            Purpose::Stage => "stages",
+            Purpose::Payment => "payments",
+        };
+        let payload = m.payload().unwrap_or_default();
+        match self.verify(purpose, m.headers(), m.key().unwrap_or_default(), payload) {
+            Ok(Verified::Signed) => Ok(()),
+            Ok(Verified::UnsignedAccepted) => {
+                crate::telemetry::metrics::message_unsigned_accepted(label);
+                Ok(())
+            }
+            Err(rejection) => {
+                crate::telemetry::metrics::message_rejected(label, rejection.reason());
+                Err(rejection)
+            }
+        }
+    }
+}
+
 /// The value of the last header named `name` (a forger cannot hide a bad tag behind a
 /// second header: the last one is read, and it alone must verify).
 fn header<'a, H: Headers>(headers: Option<&'a H>, name: &str) -> Option<&'a [u8]> {

@@ -35,7 +35,7 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    auth::{self, MessageAuth, Purpose, Verified},
+    auth::{self, MessageAuth, Purpose},
     kafka::Topics,
 };
 
@@ -133,16 +133,10 @@ impl Worker {
     }
 
     async fn process_one(&self, m: &OwnedMessage) {
-        let payload = m.payload().unwrap_or_default();
-        match self.auth.verify(Purpose::Stage, m.headers(), m.key().unwrap_or_default(), payload) {
-            Ok(Verified::Signed) => {}
-            Ok(Verified::UnsignedAccepted) => crate::telemetry::metrics::message_unsigned_accepted("stages"),
-            Err(rejection) => {
-                crate::telemetry::metrics::message_rejected("stages", rejection.reason());
-                return self.dead_letter(m, &format!("rejected: {rejection}")).await;
-            }
+        if let Err(rejection) = self.auth.admit(Purpose::Stage, m) {
+            return self.dead_letter(m, &format!("rejected: {rejection}")).await;
         }
-        if let Err(Refused(why)) = self.handler.handle(payload).await {
+        if let Err(Refused(why)) = self.handler.handle(m.payload().unwrap_or_default()).await {
             self.dead_letter(m, &why).await;
         }
     }

@@ -28,7 +28,7 @@ use crate::{
     gateways::{GatewayError, PaymentRequest},
     ledger::{Error, Result},
     messaging::{
-        auth::{MessageAuth, Purpose, Verified},
+        auth::{MessageAuth, Purpose},
         consumer,
     },
 };
@@ -47,17 +47,11 @@ impl Worker {
             let payments = &self.payments;
             let auth = &self.auth;
             let jobs = batch.iter().map(|m| async move {
-                let payload = m.payload().unwrap_or_default();
-                match auth.verify(Purpose::Payment, m.headers(), m.key().unwrap_or_default(), payload) {
-                    Ok(Verified::Signed) => {}
-                    Ok(Verified::UnsignedAccepted) => crate::telemetry::metrics::message_unsigned_accepted("payments"),
-                    Err(rejection) => {
-                        crate::telemetry::metrics::message_rejected("payments", rejection.reason());
-                        tracing::error!(%rejection, offset = m.offset(), "payment message refused; not submitted");
-                        return;
-                    }
+                if let Err(rejection) = auth.admit(Purpose::Payment, m) {
+                    tracing::error!(%rejection, offset = m.offset(), "payment message refused; not submitted");
+                    return;
                 }
-                match serde_json::from_slice::<SubmitPayment>(payload) {
+                match serde_json::from_slice::<SubmitPayment>(m.payload().unwrap_or_default()) {
                     Ok(msg) => {
                         if let Err(e) = submit(payments, msg.payment_id).await {
                             // The row stays as it is; the reconciler picks it up again.

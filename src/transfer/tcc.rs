@@ -45,7 +45,7 @@ use chrono::Utc;
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
-use super::messages::{self, Stage, StageMessage, TransferFacts, FACTS_COLUMNS};
+use super::messages::{self, facts_columns, Stage, StageMessage, TransferFacts};
 use crate::{
     domain::RoutableId,
     ledger::{self, holds, Error},
@@ -266,8 +266,10 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
     let tx = client.transaction().await?;
     let row = tx
         .cached_query_opt(
-            &format!(
-                "SELECT state, {FACTS_COLUMNS} FROM transfers WHERE transfer_id = $1 AND route = 'cross_shard' FOR UPDATE"
+            concat!(
+                "SELECT state, ",
+                facts_columns!(),
+                " FROM transfers WHERE transfer_id = $1 AND route = 'cross_shard' FOR UPDATE"
             ),
             &[&transfer_id],
         )

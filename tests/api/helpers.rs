@@ -657,3 +657,12 @@ pub fn host_port(url: &str) -> String {
     };
     format!("{host}:{}", config.get_ports().first().copied().unwrap_or(5432))
 }
+
+/// The value of an unlabelled counter in the app's `/metrics` (0 when absent).
+pub async fn counter(app: &TestApp, name: &str) -> f64 {
+    let text = app.http.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        .next()
+        .unwrap_or(0.0)
+}

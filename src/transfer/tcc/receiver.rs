@@ -118,7 +118,8 @@ async fn apply_receiver_step(
             messages::enqueue(tx, &answer(Stage::Tried { ok: *ok, reason })).await?;
         }
         // Confirm after a Try, or a direct credit (no Try: its incoming record is new).
-        ReceiverStep::Confirm | ReceiverStep::CreditDirect => credit(tx, step, seen, msg, to, bucket).await?,
+        ReceiverStep::Confirm => credit(tx, false, seen, msg, to, bucket).await?,
+        ReceiverStep::CreditDirect => credit(tx, true, seen, msg, to, bucket).await?,
         ReceiverStep::AnswerConfirmedAgain => messages::enqueue(tx, &answer(Stage::Confirmed)).await?,
         ReceiverStep::EmptyRollback => {
             tracing::info!("Cancel arrived before Try (empty rollback): barrier recorded");
@@ -153,14 +154,13 @@ async fn apply_receiver_step(
 /// refused (dead-lettered), never applied; a direct credit records the transfer first.
 async fn credit(
     tx: &Transaction<'_>,
-    step: &ReceiverStep,
+    direct: bool,
     seen: &ReceiverView,
     msg: &StageMessage,
     to: &UserId,
     bucket: u16,
 ) -> ledger::Result<()> {
     let id = msg.facts.transfer_id;
-    let direct = matches!(step, ReceiverStep::CreditDirect);
     let (currency, amount) = match (direct, &seen.recorded) {
         (false, Some(recorded)) => {
             if let Some(why) = recorded.mismatch(msg) {
