@@ -10,7 +10,7 @@ use crate::{
     domain::Role,
     ledger::verify,
     messaging::{dlq, kafka},
-    sharding::ShardMap,
+    sharding::{ownership, ShardMap},
     startup::{self, Application},
     storage::{identity, migrate},
 };
@@ -183,28 +183,86 @@ impl Cli {
     }
 }
 
-/// Applies migrations and records the shard map on every shard.
+/// Applies migrations and records the shard map on every shard: the file's shards
+/// first, then any the shards recorded since (`shards add`).
 pub async fn migrate_all(settings: &Settings, accept_new_shard_map: bool) -> anyhow::Result<()> {
-    let map = ShardMap::load(std::path::Path::new(&settings.shards.map_path))?;
-    for spec in map.shards() {
-        ensure_database(&spec.config).await.with_context(|| format!("shard '{}'", spec.name))?;
-        let applied =
-            migrate::run(&spec.name, &spec.config).await.with_context(|| format!("migrating shard '{}'", spec.name))?;
+    let file = ShardMap::load(std::path::Path::new(&settings.shards.map_path))?;
+    for spec in file.shards() {
+        migrate_one(spec).await?;
+    }
+    let router = startup::current_router(settings).await?;
+    let layout = router.layout();
+    let recorded_moves = layout.map.epoch() > crate::sharding::FILE_EPOCH;
+    if recorded_moves && accept_new_shard_map {
+        anyhow::bail!(
+            "the shards recorded a newer map (epoch {}) than shard-map.toml: buckets are moved with \
+             `shardwallet reshard`, not by re-recording the file",
+            layout.map.epoch()
+        );
+    }
+    let members: Vec<(String, String)> =
+        file.shards().iter().map(|s| (s.name.clone(), crate::sharding::url_without_password(&s.config))).collect();
+    for spec in layout.map.shards() {
+        if !file.shards().iter().any(|f| f.name == spec.name) {
+            migrate_one(spec).await?;
+        }
         let (client, conn) = spec.config.connect(tokio_postgres::NoTls).await?;
         let conn = tokio::spawn(conn);
-        let expected = identity::Identity::expected(&map, spec);
-        match identity::read(&client).await? {
-            Some(recorded) if recorded == expected => {}
-            Some(recorded) if !accept_new_shard_map => {
-                anyhow::bail!(identity::mismatch(&recorded, &expected).unwrap_or_default())
+        if !recorded_moves {
+            let expected = identity::Identity::expected(&file, spec);
+            match identity::read(&client).await? {
+                Some(recorded) if recorded == expected => {}
+                Some(recorded) if !accept_new_shard_map => {
+                    anyhow::bail!(identity::mismatch(&recorded, &expected).unwrap_or_default())
+                }
+                Some(_) => {
+                    identity::write(&client, &expected).await?;
+                    client.batch_execute("DELETE FROM bucket_owners; DELETE FROM cluster_shards").await?;
+                }
+                None => identity::write(&client, &expected).await?,
             }
-            _ => identity::write(&client, &expected).await?,
+            ownership::record_initial(&client, &spec.name, &spec.ranges, &members).await?;
         }
+        let filled = backfill_buckets(&client, layout.map.buckets()).await?;
         drop(client);
         let _ = conn.await;
-        println!("shard {}: {applied} migration(s) applied, buckets {} recorded", spec.name, spec.ranges_text());
+        let filled = if filled > 0 { format!(", {filled} user bucket(s) filled") } else { String::new() };
+        println!(
+            "shard {}: buckets {} recorded (map epoch {}){filled}",
+            spec.name,
+            spec.ranges_text(),
+            layout.map.epoch()
+        );
     }
     Ok(())
+}
+
+async fn migrate_one(spec: &crate::sharding::ShardSpec) -> anyhow::Result<()> {
+    ensure_database(&spec.config).await.with_context(|| format!("shard '{}'", spec.name))?;
+    let applied =
+        migrate::run(&spec.name, &spec.config).await.with_context(|| format!("migrating shard '{}'", spec.name))?;
+    println!("shard {}: {applied} migration(s) applied", spec.name);
+    Ok(())
+}
+
+/// Writes the bucket of users created before `users.bucket` existed (V7).
+async fn backfill_buckets(client: &tokio_postgres::Client, buckets: u32) -> anyhow::Result<u64> {
+    let mut filled = 0;
+    loop {
+        let rows = client.query("SELECT user_id FROM users WHERE bucket IS NULL LIMIT 10000", &[]).await?;
+        if rows.is_empty() {
+            return Ok(filled);
+        }
+        let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let of: Vec<i32> = ids.iter().map(|id| crate::sharding::bucket_of(id, buckets) as i32).collect();
+        filled += client
+            .execute(
+                "UPDATE users u SET bucket = v.bucket FROM unnest($1::text[], $2::int[]) AS v(user_id, bucket)
+                 WHERE u.user_id = v.user_id",
+                &[&ids, &of],
+            )
+            .await?;
+    }
 }
 
 /// Creates the shard's database when its server is up but the database is not there.

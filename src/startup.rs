@@ -27,22 +27,49 @@ pub struct Application {
     port: u16,
 }
 
-/// Loads the shard map and builds the router (no connection is made yet).
+/// Loads the shard map file and builds the router (no connection is made yet).
 pub fn router(settings: &Settings) -> anyhow::Result<Router> {
     let map = ShardMap::load(std::path::Path::new(&settings.shards.map_path))?;
     Router::new(map, settings.shards.pool_size, settings.connect_timeout())
 }
 
-/// Refuses to serve when a shard was migrated with a different shard map.
+/// The router by the newest map: the file's, or the one the shards recorded when it is
+/// newer (a shard added, buckets moved), said in one log line.
+pub async fn current_router(settings: &Settings) -> anyhow::Result<Router> {
+    let router = router(settings)?;
+    if router.refresh().await {
+        tracing::info!(
+            epoch = router.epoch(),
+            shards = router.layout().map.shards().len(),
+            "using the shard map the shards recorded: it is newer than {}",
+            settings.shards.map_path
+        );
+    }
+    Ok(router)
+}
+
+/// Refuses to serve when a shard was migrated with a different shard map: with the
+/// file's map (epoch 1), every shard must have recorded exactly its part of it; with a
+/// newer recorded map, every shard must be the one its name says.
 pub async fn check_shard_identities(router: &Router) -> anyhow::Result<()> {
-    for (shard, spec) in router.shards().iter().zip(router.map().shards()) {
+    let layout = router.layout();
+    for (shard, spec) in layout.shards.iter().zip(layout.map.shards()) {
         let client = shard.client().await.with_context(|| format!("connecting to shard '{}'", shard.name))?;
-        let expected = identity::Identity::expected(router.map(), spec);
+        let expected = identity::Identity::expected(&layout.map, spec);
         let recorded = identity::read(&**client).await.map_err(|e| {
             anyhow::anyhow!("shard '{}' has no shard identity ({e}); run `shardwallet migrate` first", shard.name)
         })?;
         match recorded {
             None => anyhow::bail!("shard '{}' has not been migrated: run `shardwallet migrate` first", shard.name),
+            Some(recorded) if layout.map.epoch() > crate::sharding::FILE_EPOCH => {
+                if recorded.shard_name != shard.name {
+                    anyhow::bail!(
+                        "the database named for shard '{}' is shard '{}': fix its url",
+                        shard.name,
+                        recorded.shard_name
+                    );
+                }
+            }
             Some(recorded) => {
                 if let Some(why) = identity::mismatch(&recorded, &expected) {
                     anyhow::bail!(why);
@@ -58,7 +85,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         crate::secrets::enforce(&settings)?;
         crate::telemetry::metrics::handle();
-        let router = Arc::new(router(&settings)?);
+        let router = Arc::new(current_router(&settings).await?);
         check_shard_identities(&router).await?;
         let producer = kafka::producer(&settings.kafka)?;
         let messages = crate::messaging::auth::MessageAuth::new(&settings.kafka)?;

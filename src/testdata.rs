@@ -19,7 +19,8 @@ pub struct Loaded {
 
 pub async fn load(router: &Router, file: &Path) -> anyhow::Result<Loaded> {
     let sql = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let first = router.shards().first().context("no shards")?;
+    let shards = router.shards();
+    let first = shards.first().context("no shards")?;
     let rows = {
         let client = first.client().await?;
         client.batch_execute(&sql).await.with_context(|| format!("running {}", file.display()))?;
@@ -34,26 +35,41 @@ pub async fn load(router: &Router, file: &Path) -> anyhow::Result<Loaded> {
         let user = UserId::parse(row.get(0)).map_err(|e| anyhow::anyhow!("{e}"))?;
         let currency = Currency::parse(row.get(1)).map_err(|e| anyhow::anyhow!("{e}"))?;
         let amount: String = row.get(2);
-        let shard = router.for_user(&user);
-        let mut client = shard.client().await?;
-        let tx = client.transaction().await?;
-        match accounts::create_user(&tx, &user).await {
-            Ok(_) | Err(Error::UserExists) => {}
-            Err(e) => return Err(e.into()),
-        }
-        match accounts::create_wallet(&tx, &user, &currency).await {
-            Ok(_) => {
-                if amount != "0" {
-                    let amount = Amount::parse(&amount).map_err(|e| anyhow::anyhow!("{user}: {e}"))?;
-                    let bucket = router.bucket_of_user(&user) as u16;
-                    local::adjust(&tx, bucket, &user, &currency, &amount, local::Direction::Credit, "testdata").await?;
+        let bucket = router.bucket_of_user(&user);
+        // Like every write, the load checks inside its transaction that the shard owns
+        // the user's bucket, and follows a bucket that moved.
+        let (user, currency, amount) = (&user, &currency, &amount);
+        let created = router
+            .on_owner(bucket, |shard| async move {
+                let mut client = shard.client().await?;
+                let tx = client.transaction().await?;
+                shard.check_write(&tx, bucket).await?;
+                match accounts::create_user(&tx, user, bucket).await {
+                    Ok(_) | Err(Error::UserExists) => {}
+                    Err(e) => return Err(e),
                 }
-                loaded.created += 1;
-            }
-            Err(Error::WalletExists) => loaded.skipped += 1,
-            Err(e) => return Err(e.into()),
+                let created = match accounts::create_wallet(&tx, user, currency).await {
+                    Ok(_) => {
+                        if amount != "0" {
+                            let amount = Amount::parse(amount)
+                                .map_err(|e| Error::Invariant(format!("testdata amount of {user}: {e}")))?;
+                            let direction = local::Direction::Credit;
+                            local::adjust(&tx, bucket as u16, user, currency, &amount, direction, "testdata").await?;
+                        }
+                        true
+                    }
+                    Err(Error::WalletExists) => false,
+                    Err(e) => return Err(e),
+                };
+                tx.commit().await?;
+                Ok::<_, Error>(created)
+            })
+            .await?;
+        if created {
+            loaded.created += 1;
+        } else {
+            loaded.skipped += 1;
         }
-        tx.commit().await?;
     }
     Ok(loaded)
 }

@@ -51,6 +51,9 @@ pub enum ProblemCode {
     RateLimited,
     ShardUnavailable,
     Busy,
+    /// 503: the user's bucket is being moved to another shard right now (Retry-After);
+    /// the request was not stored under its Idempotency-Key.
+    BucketMoving,
     /// 503 on POST /v1/transfers: too many cross-shard transfers in flight (Retry-After).
     Overloaded,
     /// 400 on deposits and withdrawals: not a valid card number or IBAN.
@@ -205,6 +208,14 @@ impl From<ledger::Error> for ApiError {
             L::PaymentNotFound => (S::NOT_FOUND, "payment_not_found"),
             L::PaymentFinal => (S::CONFLICT, "payment_final"),
             L::Shard(crate::sharding::Error::Unavailable { .. }) => (S::SERVICE_UNAVAILABLE, "shard_unavailable"),
+            L::Shard(shard) if shard.is_moved() => {
+                tracing::info!(error = %e, "request refused: bucket moving");
+                return ApiError::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "bucket_moving",
+                    "this user's data is being moved between shards; retry shortly with the same Idempotency-Key",
+                );
+            }
             L::Db(db) if crate::storage::is_unavailable(db) => (S::SERVICE_UNAVAILABLE, "shard_unavailable"),
             L::Db(db) if crate::storage::is_lock_timeout(db) || crate::storage::is_conflict(db) => {
                 (S::SERVICE_UNAVAILABLE, "busy")
@@ -216,6 +227,12 @@ impl From<ledger::Error> for ApiError {
             return ApiError::new(status, code, "a shard is unavailable or busy; retry with the same Idempotency-Key");
         }
         ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl crate::sharding::MaybeMoved for ApiError {
+    fn is_moved(&self) -> bool {
+        matches!(self, ApiError::Problem { code: "bucket_moving", .. })
     }
 }
 

@@ -70,11 +70,65 @@ pub async fn visible_user(
 ) -> Result<(UserId, deadpool_postgres::Object), ApiError> {
     let user = self::user_id(user_id)?;
     super::auth::require_self_or_admin(caller, &user)?;
-    let client = state.router.for_user(&user).client().await?;
+    let client = owner_client(&state.router, state.router.bucket_of_user(&user)).await?;
     if must_exist && !crate::ledger::accounts::user_exists(&client, &user).await? {
         return Err(crate::ledger::Error::UserNotFound.into());
     }
     Ok((user, client))
+}
+
+/// A connection to the shard that owns `bucket`, once that shard confirms it owns it
+/// (refreshing the map once when it says the bucket moved). Reads made on it afterwards
+/// see the owner's data: a source's copy is deleted only a grace period after its
+/// bucket moved (see docs/ARCHITECTURE.md "Resharding").
+pub async fn owner_client(
+    router: &crate::sharding::Router,
+    bucket: u32,
+) -> Result<deadpool_postgres::Object, ApiError> {
+    router
+        .on_owner(bucket, |shard| async move {
+            let client = shard.client().await?;
+            shard.check_read(&client, bucket).await?;
+            Ok::<_, ApiError>(client)
+        })
+        .await
+}
+
+/// Runs `op` in a transaction on the owner of `bucket` that first checks, inside
+/// itself, that the shard owns it (retried once on the new owner when it moved).
+pub async fn owner_tx<T>(
+    router: &crate::sharding::Router,
+    bucket: u32,
+    op: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> crate::ledger::Result<T>,
+) -> Result<T, ApiError> {
+    use crate::sharding::Attempt;
+    router
+        .with_owner(bucket, op, |shard, op| async move {
+            let mut client = shard.client().await?;
+            let tx = client.transaction().await?;
+            match shard.check_write(&tx, bucket).await {
+                Ok(()) => {}
+                Err(moved) if moved.is_moved() => return Ok(Attempt::Moved(op, moved)),
+                Err(e) => return Err(e.into()),
+            }
+            let value = op(&tx).await?;
+            tx.commit().await?;
+            Ok::<_, ApiError>(Attempt::Done(value))
+        })
+        .await
+}
+
+/// `owner_client` for the bucket a routable id carries; `unknown` when no shard map has
+/// that bucket (such an id cannot exist).
+pub async fn id_client(
+    router: &crate::sharding::Router,
+    id: &crate::domain::RoutableId,
+    unknown: impl FnOnce() -> ApiError,
+) -> Result<deadpool_postgres::Object, ApiError> {
+    if router.for_id(id).is_err() {
+        return Err(unknown());
+    }
+    owner_client(router, u32::from(id.bucket())).await
 }
 
 /// `?state=` of the admin listings.
@@ -97,7 +151,8 @@ where
     F: Fn(deadpool_postgres::Client) -> Fut,
     Fut: std::future::Future<Output = crate::ledger::Result<Vec<T>>>,
 {
-    let pages = router.shards().iter().map(|shard| async {
+    let shards = router.shards();
+    let pages = shards.iter().map(|shard| async {
         let client = shard.client().await?;
         read(client).await
     });

@@ -24,7 +24,8 @@ pub async fn health() -> impl IntoResponse {
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let probes = state.router.shards().iter().map(|shard| async move {
+    let shards = state.router.shards();
+    let probes = shards.iter().map(|shard| async move {
         let probe = async {
             let client = shard.client().await.map_err(|e| e.to_string())?;
             client.simple_query("SELECT 1").await.map_err(|e| e.to_string())?;

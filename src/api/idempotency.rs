@@ -20,7 +20,7 @@ use crate::storage::Cached;
 use crate::{
     domain::{Caller, IdempotencyKey},
     ledger,
-    sharding::Shard,
+    sharding::{Attempt, Router, Shard},
 };
 
 pub const HEADER: &str = "idempotency-key";
@@ -71,14 +71,34 @@ impl Idempotency {
     /// finds the key taken; whatever this call's effect did is rolled back and the
     /// stored response is replayed. (A duplicate of the same sender usually waits
     /// earlier already, on the sender's wallet lock.)
+    ///
+    /// The transaction runs on the owner of `bucket` and first checks, inside itself,
+    /// that the shard owns it (`sharding::ownership`): when the bucket moved, nothing is
+    /// stored, the map is refreshed and the whole request runs once more on the new owner.
     pub async fn run<T: Serialize>(
         &self,
-        shard: &Shard,
+        router: &Router,
+        bucket: u32,
         success: StatusCode,
         op: impl AsyncFnOnce(&Transaction<'_>) -> ledger::Result<T>,
     ) -> Result<(Response, bool), ApiError> {
+        router.with_owner(bucket, op, |shard, op| async move { self.attempt(&shard, bucket, success, op).await }).await
+    }
+
+    async fn attempt<T: Serialize, Op: AsyncFnOnce(&Transaction<'_>) -> ledger::Result<T>>(
+        &self,
+        shard: &Shard,
+        bucket: u32,
+        success: StatusCode,
+        op: Op,
+    ) -> Result<Attempt<(Response, bool), Op>, ApiError> {
         let mut client = shard.client().await?;
         let tx = client.transaction().await?;
+        match shard.check_write(&tx, bucket).await {
+            Ok(()) => {}
+            Err(moved) if moved.is_moved() => return Ok(Attempt::Moved(op, moved)),
+            Err(e) => return Err(e.into()),
+        }
         let (status, body) = match op(&tx).await {
             Ok(value) => (success, serde_json::to_vec(&value).map_err(anyhow::Error::from)?),
             Err(e) => {
@@ -100,13 +120,13 @@ impl Idempotency {
         match stored {
             Ok(1) => {
                 tx.commit().await?;
-                Ok((problem_response(status, body), status.is_success()))
+                Ok(Attempt::Done((problem_response(status, body), status.is_success())))
             }
             Ok(_) => {
                 tx.rollback().await?;
                 // The insert found the key taken, so it is there to replay.
                 let replay = self.replay(&client).await?.ok_or_else(|| anyhow::anyhow!("idempotency key vanished"))?;
-                Ok((replay, false))
+                Ok(Attempt::Done((replay, false)))
             }
             Err(e) if crate::storage::is_lock_timeout(&e) => Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -119,8 +139,9 @@ impl Idempotency {
 
     /// The stored response when this key was used before (422 when for another
     /// request), without running anything.
-    pub async fn stored(&self, shard: &Shard) -> Result<Option<Response>, ApiError> {
-        self.replay(&shard.client().await?).await
+    pub async fn stored(&self, router: &Router, bucket: u32) -> Result<Option<Response>, ApiError> {
+        let client = super::extract::owner_client(router, bucket).await?;
+        self.replay(&client).await
     }
 
     /// The stored response of a key used before (422 when it was used for another

@@ -114,11 +114,11 @@ async fn create(
     raw["payment_method"] = json!({ "masked": method.masked(), "digest": payments.sealer.fingerprint(&method) });
     let path = format!("/v1/{}s", kind.as_str());
     let idem = Idempotency::from_request(&caller, &headers, "POST", &path, &raw)?;
-    let shard = state.router.for_user(&user);
+    let bucket = state.router.bucket_of_user(&user);
     if let Err(wait) = gateway.breaker.admits_new_payments() {
         // A retry of a payment already accepted gets its answer; a new one is refused
         // before its Idempotency-Key is claimed, so a retry after Retry-After runs.
-        if let Some(stored) = idem.stored(shard).await? {
+        if let Some(stored) = idem.stored(&state.router, bucket).await? {
             return Ok(stored);
         }
         return Ok(gateway_unavailable(&req.gateway, wait));
@@ -137,9 +137,10 @@ async fn create(
         deadline: now + chrono::Duration::seconds(payments.settings.deadline_secs as i64),
         redrive_at: now + chrono::Duration::milliseconds(payments.settings.query_after_ms as i64),
     };
-    let (response, committed) = idem.run(shard, StatusCode::ACCEPTED, async |tx| store::create(tx, &new).await).await?;
+    let (response, committed) =
+        idem.run(&state.router, bucket, StatusCode::ACCEPTED, async |tx| store::create(tx, &new).await).await?;
     if committed {
-        payments.wakers.wake(shard.index);
+        payments.wakers.wake(state.router.for_user(&user).index);
     }
     Ok(response)
 }
@@ -160,8 +161,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let not_found = ApiError::payment_not_found;
     let id = RoutableId::parse(&payment_id).ok_or_else(not_found)?;
-    let shard = state.router.for_id(&id).map_err(|_| not_found())?;
-    let client = shard.client().await?;
+    let client = extract::id_client(&state.router, &id, not_found).await?;
     let payment = store::get(&client, id.uuid()).await?.ok_or_else(not_found)?;
     if !(caller.is_admin() || caller.subject == payment.view.user_id) {
         return Err(ApiError::forbidden("this payment is not yours"));
@@ -284,7 +284,7 @@ pub async fn admin_resolve(
 ) -> Result<Response, ApiError> {
     require_admin(&caller)?;
     let id = RoutableId::parse(&payment_id).ok_or_else(ApiError::payment_not_found)?;
-    let shard = state.router.for_id(&id).map_err(|_| ApiError::payment_not_found())?;
+    state.router.for_id(&id).map_err(|_| ApiError::payment_not_found())?;
     let (raw, req): (_, Resolution) = json_body(&body)?;
     let succeeded = match req.outcome.as_str() {
         "succeeded" => true,
@@ -299,7 +299,7 @@ pub async fn admin_resolve(
     let idem = Idempotency::from_request(&caller, &headers, "POST", &path, &raw)?;
     let timing = state.payments.timing(std::time::Duration::ZERO);
     let (response, _) = idem
-        .run(shard, StatusCode::OK, async |tx| {
+        .run(&state.router, u32::from(id.bucket()), StatusCode::OK, async |tx| {
             store::resolve(tx, id.uuid(), succeeded, &caller.subject, note, timing).await
         })
         .await?;

@@ -71,6 +71,7 @@ pub async fn create(
     }
     require_self_or_admin(&caller, &from)?;
     let idem = Idempotency::from_request(&caller, &headers, "POST", "/v1/transfers", &raw)?;
+    let bucket = state.router.bucket_of_user(&from);
     let shard = state.router.for_user(&from);
     let cross_shard = !state.router.same_shard(&from, &to);
     // Admission first, so a refusal costs no read on the receiver's shard. A refused
@@ -79,14 +80,12 @@ pub async fn create(
     let admitted = match cross_shard.then(|| state.admission.admit(shard.index)).transpose() {
         Ok(admitted) => admitted,
         Err(refused) => {
-            return Ok(match idem.stored(shard).await? {
+            return Ok(match idem.stored(&state.router, bucket).await? {
                 Some(replay) => replay,
                 None => overloaded(&refused),
             })
         }
     };
-    let route =
-        transfer::Route::decide(&state.router, &from, &to, &currency, state.settings.transfers.direct_credit).await;
     let request = TransferRequest {
         transfer_id: state.router.new_id_for(&from),
         from: &from,
@@ -96,15 +95,22 @@ pub async fn create(
         description: req.description.as_deref(),
     };
     let success = if cross_shard { StatusCode::ACCEPTED } else { StatusCode::CREATED };
-    let outcome =
-        idem.run(shard, success, async |tx| transfer::start(tx, route, &request, state.try_timeout()).await).await;
+    // The route is decided on each attempt: a retry after a bucket moved may find the
+    // users on other shards than the first attempt did.
+    let outcome = idem
+        .run(&state.router, bucket, success, async |tx| {
+            let direct = state.settings.transfers.direct_credit;
+            let route = transfer::Route::decide(&state.router, &from, &to, &currency, direct).await;
+            transfer::start(tx, route, &request, state.try_timeout()).await
+        })
+        .await;
     let committed = matches!(outcome, Ok((_, true)));
     if let Some(admitted) = admitted {
         admitted.finish(committed);
     }
     crate::telemetry::metrics::transfer_created(committed, cross_shard);
     if committed && cross_shard {
-        state.wakers.wake(shard.index);
+        state.wakers.wake(state.router.for_user(&from).index);
     }
     Ok(outcome?.0)
 }
@@ -135,8 +141,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found("transfer_not_found", "transfer not found");
     let id = RoutableId::parse(&transfer_id).ok_or_else(not_found)?;
-    let shard = state.router.for_id(&id).map_err(|_| not_found())?;
-    let client = shard.client().await?;
+    let client = extract::id_client(&state.router, &id, not_found).await?;
     let view = queries::get_transfer(&client, id.uuid()).await?;
     if !(caller.is_admin() || caller.subject == view.from_user_id || caller.subject == view.to_user_id) {
         return Err(ApiError::forbidden("you are not a party to this transfer"));

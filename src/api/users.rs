@@ -41,8 +41,9 @@ pub async fn create_user(State(state): State<AppState>, caller: Caller, body: By
     require_admin(&caller)?;
     let (_, req): (_, NewUser) = json_body(&body)?;
     let user = extract::user_id(&req.user_id)?;
-    let client = state.router.for_user(&user).client().await?;
-    let view = accounts::create_user(&client, &user).await?;
+    let bucket = state.router.bucket_of_user(&user);
+    let view =
+        extract::owner_tx(&state.router, bucket, async |tx| accounts::create_user(tx, &user, bucket).await).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -91,8 +92,9 @@ pub async fn create_wallet(
     let user = extract::user_id(&user_id)?;
     let (_, req): (_, NewWallet) = json_body(&body)?;
     let currency = extract::currency(&req.currency)?;
-    let client = state.router.for_user(&user).client().await?;
-    let view = accounts::create_wallet(&client, &user, &currency).await?;
+    let bucket = state.router.bucket_of_user(&user);
+    let view = extract::owner_tx(&state.router, bucket, async |tx| accounts::create_wallet(tx, &user, &currency).await)
+        .await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -197,11 +199,10 @@ pub async fn adjust(
         return Err(ApiError::invalid_request("reason must be 1-500 characters"));
     }
     let idem = Idempotency::from_request(&caller, &headers, "POST", "/v1/admin/adjustments", &raw)?;
-    let bucket = state.router.bucket_of_user(&user) as u16;
-    let shard = state.router.for_user(&user);
+    let bucket = state.router.bucket_of_user(&user);
     let (response, _) = idem
-        .run(shard, StatusCode::CREATED, async |tx| {
-            local::adjust(tx, bucket, &user, &currency, &amount, req.direction, &req.reason).await
+        .run(&state.router, bucket, StatusCode::CREATED, async |tx| {
+            local::adjust(tx, bucket as u16, &user, &currency, &amount, req.direction, &req.reason).await
         })
         .await?;
     Ok(response)
@@ -229,7 +230,9 @@ pub async fn reverse_entry(
     let id = RoutableId::parse(&entry_id).ok_or_else(|| ApiError::not_found("not_found", "no such entry"))?;
     let path = format!("/v1/entries/{id}/reversal");
     let idem = Idempotency::from_request(&caller, &headers, "POST", &path, &serde_json::Value::Null)?;
-    let shard = state.router.for_id(&id).map_err(|_| ApiError::not_found("not_found", "no such entry"))?;
-    let (response, _) = idem.run(shard, StatusCode::CREATED, async |tx| local::reverse(tx, &id).await).await?;
+    state.router.for_id(&id).map_err(|_| ApiError::not_found("not_found", "no such entry"))?;
+    let bucket = u32::from(id.bucket());
+    let (response, _) =
+        idem.run(&state.router, bucket, StatusCode::CREATED, async |tx| local::reverse(tx, &id).await).await?;
     Ok(response)
 }

@@ -58,19 +58,19 @@ pub async fn settle(router: &Router, ids: &[Uuid], deadline: Duration) -> anyhow
     }
     while pending.iter().any(|p| !p.is_empty()) {
         let round = Instant::now();
-        let reads =
-            router.shards().iter().zip(&pending).filter(|(_, p)| !p.is_empty()).map(|(shard, ids)| async move {
-                let client = shard.client().await?;
-                let rows = client
-                    .query(
-                        "SELECT transfer_id, state, reason, created_at, completed_at
+        let shards = router.shards();
+        let reads = shards.iter().zip(&pending).filter(|(_, p)| !p.is_empty()).map(|(shard, ids)| async move {
+            let client = shard.client().await?;
+            let rows = client
+                .query(
+                    "SELECT transfer_id, state, reason, created_at, completed_at
                      FROM transfers WHERE transfer_id = ANY($1)",
-                        &[ids],
-                    )
-                    .await
-                    .with_context(|| format!("reading transfers on {}", shard.name))?;
-                anyhow::Ok((shard.index, rows))
-            });
+                    &[ids],
+                )
+                .await
+                .with_context(|| format!("reading transfers on {}", shard.name))?;
+            anyhow::Ok((shard.index, rows))
+        });
         for (index, rows) in futures::future::try_join_all(reads).await? {
             done.queries += 1;
             let mut finished = HashSet::new();

@@ -14,11 +14,11 @@ pub struct UserView {
 }
 
 #[tracing::instrument(skip(client))]
-pub async fn create_user(client: &impl GenericClient, user: &UserId) -> Result<UserView> {
+pub async fn create_user(client: &impl GenericClient, user: &UserId, bucket: u32) -> Result<UserView> {
     let row = client
         .cached_query_opt(
-            "INSERT INTO users (user_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING user_id, created_at",
-            &[&user.as_str()],
+            "INSERT INTO users (user_id, bucket) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING user_id, created_at",
+            &[&user.as_str(), &(bucket as i32)],
         )
         .await?
         .ok_or(Error::UserExists)?;

@@ -205,6 +205,19 @@ pub async fn reverse(tx: &Transaction<'_>, entry_id: &RoutableId) -> Result<Reve
             &[&original],
         )
         .await?;
+    // The reversal writes every wallet of the posting, and this shard must own them all
+    // (a transfer's receiver may be in another bucket, moved away since).
+    let buckets = tx
+        .cached_query(
+            "SELECT DISTINCT u.bucket FROM entries e JOIN accounts a USING (account_id)
+             JOIN users u ON u.user_id = a.user_id WHERE e.posting_id = $1 AND u.bucket IS NOT NULL",
+            &[&original],
+        )
+        .await?;
+    for row in buckets {
+        let bucket: i32 = row.get(0);
+        crate::sharding::ownership::check_write(tx, bucket as u32).await?;
+    }
     if tx.cached_query_opt("SELECT 1 FROM postings WHERE reverses = $1", &[&original]).await?.is_some() {
         return Err(Error::AlreadyReversed);
     }

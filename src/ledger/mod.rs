@@ -60,8 +60,17 @@ impl Error {
         match self {
             Error::Db(e) => crate::storage::is_transient(e),
             Error::Shard(crate::sharding::Error::Unavailable { .. }) => true,
+            // The bucket moved under the work: the next attempt goes to its new owner.
+            Error::Shard(shard) if shard.is_moved() => true,
+            Error::Shard(crate::sharding::Error::Db { source, .. }) => crate::storage::is_transient(source),
             _ => false,
         }
+    }
+}
+
+impl crate::sharding::MaybeMoved for Error {
+    fn is_moved(&self) -> bool {
+        matches!(self, Error::Shard(shard) if shard.is_moved())
     }
 }
 

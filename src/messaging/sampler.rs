@@ -32,7 +32,8 @@ impl Sampler {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            let shards = self.router.shards().iter().map(|shard| sample_shard(shard));
+            let shards = self.router.shards();
+            let shards = shards.iter().map(|shard| sample_shard(shard));
             let kafka = kafka.clone();
             let lag = tokio::task::spawn_blocking(move || kafka.sample());
             futures::future::join_all(shards).await;

@@ -48,13 +48,20 @@ impl ShardSpec {
 }
 
 /// A validated shard map: every bucket is owned by exactly one shard.
+///
+/// The file's map is epoch 1, the cluster's initial layout. Every change the shards
+/// record (a shard added, a bucket moved) gives a higher epoch; see `recorded`.
 #[derive(Debug, Clone)]
 pub struct ShardMap {
     buckets: u32,
     shards: Vec<ShardSpec>,
     /// bucket -> index into `shards`.
     owner: Vec<u16>,
+    epoch: i64,
 }
+
+/// The epoch of the map written in `shard-map.toml`.
+pub const FILE_EPOCH: i64 = 1;
 
 impl ShardMap {
     pub fn load(path: &Path) -> Result<Self, Error> {
@@ -128,7 +135,39 @@ impl ShardMap {
             return Err(invalid("buckets", format!("buckets {gap}-{end} are owned by no shard")));
         }
         let owner = owner.into_iter().map(|o| o.unwrap_or_default()).collect();
-        Ok(Self { buckets: raw.buckets, shards, owner })
+        Ok(Self { buckets: raw.buckets, shards, owner, epoch: FILE_EPOCH })
+    }
+
+    /// A map from per-bucket owners (indices into `shards`), as the shards recorded it.
+    /// Each shard's ranges are derived from `owner`.
+    pub fn from_owners(buckets: u32, mut shards: Vec<ShardSpec>, owner: Vec<u16>, epoch: i64) -> Self {
+        for (index, spec) in shards.iter_mut().enumerate() {
+            spec.ranges = ranges_of(&owner, index as u16);
+        }
+        Self { buckets, shards, owner, epoch }
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    pub fn owners(&self) -> &[u16] {
+        &self.owner
+    }
+
+    /// The map in `shard-map.toml`'s format (connection strings without passwords).
+    pub fn to_toml(&self) -> String {
+        let mut out = format!("# map epoch {}\nbuckets = {}\n", self.epoch, self.buckets);
+        for spec in &self.shards {
+            let ranges: Vec<String> = spec.ranges.iter().map(|r| format!("\"{}-{}\"", r.start(), r.end())).collect();
+            out.push_str(&format!(
+                "\n[[shards]]\nname = \"{}\"\nurl = \"{}\"\nbuckets = [{}]\n",
+                spec.name,
+                url_without_password(&spec.config),
+                ranges.join(", ")
+            ));
+        }
+        out
     }
 
     pub fn buckets(&self) -> u32 {
@@ -159,6 +198,49 @@ impl ShardMap {
     }
 }
 
+/// The runs of buckets owned by shard `index`, as inclusive ranges.
+pub fn ranges_of(owner: &[u16], index: u16) -> Vec<RangeInclusive<u32>> {
+    let mut ranges: Vec<RangeInclusive<u32>> = Vec::new();
+    for (bucket, _) in owner.iter().enumerate().filter(|(_, &o)| o == index) {
+        let bucket = bucket as u32;
+        match ranges.last_mut() {
+            Some(last) if *last.end() + 1 == bucket => *last = *last.start()..=bucket,
+            _ => ranges.push(bucket..=bucket),
+        }
+    }
+    ranges
+}
+
+/// A connection string for `config` that never carries its password.
+pub fn url_without_password(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres");
+    let db = config.get_dbname().unwrap_or("postgres");
+    format!("postgres://{user}@{host}:{port}/{db}")
+}
+
+/// Parses a connection string, taking the password from the environment when set.
+pub fn parse_url(name: &str, url: &str) -> Result<tokio_postgres::Config, Error> {
+    let mut config: tokio_postgres::Config =
+        url.parse().map_err(|e| invalid(name, format!("bad connection string: {e}")))?;
+    if config.get_dbname().is_none() {
+        return Err(invalid(name, "connection string names no database".into()));
+    }
+    if let Ok(password) = std::env::var(password_env_var(name)) {
+        config.password(password);
+    }
+    Ok(config)
+}
+
 /// `bucket = xxh3_64(user_id) % buckets`.
 pub fn bucket_of(user_id: &str, buckets: u32) -> u32 {
     (xxh3_64(user_id.as_bytes()) % u64::from(buckets)) as u32
@@ -169,13 +251,13 @@ pub fn password_env_var(shard_name: &str) -> String {
     format!("SHARDWALLET_SHARD_{}_PASSWORD", shard_name.to_ascii_uppercase().replace('-', "_"))
 }
 
-fn valid_shard_name(name: &str) -> bool {
+pub fn valid_shard_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-fn parse_range(text: &str) -> Option<RangeInclusive<u32>> {
+pub fn parse_range(text: &str) -> Option<RangeInclusive<u32>> {
     let text = text.trim();
     let (first, last) = match text.split_once('-') {
         Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),

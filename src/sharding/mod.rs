@@ -1,14 +1,23 @@
 //! Which shard: the one place that turns a user id or a routable id into a shard.
 //!
-//! `map` holds the validated `shard-map.toml`; `Router` pairs it with one connection
-//! pool per shard. Nothing else in the crate computes a bucket.
+//! `map` holds a validated shard map; `ownership` what the shards themselves record
+//! about their buckets. `Router` pairs the newest map it knows with one connection pool
+//! per shard, and refreshes it when a shard says a bucket moved. Nothing else in the
+//! crate computes a bucket.
 mod map;
+pub mod ownership;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
-pub use map::{bucket_of, password_env_var, ShardMap, ShardSpec, MAX_BUCKETS};
+pub use map::{
+    bucket_of, parse_range, parse_url, password_env_var, ranges_of, url_without_password, valid_shard_name, ShardMap,
+    ShardSpec, FILE_EPOCH, MAX_BUCKETS,
+};
 
 use crate::domain::{RoutableId, UserId};
 
@@ -24,9 +33,46 @@ pub enum Error {
         #[source]
         source: deadpool_postgres::PoolError,
     },
+    /// The shard does not own the bucket (any more, or yet): nothing was written there.
+    #[error("bucket {bucket} is not owned by shard {shard}{}", owner.as_ref().map(|o| format!(": it moved to {o} at map epoch {epoch}")).unwrap_or_default())]
+    NotOwner { bucket: u32, shard: String, owner: Option<String>, epoch: i64 },
+    /// The bucket is being copied onto this shard and is not writable here yet.
+    #[error("bucket {bucket} is moving onto shard {shard}")]
+    Moving { bucket: u32, shard: String },
+    #[error("shard {shard}: {source}")]
+    Db {
+        shard: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
 }
 
-/// One shard at run time: its name, its index in the map and its pool.
+impl Error {
+    /// The bucket's owner changed under the request: refresh the map and try once more.
+    pub fn is_moved(&self) -> bool {
+        matches!(self, Error::NotOwner { .. } | Error::Moving { .. })
+    }
+}
+
+/// Errors that may say "the bucket moved": the router's retry looks at them.
+pub trait MaybeMoved {
+    fn is_moved(&self) -> bool;
+}
+
+impl MaybeMoved for Error {
+    fn is_moved(&self) -> bool {
+        Error::is_moved(self)
+    }
+}
+
+/// The outcome of one attempt of `Router::with_owner`: done, or refused because the
+/// bucket moved (with the work handed back, not run).
+pub enum Attempt<T, Op> {
+    Done(T),
+    Moved(Op, Error),
+}
+
+/// One shard at run time: its name, its index in the router and its pool.
 pub struct Shard {
     pub index: usize,
     pub name: String,
@@ -38,12 +84,31 @@ impl Shard {
     pub async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
         self.pool.get().await.map_err(|source| Error::Unavailable { shard: self.name.clone(), source })
     }
+
+    /// Fails inside `tx` unless this shard owns `bucket`; see `ownership::check_write`.
+    pub async fn check_write(&self, tx: &impl deadpool_postgres::GenericClient, bucket: u32) -> Result<(), Error> {
+        ownership::check_write(tx, bucket).await
+    }
+
+    /// Fails unless this shard owns `bucket` now; run after a read, on the same client.
+    pub async fn check_read(&self, client: &impl deadpool_postgres::GenericClient, bucket: u32) -> Result<(), Error> {
+        ownership::check_read(client, bucket).await
+    }
+}
+
+/// The map a router routes by, with a pool per shard of it (indices match).
+pub struct Layout {
+    pub map: ShardMap,
+    pub shards: Vec<Arc<Shard>>,
 }
 
 /// The shard router: user id or routable id -> shard.
 pub struct Router {
-    map: ShardMap,
-    shards: Vec<Arc<Shard>>,
+    layout: RwLock<Arc<Layout>>,
+    pool_size: usize,
+    connect_timeout: Duration,
+    /// One refresh at a time; one that finished after a caller asked serves it too.
+    refreshing: tokio::sync::Mutex<Instant>,
 }
 
 impl Router {
@@ -53,54 +118,54 @@ impl Router {
             .shards()
             .iter()
             .enumerate()
-            .map(|(index, spec)| {
-                let mut config = spec.config.clone();
-                config.connect_timeout(connect_timeout);
-                config.application_name("shardwallet");
-                // A request waiting on a row or key lock gives up after 10 s: the API
-                // answers 409/503 instead of hanging; workers retry.
-                config.options("-c lock_timeout=10000");
-                let manager = Manager::from_config(
-                    config,
-                    tokio_postgres::NoTls,
-                    ManagerConfig { recycling_method: RecyclingMethod::Fast },
-                );
-                let pool = Pool::builder(manager)
-                    .max_size(pool_size)
-                    .runtime(Runtime::Tokio1)
-                    .create_timeout(Some(connect_timeout))
-                    .wait_timeout(Some(Duration::from_secs(10)))
-                    .build()?;
-                Ok(Arc::new(Shard { index, name: spec.name.clone(), pool }))
-            })
+            .map(|(index, spec)| pool(index, spec, pool_size, connect_timeout))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Self { map, shards })
+        Ok(Self {
+            layout: RwLock::new(Arc::new(Layout { map, shards })),
+            pool_size,
+            connect_timeout,
+            refreshing: tokio::sync::Mutex::new(Instant::now()),
+        })
     }
 
-    pub fn map(&self) -> &ShardMap {
-        &self.map
+    /// The map and shards routed by now.
+    pub fn layout(&self) -> Arc<Layout> {
+        match self.layout.read() {
+            Ok(layout) => layout.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
-    pub fn shards(&self) -> &[Arc<Shard>] {
-        &self.shards
+    pub fn epoch(&self) -> i64 {
+        self.layout().map.epoch()
+    }
+
+    pub fn shards(&self) -> Vec<Arc<Shard>> {
+        self.layout().shards.clone()
     }
 
     pub fn bucket_of_user(&self, user: &UserId) -> u32 {
-        self.map.bucket_of(user.as_str())
+        self.layout().map.bucket_of(user.as_str())
+    }
+
+    /// The shard that owns `bucket` by this router's map.
+    pub fn for_bucket(&self, bucket: u32) -> Result<Arc<Shard>, Error> {
+        let layout = self.layout();
+        layout.map.shard_of_bucket(bucket).map(|i| layout.shards[i].clone()).ok_or(Error::UnknownBucket(bucket))
     }
 
     /// The shard that owns a user.
-    pub fn for_user(&self, user: &UserId) -> &Arc<Shard> {
-        let bucket = self.bucket_of_user(user);
-        // Every bucket below `buckets` has an owner: checked when the map was loaded.
-        let index = self.map.shard_of_bucket(bucket).unwrap_or_default();
-        &self.shards[index]
+    pub fn for_user(&self, user: &UserId) -> Arc<Shard> {
+        let layout = self.layout();
+        let bucket = layout.map.bucket_of(user.as_str());
+        // Every bucket below `buckets` has an owner: checked when the map was built.
+        let index = layout.map.shard_of_bucket(bucket).unwrap_or_default();
+        layout.shards[index].clone()
     }
 
     /// The shard that owns the user a routable id (transfer or entry id) was minted for.
-    pub fn for_id(&self, id: &RoutableId) -> Result<&Arc<Shard>, Error> {
-        let bucket = u32::from(id.bucket());
-        self.map.shard_of_bucket(bucket).map(|i| &self.shards[i]).ok_or(Error::UnknownBucket(bucket))
+    pub fn for_id(&self, id: &RoutableId) -> Result<Arc<Shard>, Error> {
+        self.for_bucket(u32::from(id.bucket()))
     }
 
     /// A fresh id that routes back to `user`'s shard.
@@ -111,6 +176,157 @@ impl Router {
     pub fn same_shard(&self, a: &UserId, b: &UserId) -> bool {
         self.for_user(a).index == self.for_user(b).index
     }
+
+    /// Runs `op` on the owner of `bucket`; when the shard says the bucket moved, refreshes
+    /// the map and runs it once more on the owner the shards record now.
+    ///
+    /// (`op` is a closure returning a future rather than an async closure: the futures of
+    /// async closures that borrow are not yet provably `Send`, which axum handlers need.)
+    pub async fn on_owner<T, E, F, Fut>(&self, bucket: u32, mut op: F) -> Result<T, E>
+    where
+        E: MaybeMoved + From<Error>,
+        F: FnMut(Arc<Shard>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let asked = Instant::now();
+        match op(self.for_bucket(bucket)?).await {
+            Err(e) if e.is_moved() => {
+                self.refresh_since(asked).await;
+                op(self.for_bucket(bucket)?).await
+            }
+            other => other,
+        }
+    }
+
+    /// Runs `attempt` on the owner of `bucket`, handing it `op`; when the shard says the
+    /// bucket moved before `op` ran (the attempt gives `op` back), refreshes the map and
+    /// tries once more on the new owner. For work that must run at most once.
+    pub async fn with_owner<T, E, Op, A, Fut>(&self, bucket: u32, op: Op, mut attempt: A) -> Result<T, E>
+    where
+        E: From<Error>,
+        A: FnMut(Arc<Shard>, Op) -> Fut,
+        Fut: std::future::Future<Output = Result<Attempt<T, Op>, E>>,
+    {
+        let asked = Instant::now();
+        match attempt(self.for_bucket(bucket)?, op).await? {
+            Attempt::Done(value) => Ok(value),
+            Attempt::Moved(op, _) => {
+                self.refresh_since(asked).await;
+                match attempt(self.for_bucket(bucket)?, op).await? {
+                    Attempt::Done(value) => Ok(value),
+                    Attempt::Moved(_, why) => Err(why.into()),
+                }
+            }
+        }
+    }
+
+    /// Re-reads the map the shards record; keeps the current one when a shard cannot be
+    /// read. Returns whether the map changed.
+    pub async fn refresh(&self) -> bool {
+        self.refresh_since(Instant::now()).await
+    }
+
+    async fn refresh_since(&self, asked: Instant) -> bool {
+        let mut last = self.refreshing.lock().await;
+        if *last > asked {
+            return false;
+        }
+        let changed = match self.read_recorded().await {
+            Ok(Some(layout)) => {
+                tracing::info!(epoch = layout.map.epoch(), "shard map refreshed from the shards' records");
+                match self.layout.write() {
+                    Ok(mut current) => *current = Arc::new(layout),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::new(layout),
+                }
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot refresh the shard map; keeping the current one");
+                false
+            }
+        };
+        *last = Instant::now();
+        changed
+    }
+
+    /// The map the shards record, when it is newer than the one routed by now.
+    async fn read_recorded(&self) -> anyhow::Result<Option<Layout>> {
+        let current = self.layout();
+        let mut shards = current.shards.clone();
+        let mut records = Vec::new();
+        let mut read = 0;
+        // New members are learnt from the records themselves, so read until none is new.
+        while read < shards.len() {
+            let batch: Vec<_> = shards[read..].to_vec();
+            read = shards.len();
+            let results = futures::future::join_all(batch.iter().map(|shard| async move {
+                let client = shard.client().await?;
+                ownership::read_records(&client).await.map_err(|source| Error::Db { shard: shard.name.clone(), source })
+            }))
+            .await;
+            for (shard, result) in batch.iter().zip(results) {
+                match result {
+                    Ok(r) => records.push((shard.name.clone(), r)),
+                    Err(e) => tracing::debug!(shard = %shard.name, error = %e, "shard records not read"),
+                }
+            }
+            let known: Vec<String> = shards.iter().map(|s| s.name.clone()).collect();
+            let mut new_members: Vec<_> = records
+                .iter()
+                .flat_map(|(_, r)| r.members.iter())
+                .filter(|m| !known.contains(&m.name))
+                .cloned()
+                .collect();
+            new_members.sort_by(|a, b| (a.added_epoch, &a.name).cmp(&(b.added_epoch, &b.name)));
+            new_members.dedup_by(|a, b| a.name == b.name);
+            for member in new_members {
+                let spec = ShardSpec {
+                    name: member.name.clone(),
+                    config: parse_url(&member.name, &member.url)?,
+                    ranges: vec![],
+                };
+                shards.push(pool(shards.len(), &spec, self.pool_size, self.connect_timeout)?);
+            }
+        }
+        let resolved = ownership::resolve(records.iter().map(|(n, r)| (n.as_str(), r)));
+        if resolved.epoch <= current.map.epoch() {
+            return Ok(None);
+        }
+        let mut specs: Vec<ShardSpec> = current.map.shards().to_vec();
+        for shard in &shards[specs.len()..] {
+            let member = resolved.members.get(&shard.name);
+            let url = member.map(|m| m.url.as_str()).unwrap_or_default();
+            specs.push(ShardSpec { name: shard.name.clone(), config: parse_url(&shard.name, url)?, ranges: vec![] });
+        }
+        let mut owner = current.map.owners().to_vec();
+        for (bucket, name) in &resolved.owner {
+            match (owner.get_mut(*bucket as usize), specs.iter().position(|s| &s.name == name)) {
+                (Some(slot), Some(index)) => *slot = index as u16,
+                _ => tracing::warn!(bucket, owner = %name, "recorded owner unknown; keeping the current route"),
+            }
+        }
+        let map = ShardMap::from_owners(current.map.buckets(), specs, owner, resolved.epoch);
+        Ok(Some(Layout { map, shards }))
+    }
+}
+
+fn pool(index: usize, spec: &ShardSpec, pool_size: usize, connect_timeout: Duration) -> anyhow::Result<Arc<Shard>> {
+    let mut config = spec.config.clone();
+    config.connect_timeout(connect_timeout);
+    config.application_name("shardwallet");
+    // A request waiting on a row or key lock gives up after 10 s: the API
+    // answers 409/503 instead of hanging; workers retry.
+    config.options("-c lock_timeout=10000");
+    let manager =
+        Manager::from_config(config, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let pool = Pool::builder(manager)
+        .max_size(pool_size)
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(connect_timeout))
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .build()?;
+    Ok(Arc::new(Shard { index, name: spec.name.clone(), pool }))
 }
 
 #[cfg(test)]

@@ -23,8 +23,9 @@ use tcc::SenderState;
 /// How a transfer goes, decided before its transaction starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// Both users on one shard: completed in one transaction.
-    Local,
+    /// Both users on one shard: completed in one transaction, which checks that the
+    /// shard owns the receiver's bucket too.
+    Local { receiver_bucket: u32 },
     /// The receiver's wallet was found by a read on its shard: debit now, DirectCredit.
     CrossDirect,
     /// Try/Confirm/Cancel: hold now, TryCredit.
@@ -34,7 +35,7 @@ pub enum Route {
 impl Route {
     pub async fn decide(router: &Router, from: &UserId, to: &UserId, currency: &Currency, direct: bool) -> Self {
         if router.same_shard(from, to) {
-            Route::Local
+            Route::Local { receiver_bucket: router.bucket_of_user(to) }
         } else if direct && tcc::receiver_ready(router, to, currency.as_str()).await {
             Route::CrossDirect
         } else {
@@ -54,7 +55,10 @@ pub async fn start(
     try_timeout: Duration,
 ) -> ledger::Result<TransferView> {
     let (view, stage) = match route {
-        Route::Local => return local::transfer(tx, req).await,
+        Route::Local { receiver_bucket } => {
+            crate::sharding::ownership::check_write(tx, receiver_bucket).await?;
+            return local::transfer(tx, req).await;
+        }
         Route::CrossDirect => {
             (holds::debit_direct(tx, req, SenderState::INITIAL_DIRECT.as_str()).await?, Stage::DirectCredit)
         }

@@ -112,6 +112,7 @@ impl Sweeper {
         let rows = client
             .query(
                 "SELECT h.transfer_id FROM holds h JOIN transfers t USING (transfer_id)
+                 JOIN bucket_owners b ON b.bucket = id_bucket(t.transfer_id) AND b.state = 'owned'
                  WHERE h.released_at IS NULL AND h.expires_at < now() AND t.state = 'trying' LIMIT 500",
                 &[],
             )
@@ -145,12 +146,14 @@ impl Sweeper {
                     "UPDATE transfers SET updated_at = now(), redrives = redrives + 1,
                          stuck_at = CASE WHEN redrives >= $2 THEN now() END
                      WHERE transfer_id IN (
-                         SELECT transfer_id FROM transfers
-                         WHERE (state IN ('trying', 'confirming')
-                                OR (state = 'cancelled' AND route = 'cross_shard' AND cancel_acked_at IS NULL))
-                           AND stuck_at IS NULL
-                           AND updated_at < now() - $1 * interval '1 millisecond'
-                         ORDER BY updated_at LIMIT 500 FOR UPDATE SKIP LOCKED)
+                         SELECT t.transfer_id FROM transfers t
+                         JOIN bucket_owners b ON b.bucket = id_bucket(t.transfer_id) AND b.state = 'owned'
+                         WHERE (t.state IN ('trying', 'confirming')
+                                OR (t.state = 'cancelled' AND t.route = 'cross_shard' AND t.cancel_acked_at IS NULL))
+                           AND t.stuck_at IS NULL
+                           AND t.updated_at < now() - $1 * interval '1 millisecond'
+                         ORDER BY t.updated_at LIMIT 500
+                         FOR UPDATE OF t SKIP LOCKED FOR KEY SHARE OF b SKIP LOCKED)
                      RETURNING state, direct, stuck_at IS NOT NULL, redrives, {FACTS_COLUMNS}"
                 ),
                 &[&(self.redrive_after.as_millis() as f64), &cap],
@@ -238,6 +241,7 @@ pub async fn redrive_by_operator(
     let shard = router.for_id(&id).map_err(|_| ledger::Error::TransferNotFound)?;
     let mut client = shard.client().await?;
     let tx = client.transaction().await?;
+    shard.check_write(&tx, u32::from(id.bucket())).await?;
     let row = tx
         .query_opt(
             &format!(

@@ -261,9 +261,22 @@ pub async fn handle(router: &Router, msg: &StageMessage) -> ledger::Result<usize
 /// Applies an event to the sender's transfer (from a message or the sweeper).
 pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEvent) -> ledger::Result<usize> {
     let id = RoutableId::from_uuid(transfer_id).ok_or(Error::TransferNotFound)?;
-    let shard = router.for_id(&id)?;
+    router.for_id(&id)?;
+    let bucket = u32::from(id.bucket());
+    router.on_owner(bucket, |shard| sender_on(shard, id, event)).await
+}
+
+/// `handle_sender` on the shard that owns the transfer's bucket (checked in the
+/// transaction).
+async fn sender_on(
+    shard: std::sync::Arc<crate::sharding::Shard>,
+    id: RoutableId,
+    event: &SenderEvent,
+) -> ledger::Result<usize> {
+    let transfer_id = id.uuid();
     let mut client = shard.client().await?;
     let tx = client.transaction().await?;
+    shard.check_write(&tx, u32::from(id.bucket())).await?;
     let row = tx
         .cached_query_opt(
             concat!(

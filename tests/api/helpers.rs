@@ -259,8 +259,17 @@ impl Deployment {
         let deployment = Self { id, db_urls, dbs, kafka: kafka.to_string(), dir, mock_a, mock_b };
         // Record the standard map's identity on each shard, as `shardwallet migrate` does.
         let map = ShardMap::parse(&shard_map_text(&deployment.db_urls, &RANGES), |_| None).expect("map");
+        let members: Vec<(String, String)> = map
+            .shards()
+            .iter()
+            .map(|s| (s.name.clone(), shardwallet::sharding::url_without_password(&s.config)))
+            .collect();
         for (spec, url) in map.shards().iter().zip(&deployment.db_urls) {
-            identity::write(&connect(url).await, &identity::Identity::expected(&map, spec)).await.expect("identity");
+            let client = connect(url).await;
+            identity::write(&client, &identity::Identity::expected(&map, spec)).await.expect("identity");
+            shardwallet::sharding::ownership::record_initial(&client, &spec.name, &spec.ranges, &members)
+                .await
+                .expect("bucket ownership");
         }
         Arc::new(deployment)
     }

@@ -16,6 +16,7 @@ mod ledger;
 mod metrics;
 mod openapi;
 mod outage;
+mod ownership;
 mod payments;
 mod payments_doubt;
 mod rate_limit;

@@ -35,6 +35,10 @@ async fn a_shard_restarted_under_load_answers_503_with_retry_after_never_500_and
     let (client, conn) = tokio_postgres::connect(&urls[1], tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(conn);
     identity::write(&client, &identity::Identity::expected(&map, &map.shards()[1])).await.expect("identity");
+    let spec = &map.shards()[1];
+    shardwallet::sharding::ownership::record_initial(&client, &spec.name, &spec.ranges, &[])
+        .await
+        .expect("bucket ownership");
     let app = Arc::new(deployment.spawn(deployment.settings_for(&urls, &RANGES)).await);
 
     let users: Vec<String> = (0..USERS).map(|i| app.user_on_shard(&format!("outage{i}"), 1)).collect();

@@ -18,16 +18,23 @@ use crate::{
 
 pub(super) async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<usize> {
     let to = UserId::parse(&msg.facts.to_user_id).map_err(|e| Error::Invariant(e.to_string()))?;
-    let shard = router.for_user(&to);
-    let mut client = shard.client().await?;
-    let tx = client.transaction().await?;
-    let seen = read_receiver(&tx, msg, &to).await?;
-    let step = receiver_step(seen.barriers, seen.state, &msg.stage);
-    tracing::debug!(barriers = ?seen.barriers, state = ?seen.state, ?step, "receiver transition");
-    let bucket = router.bucket_of_user(&to) as u16;
-    apply_receiver_step(&tx, &step, &seen, msg, &to, bucket).await?;
-    tx.commit().await?;
-    Ok(shard.index)
+    let bucket = router.bucket_of_user(&to);
+    let to = &to;
+    // A stage that reaches a shard the receiver's bucket left is followed to the new
+    // owner, never dead-lettered for it.
+    router
+        .on_owner(bucket, |shard| async move {
+            let mut client = shard.client().await?;
+            let tx = client.transaction().await?;
+            shard.check_write(&tx, bucket).await?;
+            let seen = read_receiver(&tx, msg, to).await?;
+            let step = receiver_step(seen.barriers, seen.state, &msg.stage);
+            tracing::debug!(barriers = ?seen.barriers, state = ?seen.state, ?step, "receiver transition");
+            apply_receiver_step(&tx, &step, &seen, msg, to, bucket as u16).await?;
+            tx.commit().await?;
+            Ok(shard.index)
+        })
+        .await
 }
 
 /// What the receiver's shard knows of a transfer, read under its per-transfer lock.

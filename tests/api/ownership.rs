@@ -1,0 +1,223 @@
+//! Bucket ownership recorded on the shards: every write checks it inside its own
+//! transaction, so an instance routing by an old map cannot write to a shard that gave
+//! the bucket away, and a write waiting on a fence lands on the new owner.
+//!
+//! The flips here are made by hand (what a move's last step does), so that the check is
+//! tested on its own; the mover's tests move real data.
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use shardwallet::domain::UserId;
+
+use crate::helpers::*;
+
+/// Records on both shards that `bucket` moved from shard `from` to shard `to` at `epoch`,
+/// as the last step of a move does (source first: for a moment nobody owns it).
+async fn flip(app: &TestApp, bucket: u32, from: usize, to: usize, epoch: i64) {
+    let to_name = format!("shard-{}", to + 1);
+    let source = app.shard_db(from).await;
+    let moved = source
+        .execute(
+            "UPDATE bucket_owners SET state = 'moved', owner = $2, epoch = $3, changed_at = now() WHERE bucket = $1",
+            &[&(bucket as i32), &to_name, &epoch],
+        )
+        .await
+        .expect("flip source");
+    assert_eq!(moved, 1, "the source owned bucket {bucket}");
+    app.shard_db(to)
+        .await
+        .execute(
+            "INSERT INTO bucket_owners (bucket, state, owner, epoch) VALUES ($1, 'owned', $2, $3)
+             ON CONFLICT (bucket) DO UPDATE SET state = 'owned', owner = $2, epoch = $3",
+            &[&(bucket as i32), &to_name, &epoch],
+        )
+        .await
+        .expect("flip target");
+}
+
+fn bucket_of(app: &TestApp, user: &str) -> u32 {
+    app.router.bucket_of_user(&UserId::parse(user).expect("user id"))
+}
+
+async fn balance_on(app: &TestApp, shard: usize, user: &str) -> Option<String> {
+    app.shard_db(shard)
+        .await
+        .query_opt("SELECT balance::text FROM accounts WHERE user_id = $1 AND currency = 'EUR'", &[&user])
+        .await
+        .expect("query")
+        .map(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn an_instance_with_the_old_map_never_writes_to_the_shard_that_gave_the_bucket_away() {
+    let deployment = Deployment::new().await;
+    let app = deployment.spawn_default().await;
+    let alice = app.user_on_shard("own-alice", 0);
+    let bob = app.user_on_shard("own-bob", 0);
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    let bucket = bucket_of(&app, &alice);
+
+    // Alice's bucket moves to shard-2; this instance is not told.
+    flip(&app, bucket, 0, 1, 2).await;
+
+    // A write through the stale instance: shard-1 refuses it inside its transaction,
+    // the instance re-reads the map and sends it to shard-2, where alice does not exist
+    // (no data was copied in this test). Shard-1's copy is not touched.
+    let r = app.transfer(&app.admin(), &alice, &bob, "EUR", "30", "stale-1").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "{:?}", r.text().await);
+    assert_eq!(balance_on(&app, 0, &alice).await.as_deref(), Some("100"));
+    assert_eq!(balance_on(&app, 0, &bob).await.as_deref(), Some("0"));
+
+    // Creating alice again goes to the new owner; so do her deposits and reads.
+    app.funded_user(&alice, "EUR", "50").await;
+    assert_eq!(balance_on(&app, 1, &alice).await.as_deref(), Some("50"));
+    assert_eq!(app.balance(&alice, "EUR").await, "50");
+    assert_eq!(balance_on(&app, 0, &alice).await.as_deref(), Some("100"), "the old owner's copy is never written");
+
+    // Now alice (shard-2) and bob (shard-1) are on different shards: the same request
+    // is routed as a cross-shard transfer and completes.
+    let r = app.transfer(&app.admin(), &alice, &bob, "EUR", "30", "stale-2").await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = body(r).await["transfer_id"].as_str().expect("id").to_string();
+    assert_eq!(app.wait_final(&id, Duration::from_secs(30)).await["status"], "completed");
+    assert_eq!(app.balance(&alice, "EUR").await, "20");
+    assert_eq!(app.balance(&bob, "EUR").await, "30");
+
+    // The shard itself names the new owner and the epoch.
+    let source = app.shard_db(0).await;
+    let row = source
+        .query_one("SELECT state, owner, epoch FROM bucket_owners WHERE bucket = $1", &[&(bucket as i32)])
+        .await
+        .expect("row");
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1), row.get::<_, i64>(2)),
+        ("moved".into(), "shard-2".into(), 2)
+    );
+
+    // An instance started later with the same old shard-map.toml routes by the recorded
+    // map from the start.
+    let fresh = deployment.spawn_default().await;
+    assert_eq!(fresh.balance(&alice, "EUR").await, "20");
+    let router = shardwallet::startup::current_router(&app.settings).await.expect("router");
+    assert_eq!(router.epoch(), 2);
+    assert_eq!(router.for_user(&UserId::parse(&alice).expect("id")).name, "shard-2");
+}
+
+#[tokio::test]
+async fn a_write_waiting_on_a_fence_lands_on_the_new_owner_and_the_retry_is_not_stored_as_a_refusal() {
+    let deployment = Deployment::new().await;
+    let app = deployment.spawn_default().await;
+    let alice = app.user_on_shard("fence-alice", 0);
+    app.funded_user(&alice, "EUR", "100").await;
+    let bucket = bucket_of(&app, &alice);
+
+    // A fence on shard-1: the bucket's row held FOR UPDATE.
+    let mut fence_db = app.shard_db(0).await;
+    let fence = fence_db.transaction().await.expect("begin");
+    fence
+        .query_one("SELECT state FROM bucket_owners WHERE bucket = $1 FOR UPDATE", &[&(bucket as i32)])
+        .await
+        .expect("lock");
+
+    // Concurrent deposits for alice wait on the fence.
+    let admin = app.admin();
+    let deposits: Vec<_> = (0..4)
+        .map(|i| {
+            let body =
+                json!({ "user_id": alice, "currency": "EUR", "amount": "5", "direction": "credit", "reason": "test" });
+            let request = app.http.post(app.url("/v1/admin/adjustments")).bearer_auth(&admin).json(&body);
+            tokio::spawn(request.header("Idempotency-Key", format!("fenced-{i}")).send())
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(deposits.iter().all(|d| !d.is_finished()), "writes wait while the fence holds the bucket");
+
+    // The fence copies alice to shard-2 (here: the target gets alice and her wallet with
+    // the same balance) and flips the bucket in the same transaction.
+    let target = app.shard_db(1).await;
+    target
+        .execute("INSERT INTO users (user_id, bucket) VALUES ($1, $2)", &[&alice, &(bucket as i32)])
+        .await
+        .expect("user");
+    target
+        .execute(
+            "INSERT INTO accounts (system_name, currency) VALUES ('adjustments', 'EUR') ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .await
+        .expect("system account");
+    target
+        .execute("INSERT INTO accounts (user_id, currency, balance) VALUES ($1, 'EUR', 100)", &[&alice])
+        .await
+        .expect("wallet");
+    fence
+        .execute(
+            "UPDATE bucket_owners SET state = 'moved', owner = 'shard-2', epoch = 2 WHERE bucket = $1",
+            &[&(bucket as i32)],
+        )
+        .await
+        .expect("flip");
+    target
+        .execute(
+            "INSERT INTO bucket_owners (bucket, state, owner, epoch) VALUES ($1, 'owned', 'shard-2', 2)",
+            &[&(bucket as i32)],
+        )
+        .await
+        .expect("own");
+    fence.commit().await.expect("end fence");
+
+    for deposit in deposits {
+        let r = deposit.await.expect("task").expect("response");
+        assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+    }
+    assert_eq!(balance_on(&app, 1, &alice).await.as_deref(), Some("120"), "every deposit landed on the new owner");
+    assert_eq!(balance_on(&app, 0, &alice).await.as_deref(), Some("100"), "none on the old owner");
+    // A retry of one of them replays its stored answer from the new owner.
+    let r = app.adjust(&alice, "EUR", "5", "credit", "fenced-0").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap_or_default()), Some("true"));
+    assert_eq!(balance_on(&app, 1, &alice).await.as_deref(), Some("120"));
+}
+
+#[tokio::test]
+async fn a_bucket_being_received_answers_503_bucket_moving_and_nothing_is_stored_under_the_key() {
+    let deployment = Deployment::new().await;
+    let app = deployment.spawn_default().await;
+    let alice = app.user_on_shard("recv-alice", 0);
+    app.funded_user(&alice, "EUR", "100").await;
+    let bucket = bucket_of(&app, &alice);
+    // Mid-switch: the source has flipped, the target has not yet (a mover killed between
+    // the two steps). Nobody may write.
+    let source = app.shard_db(0).await;
+    source
+        .execute(
+            "UPDATE bucket_owners SET state = 'moved', owner = 'shard-2', epoch = 2 WHERE bucket = $1",
+            &[&(bucket as i32)],
+        )
+        .await
+        .expect("flip");
+    app.shard_db(1)
+        .await
+        .execute(
+            "INSERT INTO bucket_owners (bucket, state, owner, epoch) VALUES ($1, 'incoming', 'shard-2', 2)",
+            &[&(bucket as i32)],
+        )
+        .await
+        .expect("incoming");
+    let r = app.adjust(&alice, "EUR", "5", "credit", "mid-switch").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(body(r).await["code"], "bucket_moving");
+    // The target finishes the switch; the same key now runs (it was not stored).
+    app.shard_db(1)
+        .await
+        .execute("UPDATE bucket_owners SET state = 'owned' WHERE bucket = $1", &[&(bucket as i32)])
+        .await
+        .expect("own");
+    let r = app.adjust(&alice, "EUR", "5", "credit", "mid-switch").await;
+    // Shard-2 has no copy of alice in this test: the retry ran there (404), it was not
+    // replayed from a stored 503.
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "{:?}", r.text().await);
+}
