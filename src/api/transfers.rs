@@ -7,8 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::{
     auth::require_admin,
@@ -24,6 +23,14 @@ use crate::{
     ledger::{local::TransferRequest, queries},
     transfer::{self, admission::Overloaded},
 };
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TransferPage {
+    data: Vec<queries::TransferView>,
+    /// Pass back as `cursor` for the next page; `null` on the last page.
+    #[schema(value_type = Option<String>)]
+    next_cursor: Option<uuid::Uuid>,
+}
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewTransfer {
@@ -148,7 +155,7 @@ pub async fn get(
 #[utoipa::path(get, path = "/v1/users/{user_id}/transfers", tag = "transfers", security(("bearer" = [])),
     params(UserPath, PageParams),
     responses(
-        (status = 200, description = "a page of transfers", body = doc::TransferPage),
+        (status = 200, description = "a page of transfers", body = TransferPage),
         (status = 403, description = "forbidden: another user's data"),
         (status = 404, description = "user_not_found"),
     )
@@ -162,7 +169,7 @@ pub async fn list_for_user(
     let (limit, cursor) = (page.limit()?, page.cursor::<uuid::Uuid>()?);
     let (user, client) = extract::visible_user(&state, &caller, &user_id, true).await?;
     let (data, next) = queries::user_transfers(&client, &user, limit, cursor).await?;
-    Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
+    Ok(Json(TransferPage { data, next_cursor: next }).into_response())
 }
 
 /// Cross-shard and same-shard transfers over every shard by state, newest first (admin
@@ -170,7 +177,7 @@ pub async fn list_for_user(
 #[utoipa::path(get, path = "/v1/admin/transfers", tag = "admin", security(("bearer" = [])),
     params(TransferStateQuery, PageParams),
     responses(
-        (status = 200, description = "a page of transfers", body = doc::TransferPage),
+        (status = 200, description = "a page of transfers", body = TransferPage),
         (status = 400, description = "invalid_request: an unknown state, a malformed limit or cursor"),
         (status = 403, description = "forbidden: admins only"),
     )
@@ -194,7 +201,7 @@ pub async fn admin_list(
         |client| async move { queries::transfers_in_state(&client, wanted, limit + 1, cursor).await },
     )
     .await?;
-    Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
+    Ok(Json(TransferPage { data, next_cursor: next }).into_response())
 }
 
 /// Re-emits the stage a cross-shard transfer's state calls for and clears its stuck

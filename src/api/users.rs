@@ -6,8 +6,8 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde::Deserialize;
-use serde_json::json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::{
     auth::require_admin,
@@ -22,6 +22,25 @@ use crate::{
     ledger::{accounts, local, queries},
 };
 
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UserWithWallets {
+    user_id: String,
+    created_at: DateTime<Utc>,
+    wallets: Vec<queries::WalletView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WalletList {
+    data: Vec<queries::WalletView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EntryPage {
+    data: Vec<queries::EntryView>,
+    /// Pass back as `cursor` for the next page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewUser {
     #[schema(schema_with = doc::user_id)]
@@ -32,7 +51,7 @@ pub struct NewUser {
 #[utoipa::path(post, path = "/v1/users", tag = "users", security(("bearer" = [])),
     request_body = NewUser,
     responses(
-        (status = 201, description = "created", body = doc::User),
+        (status = 201, description = "created", body = accounts::UserView),
         (status = 403, description = "forbidden: admins only"),
         (status = 409, description = "user_exists"),
     )
@@ -49,7 +68,7 @@ pub async fn create_user(State(state): State<AppState>, caller: Caller, body: By
 /// A user and their wallets.
 #[utoipa::path(get, path = "/v1/users/{user_id}", tag = "users", security(("bearer" = [])), params(UserPath),
     responses(
-        (status = 200, description = "the user", body = doc::UserWithWallets),
+        (status = 200, description = "the user", body = UserWithWallets),
         (status = 403, description = "forbidden: another user's data"),
         (status = 404, description = "user_not_found"),
     )
@@ -62,7 +81,7 @@ pub async fn get_user(
     let (user, client) = extract::visible_user(&state, &caller, &user_id, false).await?;
     let (view, wallets) =
         futures::try_join!(accounts::get_user(&client, &user), queries::list_wallets(&client, &user))?;
-    Ok(Json(json!({ "user_id": view.user_id, "created_at": view.created_at, "wallets": wallets })).into_response())
+    Ok(Json(UserWithWallets { user_id: view.user_id, created_at: view.created_at, wallets }).into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -75,7 +94,7 @@ pub struct NewWallet {
 #[utoipa::path(post, path = "/v1/users/{user_id}/wallets", tag = "users", security(("bearer" = [])),
     params(UserPath), request_body = NewWallet,
     responses(
-        (status = 201, description = "created", body = doc::Wallet),
+        (status = 201, description = "created", body = queries::WalletView),
         (status = 403, description = "forbidden: admins only"),
         (status = 404, description = "user_not_found"),
         (status = 409, description = "wallet_exists"),
@@ -99,7 +118,7 @@ pub async fn create_wallet(
 /// A user's wallets.
 #[utoipa::path(get, path = "/v1/users/{user_id}/wallets", tag = "users", security(("bearer" = [])), params(UserPath),
     responses(
-        (status = 200, description = "the wallets", body = doc::WalletList),
+        (status = 200, description = "the wallets", body = WalletList),
         (status = 403, description = "forbidden: another user's data"),
         (status = 404, description = "user_not_found"),
     )
@@ -110,14 +129,14 @@ pub async fn list_wallets(
     Path(user_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (user, client) = extract::visible_user(&state, &caller, &user_id, true).await?;
-    Ok(Json(json!({ "data": queries::list_wallets(&client, &user).await? })).into_response())
+    Ok(Json(WalletList { data: queries::list_wallets(&client, &user).await? }).into_response())
 }
 
 /// One wallet: balance, held and available.
 #[utoipa::path(get, path = "/v1/users/{user_id}/wallets/{currency}", tag = "users", security(("bearer" = [])),
     params(UserPath, CurrencyPath),
     responses(
-        (status = 200, description = "the wallet", body = doc::Wallet),
+        (status = 200, description = "the wallet", body = queries::WalletView),
         (status = 403, description = "forbidden: another user's data"),
         (status = 404, description = "user_not_found or wallet_not_found"),
     )
@@ -136,7 +155,7 @@ pub async fn get_wallet(
 #[utoipa::path(get, path = "/v1/users/{user_id}/wallets/{currency}/entries", tag = "users",
     security(("bearer" = [])), params(UserPath, CurrencyPath, PageParams),
     responses(
-        (status = 200, description = "a page of entries", body = doc::EntryPage),
+        (status = 200, description = "a page of entries", body = EntryPage),
         (status = 403, description = "forbidden: another user's data"),
         (status = 404, description = "user_not_found or wallet_not_found"),
     )
@@ -152,7 +171,7 @@ pub async fn entries(
     let cursor = page.cursor::<i64>()?;
     let (user, client) = extract::visible_user(&state, &caller, &user_id, false).await?;
     let (data, next) = queries::entries_page(&client, &user, &currency, limit, cursor).await?;
-    Ok(Json(json!({ "data": data, "next_cursor": next.map(|n| n.to_string()) })).into_response())
+    Ok(Json(EntryPage { data, next_cursor: next.map(|n| n.to_string()) }).into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -211,7 +230,7 @@ pub async fn adjust(
 #[utoipa::path(post, path = "/v1/entries/{entry_id}/reversal", tag = "admin", security(("bearer" = [])),
     params(EntryPath, IdempotencyHeader),
     responses(
-        (status = 201, description = "reversed", body = doc::Reversal),
+        (status = 201, description = "reversed", body = local::ReversalView),
         (status = 400, description = "idempotency_key_missing or invalid_request"),
         (status = 403, description = "forbidden: admins only"),
         (status = 404, description = "not_found: no such entry"),
