@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, time::Duration};
 use axum::{extract::State, http::StatusCode, response::IntoResponse, Json};
 use rdkafka::producer::Producer;
 
-use super::{auth::require_admin, error::ApiError, AppState};
+use super::{auth::require_admin, error::ApiError, openapi::schemas::AdminsOnly, AppState};
 use crate::{domain::Caller, ledger::verify, messaging::dlq};
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -93,7 +93,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/v1/admin/audit", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, description = "the audit report", body = verify::Report),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
     )
 )]
 pub async fn audit(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
@@ -105,7 +105,7 @@ pub async fn audit(State(state): State<AppState>, caller: Caller) -> Result<impl
 #[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, description = "counts", body = dlq::DeadLetterCounts),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
     )
 )]
 pub async fn dead_letters(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {

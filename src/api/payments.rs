@@ -15,7 +15,10 @@ use super::{
     error::{gateway_unavailable, ApiError},
     extract::{self, json_body, PageQuery},
     idempotency::Idempotency,
-    openapi::schemas::{self as doc, IdempotencyHeader, PageParams, PaymentPath, PaymentStateQuery, UserPath},
+    openapi::schemas::{
+        self as doc, AdminsOnly, GatewayUnavailable, IdempotencyHeader, OthersData, PageParams, PaymentPath,
+        PaymentStateQuery, UserPath,
+    },
     AppState,
 };
 use crate::{
@@ -83,9 +86,7 @@ pub struct NewPayment {
         (status = 404, description = "user_not_found or wallet_not_found"),
         (status = 409, description = "idempotency_request_in_progress"),
         (status = 422, description = "gateway_not_found or idempotency_key_reused"),
-        (status = 503, description = "gateway_unavailable: the gateway's circuit is open, retry after Retry-After; \
-                                      or shard_unavailable / busy: retry later (with the same Idempotency-Key)",
-            headers(("Retry-After" = u64, description = "with gateway_unavailable: seconds until a retry can succeed"))),
+        GatewayUnavailable,
     )
 )]
 pub async fn deposit(
@@ -109,9 +110,7 @@ pub async fn deposit(
         (status = 404, description = "user_not_found or wallet_not_found"),
         (status = 409, description = "idempotency_request_in_progress"),
         (status = 422, description = "gateway_not_found, insufficient_funds or idempotency_key_reused"),
-        (status = 503, description = "gateway_unavailable: the gateway's circuit is open, retry after Retry-After; \
-                                      or shard_unavailable / busy: retry later (with the same Idempotency-Key)",
-            headers(("Retry-After" = u64, description = "with gateway_unavailable: seconds until a retry can succeed"))),
+        GatewayUnavailable,
     )
 )]
 pub async fn withdraw(
@@ -206,7 +205,7 @@ pub async fn get(
     responses(
         (status = 200, description = "a page of payments", body = PaymentPage),
         (status = 400, description = "invalid_request: a malformed user id, limit or cursor"),
-        (status = 403, description = "forbidden: another user's data"),
+        OthersData,
         (status = 404, description = "user_not_found"),
     )
 )]
@@ -226,7 +225,7 @@ pub async fn list_for_user(
 #[utoipa::path(get, path = "/v1/admin/gateways", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, description = "every configured gateway", body = GatewayList),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
     )
 )]
 pub async fn admin_gateways(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
@@ -258,7 +257,7 @@ pub async fn admin_gateways(State(state): State<AppState>, caller: Caller) -> Re
     responses(
         (status = 200, description = "a page of payments", body = PaymentPage),
         (status = 400, description = "invalid_request: an unknown state, a malformed limit or cursor"),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
     )
 )]
 pub async fn admin_list(
@@ -311,7 +310,7 @@ pub enum ResolutionOutcome {
     responses(
         (status = 200, description = "resolved", body = store::PaymentView),
         (status = 400, description = "invalid_request (outcome, note) or idempotency_key_missing"),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
         (status = 404, description = "payment_not_found"),
         (status = 409, description = "payment_final: already succeeded or failed; or idempotency_request_in_progress"),
         (status = 422, description = "idempotency_key_reused"),

@@ -15,7 +15,9 @@ use super::{
     error::ApiError,
     extract::{self, json_body, PageQuery},
     idempotency::Idempotency,
-    openapi::schemas::{self as doc, IdempotencyHeader, PageParams, TransferPath, TransferStateQuery, UserPath},
+    openapi::schemas::{
+        self as doc, AdminsOnly, IdempotencyHeader, OthersData, PageParams, TransferPath, TransferStateQuery, UserPath,
+    },
     AppState,
 };
 use crate::{
@@ -156,7 +158,7 @@ pub async fn get(
     params(UserPath, PageParams),
     responses(
         (status = 200, description = "a page of transfers", body = TransferPage),
-        (status = 403, description = "forbidden: another user's data"),
+        OthersData,
         (status = 404, description = "user_not_found"),
     )
 )]
@@ -179,7 +181,7 @@ pub async fn list_for_user(
     responses(
         (status = 200, description = "a page of transfers", body = TransferPage),
         (status = 400, description = "invalid_request: an unknown state, a malformed limit or cursor"),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
     )
 )]
 pub async fn admin_list(
@@ -210,7 +212,7 @@ pub async fn admin_list(
     params(TransferPath),
     responses(
         (status = 202, description = "the stage was queued again", body = queries::TransferView),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
         (status = 404, description = "transfer_not_found"),
         (status = 409, description = "transfer_final: completed, same-shard, or its cancel acknowledged"),
     )

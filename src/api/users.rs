@@ -14,7 +14,9 @@ use super::{
     error::ApiError,
     extract::{self, json_body, PageQuery},
     idempotency::Idempotency,
-    openapi::schemas::{self as doc, CurrencyPath, EntryPath, IdempotencyHeader, PageParams, UserPath},
+    openapi::schemas::{
+        self as doc, AdminsOnly, CurrencyPath, EntryPath, IdempotencyHeader, OthersData, PageParams, UserPath,
+    },
     AppState,
 };
 use crate::{
@@ -52,7 +54,7 @@ pub struct NewUser {
     request_body = NewUser,
     responses(
         (status = 201, description = "created", body = accounts::UserView),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
         (status = 409, description = "user_exists"),
     )
 )]
@@ -69,7 +71,7 @@ pub async fn create_user(State(state): State<AppState>, caller: Caller, body: By
 #[utoipa::path(get, path = "/v1/users/{user_id}", tag = "users", security(("bearer" = [])), params(UserPath),
     responses(
         (status = 200, description = "the user", body = UserWithWallets),
-        (status = 403, description = "forbidden: another user's data"),
+        OthersData,
         (status = 404, description = "user_not_found"),
     )
 )]
@@ -95,7 +97,7 @@ pub struct NewWallet {
     params(UserPath), request_body = NewWallet,
     responses(
         (status = 201, description = "created", body = queries::WalletView),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
         (status = 404, description = "user_not_found"),
         (status = 409, description = "wallet_exists"),
     )
@@ -119,7 +121,7 @@ pub async fn create_wallet(
 #[utoipa::path(get, path = "/v1/users/{user_id}/wallets", tag = "users", security(("bearer" = [])), params(UserPath),
     responses(
         (status = 200, description = "the wallets", body = WalletList),
-        (status = 403, description = "forbidden: another user's data"),
+        OthersData,
         (status = 404, description = "user_not_found"),
     )
 )]
@@ -137,7 +139,7 @@ pub async fn list_wallets(
     params(UserPath, CurrencyPath),
     responses(
         (status = 200, description = "the wallet", body = queries::WalletView),
-        (status = 403, description = "forbidden: another user's data"),
+        OthersData,
         (status = 404, description = "user_not_found or wallet_not_found"),
     )
 )]
@@ -156,7 +158,7 @@ pub async fn get_wallet(
     security(("bearer" = [])), params(UserPath, CurrencyPath, PageParams),
     responses(
         (status = 200, description = "a page of entries", body = EntryPage),
-        (status = 403, description = "forbidden: another user's data"),
+        OthersData,
         (status = 404, description = "user_not_found or wallet_not_found"),
     )
 )]
@@ -195,7 +197,7 @@ pub struct Adjustment {
     responses(
         (status = 201, description = "applied", body = local::AdjustmentView),
         (status = 400, description = "invalid_request, invalid_amount or idempotency_key_missing"),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
         (status = 404, description = "user_not_found or wallet_not_found"),
         (status = 409, description = "idempotency_request_in_progress"),
         (status = 422, description = "insufficient_funds or idempotency_key_reused"),
@@ -232,7 +234,7 @@ pub async fn adjust(
     responses(
         (status = 201, description = "reversed", body = local::ReversalView),
         (status = 400, description = "idempotency_key_missing or invalid_request"),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
         (status = 404, description = "not_found: no such entry"),
         (status = 409, description = "already_reversed or idempotency_request_in_progress"),
         (status = 422, description = "not_reversible, insufficient_funds or idempotency_key_reused"),

@@ -1,9 +1,9 @@
 //! What the OpenAPI document needs that has no other Rust type: the shared user-id,
-//! currency and amount patterns, and the path, query and header parameters (the
-//! handlers read those as plain strings). Request and response bodies derive their
+//! currency and amount patterns, the path, query and header parameters (the handlers
+//! read those as plain strings), and the responses several operations share. Request and response bodies derive their
 //! schemas on the types that are (de)serialised, beside their handlers or in the
 //! layers below, so the document cannot drift from what is sent.
-use utoipa::IntoParams;
+use utoipa::{IntoParams, IntoResponses};
 use uuid::Uuid;
 
 use crate::payments::state::State as PaymentState;
@@ -143,3 +143,20 @@ pub struct PaymentStateQuery {
     #[param(inline)]
     pub state: Option<PaymentState>,
 }
+
+/// The `403` of an operation only admins may call.
+#[derive(IntoResponses)]
+#[response(status = 403, description = "forbidden: admins only")]
+pub struct AdminsOnly;
+
+/// The `403` of a user's data read by another user.
+#[derive(IntoResponses)]
+#[response(status = 403, description = "forbidden: another user's data")]
+pub struct OthersData;
+
+/// The `503` of a new payment while its gateway's circuit is open.
+#[derive(IntoResponses)]
+#[response(status = 503, description = "gateway_unavailable: the gateway's circuit is open, retry after Retry-After; \
+                                        or shard_unavailable / busy: retry later (with the same Idempotency-Key)",
+    headers(("Retry-After" = u64, description = "with gateway_unavailable: seconds until a retry can succeed")))]
+pub struct GatewayUnavailable;
