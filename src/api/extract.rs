@@ -4,7 +4,7 @@ use axum::body::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::domain::{Amount, Currency, UserId};
+use crate::domain::{Amount, Currency, RoutableId, UserId};
 
 /// Parses a JSON body into the raw value (kept for the idempotency fingerprint) and `T`.
 pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<(serde_json::Value, T), ApiError> {
@@ -75,6 +75,19 @@ pub async fn visible_user(
         return Err(crate::ledger::Error::UserNotFound.into());
     }
     Ok((user, client))
+}
+
+/// The id a path names (`/v1/payments/{payment_id}`, ...) and the shard that holds it.
+/// An id that is not one of ours, or whose bucket no shard holds, is `not_found` like
+/// an id that is not there.
+pub fn routed<'r>(
+    router: &'r crate::sharding::Router,
+    text: &str,
+    not_found: impl Fn() -> ApiError,
+) -> Result<(RoutableId, &'r std::sync::Arc<crate::sharding::Shard>), ApiError> {
+    let id = RoutableId::parse(text).ok_or_else(&not_found)?;
+    let shard = router.for_id(&id).map_err(|_| not_found())?;
+    Ok((id, shard))
 }
 
 /// `?state=` of the admin listings.

@@ -22,7 +22,7 @@ use super::{
     AppState,
 };
 use crate::{
-    domain::{Caller, RoutableId},
+    domain::Caller,
     gateways::breaker::Circuit,
     payments::{method::PaymentMethod, state::State as PaymentState, store, PaymentKind},
 };
@@ -188,11 +188,9 @@ pub async fn get(
     caller: Caller,
     Path(payment_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let not_found = ApiError::payment_not_found;
-    let id = RoutableId::parse(&payment_id).ok_or_else(not_found)?;
-    let shard = state.router.for_id(&id).map_err(|_| not_found())?;
+    let (id, shard) = extract::routed(&state.router, &payment_id, ApiError::payment_not_found)?;
     let client = shard.client().await?;
-    let payment = store::get(&client, id.uuid()).await?.ok_or_else(not_found)?;
+    let payment = store::get(&client, id.uuid()).await?.ok_or_else(ApiError::payment_not_found)?;
     if !(caller.is_admin() || caller.subject == payment.view.user_id) {
         return Err(ApiError::forbidden("this payment is not yours"));
     }
@@ -324,8 +322,7 @@ pub async fn admin_resolve(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     require_admin(&caller)?;
-    let id = RoutableId::parse(&payment_id).ok_or_else(ApiError::payment_not_found)?;
-    let shard = state.router.for_id(&id).map_err(|_| ApiError::payment_not_found())?;
+    let (id, shard) = extract::routed(&state.router, &payment_id, ApiError::payment_not_found)?;
     let (raw, req): (_, Resolution) = json_body(&body)?;
     let succeeded = matches!(req.outcome, ResolutionOutcome::Succeeded);
     let note = req.note.trim();

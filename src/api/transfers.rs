@@ -143,8 +143,7 @@ pub async fn get(
     Path(transfer_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found("transfer_not_found", "transfer not found");
-    let id = RoutableId::parse(&transfer_id).ok_or_else(not_found)?;
-    let shard = state.router.for_id(&id).map_err(|_| not_found())?;
+    let (id, shard) = extract::routed(&state.router, &transfer_id, not_found)?;
     let client = shard.client().await?;
     let view = queries::get_transfer(&client, id.uuid()).await?;
     if !(caller.is_admin() || caller.subject == view.from_user_id || caller.subject == view.to_user_id) {

@@ -20,7 +20,7 @@ use super::{
     AppState,
 };
 use crate::{
-    domain::{Caller, RoutableId},
+    domain::Caller,
     ledger::{accounts, local, queries},
 };
 
@@ -247,10 +247,9 @@ pub async fn reverse_entry(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_admin(&caller)?;
-    let id = RoutableId::parse(&entry_id).ok_or_else(|| ApiError::not_found("not_found", "no such entry"))?;
+    let (id, shard) = extract::routed(&state.router, &entry_id, || ApiError::not_found("not_found", "no such entry"))?;
     let path = format!("/v1/entries/{id}/reversal");
     let idem = Idempotency::from_request(&caller, &headers, "POST", &path, &serde_json::Value::Null)?;
-    let shard = state.router.for_id(&id).map_err(|_| ApiError::not_found("not_found", "no such entry"))?;
     let (response, _) = idem.run(shard, StatusCode::CREATED, async |tx| local::reverse(tx, &id).await).await?;
     Ok(response)
 }
