@@ -7,11 +7,10 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde_json::json;
 
 use super::{
     error::ApiError,
-    openapi::schemas::{self as doc, CallbackSignature, GatewayPath},
+    openapi::schemas::{CallbackSignature, GatewayPath},
     AppState,
 };
 use crate::{
@@ -28,6 +27,15 @@ pub fn body_limit() -> DefaultBodyLimit {
     DefaultBodyLimit::max(MAX_BODY)
 }
 
+/// What became of a callback: `duplicate` when this gateway event id was recorded
+/// before; `applied` false when it changes nothing or contradicts a final state.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct CallbackAck {
+    recorded: bool,
+    duplicate: bool,
+    applied: bool,
+}
+
 /// A gateway's notification of a payment's outcome, in its own format (gateway A: JSON,
 /// gateway B: XML), signed with the gateway's secret instead of a bearer token. Recorded
 /// once per gateway event id; a repeat answers `200` with `duplicate: true`.
@@ -36,7 +44,7 @@ pub fn body_limit() -> DefaultBodyLimit {
     request_body(description = "the gateway's notification, raw (the signature covers these exact bytes)",
         content((String = "application/json"), (String = "application/xml"))),
     responses(
-        (status = 200, description = "recorded (or a duplicate)", body = doc::CallbackAck),
+        (status = 200, description = "recorded (or a duplicate)", body = CallbackAck),
         (status = 400, description = "invalid_request: a signed body that is not a notification"),
         (status = 401, description = "invalid_signature: missing, malformed, wrong or stale signature"),
         (status = 404, description = "gateway_not_found, or payment_not_found: no payment of this gateway has that id"),
@@ -67,10 +75,10 @@ pub async fn receive(
     let result = state.payments.record_callback(&gateway, event).await?;
     let body = match result {
         CallbackResult::UnknownPayment => return Err(ApiError::payment_not_found()),
-        CallbackResult::Duplicate => json!({ "recorded": true, "duplicate": true, "applied": false }),
+        CallbackResult::Duplicate => CallbackAck { recorded: true, duplicate: true, applied: false },
         CallbackResult::Recorded(step) => {
             let applied = !matches!(step, Step::Ignore | Step::Contradiction);
-            json!({ "recorded": true, "duplicate": false, "applied": applied })
+            CallbackAck { recorded: true, duplicate: false, applied }
         }
     };
     Ok(Json(body).into_response())

@@ -4,7 +4,7 @@ use axum::body::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::domain::{Amount, Currency, UserId};
+use crate::domain::{Amount, Currency, RoutableId, UserId};
 
 /// Parses a JSON body into the raw value (kept for the idempotency fingerprint) and `T`.
 pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<(serde_json::Value, T), ApiError> {
@@ -118,17 +118,17 @@ pub async fn owner_tx<T>(
         .await
 }
 
-/// `owner_client` for the bucket a routable id carries; `unknown` when no shard map has
-/// that bucket (such an id cannot exist).
-pub async fn id_client(
+/// The id a path names (`/v1/payments/{payment_id}`, ...) and the bucket it routes by.
+/// An id that is not one of ours, or whose bucket no shard map has, is `not_found` like
+/// an id that is not there.
+pub fn routed(
     router: &crate::sharding::Router,
-    id: &crate::domain::RoutableId,
-    unknown: impl FnOnce() -> ApiError,
-) -> Result<deadpool_postgres::Object, ApiError> {
-    if router.for_id(id).is_err() {
-        return Err(unknown());
-    }
-    owner_client(router, u32::from(id.bucket())).await
+    text: &str,
+    not_found: impl Fn() -> ApiError,
+) -> Result<(RoutableId, u32), ApiError> {
+    let id = RoutableId::parse(text).ok_or_else(&not_found)?;
+    router.for_id(&id).map_err(|_| not_found())?;
+    Ok((id, u32::from(id.bucket())))
 }
 
 /// `?state=` of the admin listings.

@@ -1,26 +1,48 @@
 //! Liveness, readiness, and the operator views (audit, dead letters).
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, Json};
 use rdkafka::producer::Producer;
-use serde_json::json;
 
-use super::{auth::require_admin, error::ApiError, AppState};
+use super::{auth::require_admin, error::ApiError, openapi::schemas::AdminsOnly, AppState};
 use crate::{domain::Caller, ledger::verify, messaging::dlq};
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    #[schema(example = "alive")]
+    status: &'static str,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    status: &'static str,
+    /// What did not answer.
+    down: Vec<String>,
+    /// Per shard name and `broker`.
+    checks: BTreeMap<String, CheckState>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckState {
+    Up,
+    Down,
+}
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/health", tag = "operations",
-    responses((status = 200, description = "alive", body = super::openapi::schemas::Health)))]
+    responses((status = 200, description = "alive", body = Health)))]
 pub async fn health() -> impl IntoResponse {
-    Json(json!({ "status": "alive" }))
+    Json(Health { status: "alive" })
 }
 
 /// 200 when every shard and the broker answer within a second; else 503 naming what
 /// is down.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
-        (status = 200, description = "every shard and the broker answer", body = super::openapi::schemas::Readiness),
-        (status = 503, description = "something is down", body = super::openapi::schemas::Readiness),
+        (status = 200, description = "every shard and the broker answer", body = Readiness),
+        (status = 503, description = "something is down", body = Readiness),
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
@@ -52,31 +74,27 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     .unwrap_or_else(|e| Err(e.to_string()));
 
     let mut down = Vec::new();
-    let mut checks = serde_json::Map::new();
+    let mut checks = BTreeMap::new();
     for (name, result) in shards.into_iter().chain([("broker".to_string(), broker)]) {
         match result {
-            Ok(()) => checks.insert(name, json!("up")),
+            Ok(()) => checks.insert(name, CheckState::Up),
             Err(e) => {
                 tracing::warn!(component = %name, error = %e, "not ready");
                 down.push(name.clone());
-                checks.insert(name, json!("down"))
+                checks.insert(name, CheckState::Down)
             }
         };
     }
     let status = if down.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = json!({
-        "status": if down.is_empty() { "ready" } else { "unavailable" },
-        "down": down,
-        "checks": checks,
-    });
+    let body = Readiness { status: if down.is_empty() { "ready" } else { "unavailable" }, down, checks };
     (status, Json(body))
 }
 
 /// Audits every shard (admin only): balances, postings, holds, totals.
 #[utoipa::path(get, path = "/v1/admin/audit", tag = "admin", security(("bearer" = [])),
     responses(
-        (status = 200, description = "the audit report", body = super::openapi::schemas::AuditReport),
-        (status = 403, description = "forbidden: admins only"),
+        (status = 200, description = "the audit report", body = verify::Report),
+        AdminsOnly,
     )
 )]
 pub async fn audit(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
@@ -87,8 +105,8 @@ pub async fn audit(State(state): State<AppState>, caller: Caller) -> Result<impl
 /// Dead-lettered stage messages (admin only).
 #[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin", security(("bearer" = [])),
     responses(
-        (status = 200, description = "counts", body = super::openapi::schemas::DeadLetters),
-        (status = 403, description = "forbidden: admins only"),
+        (status = 200, description = "counts", body = dlq::DeadLetterCounts),
+        AdminsOnly,
     )
 )]
 pub async fn dead_letters(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {

@@ -207,4 +207,73 @@ mod tests {
         }
         assert_eq!(schemas["Direction"]["enum"], serde_json::json!(["credit", "debit"]));
     }
+
+    /// The component names clients generate types from stay, now that the schemas are
+    /// derived on the serialised types (`as = ...` where the Rust name differs), and
+    /// every `$ref` names a registered component.
+    #[test]
+    fn derived_schemas_keep_their_public_names_and_every_reference_resolves() {
+        let doc = serde_json::to_value(super::document()).expect("json");
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        for name in [
+            "User",
+            "UserWithWallets",
+            "Wallet",
+            "WalletList",
+            "Entry",
+            "EntryKind",
+            "EntryPage",
+            "Transfer",
+            "TransferPage",
+            "Reversal",
+            "ReversalEntry",
+            "AuditReport",
+            "ShardAudit",
+            "TransitAudit",
+            "CrossShardAudit",
+            "DeadLetters",
+            "Health",
+            "Readiness",
+            "CheckState",
+            "Payment",
+            "PaymentKind",
+            "PaymentStatus",
+            "PaymentState",
+            "PaymentMethodInput",
+            "MaskedPaymentMethod",
+            "PaymentPage",
+            "PaymentResolution",
+            "ResolutionOutcome",
+            "CallbackAck",
+            "Circuit",
+            "GatewayHealth",
+            "GatewayList",
+        ] {
+            assert!(schemas.contains_key(name), "component {name}: {:?}", schemas.keys().collect::<Vec<_>>());
+        }
+        fn refs(value: &serde_json::Value, out: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::String(r)) = map.get("$ref") {
+                        out.push(r.clone());
+                    }
+                    map.values().for_each(|v| refs(v, out));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(found.len() > 50, "{} references", found.len());
+        for r in found {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or(&r);
+            assert!(schemas.contains_key(name), "{r} is not a component");
+        }
+        // Enums typed on the real types keep their wire spellings.
+        assert_eq!(schemas["EntryKind"]["enum"][2], "transfer_debit");
+        assert_eq!(schemas["PaymentState"]["enum"][2], "needs_review");
+        assert_eq!(schemas["Circuit"]["enum"], serde_json::json!(["closed", "open", "half_open"]));
+        assert_eq!(schemas["MaskedPaymentMethod"]["properties"]["type"]["enum"], serde_json::json!(["card", "iban"]));
+    }
 }

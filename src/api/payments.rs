@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
@@ -15,13 +15,47 @@ use super::{
     error::{gateway_unavailable, ApiError},
     extract::{self, json_body, PageQuery},
     idempotency::Idempotency,
-    openapi::schemas::{self as doc, IdempotencyHeader, PageParams, PaymentPath, PaymentStateQuery, UserPath},
+    openapi::schemas::{
+        self as doc, AdminsOnly, GatewayUnavailable, IdempotencyHeader, OthersData, PageParams, PaymentPath,
+        PaymentStateQuery, UserPath,
+    },
     AppState,
 };
 use crate::{
-    domain::{Caller, RoutableId},
+    domain::Caller,
+    gateways::breaker::Circuit,
     payments::{method::PaymentMethod, state::State as PaymentState, store, PaymentKind},
 };
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PaymentPage {
+    data: Vec<store::PaymentView>,
+    /// Pass back as `cursor` for the next page; `null` on the last page.
+    #[schema(value_type = Option<String>)]
+    next_cursor: Option<uuid::Uuid>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GatewayHealth {
+    #[schema(example = "gateway_a")]
+    gateway: String,
+    /// `json` (gateway A's protocol) or `xml` (gateway B's).
+    #[schema(example = "json")]
+    protocol: &'static str,
+    circuit: Circuit,
+    /// Failed share of the recent calls, 0 to 1 (0 with no calls).
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    recent_error_rate: f64,
+    /// How many recent calls the rate is over (at most 50).
+    recent_calls: usize,
+    /// Payments of this gateway not final yet, over every shard.
+    in_flight: i64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GatewayList {
+    data: Vec<GatewayHealth>,
+}
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewPayment {
@@ -36,7 +70,7 @@ pub struct NewPayment {
     #[schema(example = "gateway_a")]
     gateway: String,
     #[serde(default)]
-    #[schema(value_type = doc::PaymentMethodInput, required = true)]
+    #[schema(value_type = PaymentMethod, required = true)]
     payment_method: serde_json::Value,
 }
 
@@ -46,15 +80,13 @@ pub struct NewPayment {
 #[utoipa::path(post, path = "/v1/deposits", tag = "payments", security(("bearer" = [])),
     params(IdempotencyHeader), request_body = NewPayment,
     responses(
-        (status = 202, description = "accepted, pending", body = doc::Payment),
+        (status = 202, description = "accepted, pending", body = store::PaymentView),
         (status = 400, description = "invalid_request, invalid_amount, invalid_payment_method or idempotency_key_missing"),
         (status = 403, description = "forbidden: a user may only deposit to themself"),
         (status = 404, description = "user_not_found or wallet_not_found"),
         (status = 409, description = "idempotency_request_in_progress"),
         (status = 422, description = "gateway_not_found or idempotency_key_reused"),
-        (status = 503, description = "gateway_unavailable: the gateway's circuit is open, retry after Retry-After; \
-                                      or shard_unavailable / busy: retry later (with the same Idempotency-Key)",
-            headers(("Retry-After" = u64, description = "with gateway_unavailable: seconds until a retry can succeed"))),
+        GatewayUnavailable,
     )
 )]
 pub async fn deposit(
@@ -72,15 +104,13 @@ pub async fn deposit(
 #[utoipa::path(post, path = "/v1/withdrawals", tag = "payments", security(("bearer" = [])),
     params(IdempotencyHeader), request_body = NewPayment,
     responses(
-        (status = 202, description = "accepted, pending", body = doc::Payment),
+        (status = 202, description = "accepted, pending", body = store::PaymentView),
         (status = 400, description = "invalid_request, invalid_amount, invalid_payment_method or idempotency_key_missing"),
         (status = 403, description = "forbidden: a user may only withdraw from themself"),
         (status = 404, description = "user_not_found or wallet_not_found"),
         (status = 409, description = "idempotency_request_in_progress"),
         (status = 422, description = "gateway_not_found, insufficient_funds or idempotency_key_reused"),
-        (status = 503, description = "gateway_unavailable: the gateway's circuit is open, retry after Retry-After; \
-                                      or shard_unavailable / busy: retry later (with the same Idempotency-Key)",
-            headers(("Retry-After" = u64, description = "with gateway_unavailable: seconds until a retry can succeed"))),
+        GatewayUnavailable,
     )
 )]
 pub async fn withdraw(
@@ -149,7 +179,7 @@ async fn create(
 #[utoipa::path(get, path = "/v1/payments/{payment_id}", tag = "payments", security(("bearer" = [])),
     params(PaymentPath),
     responses(
-        (status = 200, description = "the payment", body = doc::Payment),
+        (status = 200, description = "the payment", body = store::PaymentView),
         (status = 403, description = "forbidden: another user's payment"),
         (status = 404, description = "payment_not_found"),
     )
@@ -159,10 +189,9 @@ pub async fn get(
     caller: Caller,
     Path(payment_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let not_found = ApiError::payment_not_found;
-    let id = RoutableId::parse(&payment_id).ok_or_else(not_found)?;
-    let client = extract::id_client(&state.router, &id, not_found).await?;
-    let payment = store::get(&client, id.uuid()).await?.ok_or_else(not_found)?;
+    let (id, bucket) = extract::routed(&state.router, &payment_id, ApiError::payment_not_found)?;
+    let client = extract::owner_client(&state.router, bucket).await?;
+    let payment = store::get(&client, id.uuid()).await?.ok_or_else(ApiError::payment_not_found)?;
     if !(caller.is_admin() || caller.subject == payment.view.user_id) {
         return Err(ApiError::forbidden("this payment is not yours"));
     }
@@ -173,9 +202,9 @@ pub async fn get(
 #[utoipa::path(get, path = "/v1/users/{user_id}/payments", tag = "payments", security(("bearer" = [])),
     params(UserPath, PageParams),
     responses(
-        (status = 200, description = "a page of payments", body = doc::PaymentPage),
+        (status = 200, description = "a page of payments", body = PaymentPage),
         (status = 400, description = "invalid_request: a malformed user id, limit or cursor"),
-        (status = 403, description = "forbidden: another user's data"),
+        OthersData,
         (status = 404, description = "user_not_found"),
     )
 )]
@@ -188,36 +217,36 @@ pub async fn list_for_user(
     let (limit, cursor) = (page.limit()?, page.cursor::<uuid::Uuid>()?);
     let (user, client) = extract::visible_user(&state, &caller, &user_id, true).await?;
     let (data, next) = store::list(&client, &user, limit, cursor).await?;
-    Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
+    Ok(Json(PaymentPage { data, next_cursor: next }).into_response())
 }
 
 /// Each gateway's breaker state, recent error rate and payments in flight (admin only).
 #[utoipa::path(get, path = "/v1/admin/gateways", tag = "admin", security(("bearer" = [])),
     responses(
-        (status = 200, description = "every configured gateway", body = doc::GatewayList),
-        (status = 403, description = "forbidden: admins only"),
+        (status = 200, description = "every configured gateway", body = GatewayList),
+        AdminsOnly,
     )
 )]
 pub async fn admin_gateways(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     require_admin(&caller)?;
     let in_flight = state.payments.in_flight().await?;
-    let data: Vec<_> = state
+    let data = state
         .payments
         .gateways
         .iter()
         .map(|g| {
             let (rate, calls) = g.breaker.error_rate();
-            json!({
-                "gateway": g.name,
-                "protocol": g.protocol,
-                "circuit": g.breaker.circuit(),
-                "recent_error_rate": rate,
-                "recent_calls": calls,
-                "in_flight": in_flight.get(&g.name).copied().unwrap_or(0),
-            })
+            GatewayHealth {
+                gateway: g.name.clone(),
+                protocol: g.protocol.as_str(),
+                circuit: g.breaker.circuit(),
+                recent_error_rate: rate,
+                recent_calls: calls,
+                in_flight: in_flight.get(&g.name).copied().unwrap_or(0),
+            }
         })
         .collect();
-    Ok(Json(json!({ "data": data })).into_response())
+    Ok(Json(GatewayList { data }).into_response())
 }
 
 /// Payments in one state over every shard, newest first (admin only); by default those
@@ -225,9 +254,9 @@ pub async fn admin_gateways(State(state): State<AppState>, caller: Caller) -> Re
 #[utoipa::path(get, path = "/v1/admin/payments", tag = "admin", security(("bearer" = [])),
     params(PaymentStateQuery, PageParams),
     responses(
-        (status = 200, description = "a page of payments", body = doc::PaymentPage),
+        (status = 200, description = "a page of payments", body = PaymentPage),
         (status = 400, description = "invalid_request: an unknown state, a malformed limit or cursor"),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
     )
 )]
 pub async fn admin_list(
@@ -251,13 +280,24 @@ pub async fn admin_list(
         |client| async move { store::list_in_state(&client, wanted, limit + 1, cursor).await },
     )
     .await?;
-    Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
+    Ok(Json(PaymentPage { data, next_cursor: next }).into_response())
 }
 
-#[derive(Deserialize)]
-struct Resolution {
-    outcome: String,
+/// `POST /v1/admin/payments/{payment_id}/resolve`: an operator's decision.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = PaymentResolution)]
+pub struct Resolution {
+    outcome: ResolutionOutcome,
+    /// Why (kept with the payment), 1-1000 characters.
+    #[schema(example = "confirmed paid in the gateway's dashboard")]
     note: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolutionOutcome {
+    Succeeded,
+    Failed,
 }
 
 /// An operator settles a payment still pending — typically one in `needs_review` —
@@ -265,11 +305,11 @@ struct Resolution {
 /// the debit), `failed` releases a withdrawal's hold. Needs an Idempotency-Key; a final
 /// payment is `409 payment_final`.
 #[utoipa::path(post, path = "/v1/admin/payments/{payment_id}/resolve", tag = "admin", security(("bearer" = [])),
-    params(PaymentPath, IdempotencyHeader), request_body = doc::PaymentResolution,
+    params(PaymentPath, IdempotencyHeader), request_body = Resolution,
     responses(
-        (status = 200, description = "resolved", body = doc::Payment),
+        (status = 200, description = "resolved", body = store::PaymentView),
         (status = 400, description = "invalid_request (outcome, note) or idempotency_key_missing"),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
         (status = 404, description = "payment_not_found"),
         (status = 409, description = "payment_final: already succeeded or failed; or idempotency_request_in_progress"),
         (status = 422, description = "idempotency_key_reused"),
@@ -283,14 +323,9 @@ pub async fn admin_resolve(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     require_admin(&caller)?;
-    let id = RoutableId::parse(&payment_id).ok_or_else(ApiError::payment_not_found)?;
-    state.router.for_id(&id).map_err(|_| ApiError::payment_not_found())?;
+    let (id, bucket) = extract::routed(&state.router, &payment_id, ApiError::payment_not_found)?;
     let (raw, req): (_, Resolution) = json_body(&body)?;
-    let succeeded = match req.outcome.as_str() {
-        "succeeded" => true,
-        "failed" => false,
-        _ => return Err(ApiError::invalid_request("outcome must be succeeded or failed")),
-    };
+    let succeeded = matches!(req.outcome, ResolutionOutcome::Succeeded);
     let note = req.note.trim();
     if note.is_empty() || note.chars().count() > 1000 {
         return Err(ApiError::invalid_request("note must be 1-1000 characters: say why"));
@@ -299,7 +334,7 @@ pub async fn admin_resolve(
     let idem = Idempotency::from_request(&caller, &headers, "POST", &path, &raw)?;
     let timing = state.payments.timing(std::time::Duration::ZERO);
     let (response, _) = idem
-        .run(&state.router, u32::from(id.bucket()), StatusCode::OK, async |tx| {
+        .run(&state.router, bucket, StatusCode::OK, async |tx| {
             store::resolve(tx, id.uuid(), succeeded, &caller.subject, note, timing).await
         })
         .await?;

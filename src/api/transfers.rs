@@ -7,8 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::{
     auth::require_admin,
@@ -16,7 +15,9 @@ use super::{
     error::ApiError,
     extract::{self, json_body, PageQuery},
     idempotency::Idempotency,
-    openapi::schemas::{self as doc, IdempotencyHeader, PageParams, TransferPath, TransferStateQuery, UserPath},
+    openapi::schemas::{
+        self as doc, AdminsOnly, IdempotencyHeader, OthersData, PageParams, TransferPath, TransferStateQuery, UserPath,
+    },
     AppState,
 };
 use crate::{
@@ -24,6 +25,14 @@ use crate::{
     ledger::{local::TransferRequest, queries},
     transfer::{self, admission::Overloaded},
 };
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TransferPage {
+    data: Vec<queries::TransferView>,
+    /// Pass back as `cursor` for the next page; `null` on the last page.
+    #[schema(value_type = Option<String>)]
+    next_cursor: Option<uuid::Uuid>,
+}
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewTransfer {
@@ -140,8 +149,8 @@ pub async fn get(
     Path(transfer_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found("transfer_not_found", "transfer not found");
-    let id = RoutableId::parse(&transfer_id).ok_or_else(not_found)?;
-    let client = extract::id_client(&state.router, &id, not_found).await?;
+    let (id, bucket) = extract::routed(&state.router, &transfer_id, not_found)?;
+    let client = extract::owner_client(&state.router, bucket).await?;
     let view = queries::get_transfer(&client, id.uuid()).await?;
     if !(caller.is_admin() || caller.subject == view.from_user_id || caller.subject == view.to_user_id) {
         return Err(ApiError::forbidden("you are not a party to this transfer"));
@@ -153,8 +162,8 @@ pub async fn get(
 #[utoipa::path(get, path = "/v1/users/{user_id}/transfers", tag = "transfers", security(("bearer" = [])),
     params(UserPath, PageParams),
     responses(
-        (status = 200, description = "a page of transfers", body = doc::TransferPage),
-        (status = 403, description = "forbidden: another user's data"),
+        (status = 200, description = "a page of transfers", body = TransferPage),
+        OthersData,
         (status = 404, description = "user_not_found"),
     )
 )]
@@ -167,7 +176,7 @@ pub async fn list_for_user(
     let (limit, cursor) = (page.limit()?, page.cursor::<uuid::Uuid>()?);
     let (user, client) = extract::visible_user(&state, &caller, &user_id, true).await?;
     let (data, next) = queries::user_transfers(&client, &user, limit, cursor).await?;
-    Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
+    Ok(Json(TransferPage { data, next_cursor: next }).into_response())
 }
 
 /// Cross-shard and same-shard transfers over every shard by state, newest first (admin
@@ -175,9 +184,9 @@ pub async fn list_for_user(
 #[utoipa::path(get, path = "/v1/admin/transfers", tag = "admin", security(("bearer" = [])),
     params(TransferStateQuery, PageParams),
     responses(
-        (status = 200, description = "a page of transfers", body = doc::TransferPage),
+        (status = 200, description = "a page of transfers", body = TransferPage),
         (status = 400, description = "invalid_request: an unknown state, a malformed limit or cursor"),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
     )
 )]
 pub async fn admin_list(
@@ -199,7 +208,7 @@ pub async fn admin_list(
         |client| async move { queries::transfers_in_state(&client, wanted, limit + 1, cursor).await },
     )
     .await?;
-    Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
+    Ok(Json(TransferPage { data, next_cursor: next }).into_response())
 }
 
 /// Re-emits the stage a cross-shard transfer's state calls for and clears its stuck
@@ -208,7 +217,7 @@ pub async fn admin_list(
     params(TransferPath),
     responses(
         (status = 202, description = "the stage was queued again", body = queries::TransferView),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
         (status = 404, description = "transfer_not_found"),
         (status = 409, description = "transfer_final: completed, same-shard, or its cancel acknowledged"),
     )

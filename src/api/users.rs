@@ -6,21 +6,42 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde::Deserialize;
-use serde_json::json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::{
     auth::require_admin,
     error::ApiError,
     extract::{self, json_body, PageQuery},
     idempotency::Idempotency,
-    openapi::schemas::{self as doc, CurrencyPath, EntryPath, IdempotencyHeader, PageParams, UserPath},
+    openapi::schemas::{
+        self as doc, AdminsOnly, CurrencyPath, EntryPath, IdempotencyHeader, OthersData, PageParams, UserPath,
+    },
     AppState,
 };
 use crate::{
-    domain::{Caller, RoutableId},
+    domain::Caller,
     ledger::{accounts, local, queries},
 };
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UserWithWallets {
+    user_id: String,
+    created_at: DateTime<Utc>,
+    wallets: Vec<queries::WalletView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WalletList {
+    data: Vec<queries::WalletView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EntryPage {
+    data: Vec<queries::EntryView>,
+    /// Pass back as `cursor` for the next page; `null` on the last page.
+    next_cursor: Option<String>,
+}
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewUser {
@@ -32,8 +53,8 @@ pub struct NewUser {
 #[utoipa::path(post, path = "/v1/users", tag = "users", security(("bearer" = [])),
     request_body = NewUser,
     responses(
-        (status = 201, description = "created", body = doc::User),
-        (status = 403, description = "forbidden: admins only"),
+        (status = 201, description = "created", body = accounts::UserView),
+        AdminsOnly,
         (status = 409, description = "user_exists"),
     )
 )]
@@ -50,8 +71,8 @@ pub async fn create_user(State(state): State<AppState>, caller: Caller, body: By
 /// A user and their wallets.
 #[utoipa::path(get, path = "/v1/users/{user_id}", tag = "users", security(("bearer" = [])), params(UserPath),
     responses(
-        (status = 200, description = "the user", body = doc::UserWithWallets),
-        (status = 403, description = "forbidden: another user's data"),
+        (status = 200, description = "the user", body = UserWithWallets),
+        OthersData,
         (status = 404, description = "user_not_found"),
     )
 )]
@@ -63,7 +84,7 @@ pub async fn get_user(
     let (user, client) = extract::visible_user(&state, &caller, &user_id, false).await?;
     let (view, wallets) =
         futures::try_join!(accounts::get_user(&client, &user), queries::list_wallets(&client, &user))?;
-    Ok(Json(json!({ "user_id": view.user_id, "created_at": view.created_at, "wallets": wallets })).into_response())
+    Ok(Json(UserWithWallets { user_id: view.user_id, created_at: view.created_at, wallets }).into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -76,8 +97,8 @@ pub struct NewWallet {
 #[utoipa::path(post, path = "/v1/users/{user_id}/wallets", tag = "users", security(("bearer" = [])),
     params(UserPath), request_body = NewWallet,
     responses(
-        (status = 201, description = "created", body = doc::Wallet),
-        (status = 403, description = "forbidden: admins only"),
+        (status = 201, description = "created", body = queries::WalletView),
+        AdminsOnly,
         (status = 404, description = "user_not_found"),
         (status = 409, description = "wallet_exists"),
     )
@@ -101,8 +122,8 @@ pub async fn create_wallet(
 /// A user's wallets.
 #[utoipa::path(get, path = "/v1/users/{user_id}/wallets", tag = "users", security(("bearer" = [])), params(UserPath),
     responses(
-        (status = 200, description = "the wallets", body = doc::WalletList),
-        (status = 403, description = "forbidden: another user's data"),
+        (status = 200, description = "the wallets", body = WalletList),
+        OthersData,
         (status = 404, description = "user_not_found"),
     )
 )]
@@ -112,15 +133,15 @@ pub async fn list_wallets(
     Path(user_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (user, client) = extract::visible_user(&state, &caller, &user_id, true).await?;
-    Ok(Json(json!({ "data": queries::list_wallets(&client, &user).await? })).into_response())
+    Ok(Json(WalletList { data: queries::list_wallets(&client, &user).await? }).into_response())
 }
 
 /// One wallet: balance, held and available.
 #[utoipa::path(get, path = "/v1/users/{user_id}/wallets/{currency}", tag = "users", security(("bearer" = [])),
     params(UserPath, CurrencyPath),
     responses(
-        (status = 200, description = "the wallet", body = doc::Wallet),
-        (status = 403, description = "forbidden: another user's data"),
+        (status = 200, description = "the wallet", body = queries::WalletView),
+        OthersData,
         (status = 404, description = "user_not_found or wallet_not_found"),
     )
 )]
@@ -138,8 +159,8 @@ pub async fn get_wallet(
 #[utoipa::path(get, path = "/v1/users/{user_id}/wallets/{currency}/entries", tag = "users",
     security(("bearer" = [])), params(UserPath, CurrencyPath, PageParams),
     responses(
-        (status = 200, description = "a page of entries", body = doc::EntryPage),
-        (status = 403, description = "forbidden: another user's data"),
+        (status = 200, description = "a page of entries", body = EntryPage),
+        OthersData,
         (status = 404, description = "user_not_found or wallet_not_found"),
     )
 )]
@@ -154,7 +175,7 @@ pub async fn entries(
     let cursor = page.cursor::<i64>()?;
     let (user, client) = extract::visible_user(&state, &caller, &user_id, false).await?;
     let (data, next) = queries::entries_page(&client, &user, &currency, limit, cursor).await?;
-    Ok(Json(json!({ "data": data, "next_cursor": next.map(|n| n.to_string()) })).into_response())
+    Ok(Json(EntryPage { data, next_cursor: next.map(|n| n.to_string()) }).into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -178,7 +199,7 @@ pub struct Adjustment {
     responses(
         (status = 201, description = "applied", body = local::AdjustmentView),
         (status = 400, description = "invalid_request, invalid_amount or idempotency_key_missing"),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
         (status = 404, description = "user_not_found or wallet_not_found"),
         (status = 409, description = "idempotency_request_in_progress"),
         (status = 422, description = "insufficient_funds or idempotency_key_reused"),
@@ -212,9 +233,9 @@ pub async fn adjust(
 #[utoipa::path(post, path = "/v1/entries/{entry_id}/reversal", tag = "admin", security(("bearer" = [])),
     params(EntryPath, IdempotencyHeader),
     responses(
-        (status = 201, description = "reversed", body = doc::Reversal),
+        (status = 201, description = "reversed", body = local::ReversalView),
         (status = 400, description = "idempotency_key_missing or invalid_request"),
-        (status = 403, description = "forbidden: admins only"),
+        AdminsOnly,
         (status = 404, description = "not_found: no such entry"),
         (status = 409, description = "already_reversed or idempotency_request_in_progress"),
         (status = 422, description = "not_reversible, insufficient_funds or idempotency_key_reused"),
@@ -227,11 +248,9 @@ pub async fn reverse_entry(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_admin(&caller)?;
-    let id = RoutableId::parse(&entry_id).ok_or_else(|| ApiError::not_found("not_found", "no such entry"))?;
+    let (id, bucket) = extract::routed(&state.router, &entry_id, || ApiError::not_found("not_found", "no such entry"))?;
     let path = format!("/v1/entries/{id}/reversal");
     let idem = Idempotency::from_request(&caller, &headers, "POST", &path, &serde_json::Value::Null)?;
-    state.router.for_id(&id).map_err(|_| ApiError::not_found("not_found", "no such entry"))?;
-    let bucket = u32::from(id.bucket());
     let (response, _) =
         idem.run(&state.router, bucket, StatusCode::CREATED, async |tx| local::reverse(tx, &id).await).await?;
     Ok(response)

@@ -4,18 +4,50 @@
 //! gateway clients, which send it.
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A card (12-19 digits passing the Luhn check; spaces are ignored) or an IBAN
+/// (passing its mod-97 check; spaces are ignored).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
+#[schema(as = PaymentMethodInput)]
 pub enum PaymentMethod {
-    Card { number: String },
-    Iban { iban: String },
+    Card {
+        #[schema(example = "4242 4242 4242 4242")]
+        number: String,
+    },
+    Iban {
+        #[schema(example = "DE89 3704 0044 0532 0130 00")]
+        iban: String,
+    },
 }
 
-/// What responses and logs show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodType {
+    Card,
+    Iban,
+}
+
+impl MethodType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Card => "card",
+            Self::Iban => "iban",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Card, Self::Iban].into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+/// The payment method as responses and logs show it: its type and last four characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = MaskedPaymentMethod)]
 pub struct MaskedMethod {
     #[serde(rename = "type")]
-    pub kind: String,
+    #[schema(inline)]
+    pub kind: MethodType,
+    #[schema(example = "4242")]
     pub last4: String,
 }
 
@@ -26,7 +58,7 @@ pub struct InvalidMethod(pub &'static str);
 impl std::fmt::Debug for PaymentMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let m = self.masked();
-        write!(f, "{}(…{})", m.kind, m.last4)
+        write!(f, "{}(…{})", m.kind.as_str(), m.last4)
     }
 }
 
@@ -61,11 +93,15 @@ impl PaymentMethod {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub fn method_type(&self) -> MethodType {
         match self {
-            Self::Card { .. } => "card",
-            Self::Iban { .. } => "iban",
+            Self::Card { .. } => MethodType::Card,
+            Self::Iban { .. } => MethodType::Iban,
         }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.method_type().as_str()
     }
 
     /// The full number (card number or IBAN), for the gateway call only.
@@ -78,7 +114,7 @@ impl PaymentMethod {
 
     pub fn masked(&self) -> MaskedMethod {
         let s = self.secret();
-        MaskedMethod { kind: self.kind().into(), last4: s[s.len().saturating_sub(4)..].to_string() }
+        MaskedMethod { kind: self.method_type(), last4: s[s.len().saturating_sub(4)..].to_string() }
     }
 }
 
@@ -130,10 +166,13 @@ mod tests {
     #[test]
     fn cards_pass_luhn_and_ibans_pass_mod_97() {
         let card = PaymentMethod::parse(&json!({"type": "card", "number": "4242 4242 4242 4242"})).unwrap();
-        assert_eq!(card.masked(), MaskedMethod { kind: "card".into(), last4: "4242".into() });
+        assert_eq!(card.masked(), MaskedMethod { kind: MethodType::Card, last4: "4242".into() });
+        // Responses and idempotency fingerprints carry this form.
+        assert_eq!(serde_json::to_value(card.masked()).expect("json"), json!({"type": "card", "last4": "4242"}));
         assert!(PaymentMethod::parse(&json!({"type": "card", "number": "4242424242424241"})).is_err());
         let iban = PaymentMethod::parse(&json!({"type": "iban", "iban": "DE89 3704 0044 0532 0130 00"})).unwrap();
         assert_eq!(iban.masked().last4, "3000");
+        assert_eq!(MethodType::parse(iban.kind()), Some(MethodType::Iban));
         assert!(PaymentMethod::parse(&json!({"type": "iban", "iban": "DE88370400440532013000"})).is_err());
         for bad in [json!({"type": "cash"}), json!({"number": "4242424242424242"}), json!("x"), json!({"type": "card"})]
         {

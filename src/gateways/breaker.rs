@@ -10,7 +10,7 @@ use std::{
 
 const RECENT: usize = 50;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Circuit {
     Closed,
@@ -159,5 +159,13 @@ mod tests {
         let (rate, n) = b.error_rate();
         assert_eq!(n, 5);
         assert!((rate - 0.8).abs() < 1e-9);
+    }
+
+    /// The admin view's `circuit` and the gauge's `state` label spell a circuit alike.
+    #[test]
+    fn circuits_serialise_as_their_labels() {
+        for circuit in Circuit::ALL {
+            assert_eq!(serde_json::to_value(circuit).expect("json"), circuit.as_str());
+        }
     }
 }

@@ -7,7 +7,8 @@ use num_bigint::BigInt;
 use super::{posting::System, queries::WalletView, Error, Result};
 use crate::domain::{Currency, UserId};
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = User)]
 pub struct UserView {
     pub user_id: String,
     pub created_at: DateTime<Utc>,

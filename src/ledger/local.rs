@@ -156,7 +156,8 @@ pub async fn transfer(tx: &Transaction<'_>, req: &TransferRequest<'_>) -> Result
     Ok(TransferView::from_row(&row))
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Reversal)]
 pub struct ReversalView {
     pub posting_id: Uuid,
     pub reverses_entry_id: Uuid,
@@ -164,7 +165,7 @@ pub struct ReversalView {
     pub entries: Vec<ReversalEntry>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ReversalEntry {
     pub entry_id: Uuid,
     pub amount: String,

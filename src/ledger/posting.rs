@@ -68,16 +68,21 @@ impl System {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Entries show their posting's kind: the API's `EntryKind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = EntryKind)]
 pub enum Kind {
     Adjustment,
     Transfer,
     TransferDebit,
     TransferCredit,
     Reversal,
-    /// A deposit through a payment gateway: clearing -> wallet.
+    /// A deposit through a payment gateway (clearing -> wallet), credited when the
+    /// gateway confirms it.
     Deposit,
-    /// A withdrawal through a payment gateway: wallet -> clearing.
+    /// A withdrawal through a payment gateway (wallet -> clearing), debited when the
+    /// gateway confirms it.
     Withdrawal,
 }
 
@@ -94,18 +99,18 @@ impl Kind {
         }
     }
 
+    pub const ALL: [Kind; 7] = [
+        Kind::Adjustment,
+        Kind::Transfer,
+        Kind::TransferDebit,
+        Kind::TransferCredit,
+        Kind::Reversal,
+        Kind::Deposit,
+        Kind::Withdrawal,
+    ];
+
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            Kind::Adjustment,
-            Kind::Transfer,
-            Kind::TransferDebit,
-            Kind::TransferCredit,
-            Kind::Reversal,
-            Kind::Deposit,
-            Kind::Withdrawal,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == text)
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
     }
 }
 
@@ -206,4 +211,18 @@ pub async fn post(tx: &Transaction<'_>, posting: Posting<'_>) -> Result<(Uuid, V
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((posting_id, entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kind;
+
+    /// An entry's `kind` in the API is the string stored in `postings.kind`.
+    #[test]
+    fn kinds_serialise_as_they_are_stored() {
+        for kind in Kind::ALL {
+            assert_eq!(serde_json::to_value(kind).expect("json"), kind.as_str());
+            assert_eq!(Kind::parse(kind.as_str()), Some(kind));
+        }
+    }
 }

@@ -5,15 +5,20 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{accounts, Error, Result};
+use super::{accounts, posting::Kind, Error, Result};
 use crate::domain::{Currency, UserId};
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Wallet)]
 pub struct WalletView {
     pub user_id: String,
     pub currency: String,
+    /// Minor units, as a string.
+    #[schema(example = "5000")]
     pub balance: String,
+    /// Held for cross-shard transfers in flight.
     pub held: String,
+    /// `balance - held`.
     pub available: String,
     pub updated_at: DateTime<Utc>,
 }
@@ -46,12 +51,17 @@ pub async fn list_wallets(client: &impl GenericClient, user: &UserId) -> Result<
     Ok(client.cached_query(&sql, &[&user.as_str()]).await?.iter().map(WalletView::from_row).collect())
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Entry)]
 pub struct EntryView {
     pub entry_id: Uuid,
-    pub kind: String,
+    pub kind: Kind,
+    /// Signed minor units: negative for a debit.
+    #[schema(example = "-1000")]
     pub amount: String,
     pub balance_after: Option<String>,
+    /// The transfer id, for transfer entries; the payment id, for deposit and
+    /// withdrawal entries.
     pub reference: Option<Uuid>,
     pub posting_id: Uuid,
     pub created_at: DateTime<Utc>,
@@ -86,19 +96,22 @@ pub async fn entries_page(
         )
         .await?;
     let more = rows.len() as i64 > limit;
-    let page: Vec<EntryView> = rows
+    let page = rows
         .iter()
         .take(limit as usize)
-        .map(|r| EntryView {
-            entry_id: r.get(1),
-            kind: r.get(2),
-            amount: r.get(3),
-            balance_after: r.get(4),
-            reference: r.get(5),
-            posting_id: r.get(6),
-            created_at: r.get(7),
+        .map(|r| {
+            let kind: &str = r.get(2);
+            Ok(EntryView {
+                entry_id: r.get(1),
+                kind: Kind::parse(kind).ok_or_else(|| Error::Invariant(format!("posting kind {kind}")))?,
+                amount: r.get(3),
+                balance_after: r.get(4),
+                reference: r.get(5),
+                posting_id: r.get(6),
+                created_at: r.get(7),
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     let next = if more { rows.get(limit as usize - 1).map(|r| r.get(0)) } else { None };
     Ok((page, next))
 }

@@ -19,7 +19,10 @@ use serde::Serialize;
 use super::{accounts::parse_numeric, Result};
 use crate::sharding::Router;
 
-#[derive(Debug, Clone, Serialize)]
+// The OpenAPI schemas (`AuditReport`, `ShardAudit`, `TransitAudit`) are derived on
+// these types, so the document shows what is sent.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = AuditReport)]
 pub struct Report {
     pub ok: bool,
     pub shards: Vec<ShardReport>,
@@ -30,7 +33,8 @@ pub struct Report {
     pub cross_shard: CrossShardReport,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ShardAudit)]
 pub struct ShardReport {
     pub shard: String,
     pub wallets: i64,
@@ -46,7 +50,8 @@ pub struct ShardReport {
 /// A shard's transit account in one currency: the sender's leg of each of its outgoing
 /// cross-shard transfers that is `confirming` or `completed` credits it, the receiver's
 /// leg of each incoming one it has `confirmed` debits it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = TransitAudit)]
 pub struct Transit {
     pub balance: String,
     /// Amounts of this shard's outgoing transfers that are `confirming` or `completed`.

@@ -14,7 +14,8 @@ use rdkafka::{
 use super::{auth, consumer::committed, kafka};
 use crate::config::KafkaSettings;
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = DeadLetters)]
 pub struct DeadLetterCounts {
     pub topic: String,
     /// Messages ever dead-lettered (still retained by the broker).

@@ -7,7 +7,7 @@ use aes_gcm::{
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-pub use crate::domain::payment_method::{MaskedMethod, PaymentMethod};
+pub use crate::domain::payment_method::{MaskedMethod, MethodType, PaymentMethod};
 
 /// Seals and opens payment methods, and fingerprints them for idempotency keys.
 #[derive(Clone)]

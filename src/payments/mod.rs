@@ -34,7 +34,8 @@ use crate::{
 use state::{Event, Step};
 use store::Timing;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum PaymentKind {
     Deposit,
     Withdrawal,
@@ -132,7 +133,9 @@ impl Payments {
         }
         let step = store::transition(&tx, &row, &Event::Answer(event.outcome), self.timing(Duration::ZERO)).await?;
         let note = match step {
-            Step::Contradiction => Some(format!("contradicts the final state '{}'; not applied", row.state.as_str())),
+            Step::Contradiction => {
+                Some(format!("contradicts the final state '{}'; not applied", row.view.state.as_str()))
+            }
             Step::Ignore => Some("changes nothing".to_string()),
             _ => None,
         };

@@ -31,8 +31,12 @@
 //! status query) and go through the same table: a repeated answer is ignored, an answer
 //! contradicting a final state is kept for operators and not applied.
 
-/// `payments.state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The internal state: `created`, `submitted` and `needs_review` are all `pending`.
+/// `needs_review`: the deadline passed while the gateway may hold the payment; the hold
+/// is kept until the gateway answers or an operator resolves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = PaymentState)]
 pub enum State {
     Created,
     Submitted,
@@ -59,17 +63,27 @@ impl State {
     }
 
     /// What clients see.
-    pub fn status(self) -> &'static str {
+    pub fn status(self) -> Status {
         match self {
-            Self::Created | Self::Submitted | Self::NeedsReview => "pending",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
+            Self::Created | Self::Submitted | Self::NeedsReview => Status::Pending,
+            Self::Succeeded => Status::Succeeded,
+            Self::Failed => Status::Failed,
         }
     }
 
     pub fn is_final(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed)
     }
+}
+
+/// What clients see of a payment's state: the in-flight states are all `pending`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = PaymentStatus)]
+pub enum Status {
+    Pending,
+    Succeeded,
+    Failed,
 }
 
 pub use crate::gateways::Outcome;
@@ -296,8 +310,10 @@ mod tests {
         }
         for state in State::ALL {
             assert_eq!(State::parse(state.as_str()), Some(state));
+            // The API's `state` is the string stored in `payments.state`.
+            assert_eq!(serde_json::to_value(state).expect("json"), state.as_str());
         }
-        assert_eq!(State::Submitted.status(), "pending");
-        assert_eq!(State::NeedsReview.status(), "pending");
+        assert_eq!(State::Submitted.status(), Status::Pending);
+        assert_eq!(State::NeedsReview.status(), Status::Pending);
     }
 }

@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use super::{
     ledger as legs,
-    method::{MaskedMethod, PaymentMethod},
+    method::{MaskedMethod, MethodType, PaymentMethod},
     outbox,
-    state::{self, Event, State, Step},
+    state::{self, Event, State, Status, Step},
     PaymentKind,
 };
 use crate::{
@@ -20,35 +20,38 @@ use crate::{
     ledger::{accounts, Error, Result},
 };
 
-/// What the API shows.
-#[derive(Debug, Clone, serde::Serialize)]
+// What the API shows; its OpenAPI schema (`Payment`) is derived here, so it cannot
+// drift from what is sent.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Payment)]
 pub struct PaymentView {
     pub payment_id: Uuid,
-    pub kind: String,
+    pub kind: PaymentKind,
     pub user_id: String,
     pub currency: String,
+    /// Minor units, as a string.
+    #[schema(example = "5000")]
     pub amount: String,
+    #[schema(example = "gateway_a")]
     pub gateway: String,
-    pub status: &'static str,
-    /// The internal state: `created`, `submitted`, `needs_review` (all three `pending`),
-    /// `succeeded` or `failed`.
-    pub state: &'static str,
+    pub status: Status,
+    pub state: State,
+    /// Why it failed (the gateway's decline reason, `expired`, `resolved_failed`, ...).
     pub reason: Option<String>,
+    /// The gateway's id for the payment, once it has one.
     pub gateway_reference: Option<String>,
     pub payment_method: MaskedMethod,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
-    /// The operator who settled it by hand, and their note.
+    /// The operator who resolved it by hand (the token's subject), and their note.
     pub resolved_by: Option<String>,
     pub resolution_note: Option<String>,
 }
 
-/// A payment as the workers need it: what the API shows, plus its parsed state and
-/// kind, its deadline and the sealed method (never serialised).
+/// A payment as the workers need it: what the API shows (with its parsed state and
+/// kind), plus its deadline and the sealed method (never serialised).
 pub struct PaymentRow {
-    pub kind: PaymentKind,
-    pub state: State,
     pub sealed: Option<Vec<u8>>,
     pub deadline: DateTime<Utc>,
     pub view: PaymentView,
@@ -59,29 +62,32 @@ const COLUMNS: &str = "payment_id, kind, user_id, currency, amount::text, gatewa
      resolution_note";
 
 fn parse_row(row: &Row) -> Result<PaymentRow> {
-    let state_text: String = row.get(6);
-    let state = State::parse(&state_text).ok_or_else(|| Error::Invariant(format!("payment state {state_text}")))?;
-    let kind_text: String = row.get(1);
-    let kind = PaymentKind::parse(&kind_text).ok_or_else(|| Error::Invariant(format!("payment kind {kind_text}")))?;
+    let state_text: &str = row.get(6);
+    let state = State::parse(state_text).ok_or_else(|| Error::Invariant(format!("payment state {state_text}")))?;
+    let kind_text: &str = row.get(1);
+    let kind = PaymentKind::parse(kind_text).ok_or_else(|| Error::Invariant(format!("payment kind {kind_text}")))?;
+    let method_text: &str = row.get(9);
+    let method =
+        MethodType::parse(method_text).ok_or_else(|| Error::Invariant(format!("payment method {method_text}")))?;
     let view = PaymentView {
         payment_id: row.get(0),
-        kind: kind_text,
+        kind,
         user_id: row.get(2),
         currency: row.get(3),
         amount: row.get(4),
         gateway: row.get(5),
         status: state.status(),
-        state: state.as_str(),
+        state,
         reason: row.get(7),
         gateway_reference: row.get(8),
-        payment_method: MaskedMethod { kind: row.get(9), last4: row.get(10) },
+        payment_method: MaskedMethod { kind: method, last4: row.get(10) },
         created_at: row.get(11),
         updated_at: row.get(12),
         completed_at: row.get(13),
         resolved_by: row.get(16),
         resolution_note: row.get(17),
     };
-    Ok(PaymentRow { kind, state, sealed: row.get(14), deadline: row.get(15), view })
+    Ok(PaymentRow { sealed: row.get(14), deadline: row.get(15), view })
 }
 
 pub struct NewPayment<'a> {
@@ -127,7 +133,7 @@ pub async fn create(tx: &Transaction<'_>, p: &NewPayment<'_>) -> Result<PaymentV
                 &p.currency.as_str(),
                 &amount,
                 &p.gateway,
-                &masked.kind,
+                &masked.kind.as_str(),
                 &masked.last4,
                 &p.sealed,
                 &p.deadline,
@@ -205,9 +211,9 @@ fn millis(d: Duration) -> f64 {
 }
 
 /// Runs one state-machine step on a payment locked in `tx`.
-#[tracing::instrument(skip_all, fields(payment_id = %p.view.payment_id, state = p.state.as_str()))]
+#[tracing::instrument(skip_all, fields(payment_id = %p.view.payment_id, state = p.view.state.as_str()))]
 pub async fn transition(tx: &Transaction<'_>, p: &PaymentRow, event: &Event, timing: Timing) -> Result<Step> {
-    let step = state::step(p.state, event);
+    let step = state::step(p.view.state, event);
     let reference = match event {
         Event::Answer(o) => o.reference().map(str::to_string),
         _ => None,
@@ -243,7 +249,7 @@ pub async fn transition(tx: &Transaction<'_>, p: &PaymentRow, event: &Event, tim
                      method_sealed = CASE WHEN $6 THEN NULL ELSE method_sealed END, queries = queries + 1,
                      updated_at = now(), next_attempt_at = {backoff} WHERE payment_id = $1"
             );
-            let next = state::next(p.state, &step);
+            let next = state::next(p.view.state, &step);
             let drop_method = matches!(step, Step::AwaitAnswer);
             tx.execute(
                 &sql,
@@ -272,7 +278,7 @@ pub async fn transition(tx: &Transaction<'_>, p: &PaymentRow, event: &Event, tim
         }
         Step::Succeed => {
             let currency = Currency::parse(&p.view.currency).map_err(|e| Error::Invariant(e.to_string()))?;
-            match p.kind {
+            match p.view.kind {
                 PaymentKind::Deposit => {
                     let user = UserId::parse(&p.view.user_id).map_err(|e| Error::Invariant(e.to_string()))?;
                     let amount = accounts::parse_numeric(&p.view.amount)?;
@@ -311,7 +317,7 @@ pub async fn resolve(
     timing: Timing,
 ) -> Result<PaymentView> {
     let row = lock(tx, payment_id).await?.ok_or(Error::PaymentNotFound)?;
-    if row.state.is_final() {
+    if row.view.state.is_final() {
         return Err(Error::PaymentFinal);
     }
     transition(tx, &row, &Event::Resolve { succeeded }, timing).await?;

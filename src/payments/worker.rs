@@ -77,7 +77,7 @@ pub async fn submit(payments: &Payments, payment_id: Uuid) -> Result<()> {
         let mut client = shard.client().await?;
         let tx = client.transaction().await?;
         let Some(row) = store::lock(&tx, payment_id).await? else { return Ok(()) };
-        if row.state != State::Created || row.deadline <= chrono::Utc::now() {
+        if row.view.state != State::Created || row.deadline <= chrono::Utc::now() {
             // Submitted or in review: the reconciler asks the gateway; final: nothing to
             // do; past its deadline: the reconciler expires it (a created payment is held
             // by no gateway, so that is safe) rather than send it now.
@@ -141,7 +141,7 @@ async fn call_gateway(
         callback_url: &callback_url,
     };
     gateway
-        .call(|| match row.kind {
+        .call(|| match row.view.kind {
             PaymentKind::Deposit => gateway.client.deposit(&req),
             PaymentKind::Withdrawal => gateway.client.withdraw(&req),
         })

@@ -26,7 +26,8 @@ use crate::{
     sharding::Router,
 };
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = CrossShardAudit)]
 pub struct CrossShardReport {
     /// Outgoing cross-shard transfers debited (`confirming` or `completed`) on all shards.
     pub debited: usize,
