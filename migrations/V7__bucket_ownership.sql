@@ -37,3 +37,7 @@ CREATE INDEX users_by_bucket ON users (bucket);
 CREATE FUNCTION id_bucket(id uuid) RETURNS integer
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     AS $$ SELECT get_byte(uuid_send(id), 10) * 256 + get_byte(uuid_send(id), 11) $$;
+
+-- Instances poll the newest epoch a shard recorded (a cheap index lookup) and read the
+-- whole map only when it grew.
+CREATE INDEX bucket_owners_by_epoch ON bucket_owners (epoch);

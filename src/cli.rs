@@ -84,6 +84,31 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// The cluster's shards: add one, list them, print the current map.
+    Shards {
+        #[command(subcommand)]
+        command: ShardsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ShardsCommand {
+    /// Create (if missing), migrate and record a new shard that owns no bucket yet.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// postgres://user@host:port/db (a password is better given in
+        /// SHARDWALLET_SHARD_<NAME>_PASSWORD: it is never recorded).
+        #[arg(long)]
+        url: String,
+    },
+    /// Every shard with its buckets, users and wallets, the map epoch, and moves in progress.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The current map in shard-map.toml's format.
+    Map,
 }
 
 #[derive(Subcommand)]
@@ -121,7 +146,7 @@ impl Cli {
                 println!("{}", Auth::from_settings(&settings()?.auth).token(&sub, role, parse_ttl(&ttl)?)?);
             }
             Command::Verify { json } => {
-                let router = startup::router(&settings()?)?;
+                let router = startup::current_router(&settings()?).await?;
                 let report = verify::run(&router).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -133,7 +158,7 @@ impl Cli {
                 }
             }
             Command::Testdata { file } => {
-                let router = startup::router(&settings()?)?;
+                let router = startup::current_router(&settings()?).await?;
                 let loaded = crate::testdata::load(&router, &file).await?;
                 println!(
                     "testdata: {} wallet(s) created and funded, {} already present",
@@ -176,6 +201,27 @@ impl Cli {
                         let n = dlq::replay(&settings.kafka, &producer).await?;
                         println!("replayed {n} dead-lettered message(s)");
                     }
+                }
+            }
+            Command::Shards { command } => {
+                let router = startup::current_router(&settings()?).await?;
+                match command {
+                    ShardsCommand::Add { name, url } => {
+                        let epoch = crate::resharding::members::add(&router, &name, &url).await?;
+                        println!(
+                            "shard {name} is a member at map epoch {epoch}; it owns no bucket yet \
+                             (move some with `shardwallet reshard move` or `reshard rebalance`)"
+                        );
+                    }
+                    ShardsCommand::List { json } => {
+                        let cluster = crate::resharding::members::list(&router).await?;
+                        if json {
+                            println!("{}", serde_json::to_string_pretty(&cluster)?);
+                        } else {
+                            print!("{cluster}");
+                        }
+                    }
+                    ShardsCommand::Map => print!("{}", router.layout().map.to_toml()),
                 }
             }
         }
@@ -238,7 +284,7 @@ pub async fn migrate_all(settings: &Settings, accept_new_shard_map: bool) -> any
 }
 
 async fn migrate_one(spec: &crate::sharding::ShardSpec) -> anyhow::Result<()> {
-    ensure_database(&spec.config).await.with_context(|| format!("shard '{}'", spec.name))?;
+    migrate::ensure_database(&spec.config).await.with_context(|| format!("shard '{}'", spec.name))?;
     let applied =
         migrate::run(&spec.name, &spec.config).await.with_context(|| format!("migrating shard '{}'", spec.name))?;
     println!("shard {}: {applied} migration(s) applied", spec.name);
@@ -263,29 +309,6 @@ async fn backfill_buckets(client: &tokio_postgres::Client, buckets: u32) -> anyh
             )
             .await?;
     }
-}
-
-/// Creates the shard's database when its server is up but the database is not there.
-async fn ensure_database(config: &tokio_postgres::Config) -> anyhow::Result<()> {
-    let Some(name) = config.get_dbname() else { return Ok(()) };
-    match config.connect(tokio_postgres::NoTls).await {
-        Ok(_) => return Ok(()),
-        Err(e) if e.code().map(|c| c.code()) != Some("3D000") => return Err(e.into()),
-        Err(_) => {}
-    }
-    let mut admin = config.clone();
-    admin.dbname("postgres");
-    let (client, conn) = admin.connect(tokio_postgres::NoTls).await?;
-    let conn = tokio::spawn(conn);
-    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
-        Ok(()) => println!("created database {name}"),
-        Err(e) if e.code().map(|c| c.code()) == Some("42P04") => {}
-        Err(e) => return Err(e.into()),
-    }
-    drop(client);
-    let _ = conn.await;
-    Ok(())
 }
 
 pub fn parse_ttl(text: &str) -> anyhow::Result<Duration> {

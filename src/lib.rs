@@ -11,7 +11,8 @@
 //! - [`domain`]: parsed value types (`Amount`, `UserId`, `Currency`, `RoutableId`,
 //!   `PaymentMethod`); [`config`]: settings; [`secrets`]: the start-up check of secrets.
 //! - [`telemetry`]: tracing and every metric (plain labels in, no domain types).
-//! - [`sharding`]: `shard-map.toml` and the `Router`, the one place that picks a shard;
+//! - [`sharding`]: `shard-map.toml`, the bucket ownership the shards record
+//!   (`sharding::ownership`) and the `Router`, the one place that picks a shard;
 //!   [`storage`]: migrations, the shard identity check, cached statements.
 //! - [`messaging`]: generic Kafka plumbing: clients, message tags, the transactional
 //!   outbox relay, the consumer loop and its `Handler`, the DLQ, the sampler.
@@ -19,7 +20,8 @@
 //! - [`gateways`]: the gateway trait and `Outcome`, one module per protocol, mocks.
 //! - [`transfer`]: starting transfers; the TCC state machine (`transfer::tcc`); the stage
 //!   worker; the sweeper. [`payments`]: deposits and withdrawals, their state machine
-//!   (`payments::state`), worker and reconciler.
+//!   (`payments::state`), worker and reconciler. [`resharding`]: shards joining the
+//!   cluster and buckets moving between them.
 //! - [`api`]: axum handlers, auth, idempotency, problem+json errors (`api::error`).
 //! - [`startup`]: `Application::build` / `run_until_stopped`; [`testdata`]: the demo
 //!   users; [`bench`]: `shardwallet bench`; [`cli`]: the subcommands.
@@ -32,6 +34,7 @@ pub mod gateways;
 pub mod ledger;
 pub mod messaging;
 pub mod payments;
+pub mod resharding;
 pub mod secrets;
 pub mod sharding;
 pub mod startup;

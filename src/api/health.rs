@@ -115,3 +115,16 @@ pub async fn dead_letters(State(state): State<AppState>, caller: Caller) -> Resu
     let counts = tokio::task::spawn_blocking(move || dlq::counts(&settings)).await.map_err(anyhow::Error::from)??;
     Ok(Json(counts))
 }
+
+/// Every shard of the cluster with its buckets, users and wallets, the map epoch and
+/// any move in progress (admin only); the same as `shardwallet shards list --json`.
+#[utoipa::path(get, path = "/v1/admin/shards", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the cluster", body = crate::resharding::members::Cluster),
+        AdminsOnly,
+    )
+)]
+pub async fn shards(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&caller)?;
+    Ok(Json(crate::resharding::members::list(&state.router).await?))
+}

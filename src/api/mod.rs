@@ -64,6 +64,7 @@ pub fn routes(state: AppState) -> Routes {
         .route("/v1/admin/transfers/{transfer_id}/redrive", post(transfers::admin_redrive))
         .route("/v1/admin/audit", get(health::audit))
         .route("/v1/admin/dead-letters", get(health::dead_letters))
+        .route("/v1/admin/shards", get(health::shards))
         .route("/metrics", get(http_metrics::scrape))
         .merge(openapi::routes())
         .route("/v1/deposits", post(payments::deposit))

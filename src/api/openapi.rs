@@ -62,6 +62,7 @@ use super::{
         users::adjust,
         health::audit,
         health::dead_letters,
+        health::shards,
         payments::admin_gateways,
         transfers::admin_list,
         transfers::admin_redrive,

@@ -103,7 +103,7 @@ pub struct BenchArgs {
 
 pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
     validate(&args)?;
-    let router = startup::router(settings)?;
+    let router = startup::current_router(settings).await?;
     let auth = Auth::from_settings(&settings.auth);
     let http = reqwest::Client::builder().timeout(load::REQUEST_TIMEOUT).build()?;
     let fixture = setup::prepare(&http, &router, &auth, &args).await?;

@@ -47,7 +47,7 @@ pub enum Error {
     #[error("the payment is already final")]
     PaymentFinal,
     #[error(transparent)]
-    Shard(#[from] crate::sharding::Error),
+    Shard(crate::sharding::Error),
     #[error("database: {0}")]
     Db(#[from] tokio_postgres::Error),
     #[error("invariant broken: {0}")]
@@ -62,8 +62,18 @@ impl Error {
             Error::Shard(crate::sharding::Error::Unavailable { .. }) => true,
             // The bucket moved under the work: the next attempt goes to its new owner.
             Error::Shard(shard) if shard.is_moved() => true,
-            Error::Shard(crate::sharding::Error::Db { source, .. }) => crate::storage::is_transient(source),
             _ => false,
+        }
+    }
+}
+
+impl From<crate::sharding::Error> for Error {
+    /// A statement that failed inside the router's checks is classified like any other
+    /// statement (unavailable, lock timeout, conflict).
+    fn from(e: crate::sharding::Error) -> Self {
+        match e {
+            crate::sharding::Error::Db { source, .. } => Error::Db(source),
+            other => Error::Shard(other),
         }
     }
 }

@@ -220,6 +220,30 @@ impl Router {
         }
     }
 
+    /// Asks every shard for the newest epoch it recorded (an index lookup) and refreshes
+    /// when one is newer than the map routed by. Returns whether the map changed.
+    pub async fn refresh_if_newer(&self) -> bool {
+        let current = self.epoch();
+        let shards = self.shards();
+        let newest = futures::future::join_all(shards.iter().map(|shard| async move {
+            let client = shard.client().await.ok()?;
+            let row = client
+                .query_one(
+                    "SELECT greatest((SELECT max(epoch) FROM bucket_owners), (SELECT max(added_epoch) FROM cluster_shards))",
+                    &[],
+                )
+                .await
+                .ok()?;
+            row.get::<_, Option<i64>>(0)
+        }))
+        .await;
+        if newest.into_iter().flatten().any(|epoch| epoch > current) {
+            self.refresh().await
+        } else {
+            false
+        }
+    }
+
     /// Re-reads the map the shards record; keeps the current one when a shard cannot be
     /// read. Returns whether the map changed.
     pub async fn refresh(&self) -> bool {

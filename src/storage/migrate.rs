@@ -33,3 +33,26 @@ async fn run_locked(client: &mut Client) -> anyhow::Result<usize> {
     }
     Ok(report.applied_migrations().len())
 }
+
+/// Creates the shard's database when its server is up but the database is not there.
+pub async fn ensure_database(config: &tokio_postgres::Config) -> anyhow::Result<()> {
+    let Some(name) = config.get_dbname() else { return Ok(()) };
+    match config.connect(tokio_postgres::NoTls).await {
+        Ok(_) => return Ok(()),
+        Err(e) if e.code().map(|c| c.code()) != Some("3D000") => return Err(e.into()),
+        Err(_) => {}
+    }
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let (client, conn) = admin.connect(tokio_postgres::NoTls).await?;
+    let conn = tokio::spawn(conn);
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
+        Ok(()) => println!("created database {name}"),
+        Err(e) if e.code().map(|c| c.code()) == Some("42P04") => {}
+        Err(e) => return Err(e.into()),
+    }
+    drop(client);
+    let _ = conn.await;
+    Ok(())
+}

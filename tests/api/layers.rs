@@ -19,6 +19,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("ledger", 3),
     ("gateways", 4),
     ("transfer", 5),
+    ("resharding", 5),
     ("payments", 5),
     ("api", 6),
     ("startup", 7),

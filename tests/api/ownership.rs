@@ -221,3 +221,56 @@ async fn a_bucket_being_received_answers_503_bucket_moving_and_nothing_is_stored
     // replayed from a stored 503.
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "{:?}", r.text().await);
 }
+
+#[tokio::test]
+async fn a_shard_added_owns_nothing_and_every_instance_learns_it_from_the_shards() {
+    let deployment = Deployment::new().await;
+    let app = deployment.spawn_default().await;
+    let alice = app.user_on_shard("member-alice", 0);
+    app.funded_user(&alice, "EUR", "10").await;
+    // The fourth shard: a database the command creates on the first server.
+    let url = format!("{}_s4", deployment.db_urls[0]);
+    let db = url.rsplit('/').next().expect("db name").to_string();
+    let router = shardwallet::startup::current_router(&app.settings).await.expect("router");
+    let epoch = shardwallet::resharding::members::add(&router, "shard-4", &url).await.expect("add");
+    assert_eq!(epoch, 2);
+    assert_eq!(
+        shardwallet::resharding::members::add(&router, "shard-4", &url).await.expect("re-add"),
+        2,
+        "re-running changes nothing"
+    );
+    let other = format!("{}_other", deployment.db_urls[0]);
+    assert!(shardwallet::resharding::members::add(&router, "shard-4", &other).await.is_err(), "a name is one database");
+
+    // `shards list` / GET /v1/admin/shards: four members, the new one empty.
+    let r = app.get("/v1/admin/shards", &app.admin()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let cluster = body(r).await;
+    assert_eq!(cluster["epoch"], 2);
+    let shards = cluster["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 4);
+    assert_eq!(shards[3]["name"], "shard-4");
+    assert_eq!(shards[3]["bucket_count"], 0);
+    assert_eq!(shards[3]["users"], 0);
+    assert_eq!(shards[0]["users"], 1);
+    assert_eq!(shards[0]["buckets"], json!([RANGES[0]]));
+    let owned: u64 = shards.iter().map(|s| s["bucket_count"].as_u64().expect("count")).sum();
+    assert_eq!(owned, 16384);
+
+    // `shards map` prints a map the file loader accepts, with the same routing.
+    let text = router.layout().map.to_toml();
+    let parsed = shardwallet::sharding::ShardMap::parse(&text, |_| None).expect("printed map parses");
+    assert_eq!(parsed.shards().len(), 4);
+    assert_eq!(parsed.fingerprint(), router.layout().map.fingerprint());
+
+    // A running instance learns the member by polling the shards' epochs.
+    assert!(app.router.refresh_if_newer().await);
+    assert_eq!(app.router.epoch(), 2);
+    assert_eq!(app.router.shards().len(), 4);
+    assert!(!app.router.refresh_if_newer().await, "nothing newer the second time");
+
+    app.stop().await;
+    let server = deployment.db_urls[0].rsplit_once('/').expect("url").0;
+    let admin = connect(&format!("{server}/postgres")).await;
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.expect("drop shard-4");
+}
