@@ -112,9 +112,9 @@ impl Idempotency {
         };
         let stored = tx
             .cached_execute(
-                "INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                &[&self.caller, &self.key.as_str(), &self.fingerprint, &(status.as_u16() as i16), &body],
+                "INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body, bucket)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[&self.caller, &self.key.as_str(), &self.fingerprint, &(status.as_u16() as i16), &body, &(bucket as i32)],
             )
             .await;
         match stored {

@@ -33,6 +33,10 @@ pub enum System {
     /// A payment gateway's clearing account (`clearing:<gateway>`): debited by
     /// deposits, credited by withdrawals. Created on first use (`payments::ledger`).
     Clearing(&'static str),
+    /// Where a posting is split by a bucket move: the legs of a same-shard transfer whose
+    /// two users now live on different shards balance here, on both shards (see
+    /// docs/ARCHITECTURE.md "Resharding"); over the cluster these accounts sum to zero.
+    Resharding,
 }
 
 impl System {
@@ -43,6 +47,7 @@ impl System {
             System::Adjustments => "adjustments",
             System::Transit => "transit",
             System::Clearing(account) => account,
+            System::Resharding => "resharding",
         }
     }
 

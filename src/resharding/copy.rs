@@ -1,0 +1,365 @@
+//! Copying one bucket's rows from its source shard to its target, checking the copy,
+//! and splitting the postings its users share with users who stay behind.
+//!
+//! Everything of a bucket is found from its users (`users.bucket`): their wallets, the
+//! postings with a leg on one of those wallets, transfers they sent or received,
+//! holds, incoming transfers and their barriers, payments with their holds and gateway
+//! events, and the idempotency keys of requests on the bucket. Rows travel as JSON
+//! (`to_jsonb` on the source, `jsonb_populate_recordset` on the target), so the copy
+//! follows the schema without a column list per table; account ids, which each shard
+//! numbers itself, are mapped by (user, currency) and (system name, currency).
+//!
+//! A posting is *whole* when all its legs are on the bucket's wallets or on system
+//! accounts (a deposit, a cross-shard leg, a same-bucket transfer): it moves with all
+//! its legs, system legs landing on the target's accounts of the same name. It is
+//! *split* when it also has a leg elsewhere (a same-shard transfer with a user of
+//! another bucket): the target gets the bucket's legs plus one leg on its `resharding`
+//! account balancing them, and the source, in the fence, one leg on its own
+//! `resharding` account standing for the legs that left. Every shard's postings still
+//! sum to zero, and so do the `resharding` accounts over the cluster.
+use deadpool_postgres::GenericClient;
+use tokio_postgres::types::Json;
+
+/// The bucket's rows on the source, as JSON arrays, one per table.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    tables: Vec<(&'static Table, serde_json::Value)>,
+    pub rows: u64,
+}
+
+/// How one table's rows are read on the source and written on the target.
+struct Table {
+    name: &'static str,
+    read: &'static str,
+    write: Write,
+}
+
+enum Write {
+    /// `INSERT ... SELECT * FROM jsonb_populate_recordset`, keeping what is there.
+    Keep(&'static str),
+    /// The same, replacing every column of a row already there (state that moves on).
+    Replace(&'static str),
+    /// A statement of its own (account ids to map).
+    Sql(&'static str),
+}
+
+/// The bucket's users; every read below starts from them.
+const USERS: &str = "SELECT user_id FROM users WHERE bucket = $1";
+
+macro_rules! of_users {
+    ($sql:literal) => {
+        concat!("WITH u AS (SELECT user_id FROM users WHERE bucket = $1) ", $sql)
+    };
+}
+
+/// Postings with a leg on one of the bucket's wallets.
+macro_rules! postings_of_bucket {
+    () => {
+        "SELECT e.posting_id FROM entries e JOIN accounts a USING (account_id) JOIN u USING (user_id)"
+    };
+}
+
+static TABLES: &[Table] = &[
+    Table {
+        name: "users",
+        read: "SELECT coalesce(jsonb_agg(to_jsonb(x)), '[]') FROM users x WHERE bucket = $1",
+        write: Write::Keep("user_id"),
+    },
+    Table {
+        name: "wallets",
+        read: of_users!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(a) - 'account_id'), '[]') FROM accounts a JOIN u USING (user_id)"
+        ),
+        write: Write::Sql(
+            "INSERT INTO accounts (system_name, currency)
+             SELECT s, x.currency FROM jsonb_to_recordset($1) AS x(currency text),
+                  unnest(ARRAY['adjustments', 'transit', 'resharding']) AS s
+             ON CONFLICT DO NOTHING;
+             INSERT INTO accounts (user_id, currency, balance, held, created_at, updated_at)
+             SELECT user_id, currency, balance, held, created_at, updated_at
+             FROM jsonb_populate_recordset(NULL::accounts, $1)
+             ON CONFLICT (user_id, currency) DO UPDATE
+                 SET balance = EXCLUDED.balance, held = EXCLUDED.held, updated_at = EXCLUDED.updated_at",
+        ),
+    },
+    Table {
+        name: "postings",
+        read: of_users!(concat!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(p) ORDER BY p.created_at, p.posting_id), '[]') FROM postings p
+             WHERE p.posting_id IN (",
+            postings_of_bucket!(),
+            ")"
+        )),
+        write: Write::Keep("posting_id"),
+    },
+    Table {
+        name: "entries",
+        // Each leg with what the target needs to place it: whose wallet (and whether it
+        // moves), or which system account; and whether its posting is whole.
+        read: of_users!(concat!(
+            "SELECT coalesce(jsonb_agg(jsonb_build_object(
+                 'entry_id', e.entry_id, 'posting_id', e.posting_id, 'amount', e.amount,
+                 'balance_after', e.balance_after, 'created_at', e.created_at,
+                 'user_id', a.user_id, 'system_name', a.system_name, 'currency', a.currency,
+                 'moving', a.user_id IS NOT NULL AND a.user_id IN (SELECT user_id FROM u)) ORDER BY e.seq), '[]')
+             FROM entries e JOIN accounts a USING (account_id)
+             WHERE e.posting_id IN (",
+            postings_of_bucket!(),
+            ")"
+        )),
+        write: Write::Sql(
+            "INSERT INTO accounts (system_name, currency)
+             SELECT DISTINCT x.system_name, x.currency FROM jsonb_to_recordset($1) AS x(system_name text, currency text)
+             WHERE x.system_name IS NOT NULL
+             ON CONFLICT DO NOTHING;
+             WITH x AS (
+                 SELECT x.*, bool_and(x.moving OR (x.system_name IS NOT NULL AND x.system_name <> 'resharding'))
+                        OVER (PARTITION BY x.posting_id) AS whole
+                 FROM jsonb_to_recordset($1) AS x(entry_id uuid, posting_id uuid, amount numeric, balance_after numeric,
+                      created_at timestamptz, user_id text, system_name text, currency text, moving boolean)),
+             legs AS (
+                 SELECT entry_id, posting_id, amount, balance_after, created_at, user_id, system_name, currency
+                 FROM x WHERE moving OR whole
+                 UNION ALL
+                 SELECT resharding_leg_id(min(entry_id::text)::uuid), posting_id, -sum(amount), NULL, min(created_at),
+                        NULL, 'resharding', min(currency)
+                 FROM x WHERE moving AND NOT whole GROUP BY posting_id)
+             INSERT INTO entries (entry_id, posting_id, account_id, amount, balance_after, created_at)
+             SELECT l.entry_id, l.posting_id, a.account_id, l.amount, l.balance_after, l.created_at
+             FROM legs l JOIN accounts a
+               ON a.currency = l.currency
+              AND (a.user_id = l.user_id OR (l.user_id IS NULL AND a.system_name = l.system_name))
+             ORDER BY l.created_at, l.entry_id
+             ON CONFLICT (entry_id) DO NOTHING",
+        ),
+    },
+    Table {
+        name: "transfers",
+        read: of_users!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') FROM transfers t
+             WHERE t.from_user IN (SELECT user_id FROM u) OR t.to_user IN (SELECT user_id FROM u)"
+        ),
+        write: Write::Replace("transfer_id"),
+    },
+    Table {
+        name: "holds",
+        read: of_users!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(h) - 'account_id' || jsonb_build_object('user_id', a.user_id, 'currency', a.currency)), '[]')
+             FROM holds h JOIN accounts a USING (account_id) JOIN u USING (user_id)"
+        ),
+        write: Write::Sql(
+            "INSERT INTO holds (transfer_id, account_id, amount, created_at, expires_at, released_at, released_by)
+             SELECT x.transfer_id, a.account_id, x.amount, x.created_at, x.expires_at, x.released_at, x.released_by
+             FROM jsonb_to_recordset($1) AS x(transfer_id uuid, user_id text, currency text, amount numeric,
+                  created_at timestamptz, expires_at timestamptz, released_at timestamptz, released_by text)
+             JOIN accounts a ON a.user_id = x.user_id AND a.currency = x.currency
+             ON CONFLICT (transfer_id) DO UPDATE SET released_at = EXCLUDED.released_at, released_by = EXCLUDED.released_by",
+        ),
+    },
+    Table {
+        name: "incoming_transfers",
+        read: of_users!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(i)), '[]') FROM incoming_transfers i JOIN u ON u.user_id = i.to_user"
+        ),
+        write: Write::Replace("transfer_id"),
+    },
+    Table {
+        name: "tcc_barriers",
+        read: of_users!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(b)), '[]') FROM tcc_barriers b
+             WHERE b.transfer_id IN (SELECT transfer_id FROM incoming_transfers i JOIN u ON u.user_id = i.to_user)"
+        ),
+        write: Write::Keep("transfer_id, branch"),
+    },
+    Table {
+        name: "idempotency_keys",
+        read: of_users!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(k)), '[]') FROM idempotency_keys k
+             WHERE k.bucket = $1 OR (k.bucket IS NULL AND k.caller IN (SELECT user_id FROM u))"
+        ),
+        write: Write::Keep("caller, key"),
+    },
+    Table {
+        name: "payments",
+        read: of_users!("SELECT coalesce(jsonb_agg(to_jsonb(p)), '[]') FROM payments p JOIN u USING (user_id)"),
+        write: Write::Replace("payment_id"),
+    },
+    Table {
+        name: "payment_holds",
+        read: of_users!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(h) - 'account_id' || jsonb_build_object('user_id', a.user_id, 'currency', a.currency)), '[]')
+             FROM payment_holds h JOIN accounts a USING (account_id) JOIN u USING (user_id)"
+        ),
+        write: Write::Sql(
+            "INSERT INTO payment_holds (payment_id, account_id, amount, created_at, released_at, released_by)
+             SELECT x.payment_id, a.account_id, x.amount, x.created_at, x.released_at, x.released_by
+             FROM jsonb_to_recordset($1) AS x(payment_id uuid, user_id text, currency text, amount numeric,
+                  created_at timestamptz, released_at timestamptz, released_by text)
+             JOIN accounts a ON a.user_id = x.user_id AND a.currency = x.currency
+             ON CONFLICT (payment_id) DO UPDATE SET released_at = EXCLUDED.released_at, released_by = EXCLUDED.released_by",
+        ),
+    },
+    Table {
+        name: "payment_events",
+        read: of_users!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(ev)), '[]') FROM payment_events ev
+             WHERE ev.payment_id IN (SELECT payment_id FROM payments p JOIN u USING (user_id))"
+        ),
+        write: Write::Keep("gateway, event_id"),
+    },
+];
+
+/// Reads every row of `bucket` on the source. Run inside the fence, after the bucket's
+/// row is locked: every write to the bucket has committed, and none can begin.
+pub async fn read(source: &impl GenericClient, bucket: u32) -> Result<Snapshot, tokio_postgres::Error> {
+    let bucket = bucket as i32;
+    let mut snapshot = Snapshot::default();
+    for table in TABLES {
+        let rows: serde_json::Value = source.query_one(table.read, &[&bucket]).await?.get(0);
+        snapshot.rows += rows.as_array().map_or(0, |a| a.len() as u64);
+        snapshot.tables.push((table, rows));
+    }
+    Ok(snapshot)
+}
+
+/// Writes the snapshot on the target, over whatever an earlier, interrupted run left
+/// (every write is an upsert). Returns the rows sent.
+pub async fn write(target: &impl GenericClient, snapshot: &Snapshot) -> Result<u64, tokio_postgres::Error> {
+    for (table, rows) in &snapshot.tables {
+        let rows = Json(rows);
+        match &table.write {
+            Write::Keep(key) => {
+                let sql = format!(
+                    "INSERT INTO {0} SELECT * FROM jsonb_populate_recordset(NULL::{0}, $1) ON CONFLICT ({key}) DO NOTHING",
+                    table.name
+                );
+                target.execute(&sql, &[&rows]).await?;
+            }
+            Write::Replace(key) => {
+                let columns = columns(target, table.name).await?;
+                let sql = format!(
+                    "INSERT INTO {0} SELECT * FROM jsonb_populate_recordset(NULL::{0}, $1)
+                     ON CONFLICT ({key}) DO UPDATE SET ({cols}) = ROW({excluded})",
+                    table.name,
+                    cols = columns.join(", "),
+                    excluded = columns.iter().map(|c| format!("EXCLUDED.{c}")).collect::<Vec<_>>().join(", "),
+                );
+                target.execute(&sql, &[&rows]).await?;
+            }
+            Write::Sql(sql) => {
+                for statement in sql.split(";\n") {
+                    target.execute(statement, &[&rows]).await?;
+                }
+            }
+        }
+    }
+    Ok(snapshot.rows)
+}
+
+async fn columns(client: &impl GenericClient, table: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT column_name::text FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+            &[&table],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// On the source, in the fence: one leg on its `resharding` account for each split
+/// posting, standing for the bucket's legs that leave with the bucket.
+pub async fn split_on_source(source: &impl GenericClient, bucket: u32) -> Result<u64, tokio_postgres::Error> {
+    source
+        .execute(
+            "INSERT INTO accounts (system_name, currency)
+             SELECT DISTINCT 'resharding', a.currency FROM accounts a JOIN users u USING (user_id) WHERE u.bucket = $1
+             ON CONFLICT DO NOTHING",
+            &[&(bucket as i32)],
+        )
+        .await?;
+    source
+        .execute(
+            "WITH u AS (SELECT user_id FROM users WHERE bucket = $1),
+             legs AS (
+                 SELECT e.entry_id, e.posting_id, e.amount, e.created_at, a.currency,
+                        a.user_id IS NOT NULL AND a.user_id IN (SELECT user_id FROM u) AS moving,
+                        a.user_id IS NOT NULL OR a.system_name = 'resharding' AS elsewhere_or_wallet
+                 FROM entries e JOIN accounts a USING (account_id)
+                 WHERE e.posting_id IN (SELECT e.posting_id FROM entries e JOIN accounts a USING (account_id) JOIN u USING (user_id))),
+             split AS (
+                 SELECT posting_id FROM legs GROUP BY posting_id
+                 HAVING bool_or(NOT moving AND elsewhere_or_wallet))
+             INSERT INTO entries (entry_id, posting_id, account_id, amount, created_at)
+             SELECT resharding_leg_id(min(l.entry_id::text)::uuid), l.posting_id,
+                    (SELECT account_id FROM accounts WHERE system_name = 'resharding' AND currency = min(l.currency)),
+                    sum(l.amount), min(l.created_at)
+             FROM legs l JOIN split USING (posting_id) WHERE l.moving
+             GROUP BY l.posting_id
+             ON CONFLICT (entry_id) DO NOTHING",
+            &[&(bucket as i32)],
+        )
+        .await
+}
+
+/// What both sides must agree on before the switch: row counts per table, each wallet's
+/// balance and held, and digests of the entries, transfers and payments. The same SQL
+/// runs on source and target.
+pub async fn digest(client: &impl GenericClient, bucket: u32) -> Result<Vec<String>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "WITH u AS (SELECT user_id FROM users WHERE bucket = $1),
+                  w AS (SELECT a.* FROM accounts a JOIN u USING (user_id)),
+                  t AS (SELECT * FROM transfers WHERE from_user IN (SELECT user_id FROM u) OR to_user IN (SELECT user_id FROM u)),
+                  i AS (SELECT * FROM incoming_transfers WHERE to_user IN (SELECT user_id FROM u)),
+                  p AS (SELECT * FROM payments WHERE user_id IN (SELECT user_id FROM u))
+             SELECT ARRAY[
+                 (SELECT count(*) FROM u)::text,
+                 (SELECT md5(coalesce(string_agg(user_id || ' ' || currency || ' ' || balance || ' ' || held, ',' ORDER BY user_id, currency), '')) FROM w),
+                 (SELECT count(*) || ' ' || md5(coalesce(string_agg(e.entry_id || ' ' || e.amount || ' ' || coalesce(e.balance_after::text, '-'), ',' ORDER BY e.entry_id), ''))
+                    FROM entries e JOIN w USING (account_id)),
+                 (SELECT count(*) || ' ' || md5(coalesce(string_agg(transfer_id || ' ' || state || ' ' || amount, ',' ORDER BY transfer_id), '')) FROM t),
+                 (SELECT count(*) || ' ' || md5(coalesce(string_agg(h.transfer_id || ' ' || h.amount || ' ' || coalesce(h.released_by, '-'), ',' ORDER BY h.transfer_id), ''))
+                    FROM holds h JOIN w USING (account_id)),
+                 (SELECT count(*) || ' ' || md5(coalesce(string_agg(transfer_id || ' ' || state, ',' ORDER BY transfer_id), '')) FROM i),
+                 (SELECT count(*) FROM tcc_barriers WHERE transfer_id IN (SELECT transfer_id FROM i))::text,
+                 (SELECT count(*) FROM idempotency_keys k WHERE k.bucket = $1 OR (k.bucket IS NULL AND k.caller IN (SELECT user_id FROM u)))::text,
+                 (SELECT count(*) || ' ' || md5(coalesce(string_agg(payment_id || ' ' || state || ' ' || amount, ',' ORDER BY payment_id), '')) FROM p),
+                 (SELECT count(*) FROM payment_holds h JOIN w USING (account_id))::text,
+                 (SELECT count(*) FROM payment_events WHERE payment_id IN (SELECT payment_id FROM p))::text]",
+            &[&(bucket as i32)],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The names of `digest`'s parts, for the refusal message.
+pub const DIGEST_PARTS: [&str; 11] = [
+    "users",
+    "wallet balances",
+    "entries",
+    "transfers",
+    "holds",
+    "incoming transfers",
+    "barriers",
+    "idempotency keys",
+    "payments",
+    "payment holds",
+    "payment events",
+];
+
+/// Postings of the bucket that do not sum to zero (none may, after a write).
+pub async fn unbalanced(client: &impl GenericClient, bucket: u32) -> Result<i64, tokio_postgres::Error> {
+    let sql = of_users!(concat!(
+        "SELECT count(*) FROM (SELECT posting_id FROM entries WHERE posting_id IN (",
+        postings_of_bucket!(),
+        ") GROUP BY posting_id HAVING sum(amount) <> 0) x"
+    ));
+    Ok(client.query_one(sql, &[&(bucket as i32)]).await?.get(0))
+}
+
+/// The bucket's users (for progress lines).
+pub async fn user_count(client: &impl GenericClient, bucket: u32) -> Result<i64, tokio_postgres::Error> {
+    let sql = format!("SELECT count(*) FROM ({USERS}) u");
+    Ok(client.query_one(&sql, &[&(bucket as i32)]).await?.get(0))
+}
