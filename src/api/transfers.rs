@@ -183,7 +183,7 @@ pub async fn admin_list(
 ) -> Result<Response, ApiError> {
     require_admin(&caller)?;
     let wanted = filter.state.as_deref().unwrap_or("stuck");
-    if !["stuck", "trying", "confirming", "completed", "cancelled"].contains(&wanted) {
+    if wanted != "stuck" && crate::domain::SenderState::parse(wanted).is_none() {
         return Err(ApiError::invalid_request("state must be stuck, trying, confirming, completed or cancelled"));
     }
     let (limit, cursor) = (page.limit()?, page.cursor::<uuid::Uuid>()?);

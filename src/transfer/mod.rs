@@ -55,12 +55,10 @@ pub async fn start(
 ) -> ledger::Result<TransferView> {
     let (view, stage) = match route {
         Route::Local => return local::transfer(tx, req).await,
-        Route::CrossDirect => {
-            (holds::debit_direct(tx, req, SenderState::INITIAL_DIRECT.as_str()).await?, Stage::DirectCredit)
-        }
+        Route::CrossDirect => (holds::debit_direct(tx, req, SenderState::INITIAL_DIRECT).await?, Stage::DirectCredit),
         Route::Cross => {
             let deadline = tcc::try_deadline(try_timeout);
-            (holds::place_hold(tx, req, deadline, SenderState::INITIAL.as_str()).await?, Stage::TryCredit)
+            (holds::place_hold(tx, req, deadline, SenderState::INITIAL).await?, Stage::TryCredit)
         }
     };
     let facts = TransferFacts {

@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    messages::{self, TransferFacts, FACTS_COLUMNS},
+    messages::{self, facts_columns, TransferFacts},
     tcc::{self, SenderEvent},
 };
 use crate::{
+    domain::transfer_state::{state_sql, states_sql},
     ledger,
     messaging::outbox::Wakers,
     sharding::{Router, Shard},
@@ -111,8 +112,12 @@ impl Sweeper {
         let client = self.shard.client().await?;
         let rows = client
             .query(
-                "SELECT h.transfer_id FROM holds h JOIN transfers t USING (transfer_id)
-                 WHERE h.released_at IS NULL AND h.expires_at < now() AND t.state = 'trying' LIMIT 500",
+                concat!(
+                    "SELECT h.transfer_id FROM holds h JOIN transfers t USING (transfer_id)
+                     WHERE h.released_at IS NULL AND h.expires_at < now() AND t.state = ",
+                    state_sql!(Sender::Trying),
+                    " LIMIT 500"
+                ),
                 &[],
             )
             .await?;
@@ -141,17 +146,23 @@ impl Sweeper {
         let cap = if self.redrive_max == 0 { i32::MAX } else { self.redrive_max.min(i32::MAX as u32) as i32 };
         let rows = tx
             .query(
-                &format!(
+                // The predicate is the one of the partial index `transfers_to_redrive`,
+                // in literals, so the planner can match it (`domain::transfer_state`).
+                concat!(
                     "UPDATE transfers SET updated_at = now(), redrives = redrives + 1,
                          stuck_at = CASE WHEN redrives >= $2 THEN now() END
                      WHERE transfer_id IN (
                          SELECT transfer_id FROM transfers
-                         WHERE (state IN ('trying', 'confirming')
-                                OR (state = 'cancelled' AND route = 'cross_shard' AND cancel_acked_at IS NULL))
+                         WHERE (state IN ",
+                    states_sql!(Sender::Trying, Sender::Confirming),
+                    " OR (state = ",
+                    state_sql!(Sender::Cancelled),
+                    " AND route = 'cross_shard' AND cancel_acked_at IS NULL))
                            AND stuck_at IS NULL
                            AND updated_at < now() - $1 * interval '1 millisecond'
                          ORDER BY updated_at LIMIT 500 FOR UPDATE SKIP LOCKED)
-                     RETURNING state, direct, stuck_at IS NOT NULL, redrives, {FACTS_COLUMNS}"
+                     RETURNING state, direct, stuck_at IS NOT NULL, redrives, ",
+                    facts_columns!()
                 ),
                 &[&(self.redrive_after.as_millis() as f64), &cap],
             )
@@ -192,21 +203,31 @@ impl Sweeper {
         let secs = horizon.as_secs_f64();
         let holds = client
             .execute(
-                "DELETE FROM holds WHERE transfer_id IN (
+                concat!(
+                    "DELETE FROM holds WHERE transfer_id IN (
                      SELECT h.transfer_id FROM holds h JOIN transfers t USING (transfer_id)
                      WHERE h.released_at < now() - $1 * interval '1 second'
-                       AND (t.state = 'completed' OR (t.state = 'cancelled' AND t.cancel_acked_at IS NOT NULL))
-                     LIMIT 10000)",
+                       AND (t.state = ",
+                    state_sql!(Sender::Completed),
+                    " OR (t.state = ",
+                    state_sql!(Sender::Cancelled),
+                    " AND t.cancel_acked_at IS NOT NULL))
+                     LIMIT 10000)"
+                ),
                 &[&secs],
             )
             .await?;
         let barriers = client
             .execute(
-                "DELETE FROM tcc_barriers WHERE transfer_id IN (
+                concat!(
+                    "DELETE FROM tcc_barriers WHERE transfer_id IN (
                      SELECT transfer_id FROM incoming_transfers
-                     WHERE state IN ('confirmed', 'rejected', 'cancelled') AND updated_at < now() - $1 * interval '1 second'
+                     WHERE state IN ",
+                    states_sql!(Receiver::Confirmed, Receiver::Rejected, Receiver::Cancelled),
+                    " AND updated_at < now() - $1 * interval '1 second'
                        AND EXISTS (SELECT 1 FROM tcc_barriers b WHERE b.transfer_id = incoming_transfers.transfer_id)
-                     LIMIT 10000)",
+                     LIMIT 10000)"
+                ),
                 &[&secs],
             )
             .await?;
@@ -240,10 +261,12 @@ pub async fn redrive_by_operator(
     let tx = client.transaction().await?;
     let row = tx
         .query_opt(
-            &format!(
-                "SELECT state, direct, route = 'cross_shard' AND (state <> 'cancelled' OR cancel_acked_at IS NULL),
-                        {FACTS_COLUMNS}
-                 FROM transfers WHERE transfer_id = $1 FOR UPDATE"
+            concat!(
+                "SELECT state, direct, route = 'cross_shard' AND (state <> ",
+                state_sql!(Sender::Cancelled),
+                " OR cancel_acked_at IS NULL), ",
+                facts_columns!(),
+                " FROM transfers WHERE transfer_id = $1 FOR UPDATE"
             ),
             &[&transfer_id],
         )

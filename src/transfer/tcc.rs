@@ -1,5 +1,5 @@
-//! The Try/Confirm/Cancel state machine of cross-shard transfers: every state and
-//! every transition is in this file.
+//! The Try/Confirm/Cancel state machine of cross-shard transfers: every transition is
+//! in this file (the states' names, which the ledger reads too, in `domain::transfer_state`).
 //!
 //! ```text
 //! sender shard (transfers.state)            receiver shard (barriers + incoming_transfers.state)
@@ -52,35 +52,15 @@ use crate::{
     sharding::Router,
 };
 
-/// The sender's states (`transfers.state` of a cross-shard transfer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SenderState {
-    Trying,
-    Confirming,
-    Completed,
-    Cancelled,
-}
+/// The states themselves, and their names in the database, are in `domain` (the
+/// ledger's audit reads them too); where each transition starts is decided here.
+pub use crate::domain::{ReceiverState, SenderState};
 
 impl SenderState {
-    pub const ALL: [SenderState; 4] = [Self::Trying, Self::Confirming, Self::Completed, Self::Cancelled];
-
     /// Where a transfer on the full protocol starts (a hold placed, TryCredit sent).
     pub const INITIAL: SenderState = Self::Trying;
     /// Where a direct credit starts (debited to transit, DirectCredit sent).
     pub const INITIAL_DIRECT: SenderState = Self::Confirming;
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Trying => "trying",
-            Self::Confirming => "confirming",
-            Self::Completed => "completed",
-            Self::Cancelled => "cancelled",
-        }
-    }
 }
 
 /// What happens to the sender.
@@ -155,27 +135,6 @@ impl Barriers {
             confirmed: self.confirmed || other.confirmed,
             cancelled: self.cancelled || other.cancelled,
         }
-    }
-}
-
-/// The receiver's branch record (`incoming_transfers.state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReceiverState {
-    Tried,
-    Rejected,
-    Confirmed,
-    Cancelled,
-}
-
-impl ReceiverState {
-    pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "tried" => Self::Tried,
-            "rejected" => Self::Rejected,
-            "confirmed" => Self::Confirmed,
-            "cancelled" => Self::Cancelled,
-            _ => return None,
-        })
     }
 }
 
@@ -323,12 +282,11 @@ async fn set_state(
     state: SenderState,
     reason: Option<&str>,
 ) -> ledger::Result<()> {
-    let state = state.as_str();
     tx.cached_execute(
         "UPDATE transfers SET state = $2, reason = coalesce($3, reason), updated_at = now(),
-             completed_at = CASE WHEN $2 IN ('completed', 'cancelled') THEN now() END
+             completed_at = CASE WHEN $4 THEN now() END
          WHERE transfer_id = $1",
-        &[&transfer_id, &state, &reason],
+        &[&transfer_id, &state.as_str(), &reason, &state.is_final()],
     )
     .await?;
     Ok(())

@@ -101,7 +101,7 @@ async fn apply_receiver_step(
     match step {
         ReceiverStep::Try => {
             let reason = seen.refusal.clone();
-            let recorded = if reason.is_none() { "tried" } else { "rejected" };
+            let recorded = if reason.is_none() { ReceiverState::Tried } else { ReceiverState::Rejected };
             let tried = answer(Stage::Tried { ok: reason.is_none(), reason: reason.clone() });
             futures::try_join!(
                 barrier(tx, id, "try"),
@@ -132,9 +132,9 @@ async fn apply_receiver_step(
                 barrier(tx, id, "cancel"),
                 async {
                     tx.cached_execute(
-                        "UPDATE incoming_transfers SET state = 'cancelled', updated_at = now()
-                         WHERE transfer_id = $1 AND state = 'tried'",
-                        &[&id],
+                        "UPDATE incoming_transfers SET state = $2, updated_at = now()
+                         WHERE transfer_id = $1 AND state = $3",
+                        &[&id, &ReceiverState::Cancelled.as_str(), &ReceiverState::Tried.as_str()],
                     )
                     .await?;
                     Ok(())
@@ -176,8 +176,8 @@ async fn credit(
     let confirmed = msg.facts.message(Stage::Confirmed);
     let incoming = async {
         match direct {
-            true => record_incoming(tx, msg, "confirmed", None).await,
-            false => set_incoming(tx, id, "confirmed").await,
+            true => record_incoming(tx, msg, ReceiverState::Confirmed, None).await,
+            false => set_incoming(tx, id, ReceiverState::Confirmed).await,
         }
     };
     futures::try_join!(
@@ -198,7 +198,7 @@ async fn barrier(tx: &Transaction<'_>, id: Uuid, branch: &str) -> ledger::Result
 async fn record_incoming(
     tx: &Transaction<'_>,
     msg: &StageMessage,
-    state: &str,
+    state: ReceiverState,
     reason: Option<&str>,
 ) -> ledger::Result<()> {
     tx.cached_execute(
@@ -211,7 +211,7 @@ async fn record_incoming(
             &msg.facts.currency,
             &msg.facts.amount,
             &msg.facts.description,
-            &state,
+            &state.as_str(),
             &reason,
         ],
     )
@@ -219,10 +219,10 @@ async fn record_incoming(
     Ok(())
 }
 
-async fn set_incoming(tx: &Transaction<'_>, id: Uuid, state: &str) -> ledger::Result<()> {
+async fn set_incoming(tx: &Transaction<'_>, id: Uuid, state: ReceiverState) -> ledger::Result<()> {
     tx.cached_execute(
         "UPDATE incoming_transfers SET state = $2, updated_at = now() WHERE transfer_id = $1",
-        &[&id, &state],
+        &[&id, &state.as_str()],
     )
     .await?;
     Ok(())
