@@ -139,7 +139,7 @@ async fn create(
     };
     let (response, committed) = idem.run(shard, StatusCode::ACCEPTED, async |tx| store::create(tx, &new).await).await?;
     if committed {
-        payments.wakers.wake(shard.index);
+        payments.wakers.wake(crate::messaging::outbox::Outbox::Payments, shard.index);
     }
     Ok(response)
 }

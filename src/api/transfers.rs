@@ -104,7 +104,7 @@ pub async fn create(
     }
     crate::telemetry::metrics::transfer_created(committed, cross_shard);
     if committed && cross_shard {
-        state.wakers.wake(shard.index);
+        state.wakers.wake(crate::messaging::outbox::Outbox::Stages, shard.index);
     }
     Ok(outcome?.0)
 }

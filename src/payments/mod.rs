@@ -65,6 +65,7 @@ pub struct Payments {
     pub settings: PaymentSettings,
     /// `<public_url>`; callbacks go to `<public_url>/v1/gateways/<name>/callbacks`.
     pub public_url: String,
+    /// The relays' wakers (one set for both outboxes, shared with the stage path).
     pub wakers: crate::messaging::outbox::Wakers,
 }
 

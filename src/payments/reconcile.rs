@@ -159,7 +159,7 @@ impl Reconciler {
             outbox::enqueue(&tx, id).await?;
         }
         tx.commit().await?;
-        p.wakers.wake(self.shard.index);
+        p.wakers.wake(crate::messaging::outbox::Outbox::Payments, self.shard.index);
         Ok(())
     }
 

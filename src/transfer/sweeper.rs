@@ -19,7 +19,7 @@ use super::{
 use crate::{
     domain::transfer_state::{state_sql, states_sql},
     ledger,
-    messaging::outbox::Wakers,
+    messaging::outbox::{Outbox, Wakers},
     sharding::{Router, Shard},
 };
 
@@ -126,7 +126,7 @@ impl Sweeper {
         for row in &rows {
             let id: Uuid = row.get(0);
             match tcc::handle_sender(&self.router, id, &SenderEvent::TryTimedOut).await {
-                Ok(shard) => self.wakers.wake(shard),
+                Ok(shard) => self.wakers.wake(Outbox::Stages, shard),
                 Err(e) => {
                     tracing::warn!(transfer_id = %id, error = %e, "cancelling a timed-out transfer failed");
                     failed += 1;
@@ -188,7 +188,7 @@ impl Sweeper {
         }
         tx.commit().await?;
         if rows.len() > stuck {
-            self.wakers.wake(self.shard.index);
+            self.wakers.wake(Outbox::Stages, self.shard.index);
         }
         Ok((rows.len() - stuck, stuck))
     }
@@ -287,7 +287,7 @@ pub async fn redrive_by_operator(
     .await?;
     let view = ledger::queries::get_transfer(&tx, transfer_id).await?;
     tx.commit().await?;
-    wakers.wake(shard.index);
+    wakers.wake(Outbox::Stages, shard.index);
     tracing::warn!(%transfer_id, stage = name, "transfer re-driven by an operator");
     Ok(view)
 }
