@@ -18,6 +18,7 @@ use super::{
 use crate::{
     domain::{Amount, Currency, RoutableId, UserId},
     ledger::{accounts, Error, Result},
+    sharding::Router,
 };
 
 /// What the API shows.
@@ -150,6 +151,22 @@ pub async fn get(client: &impl GenericClient, payment_id: Uuid) -> Result<Option
 pub async fn lock(tx: &Transaction<'_>, payment_id: Uuid) -> Result<Option<PaymentRow>> {
     let sql = format!("SELECT {COLUMNS} FROM payments WHERE payment_id = $1 FOR UPDATE");
     tx.query_opt(&sql, &[&payment_id]).await?.as_ref().map(parse_row).transpose()
+}
+
+/// Runs `op` on a payment's row, locked in a new transaction on the payment's shard;
+/// `op` commits the transaction or drops it (rolling back). `None`, and nothing run,
+/// when no payment has this id: not a routable id, a bucket no shard has, or no row.
+pub async fn with_locked<T>(
+    router: &Router,
+    payment_id: Uuid,
+    op: impl AsyncFnOnce(Transaction<'_>, PaymentRow) -> Result<T>,
+) -> Result<Option<T>> {
+    let Some(id) = RoutableId::from_uuid(payment_id) else { return Ok(None) };
+    let Ok(shard) = router.for_id(&id) else { return Ok(None) };
+    let mut client = shard.client().await?;
+    let tx = client.transaction().await?;
+    let Some(row) = lock(&tx, payment_id).await? else { return Ok(None) };
+    op(tx, row).await.map(Some)
 }
 
 /// A page of a user's payments, newest first (ids sort by creation time).
