@@ -19,7 +19,6 @@ use super::error::{problem_response, ApiError};
 use crate::storage::Cached;
 use crate::{
     domain::{Caller, IdempotencyKey},
-    ledger,
     sharding::Shard,
 };
 
@@ -71,18 +70,18 @@ impl Idempotency {
     /// finds the key taken; whatever this call's effect did is rolled back and the
     /// stored response is replayed. (A duplicate of the same sender usually waits
     /// earlier already, on the sender's wallet lock.)
-    pub async fn run<T: Serialize>(
+    pub async fn run<T: Serialize, E: Into<ApiError>>(
         &self,
         shard: &Shard,
         success: StatusCode,
-        op: impl AsyncFnOnce(&Transaction<'_>) -> ledger::Result<T>,
+        op: impl AsyncFnOnce(&Transaction<'_>) -> Result<T, E>,
     ) -> Result<(Response, bool), ApiError> {
         let mut client = shard.client().await?;
         let tx = client.transaction().await?;
         let (status, body) = match op(&tx).await {
             Ok(value) => (success, serde_json::to_vec(&value).map_err(anyhow::Error::from)?),
             Err(e) => {
-                let err = ApiError::from(e);
+                let err: ApiError = e.into();
                 if err.is_internal() || matches!(&err, ApiError::Problem { status, .. } if status.is_server_error()) {
                     return Err(err);
                 }

@@ -24,8 +24,6 @@ pub enum Error {
     WalletNotFound,
     #[error("transfer not found")]
     TransferNotFound,
-    #[error("the transfer has nothing left to re-drive (completed, same-shard, or its cancel acknowledged)")]
-    TransferFinal,
     #[error("entry not found")]
     EntryNotFound,
     #[error("user already exists")]
@@ -42,10 +40,6 @@ pub enum Error {
     CurrencyMismatch,
     #[error("sender and receiver are the same wallet")]
     SameAccount,
-    #[error("payment not found")]
-    PaymentNotFound,
-    #[error("the payment is already final")]
-    PaymentFinal,
     #[error(transparent)]
     Shard(#[from] crate::sharding::Error),
     #[error("database: {0}")]

@@ -12,6 +12,7 @@
 //! the relay publishes it; the worker marks the payment submitted (committed) before
 //! calling the gateway, so a crash after the call leaves a submitted payment that the
 //! reconciler settles by a status query, never by a second charge.
+mod error;
 pub mod ledger;
 pub mod method;
 pub mod outbox;
@@ -28,9 +29,9 @@ use uuid::Uuid;
 use crate::{
     config::PaymentSettings,
     gateways::{CallbackEvent, Gateways},
-    ledger::Result,
     sharding::Router,
 };
+pub use error::{Error, Result};
 use state::{Event, Step};
 use store::Timing;
 

@@ -13,11 +13,11 @@ use super::{
     method::{MaskedMethod, PaymentMethod},
     outbox,
     state::{self, Event, State, Step},
-    PaymentKind,
+    Error, PaymentKind, Result,
 };
 use crate::{
     domain::{Amount, Currency, RoutableId, UserId},
-    ledger::{accounts, Error, Result},
+    ledger::{self, accounts},
     sharding::Router,
 };
 
@@ -104,11 +104,11 @@ pub struct NewPayment<'a> {
 #[tracing::instrument(skip_all, fields(payment_id = %p.payment_id, kind = p.kind.as_str()))]
 pub async fn create(tx: &Transaction<'_>, p: &NewPayment<'_>) -> Result<PaymentView> {
     let Some(wallet) = accounts::lock_wallets(tx, &[p.user], p.currency).await?.pop() else {
-        return Err(accounts::missing_wallet_error(tx, p.user).await?);
+        return Err(accounts::missing_wallet_error(tx, p.user).await?.into());
     };
     let amount = p.amount.to_string();
     if p.kind == PaymentKind::Withdrawal && wallet.available() < BigInt::from(p.amount.value().clone()) {
-        return Err(Error::InsufficientFunds);
+        return Err(ledger::Error::InsufficientFunds.into());
     }
     let id = p.payment_id.uuid();
     let masked = p.method.masked();

@@ -22,11 +22,10 @@ use super::{
     method::PaymentMethod,
     outbox::SubmitPayment,
     state::{Event, Outcome, State},
-    store, PaymentKind, Payments,
+    store, Error, PaymentKind, Payments, Result,
 };
 use crate::{
     gateways::{GatewayError, PaymentRequest},
-    ledger::{Error, Result},
     messaging::{
         auth::{MessageAuth, Purpose},
         consumer,

@@ -100,7 +100,7 @@ impl Sweeper {
         report
     }
 
-    fn failed(&self, task: &str, e: &ledger::Error, report: &mut SweepReport) {
+    fn failed(&self, task: &str, e: &super::Error, report: &mut SweepReport) {
         tracing::warn!(error = %e, task, "sweep task failed; next pass tries again");
         report.errors += 1;
     }
@@ -108,7 +108,7 @@ impl Sweeper {
     /// Holds past their expiry belong to transfers whose Try was never answered in
     /// time: cancel them. The state machine ignores the event for anything past `trying`.
     /// Returns (cancelled, failed).
-    async fn expire_holds(&self) -> ledger::Result<(usize, usize)> {
+    async fn expire_holds(&self) -> super::Result<(usize, usize)> {
         let client = self.shard.client().await?;
         let rows = client
             .query(
@@ -140,7 +140,7 @@ impl Sweeper {
     /// `redrive_after` (a cancelled one until its receiver acknowledged the Cancel).
     /// Receivers answer duplicates again without repeating effects. One re-emitted past
     /// `redrive_max` times is marked stuck instead. Returns (re-emitted, newly stuck).
-    async fn redrive(&self) -> ledger::Result<(usize, usize)> {
+    async fn redrive(&self) -> super::Result<(usize, usize)> {
         let mut client = self.shard.client().await?;
         let tx = client.transaction().await?;
         let cap = if self.redrive_max == 0 { i32::MAX } else { self.redrive_max.min(i32::MAX as u32) as i32 };
@@ -178,7 +178,7 @@ impl Sweeper {
                 continue;
             }
             let Some(stage) = tcc::redrive_stage(row.get(0), row.get(1)) else {
-                return Err(ledger::Error::Invariant(format!(
+                return Err(super::Error::Invariant(format!(
                     "re-drive of a transfer in state {}",
                     row.get::<_, &str>(0)
                 )));
@@ -198,7 +198,7 @@ impl Sweeper {
     /// a transfer whose receiver record is final (the record itself implies them; see
     /// `tcc::Barriers::implied_by`). A Cancel barrier without a record (an empty
     /// rollback) is kept: it is all that suspends a late Try.
-    pub async fn prune_final(&self, horizon: Duration) -> ledger::Result<u64> {
+    pub async fn prune_final(&self, horizon: Duration) -> super::Result<u64> {
         let client = self.shard.client().await?;
         let secs = horizon.as_secs_f64();
         let holds = client
@@ -234,7 +234,7 @@ impl Sweeper {
         Ok(holds + barriers)
     }
 
-    async fn prune_keys(&self) -> ledger::Result<u64> {
+    async fn prune_keys(&self) -> super::Result<u64> {
         let client = self.shard.client().await?;
         Ok(client
             .execute(
@@ -254,7 +254,7 @@ pub async fn redrive_by_operator(
     router: &Router,
     wakers: &Wakers,
     transfer_id: Uuid,
-) -> ledger::Result<ledger::TransferView> {
+) -> super::Result<ledger::TransferView> {
     let id = crate::domain::RoutableId::from_uuid(transfer_id).ok_or(ledger::Error::TransferNotFound)?;
     let shard = router.for_id(&id).map_err(|_| ledger::Error::TransferNotFound)?;
     let mut client = shard.client().await?;
@@ -276,7 +276,7 @@ pub async fn redrive_by_operator(
         true => tcc::redrive_stage(row.get(0), row.get(1)),
         false => None,
     };
-    let Some(stage) = stage else { return Err(ledger::Error::TransferFinal) };
+    let Some(stage) = stage else { return Err(super::Error::TransferFinal) };
     let facts = TransferFacts::from_row(&row, 3);
     let name = stage.name();
     messages::enqueue(&tx, &facts.message(stage)).await?;

@@ -45,12 +45,16 @@ use chrono::Utc;
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
-use super::messages::{self, facts_columns, Stage, StageMessage, TransferFacts};
+use super::{
+    messages::{self, facts_columns, Stage, StageMessage, TransferFacts},
+    Error, Result,
+};
 use crate::{
     domain::RoutableId,
-    ledger::{self, holds, Error},
+    ledger::{self, holds},
     sharding::Router,
 };
+use futures::TryFutureExt;
 
 /// The states themselves, and their names in the database, are in `domain` (the
 /// ledger's audit reads them too); where each transition starts is decided here.
@@ -204,7 +208,7 @@ pub fn receiver_step(b: Barriers, state: Option<ReceiverState>, stage: &Stage) -
 /// Handles one stage message in one transaction on the shard it concerns. Returns the
 /// index of the shard whose outbox got a new message (so its relay can be woken).
 #[tracing::instrument(skip_all, fields(transfer_id = %msg.facts.transfer_id, stage = msg.stage.name()))]
-pub async fn handle(router: &Router, msg: &StageMessage) -> ledger::Result<usize> {
+pub async fn handle(router: &Router, msg: &StageMessage) -> Result<usize> {
     if msg.stage.for_receiver() {
         handle_receiver(router, msg).await
     } else {
@@ -218,8 +222,8 @@ pub async fn handle(router: &Router, msg: &StageMessage) -> ledger::Result<usize
 }
 
 /// Applies an event to the sender's transfer (from a message or the sweeper).
-pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEvent) -> ledger::Result<usize> {
-    let id = RoutableId::from_uuid(transfer_id).ok_or(Error::TransferNotFound)?;
+pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEvent) -> Result<usize> {
+    let id = RoutableId::from_uuid(transfer_id).ok_or(ledger::Error::TransferNotFound)?;
     let shard = router.for_id(&id)?;
     let mut client = shard.client().await?;
     let tx = client.transaction().await?;
@@ -233,7 +237,7 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
             &[&transfer_id],
         )
         .await?
-        .ok_or(Error::TransferNotFound)?;
+        .ok_or(ledger::Error::TransferNotFound)?;
     let state: String = row.get(0);
     let state = SenderState::parse(&state).ok_or_else(|| Error::Invariant(format!("unknown state {state}")))?;
     let facts = TransferFacts::from_row(&row, 1);
@@ -244,7 +248,7 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
         SenderStep::Confirm => {
             let next = facts.message(Stage::ConfirmCredit);
             futures::try_join!(
-                holds::debit_to_transit(&tx, transfer_id, id.bucket(), &facts.currency),
+                holds::debit_to_transit(&tx, transfer_id, id.bucket(), &facts.currency).err_into(),
                 set_state(&tx, transfer_id, SenderState::Confirming, None),
                 messages::enqueue(&tx, &next),
             )?;
@@ -252,7 +256,7 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
         SenderStep::Cancel { reason } => {
             let next = facts.message(Stage::CancelCredit);
             futures::try_join!(
-                holds::release_hold(&tx, transfer_id),
+                holds::release_hold(&tx, transfer_id).err_into(),
                 set_state(&tx, transfer_id, SenderState::Cancelled, Some(reason)),
                 messages::enqueue(&tx, &next),
             )?;
@@ -276,12 +280,7 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
     Ok(shard.index)
 }
 
-async fn set_state(
-    tx: &Transaction<'_>,
-    transfer_id: Uuid,
-    state: SenderState,
-    reason: Option<&str>,
-) -> ledger::Result<()> {
+async fn set_state(tx: &Transaction<'_>, transfer_id: Uuid, state: SenderState, reason: Option<&str>) -> Result<()> {
     tx.cached_execute(
         "UPDATE transfers SET state = $2, reason = coalesce($3, reason), updated_at = now(),
              completed_at = CASE WHEN $4 THEN now() END

@@ -2,21 +2,23 @@
 //! transaction on the receiver's shard, read under the transfer's advisory lock, then
 //! the writes of the step `super::receiver_step` chose.
 use deadpool_postgres::Transaction;
+use futures::TryFutureExt;
 use uuid::Uuid;
 
 use super::{receiver_step, Barriers, ReceiverState, ReceiverStep};
 use crate::{
     domain::{Currency, UserId},
-    ledger::{self, accounts, holds, Error},
+    ledger::{accounts, holds},
     sharding::Router,
     storage::Cached,
     transfer::{
         incoming::Recorded,
         messages::{self, Stage, StageMessage},
+        Error, Result,
     },
 };
 
-pub(super) async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<usize> {
+pub(super) async fn handle_receiver(router: &Router, msg: &StageMessage) -> Result<usize> {
     let to = UserId::parse(&msg.facts.to_user_id).map_err(|e| Error::Invariant(e.to_string()))?;
     let shard = router.for_user(&to);
     let mut client = shard.client().await?;
@@ -41,7 +43,7 @@ struct ReceiverView {
 
 /// Takes the transfer's advisory lock and reads its barriers and record (and, for a
 /// Try, whether the receiver can be credited), in one round trip.
-async fn read_receiver(tx: &Transaction<'_>, msg: &StageMessage, to: &UserId) -> ledger::Result<ReceiverView> {
+async fn read_receiver(tx: &Transaction<'_>, msg: &StageMessage, to: &UserId) -> Result<ReceiverView> {
     let id = msg.facts.transfer_id;
     // Serialises Try, Confirm and Cancel of one transfer on this shard, so a Try and a
     // Cancel handled at the same moment by two instances cannot miss each other. The
@@ -95,7 +97,7 @@ async fn apply_receiver_step(
     msg: &StageMessage,
     to: &UserId,
     bucket: u16,
-) -> ledger::Result<()> {
+) -> Result<()> {
     let id = msg.facts.transfer_id;
     let answer = |stage| msg.facts.message(stage);
     match step {
@@ -159,7 +161,7 @@ async fn credit(
     msg: &StageMessage,
     to: &UserId,
     bucket: u16,
-) -> ledger::Result<()> {
+) -> Result<()> {
     let id = msg.facts.transfer_id;
     let (currency, amount) = match (direct, &seen.recorded) {
         (false, Some(recorded)) => {
@@ -183,13 +185,13 @@ async fn credit(
     futures::try_join!(
         barrier(tx, id, "confirm"),
         incoming,
-        holds::credit_from_transit(tx, id, bucket, to, &currency, &amount),
+        holds::credit_from_transit(tx, id, bucket, to, &currency, &amount).err_into(),
         messages::enqueue(tx, &confirmed),
     )?;
     Ok(())
 }
 
-async fn barrier(tx: &Transaction<'_>, id: Uuid, branch: &str) -> ledger::Result<()> {
+async fn barrier(tx: &Transaction<'_>, id: Uuid, branch: &str) -> Result<()> {
     tx.cached_execute("INSERT INTO tcc_barriers (transfer_id, branch) VALUES ($1, $2)", &[&id, &branch]).await?;
     Ok(())
 }
@@ -200,7 +202,7 @@ async fn record_incoming(
     msg: &StageMessage,
     state: ReceiverState,
     reason: Option<&str>,
-) -> ledger::Result<()> {
+) -> Result<()> {
     tx.cached_execute(
         "INSERT INTO incoming_transfers (transfer_id, from_user, to_user, currency, amount, description, state, reason)
          VALUES ($1, $2, $3, $4, $5::text::numeric, $6, $7, $8)",
@@ -219,7 +221,7 @@ async fn record_incoming(
     Ok(())
 }
 
-async fn set_incoming(tx: &Transaction<'_>, id: Uuid, state: ReceiverState) -> ledger::Result<()> {
+async fn set_incoming(tx: &Transaction<'_>, id: Uuid, state: ReceiverState) -> Result<()> {
     tx.cached_execute(
         "UPDATE incoming_transfers SET state = $2, updated_at = now() WHERE transfer_id = $1",
         &[&id, &state.as_str()],
@@ -233,7 +235,7 @@ async fn check_receiver(
     client: &impl deadpool_postgres::GenericClient,
     to: &UserId,
     currency: &str,
-) -> ledger::Result<Option<String>> {
+) -> Result<Option<String>> {
     let row = client
         .cached_query_one(
             "SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1),
@@ -248,7 +250,7 @@ async fn check_receiver(
     })
 }
 
-async fn rejection_reason(tx: &Transaction<'_>, id: Uuid) -> ledger::Result<Option<String>> {
+async fn rejection_reason(tx: &Transaction<'_>, id: Uuid) -> Result<Option<String>> {
     Ok(tx
         .cached_query_opt("SELECT reason FROM incoming_transfers WHERE transfer_id = $1", &[&id])
         .await?
