@@ -7,6 +7,7 @@
 //! - `outbox`: the payment outbox and its relay to the payments topic.
 //! - `worker`: consumes the payments topic and calls the gateway.
 //! - `reconcile`: per shard, redrives, queries pending payments and expires them.
+//! - `error`: this layer's errors, over the ledger's.
 //!
 //! A request writes the payment row and its outbox message in one shard transaction;
 //! the relay publishes it; the worker marks the payment submitted (committed) before
