@@ -154,21 +154,25 @@ fn payments_context(
     })
 }
 
+/// A relay of `outbox` on `shard`, sharing the process's producer, topics and wakers.
+fn relay(state: &AppState, shard: &Arc<crate::sharding::Shard>, outbox: outbox::Outbox) -> outbox::Relay {
+    outbox::Relay::new(
+        shard.clone(),
+        state.producer.clone(),
+        state.settings.kafka.clone(),
+        outbox,
+        state.topics.clone(),
+        state.wakers.clone(),
+        state.messages.clone(),
+    )
+}
+
 /// Per shard a payment relay and a reconciler, plus the payments-topic worker.
 fn spawn_payment_workers(state: &AppState, token: &CancellationToken, set: &mut JoinSet<()>) {
     let settings = &state.settings;
     for shard in state.router.shards() {
         if settings.payments.relay_enabled {
-            let relay = outbox::Relay::new(
-                shard.clone(),
-                state.producer.clone(),
-                settings.kafka.clone(),
-                outbox::Outbox::Payments,
-                state.topics.clone(),
-                state.wakers.clone(),
-                state.messages.clone(),
-            );
-            set.spawn(relay.run(token.clone()));
+            set.spawn(relay(state, shard, outbox::Outbox::Payments).run(token.clone()));
         }
         let reconciler = payments::reconcile::Reconciler { payments: state.payments.clone(), shard: shard.clone() };
         set.spawn(reconciler.run(token.clone()));
@@ -231,16 +235,7 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
         // another publishes what was committed meanwhile (SKIP LOCKED keeps them apart).
         let relays = if settings.transfers.relay_enabled { settings.transfers.relays_per_shard.max(1) } else { 0 };
         for _ in 0..relays {
-            let relay = outbox::Relay::new(
-                shard.clone(),
-                state.producer.clone(),
-                settings.kafka.clone(),
-                outbox::Outbox::Stages,
-                state.topics.clone(),
-                state.wakers.clone(),
-                state.messages.clone(),
-            );
-            set.spawn(relay.run(token.clone()));
+            set.spawn(relay(state, shard, outbox::Outbox::Stages).run(token.clone()));
         }
         let sweeper = Sweeper {
             router: state.router.clone(),

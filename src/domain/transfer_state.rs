@@ -61,61 +61,46 @@ macro_rules! states_sql {
 
 pub(crate) use {state_name, state_sql, states_sql};
 
-/// The sender's states (`transfers.state`; a same-shard transfer is only ever
-/// `completed`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SenderState {
-    Trying,
-    Confirming,
-    Completed,
-    Cancelled,
+/// An enum of states with `ALL`, `parse` and `as_str`, its names from `state_name!`.
+macro_rules! states {
+    ($(#[$doc:meta])* $name:ident: $kind:ident { $($state:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($state),+
+        }
+
+        impl $name {
+            pub const ALL: &[$name] = &[$(Self::$state),+];
+
+            pub fn parse(text: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|s| s.as_str() == text)
+            }
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$state => state_name!($kind::$state)),+
+                }
+            }
+        }
+    };
+}
+
+states! {
+    /// The sender's states (`transfers.state`; a same-shard transfer is only ever
+    /// `completed`).
+    SenderState: Sender { Trying, Confirming, Completed, Cancelled }
+}
+
+states! {
+    /// The receiver's branch record (`incoming_transfers.state`).
+    ReceiverState: Receiver { Tried, Rejected, Confirmed, Cancelled }
 }
 
 impl SenderState {
-    pub const ALL: [SenderState; 4] = [Self::Trying, Self::Confirming, Self::Completed, Self::Cancelled];
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Trying => state_name!(Sender::Trying),
-            Self::Confirming => state_name!(Sender::Confirming),
-            Self::Completed => state_name!(Sender::Completed),
-            Self::Cancelled => state_name!(Sender::Cancelled),
-        }
-    }
-
     /// Whether the sender has decided the transfer (its `completed_at` is set).
     pub const fn is_final(self) -> bool {
         matches!(self, Self::Completed | Self::Cancelled)
-    }
-}
-
-/// The receiver's branch record (`incoming_transfers.state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReceiverState {
-    Tried,
-    Rejected,
-    Confirmed,
-    Cancelled,
-}
-
-impl ReceiverState {
-    pub const ALL: [ReceiverState; 4] = [Self::Tried, Self::Rejected, Self::Confirmed, Self::Cancelled];
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Tried => state_name!(Receiver::Tried),
-            Self::Rejected => state_name!(Receiver::Rejected),
-            Self::Confirmed => state_name!(Receiver::Confirmed),
-            Self::Cancelled => state_name!(Receiver::Cancelled),
-        }
     }
 }
 
@@ -125,10 +110,10 @@ mod tests {
 
     #[test]
     fn every_name_parses_back_to_its_state() {
-        for s in SenderState::ALL {
+        for &s in SenderState::ALL {
             assert_eq!(SenderState::parse(s.as_str()), Some(s));
         }
-        for s in ReceiverState::ALL {
+        for &s in ReceiverState::ALL {
             assert_eq!(ReceiverState::parse(s.as_str()), Some(s));
         }
         assert_eq!(SenderState::parse("tried"), None);

@@ -88,21 +88,14 @@ pub async fn place_hold(
 pub async fn debit_direct(tx: &Transaction<'_>, req: &TransferRequest<'_>, state: SenderState) -> Result<TransferView> {
     let (wallet, amount) = lock_sender(tx, req).await?;
     let id = req.transfer_id.uuid();
-    let amount_text = req.amount.to_string();
+    let (amount_text, state) = (req.amount.to_string(), state.as_str());
     let sql = format!(
         "INSERT INTO transfers (transfer_id, from_user, to_user, currency, amount, description, route, state, direct)
          VALUES ($1, $2, $3, $4, $5::text::numeric, $6, 'cross_shard', $7, true)
          RETURNING {TRANSFER_COLUMNS}"
     );
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
-        &id,
-        &req.from.as_str(),
-        &req.to.as_str(),
-        &req.currency.as_str(),
-        &amount_text,
-        &req.description,
-        &state.as_str(),
-    ];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+        [&id, &req.from.as_str(), &req.to.as_str(), &req.currency.as_str(), &amount_text, &req.description, &state];
     let debit = transit_posting(tx, id, req.transfer_id.bucket(), req.currency.as_str(), wallet.account_id, -amount);
     // The funds were checked under the wallet's lock: both writes go in one round trip.
     let (row, _) = futures::try_join!(async { Ok(tx.cached_query_one(&sql, &params).await?) }, debit)?;

@@ -60,3 +60,23 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// For an upper layer's error enum with a `Ledger(ledger::Error)` variant: database and
+/// shard errors convert into it through the ledger's error, so whether one is transient
+/// and how it is answered is decided in one place for every layer.
+macro_rules! carried_by {
+    ($error:ty) => {
+        impl From<tokio_postgres::Error> for $error {
+            fn from(e: tokio_postgres::Error) -> Self {
+                Self::Ledger(e.into())
+            }
+        }
+
+        impl From<$crate::sharding::Error> for $error {
+            fn from(e: $crate::sharding::Error) -> Self {
+                Self::Ledger(e.into())
+            }
+        }
+    };
+}
+pub(crate) use carried_by;

@@ -16,16 +16,6 @@ pub enum Error {
     Ledger(#[from] ledger::Error),
 }
 
-impl From<tokio_postgres::Error> for Error {
-    fn from(e: tokio_postgres::Error) -> Self {
-        Error::Ledger(e.into())
-    }
-}
-
-impl From<crate::sharding::Error> for Error {
-    fn from(e: crate::sharding::Error) -> Self {
-        Error::Ledger(e.into())
-    }
-}
+ledger::carried_by!(Error);
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -23,16 +23,6 @@ impl Error {
     }
 }
 
-impl From<tokio_postgres::Error> for Error {
-    fn from(e: tokio_postgres::Error) -> Self {
-        Error::Ledger(e.into())
-    }
-}
-
-impl From<crate::sharding::Error> for Error {
-    fn from(e: crate::sharding::Error) -> Self {
-        Error::Ledger(e.into())
-    }
-}
+ledger::carried_by!(Error);
 
 pub type Result<T> = std::result::Result<T, Error>;

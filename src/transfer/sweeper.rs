@@ -255,39 +255,24 @@ pub async fn redrive_by_operator(
     wakers: &Wakers,
     transfer_id: Uuid,
 ) -> super::Result<ledger::TransferView> {
-    let id = crate::domain::RoutableId::from_uuid(transfer_id).ok_or(ledger::Error::TransferNotFound)?;
-    let shard = router.for_id(&id).map_err(|_| ledger::Error::TransferNotFound)?;
-    let mut client = shard.client().await?;
-    let tx = client.transaction().await?;
-    let row = tx
-        .query_opt(
-            concat!(
-                "SELECT state, direct, route = 'cross_shard' AND (state <> ",
-                state_sql!(Sender::Cancelled),
-                " OR cancel_acked_at IS NULL), ",
-                facts_columns!(),
-                " FROM transfers WHERE transfer_id = $1 FOR UPDATE"
-            ),
+    let (shard, (view, name)) = tcc::with_sender_locked(router, transfer_id, async |tx, t| {
+        let due = t.cross_shard && !(t.state == tcc::SenderState::Cancelled.as_str() && t.cancel_acked);
+        let Some(stage) = due.then(|| tcc::redrive_stage(&t.state, t.direct)).flatten() else {
+            return Err(super::Error::TransferFinal);
+        };
+        let name = stage.name();
+        messages::enqueue(&tx, &t.facts.message(stage)).await?;
+        tx.execute(
+            "UPDATE transfers SET stuck_at = NULL, redrives = 0, updated_at = now() WHERE transfer_id = $1",
             &[&transfer_id],
         )
-        .await?
-        .ok_or(ledger::Error::TransferNotFound)?;
-    let stage = match row.get::<_, bool>(2) {
-        true => tcc::redrive_stage(row.get(0), row.get(1)),
-        false => None,
-    };
-    let Some(stage) = stage else { return Err(super::Error::TransferFinal) };
-    let facts = TransferFacts::from_row(&row, 3);
-    let name = stage.name();
-    messages::enqueue(&tx, &facts.message(stage)).await?;
-    tx.execute(
-        "UPDATE transfers SET stuck_at = NULL, redrives = 0, updated_at = now() WHERE transfer_id = $1",
-        &[&transfer_id],
-    )
+        .await?;
+        let view = ledger::queries::get_transfer(&tx, transfer_id).await?;
+        tx.commit().await?;
+        Ok((view, name))
+    })
     .await?;
-    let view = ledger::queries::get_transfer(&tx, transfer_id).await?;
-    tx.commit().await?;
-    wakers.wake(Outbox::Stages, shard.index);
+    wakers.wake(Outbox::Stages, shard);
     tracing::warn!(%transfer_id, stage = name, "transfer re-driven by an operator");
     Ok(view)
 }

@@ -223,45 +223,49 @@ pub async fn handle(router: &Router, msg: &StageMessage) -> Result<usize> {
 
 /// Applies an event to the sender's transfer (from a message or the sweeper).
 pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEvent) -> Result<usize> {
-    let id = RoutableId::from_uuid(transfer_id).ok_or(ledger::Error::TransferNotFound)?;
-    let shard = router.for_id(&id)?;
-    let mut client = shard.client().await?;
-    let tx = client.transaction().await?;
-    let row = tx
-        .cached_query_opt(
-            concat!(
-                "SELECT state, ",
-                facts_columns!(),
-                " FROM transfers WHERE transfer_id = $1 AND route = 'cross_shard' FOR UPDATE"
-            ),
-            &[&transfer_id],
-        )
-        .await?
-        .ok_or(ledger::Error::TransferNotFound)?;
-    let state: String = row.get(0);
-    let state = SenderState::parse(&state).ok_or_else(|| Error::Invariant(format!("unknown state {state}")))?;
-    let facts = TransferFacts::from_row(&row, 1);
-    let step = sender_step(state, event);
-    tracing::debug!(?state, ?event, ?step, "sender transition");
+    let (shard, step) = with_sender_locked(router, transfer_id, async |tx, t| {
+        if !t.cross_shard {
+            return Err(ledger::Error::TransferNotFound.into());
+        }
+        let state =
+            SenderState::parse(&t.state).ok_or_else(|| Error::Invariant(format!("unknown state {}", t.state)))?;
+        let step = sender_step(state, event);
+        tracing::debug!(?state, ?event, ?step, "sender transition");
+        apply_sender_step(&tx, &step, &t).await?;
+        tx.commit().await?;
+        Ok(step)
+    })
+    .await?;
     match &step {
-        // The statements of one step are independent: they travel in one round trip.
+        SenderStep::Complete => crate::telemetry::metrics::cross_shard_completed(),
+        SenderStep::Cancel { reason } => crate::telemetry::metrics::cross_shard_cancelled(reason),
+        SenderStep::Confirm | SenderStep::AckCancel | SenderStep::Ignore => {}
+    }
+    Ok(shard)
+}
+
+/// The writes of one sender step. Its statements are independent: they travel in one
+/// round trip.
+async fn apply_sender_step(tx: &Transaction<'_>, step: &SenderStep, t: &LockedTransfer) -> Result<()> {
+    let (transfer_id, facts) = (t.facts.transfer_id, &t.facts);
+    match step {
         SenderStep::Confirm => {
             let next = facts.message(Stage::ConfirmCredit);
             futures::try_join!(
-                holds::debit_to_transit(&tx, transfer_id, id.bucket(), &facts.currency).err_into(),
-                set_state(&tx, transfer_id, SenderState::Confirming, None),
-                messages::enqueue(&tx, &next),
+                holds::debit_to_transit(tx, transfer_id, t.id.bucket(), &facts.currency).err_into(),
+                set_state(tx, transfer_id, SenderState::Confirming, None),
+                messages::enqueue(tx, &next),
             )?;
         }
         SenderStep::Cancel { reason } => {
             let next = facts.message(Stage::CancelCredit);
             futures::try_join!(
-                holds::release_hold(&tx, transfer_id).err_into(),
-                set_state(&tx, transfer_id, SenderState::Cancelled, Some(reason)),
-                messages::enqueue(&tx, &next),
+                holds::release_hold(tx, transfer_id).err_into(),
+                set_state(tx, transfer_id, SenderState::Cancelled, Some(reason)),
+                messages::enqueue(tx, &next),
             )?;
         }
-        SenderStep::Complete => set_state(&tx, transfer_id, SenderState::Completed, None).await?,
+        SenderStep::Complete => set_state(tx, transfer_id, SenderState::Completed, None).await?,
         SenderStep::AckCancel => {
             tx.cached_execute(
                 "UPDATE transfers SET cancel_acked_at = now() WHERE transfer_id = $1 AND cancel_acked_at IS NULL",
@@ -271,13 +275,52 @@ pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEve
         }
         SenderStep::Ignore => {}
     }
-    tx.commit().await?;
-    match &step {
-        SenderStep::Complete => crate::telemetry::metrics::cross_shard_completed(),
-        SenderStep::Cancel { reason } => crate::telemetry::metrics::cross_shard_cancelled(reason),
-        SenderStep::Confirm | SenderStep::AckCancel | SenderStep::Ignore => {}
-    }
-    Ok(shard.index)
+    Ok(())
+}
+
+/// A transfer as its sender's shard records it, read `FOR UPDATE`.
+pub struct LockedTransfer {
+    pub id: RoutableId,
+    pub state: String,
+    pub direct: bool,
+    pub cross_shard: bool,
+    pub cancel_acked: bool,
+    pub facts: TransferFacts,
+}
+
+/// Runs `op` on a transfer's row, locked in a new transaction on its sender's shard;
+/// `op` commits the transaction or drops it (rolling back). Returns the shard's index
+/// with what `op` returned; `TransferNotFound` when no transfer has this id.
+pub async fn with_sender_locked<T>(
+    router: &Router,
+    transfer_id: Uuid,
+    op: impl AsyncFnOnce(Transaction<'_>, LockedTransfer) -> Result<T>,
+) -> Result<(usize, T)> {
+    let not_found = || Error::from(ledger::Error::TransferNotFound);
+    let id = RoutableId::from_uuid(transfer_id).ok_or_else(not_found)?;
+    let shard = router.for_id(&id).map_err(|_| not_found())?;
+    let mut client = shard.client().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .cached_query_opt(
+            concat!(
+                "SELECT state, direct, route = 'cross_shard', cancel_acked_at IS NOT NULL, ",
+                facts_columns!(),
+                " FROM transfers WHERE transfer_id = $1 FOR UPDATE"
+            ),
+            &[&transfer_id],
+        )
+        .await?
+        .ok_or_else(not_found)?;
+    let locked = LockedTransfer {
+        id,
+        state: row.get(0),
+        direct: row.get(1),
+        cross_shard: row.get(2),
+        cancel_acked: row.get(3),
+        facts: TransferFacts::from_row(&row, 4),
+    };
+    Ok((shard.index, op(tx, locked).await?))
 }
 
 async fn set_state(tx: &Transaction<'_>, transfer_id: Uuid, state: SenderState, reason: Option<&str>) -> Result<()> {
