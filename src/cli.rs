@@ -190,15 +190,16 @@ impl Cli {
             }
             Command::Dlq { command } => {
                 let settings = settings()?;
+                let topics = kafka::Topics::new(&settings.kafka.topic_prefix);
                 match command {
                     DlqCommand::Count => {
                         let kafka = settings.kafka.clone();
-                        let counts = tokio::task::spawn_blocking(move || dlq::counts(&kafka)).await??;
+                        let counts = tokio::task::spawn_blocking(move || dlq::counts(&kafka, &topics)).await??;
                         println!("{}", serde_json::to_string_pretty(&counts)?);
                     }
                     DlqCommand::Replay => {
                         let producer = kafka::producer(&settings.kafka)?;
-                        let n = dlq::replay(&settings.kafka, &producer).await?;
+                        let n = dlq::replay(&settings.kafka, &topics, &producer).await?;
                         println!("replayed {n} dead-lettered message(s)");
                     }
                 }

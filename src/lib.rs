@@ -9,14 +9,16 @@
 //! (`tests/api/layers.rs` checks it):
 //!
 //! - [`domain`]: parsed value types (`Amount`, `UserId`, `Currency`, `RoutableId`,
-//!   `PaymentMethod`); [`config`]: settings; [`secrets`]: the start-up check of secrets.
+//!   `PaymentMethod`) and the TCC states' names; [`config`]: settings; [`secrets`]: the
+//!   start-up check of secrets.
 //! - [`telemetry`]: tracing and every metric (plain labels in, no domain types).
 //! - [`sharding`]: `shard-map.toml`, the bucket ownership the shards record
 //!   (`sharding::ownership`) and the `Router`, the one place that picks a shard;
 //!   [`storage`]: migrations, the shard identity check, cached statements.
 //! - [`messaging`]: generic Kafka plumbing: clients, message tags, the transactional
 //!   outbox relay, the consumer loop and its `Handler`, the DLQ, the sampler.
-//! - [`ledger`]: double-entry rules inside one shard transaction, and `verify`.
+//! - [`ledger`]: double-entry rules inside one shard transaction, and `verify`. Each
+//!   layer above has its own error enum over `ledger::Error`.
 //! - [`gateways`]: the gateway trait and `Outcome`, one module per protocol, mocks.
 //! - [`transfer`]: starting transfers; the TCC state machine (`transfer::tcc`); the stage
 //!   worker; the sweeper. [`payments`]: deposits and withdrawals, their state machine

@@ -93,9 +93,12 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.server.listen))?;
         let port = listener.local_addr()?.port();
-        let payments = Arc::new(payments_context(&settings, &router, port)?);
+        // One set for both outboxes of every shard; each relay waits on its own.
+        let wakers = outbox::Wakers::new(router.shards().len());
+        let payments = Arc::new(payments_context(&settings, &router, port, wakers.clone())?);
+        let topics = Arc::new(kafka::Topics::new(&settings.kafka.topic_prefix));
         let state = AppState {
-            wakers: outbox::Wakers::new(router.shards().len()),
+            wakers,
             admission: Arc::new(Admission::new(&settings.transfers, router.shards().len())),
             router,
             auth: Auth::from_settings(&settings.auth),
@@ -103,6 +106,7 @@ impl Application {
             producer,
             payments,
             messages,
+            topics,
         };
         Ok(Self { listener, state, port })
     }
@@ -156,7 +160,12 @@ impl Application {
 
 /// The payments context: gateways from `[gateways.*]`, the sealing key, and where the
 /// gateways call back.
-fn payments_context(settings: &Settings, router: &Arc<Router>, port: u16) -> anyhow::Result<Payments> {
+fn payments_context(
+    settings: &Settings,
+    router: &Arc<Router>,
+    port: u16,
+    wakers: outbox::Wakers,
+) -> anyhow::Result<Payments> {
     let public_url = if settings.payments.public_url.is_empty() {
         format!("http://127.0.0.1:{port}")
     } else {
@@ -168,33 +177,38 @@ fn payments_context(settings: &Settings, router: &Arc<Router>, port: u16) -> any
         sealer: Sealer::from_hex(settings.payments.encryption_key.expose_secret())?,
         settings: settings.payments.clone(),
         public_url,
-        wakers: outbox::Wakers::new(router.shards().len()),
+        wakers,
     })
 }
 
+/// A relay of `outbox` on `shard`, sharing the process's producer, topics and wakers.
+fn relay(state: &AppState, shard: &Arc<crate::sharding::Shard>, outbox: outbox::Outbox) -> outbox::Relay {
+    outbox::Relay::new(
+        shard.clone(),
+        state.producer.clone(),
+        state.settings.kafka.clone(),
+        outbox,
+        state.topics.clone(),
+        state.wakers.clone(),
+        state.messages.clone(),
+    )
+}
+
 /// Per shard a payment relay and a reconciler, plus the payments-topic worker.
-fn spawn_payment_workers(state: &AppState, topics: &kafka::Topics, token: &CancellationToken, set: &mut JoinSet<()>) {
+fn spawn_payment_workers(state: &AppState, token: &CancellationToken, set: &mut JoinSet<()>) {
     let settings = &state.settings;
     for shard in state.router.shards() {
         if settings.payments.relay_enabled {
-            let relay = outbox::Relay::new(
-                shard.clone(),
-                state.producer.clone(),
-                settings.kafka.clone(),
-                outbox::Outbox::Payments,
-                state.payments.wakers.clone(),
-                state.messages.clone(),
-            );
-            set.spawn(relay.run(token.clone()));
+            set.spawn(relay(state, &shard, outbox::Outbox::Payments).run(token.clone()));
         }
         let reconciler = payments::reconcile::Reconciler { payments: state.payments.clone(), shard: shard.clone() };
         set.spawn(reconciler.run(token.clone()));
     }
     if settings.payments.worker_enabled {
-        let (state, topics, token) = (state.clone(), topics.clone(), token.clone());
+        let (state, token) = (state.clone(), token.clone());
         set.spawn(async move {
             let consumer = tokio::select! {
-                c = start_payment_consumer(&state, &topics) => c,
+                c = start_payment_consumer(&state) => c,
                 _ = token.cancelled() => return,
             };
             let auth = state.messages.clone();
@@ -203,9 +217,9 @@ fn spawn_payment_workers(state: &AppState, topics: &kafka::Topics, token: &Cance
     }
 }
 
-async fn start_payment_consumer(state: &AppState, topics: &kafka::Topics) -> rdkafka::consumer::StreamConsumer {
+async fn start_payment_consumer(state: &AppState) -> rdkafka::consumer::StreamConsumer {
     use rdkafka::consumer::Consumer;
-    let settings = &state.settings.kafka;
+    let (settings, topics) = (&state.settings.kafka, &state.topics);
     until_subscribed("payments", settings, topics, || {
         let group = format!("{}.payments", settings.group_id);
         let consumer: rdkafka::consumer::StreamConsumer = kafka::consumer_config(settings, &group).create()?;
@@ -242,22 +256,13 @@ async fn until_subscribed<C>(
 
 fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
     let settings = &state.settings;
-    let topics = kafka::Topics::new(&settings.kafka.topic_prefix);
     let mut set = JoinSet::new();
     for shard in state.router.shards() {
         // Several relays per shard: while one waits for the broker's acknowledgements,
         // another publishes what was committed meanwhile (SKIP LOCKED keeps them apart).
         let relays = if settings.transfers.relay_enabled { settings.transfers.relays_per_shard.max(1) } else { 0 };
         for _ in 0..relays {
-            let relay = outbox::Relay::new(
-                shard.clone(),
-                state.producer.clone(),
-                settings.kafka.clone(),
-                outbox::Outbox::Stages,
-                state.wakers.clone(),
-                state.messages.clone(),
-            );
-            set.spawn(relay.run(token.clone()));
+            set.spawn(relay(state, &shard, outbox::Outbox::Stages).run(token.clone()));
         }
         let sweeper = Sweeper {
             router: state.router.clone(),
@@ -284,16 +289,17 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
     let sampler = crate::messaging::sampler::Sampler {
         router: state.router.clone(),
         kafka: settings.kafka.clone(),
+        topics: state.topics.clone(),
         interval: Duration::from_secs(settings.metrics.sample_interval_secs.max(1)),
     };
     set.spawn(sampler.run(token.clone()));
-    spawn_payment_workers(state, &topics, token, &mut set);
+    spawn_payment_workers(state, token, &mut set);
     if settings.transfers.consumer_enabled {
         let state = state.clone();
         let token = token.clone();
         set.spawn(async move {
             let worker = tokio::select! {
-                w = start_consumer(&state, &topics) => w,
+                w = start_consumer(&state) => w,
                 _ = token.cancelled() => return,
             };
             worker.run(token).await;
@@ -303,8 +309,8 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
 }
 
 /// The stage consumer, once the broker answers.
-async fn start_consumer(state: &AppState, topics: &kafka::Topics) -> consumer::Worker {
-    let settings = &state.settings.kafka;
+async fn start_consumer(state: &AppState) -> consumer::Worker {
+    let (settings, topics) = (&state.settings.kafka, &state.topics);
     let consumer = until_subscribed("stages", settings, topics, || {
         let consumer: consumer::StageConsumer =
             kafka::consumer_config(settings, &settings.group_id).create_with_context(consumer::CommitOnRevoke)?;
@@ -321,7 +327,7 @@ async fn start_consumer(state: &AppState, topics: &kafka::Topics) -> consumer::W
         consumer,
         handler: Arc::new(handler),
         producer: state.producer.clone(),
-        topics: topics.clone(),
+        topics: state.topics.clone(),
         auth: state.messages.clone(),
         trim: match settings.trim_interval_secs {
             0 => None,

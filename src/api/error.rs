@@ -196,7 +196,6 @@ impl From<ledger::Error> for ApiError {
             L::UserNotFound => (S::NOT_FOUND, "user_not_found"),
             L::WalletNotFound => (S::NOT_FOUND, "wallet_not_found"),
             L::TransferNotFound => (S::NOT_FOUND, "transfer_not_found"),
-            L::TransferFinal => (S::CONFLICT, "transfer_final"),
             L::EntryNotFound => (S::NOT_FOUND, "not_found"),
             L::UserExists => (S::CONFLICT, "user_exists"),
             L::WalletExists => (S::CONFLICT, "wallet_exists"),
@@ -205,8 +204,6 @@ impl From<ledger::Error> for ApiError {
             L::InsufficientFunds => (S::UNPROCESSABLE_ENTITY, "insufficient_funds"),
             L::CurrencyMismatch => (S::UNPROCESSABLE_ENTITY, "currency_mismatch"),
             L::SameAccount => (S::UNPROCESSABLE_ENTITY, "same_account"),
-            L::PaymentNotFound => (S::NOT_FOUND, "payment_not_found"),
-            L::PaymentFinal => (S::CONFLICT, "payment_final"),
             L::Shard(crate::sharding::Error::Unavailable { .. }) => (S::SERVICE_UNAVAILABLE, "shard_unavailable"),
             L::Shard(shard) if shard.is_moved() => {
                 tracing::info!(error = %e, "request refused: bucket moving");
@@ -236,6 +233,29 @@ impl crate::sharding::MaybeMoved for ApiError {
     }
 }
 
+impl From<crate::transfer::Error> for ApiError {
+    fn from(e: crate::transfer::Error) -> Self {
+        use crate::transfer::Error as T;
+        match e {
+            T::TransferFinal => ApiError::new(StatusCode::CONFLICT, "transfer_final", e.to_string()),
+            T::Invariant(_) => ApiError::Unexpected(e.into()),
+            T::Ledger(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::payments::Error> for ApiError {
+    fn from(e: crate::payments::Error) -> Self {
+        use crate::payments::Error as P;
+        match e {
+            P::PaymentNotFound => ApiError::new(StatusCode::NOT_FOUND, "payment_not_found", e.to_string()),
+            P::PaymentFinal => ApiError::new(StatusCode::CONFLICT, "payment_final", e.to_string()),
+            P::Invariant(_) => ApiError::Unexpected(e.into()),
+            P::Ledger(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::sharding::Error> for ApiError {
     fn from(e: crate::sharding::Error) -> Self {
         ledger::Error::from(e).into()
@@ -245,5 +265,32 @@ impl From<crate::sharding::Error> for ApiError {
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
         ledger::Error::from(e).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{payments, transfer};
+
+    fn answer(e: impl Into<ApiError>) -> (u16, &'static str) {
+        let (status, problem) = e.into().problem();
+        (status.as_u16(), problem.code)
+    }
+
+    /// Each layer's errors keep the status and code they had when the ledger's error was
+    /// everyone's; a lower layer's error carried by a higher one is answered as its own.
+    #[test]
+    fn every_layers_errors_keep_their_problem_codes() {
+        assert_eq!(answer(transfer::Error::TransferFinal), (409, "transfer_final"));
+        assert_eq!(answer(transfer::Error::Invariant("x".into())), (500, "internal"));
+        assert_eq!(answer(transfer::Error::from(ledger::Error::InsufficientFunds)), (422, "insufficient_funds"));
+        assert_eq!(answer(transfer::Error::from(ledger::Error::TransferNotFound)), (404, "transfer_not_found"));
+        assert_eq!(answer(payments::Error::PaymentNotFound), (404, "payment_not_found"));
+        assert_eq!(answer(payments::Error::PaymentFinal), (409, "payment_final"));
+        assert_eq!(answer(payments::Error::Invariant("x".into())), (500, "internal"));
+        assert_eq!(answer(payments::Error::from(ledger::Error::WalletNotFound)), (404, "wallet_not_found"));
+        let unknown = crate::sharding::Error::UnknownBucket(7);
+        assert_eq!(answer(payments::Error::from(unknown)), (500, "internal"));
     }
 }

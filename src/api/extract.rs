@@ -141,7 +141,7 @@ pub struct StateQuery {
 /// `limit + 1` items after the cursor, newest first; the `limit` newest of all are
 /// kept, with the cursor of the next page when there are more. Ids sort by creation
 /// time.
-pub async fn page_over_shards<T, F, Fut>(
+pub async fn page_over_shards<T, F, Fut, E>(
     router: &crate::sharding::Router,
     limit: i64,
     id: impl Fn(&T) -> uuid::Uuid,
@@ -149,12 +149,13 @@ pub async fn page_over_shards<T, F, Fut>(
 ) -> Result<(Vec<T>, Option<uuid::Uuid>), ApiError>
 where
     F: Fn(deadpool_postgres::Client) -> Fut,
-    Fut: std::future::Future<Output = crate::ledger::Result<Vec<T>>>,
+    Fut: std::future::Future<Output = Result<Vec<T>, E>>,
+    E: Into<ApiError>,
 {
     let shards = router.shards();
     let pages = shards.iter().map(|shard| async {
-        let client = shard.client().await?;
-        read(client).await
+        let client = shard.client().await.map_err(ApiError::from)?;
+        read(client).await.map_err(Into::<ApiError>::into)
     });
     let mut all: Vec<T> = futures::future::try_join_all(pages).await?.into_iter().flatten().collect();
     all.sort_by_key(|item| std::cmp::Reverse(id(item)));

@@ -63,7 +63,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let producer = state.producer.clone();
     // Only this deployment's stage topic: the metadata of every topic on a shared broker
     // can take longer than the second a probe has.
-    let stages = crate::messaging::kafka::Topics::new(&state.settings.kafka.topic_prefix).stages;
+    let stages = state.topics.stages.clone();
     let broker = tokio::task::spawn_blocking(move || {
         if let Some((_, reason)) = producer.client().fatal_error() {
             return Err(format!("producer failed fatally: {reason}"));
@@ -111,8 +111,9 @@ pub async fn audit(State(state): State<AppState>, caller: Caller) -> Result<impl
 )]
 pub async fn dead_letters(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
     require_admin(&caller)?;
-    let settings = state.settings.kafka.clone();
-    let counts = tokio::task::spawn_blocking(move || dlq::counts(&settings)).await.map_err(anyhow::Error::from)??;
+    let (settings, topics) = (state.settings.kafka.clone(), state.topics.clone());
+    let counts =
+        tokio::task::spawn_blocking(move || dlq::counts(&settings, &topics)).await.map_err(anyhow::Error::from)??;
     Ok(Json(counts))
 }
 

@@ -19,7 +19,6 @@ use super::error::{problem_response, ApiError};
 use crate::storage::Cached;
 use crate::{
     domain::{Caller, IdempotencyKey},
-    ledger,
     sharding::{Attempt, Router, Shard},
 };
 
@@ -75,17 +74,17 @@ impl Idempotency {
     /// The transaction runs on the owner of `bucket` and first checks, inside itself,
     /// that the shard owns it (`sharding::ownership`): when the bucket moved, nothing is
     /// stored, the map is refreshed and the whole request runs once more on the new owner.
-    pub async fn run<T: Serialize>(
+    pub async fn run<T: Serialize, E: Into<ApiError>>(
         &self,
         router: &Router,
         bucket: u32,
         success: StatusCode,
-        op: impl AsyncFnOnce(&Transaction<'_>) -> ledger::Result<T>,
+        op: impl AsyncFnOnce(&Transaction<'_>) -> Result<T, E>,
     ) -> Result<(Response, bool), ApiError> {
         router.with_owner(bucket, op, |shard, op| async move { self.attempt(&shard, bucket, success, op).await }).await
     }
 
-    async fn attempt<T: Serialize, Op: AsyncFnOnce(&Transaction<'_>) -> ledger::Result<T>>(
+    async fn attempt<T: Serialize, E: Into<ApiError>, Op: AsyncFnOnce(&Transaction<'_>) -> Result<T, E>>(
         &self,
         shard: &Shard,
         bucket: u32,
@@ -102,7 +101,7 @@ impl Idempotency {
         let (status, body) = match op(&tx).await {
             Ok(value) => (success, serde_json::to_vec(&value).map_err(anyhow::Error::from)?),
             Err(e) => {
-                let err = ApiError::from(e);
+                let err: ApiError = e.into();
                 if err.is_internal() || matches!(&err, ApiError::Problem { status, .. } if status.is_server_error()) {
                     return Err(err);
                 }
@@ -114,7 +113,14 @@ impl Idempotency {
             .cached_execute(
                 "INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body, bucket)
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                &[&self.caller, &self.key.as_str(), &self.fingerprint, &(status.as_u16() as i16), &body, &(bucket as i32)],
+                &[
+                    &self.caller,
+                    &self.key.as_str(),
+                    &self.fingerprint,
+                    &(status.as_u16() as i16),
+                    &body,
+                    &(bucket as i32),
+                ],
             )
             .await;
         match stored {

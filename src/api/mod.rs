@@ -37,6 +37,8 @@ pub struct AppState {
     pub payments: Arc<crate::payments::Payments>,
     /// Signs what the relays publish and verifies what the consumers take.
     pub messages: crate::messaging::auth::MessageAuth,
+    /// This deployment's topic names, from `kafka.topic_prefix` once at start.
+    pub topics: Arc<crate::messaging::kafka::Topics>,
 }
 
 impl AppState {

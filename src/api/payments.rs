@@ -170,7 +170,7 @@ async fn create(
     let (response, committed) =
         idem.run(&state.router, bucket, StatusCode::ACCEPTED, async |tx| store::create(tx, &new).await).await?;
     if committed {
-        payments.wakers.wake(state.router.for_user(&user).index);
+        payments.wakers.wake(crate::messaging::outbox::Outbox::Payments, state.router.for_user(&user).index);
     }
     Ok(response)
 }

@@ -119,7 +119,7 @@ pub async fn create(
     }
     crate::telemetry::metrics::transfer_created(committed, cross_shard);
     if committed && cross_shard {
-        state.wakers.wake(state.router.for_user(&from).index);
+        state.wakers.wake(crate::messaging::outbox::Outbox::Stages, state.router.for_user(&from).index);
     }
     Ok(outcome?.0)
 }
@@ -197,7 +197,7 @@ pub async fn admin_list(
 ) -> Result<Response, ApiError> {
     require_admin(&caller)?;
     let wanted = filter.state.as_deref().unwrap_or("stuck");
-    if !["stuck", "trying", "confirming", "completed", "cancelled"].contains(&wanted) {
+    if wanted != "stuck" && crate::domain::SenderState::parse(wanted).is_none() {
         return Err(ApiError::invalid_request("state must be stuck, trying, confirming, completed or cancelled"));
     }
     let (limit, cursor) = (page.limit()?, page.cursor::<uuid::Uuid>()?);

@@ -14,7 +14,10 @@ use hdrhistogram::Histogram;
 use uuid::Uuid;
 
 use super::load::histogram;
-use crate::{domain::RoutableId, sharding::Router};
+use crate::{
+    domain::{RoutableId, SenderState},
+    sharding::Router,
+};
 
 const POLL_EVERY: Duration = Duration::from_millis(200);
 
@@ -77,13 +80,13 @@ pub async fn settle(router: &Router, ids: &[Uuid], deadline: Duration) -> anyhow
             for row in rows {
                 let id: Uuid = row.try_get(0)?;
                 let state: String = row.try_get(1)?;
-                let outcome = match state.as_str() {
-                    "completed" => {
+                let outcome = match SenderState::parse(&state) {
+                    Some(SenderState::Completed) => {
                         let created: DateTime<Utc> = row.try_get(3)?;
                         let completed: Option<DateTime<Utc>> = row.try_get(4)?;
                         Outcome::Completed(completion_micros(created, completed))
                     }
-                    "cancelled" => Outcome::Cancelled(row.try_get::<_, Option<String>>(2)?),
+                    Some(SenderState::Cancelled) => Outcome::Cancelled(row.try_get::<_, Option<String>>(2)?),
                     _ => continue,
                 };
                 done.record(outcome);

@@ -2,9 +2,11 @@
 mod amount;
 mod ids;
 pub mod payment_method;
+pub mod transfer_state;
 
 pub use amount::{Amount, AmountError, MAX_AMOUNT_DIGITS};
 pub use ids::{Currency, IdempotencyKey, InvalidId, RoutableId, UserId};
+pub use transfer_state::{ReceiverState, SenderState};
 
 /// Who is calling, from a verified token.
 #[derive(Debug, Clone, PartialEq, Eq)]

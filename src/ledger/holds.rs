@@ -16,7 +16,7 @@ use super::{
     queries::{TransferView, TRANSFER_COLUMNS},
     Error, Result,
 };
-use crate::domain::{Currency, UserId};
+use crate::domain::{Currency, SenderState, UserId};
 
 use super::local::TransferRequest;
 
@@ -39,12 +39,12 @@ async fn lock_sender(tx: &Transaction<'_>, req: &TransferRequest<'_>) -> Result<
 /// Records a cross-shard transfer in `trying` and reserves the amount on the sender's
 /// wallet (`held` grows; `balance` does not move until confirmation).
 #[tracing::instrument(skip_all, fields(transfer_id = %req.transfer_id))]
-/// `state` is the TCC state machine's initial state (`transfer::tcc::SenderState`).
+/// `state` is the TCC state machine's initial state (`SenderState::INITIAL` in `transfer::tcc`).
 pub async fn place_hold(
     tx: &Transaction<'_>,
     req: &TransferRequest<'_>,
     deadline: DateTime<Utc>,
-    state: &str,
+    state: SenderState,
 ) -> Result<TransferView> {
     let (wallet, _) = lock_sender(tx, req).await?;
     let id = req.transfer_id.uuid();
@@ -74,7 +74,7 @@ pub async fn place_hold(
                 &req.description,
                 &deadline,
                 &wallet.account_id,
-                &state,
+                &state.as_str(),
             ],
         )
         .await?;
@@ -85,10 +85,10 @@ pub async fn place_hold(
 /// in `confirming` and debited to the shard's transit account at once, with no hold.
 #[tracing::instrument(skip_all, fields(transfer_id = %req.transfer_id))]
 /// `state` is the TCC state machine's initial state of a direct credit.
-pub async fn debit_direct(tx: &Transaction<'_>, req: &TransferRequest<'_>, state: &str) -> Result<TransferView> {
+pub async fn debit_direct(tx: &Transaction<'_>, req: &TransferRequest<'_>, state: SenderState) -> Result<TransferView> {
     let (wallet, amount) = lock_sender(tx, req).await?;
     let id = req.transfer_id.uuid();
-    let amount_text = req.amount.to_string();
+    let (amount_text, state) = (req.amount.to_string(), state.as_str());
     let sql = format!(
         "INSERT INTO transfers (transfer_id, from_user, to_user, currency, amount, description, route, state, direct)
          VALUES ($1, $2, $3, $4, $5::text::numeric, $6, 'cross_shard', $7, true)

@@ -12,7 +12,7 @@ use super::{
     queries::{TransferView, TRANSFER_COLUMNS},
     Error, Result,
 };
-use crate::domain::{Amount, Currency, RoutableId, UserId};
+use crate::domain::{transfer_state::state_sql, Amount, Currency, RoutableId, UserId};
 
 /// The read models derive their OpenAPI schema here, so the document cannot drift from
 /// what is serialised (a derive only: the ledger knows nothing of HTTP).
@@ -145,8 +145,9 @@ pub async fn transfer(tx: &Transaction<'_>, req: &TransferRequest<'_>) -> Result
     );
     let sql = format!(
         "INSERT INTO transfers (transfer_id, from_user, to_user, currency, amount, description, route, state, completed_at)
-         VALUES ($1, $2, $3, $4, $5::text::numeric, $6, 'local', 'completed', now())
-         RETURNING {TRANSFER_COLUMNS}"
+         VALUES ($1, $2, $3, $4, $5::text::numeric, $6, 'local', {}, now())
+         RETURNING {TRANSFER_COLUMNS}",
+        state_sql!(Sender::Completed)
     );
     let amount_text = req.amount.to_string();
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =

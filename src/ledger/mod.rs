@@ -24,8 +24,6 @@ pub enum Error {
     WalletNotFound,
     #[error("transfer not found")]
     TransferNotFound,
-    #[error("the transfer has nothing left to re-drive (completed, same-shard, or its cancel acknowledged)")]
-    TransferFinal,
     #[error("entry not found")]
     EntryNotFound,
     #[error("user already exists")]
@@ -42,10 +40,6 @@ pub enum Error {
     CurrencyMismatch,
     #[error("sender and receiver are the same wallet")]
     SameAccount,
-    #[error("payment not found")]
-    PaymentNotFound,
-    #[error("the payment is already final")]
-    PaymentFinal,
     #[error(transparent)]
     Shard(crate::sharding::Error),
     #[error("database: {0}")]
@@ -85,3 +79,29 @@ impl crate::sharding::MaybeMoved for Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// For an upper layer's error enum with a `Ledger(ledger::Error)` variant: database and
+/// shard errors convert into it through the ledger's error, so whether one is transient
+/// and how it is answered is decided in one place for every layer.
+macro_rules! carried_by {
+    ($error:ty) => {
+        impl From<tokio_postgres::Error> for $error {
+            fn from(e: tokio_postgres::Error) -> Self {
+                Self::Ledger(e.into())
+            }
+        }
+
+        impl From<$crate::sharding::Error> for $error {
+            fn from(e: $crate::sharding::Error) -> Self {
+                Self::Ledger(e.into())
+            }
+        }
+
+        impl $crate::sharding::MaybeMoved for $error {
+            fn is_moved(&self) -> bool {
+                matches!(self, Self::Ledger(e) if $crate::sharding::MaybeMoved::is_moved(e))
+            }
+        }
+    };
+}
+pub(crate) use carried_by;

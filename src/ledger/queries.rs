@@ -6,7 +6,10 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{accounts, posting::Kind, Error, Result};
-use crate::domain::{Currency, UserId};
+use crate::domain::{
+    transfer_state::{state_sql, states_sql},
+    Currency, ReceiverState, SenderState, UserId,
+};
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[schema(as = Wallet)]
@@ -189,9 +192,10 @@ impl TransferView {
 
 /// The public status of an internal state: in-flight states are all `pending`.
 pub fn status_of(state: &str) -> TransferStatus {
-    match state {
-        "completed" | "confirmed" => TransferStatus::Completed,
-        "cancelled" | "rejected" => TransferStatus::Cancelled,
+    use {ReceiverState as R, SenderState as S};
+    match (S::parse(state), R::parse(state)) {
+        (Some(S::Completed), _) | (_, Some(R::Confirmed)) => TransferStatus::Completed,
+        (Some(S::Cancelled), _) | (_, Some(R::Cancelled | R::Rejected)) => TransferStatus::Cancelled,
         _ => TransferStatus::Pending,
     }
 }
@@ -218,10 +222,11 @@ pub async fn user_transfers(
              UNION ALL
              SELECT transfer_id, state, from_user, to_user, currency, amount::text, description,
                     'cross_shard', reason, created_at, updated_at,
-                    CASE WHEN state = 'confirmed' THEN updated_at END, NULL::timestamptz
+                    CASE WHEN state = {confirmed} THEN updated_at END, NULL::timestamptz
              FROM incoming_transfers
              WHERE to_user = $1 AND ($2::uuid IS NULL OR transfer_id < $2)
-         ) t ORDER BY transfer_id DESC LIMIT $3"
+         ) t ORDER BY transfer_id DESC LIMIT $3",
+        confirmed = state_sql!(Receiver::Confirmed)
     );
     let rows = client.cached_query(&sql, &[&user.as_str(), &before, &(limit + 1)]).await?;
     let more = rows.len() as i64 > limit;
@@ -240,8 +245,13 @@ pub async fn transfers_in_state(
 ) -> Result<Vec<TransferView>> {
     // Two statements, so that the stuck listing can use its partial index.
     let filter = if state == "stuck" {
-        "stuck_at IS NOT NULL AND $1 = 'stuck'
-         AND (state IN ('trying', 'confirming') OR (state = 'cancelled' AND cancel_acked_at IS NULL))"
+        concat!(
+            "stuck_at IS NOT NULL AND $1 = 'stuck' AND (state IN ",
+            states_sql!(Sender::Trying, Sender::Confirming),
+            " OR (state = ",
+            state_sql!(Sender::Cancelled),
+            " AND cancel_acked_at IS NULL))"
+        )
     } else {
         "state = $1"
     };

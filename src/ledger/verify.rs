@@ -17,7 +17,10 @@ use num_traits::Zero;
 use serde::Serialize;
 
 use super::{accounts::parse_numeric, Result};
-use crate::sharding::Router;
+use crate::{
+    domain::transfer_state::{state_sql, states_sql},
+    sharding::Router,
+};
 
 // The OpenAPI schemas (`AuditReport`, `ShardAudit`, `TransitAudit`) are derived on
 // these types, so the document shows what is sent.
@@ -106,24 +109,35 @@ const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "open hold of a transfer not in flight",
-        "SELECT format('hold of transfer %s is open but the transfer is %s', h.transfer_id, t.state)
+        concat!(
+            "SELECT format('hold of transfer %s is open but the transfer is %s', h.transfer_id, t.state)
          FROM holds h JOIN transfers t USING (transfer_id)
-         WHERE h.released_at IS NULL AND t.state <> 'trying'",
+         WHERE h.released_at IS NULL AND t.state <> ",
+            state_sql!(Sender::Trying)
+        ),
     ),
     (
         "transfer legs do not match its state",
-        "SELECT format('transfer %s is %s (%s) but has %s debit posting(s)', t.transfer_id, t.state, t.route, count(p.*))
+        concat!(
+            "SELECT format('transfer %s is %s (%s) but has %s debit posting(s)', t.transfer_id, t.state, t.route, count(p.*))
          FROM transfers t LEFT JOIN postings p
               ON p.reference = t.transfer_id AND p.kind IN ('transfer', 'transfer_debit')
          GROUP BY t.transfer_id, t.state, t.route
-         HAVING count(p.*) <> CASE WHEN t.state IN ('completed', 'confirming') THEN 1 ELSE 0 END",
+         HAVING count(p.*) <> CASE WHEN t.state IN ",
+            states_sql!(Sender::Completed, Sender::Confirming),
+            " THEN 1 ELSE 0 END"
+        ),
     ),
     (
         "incoming transfer legs do not match its state",
-        "SELECT format('incoming transfer %s is %s but has %s credit posting(s)', i.transfer_id, i.state, count(p.*))
+        concat!(
+            "SELECT format('incoming transfer %s is %s but has %s credit posting(s)', i.transfer_id, i.state, count(p.*))
          FROM incoming_transfers i LEFT JOIN postings p ON p.reference = i.transfer_id AND p.kind = 'transfer_credit'
          GROUP BY i.transfer_id, i.state
-         HAVING count(p.*) <> CASE WHEN i.state = 'confirmed' THEN 1 ELSE 0 END",
+         HAVING count(p.*) <> CASE WHEN i.state = ",
+            state_sql!(Receiver::Confirmed),
+            " THEN 1 ELSE 0 END"
+        ),
     ),
     (
         "cross-shard debit does not match its transfer",
@@ -284,15 +298,19 @@ pub async fn run(router: &Router) -> Result<Report> {
 async fn check_transit(tx: &deadpool_postgres::Transaction<'_>, report: &mut ShardReport) -> Result<()> {
     let rows = tx
         .query(
-            "SELECT currency, sum(balance)::text, sum(sent)::text, sum(received)::text FROM (
-                 SELECT a.currency, e.amount AS balance, 0 AS sent, 0 AS received
-                 FROM accounts a JOIN entries e USING (account_id) WHERE a.system_name = 'transit'
-                 UNION ALL
-                 SELECT currency, 0, amount, 0 FROM transfers
-                 WHERE route = 'cross_shard' AND state IN ('confirming', 'completed')
-                 UNION ALL
-                 SELECT currency, 0, 0, amount FROM incoming_transfers WHERE state = 'confirmed'
-             ) legs GROUP BY currency ORDER BY currency",
+            concat!(
+                "SELECT currency, sum(balance)::text, sum(sent)::text, sum(received)::text FROM (
+                     SELECT a.currency, e.amount AS balance, 0 AS sent, 0 AS received
+                     FROM accounts a JOIN entries e USING (account_id) WHERE a.system_name = 'transit'
+                     UNION ALL
+                     SELECT currency, 0, amount, 0 FROM transfers
+                     WHERE route = 'cross_shard' AND state IN ",
+                states_sql!(Sender::Confirming, Sender::Completed),
+                " UNION ALL
+                     SELECT currency, 0, 0, amount FROM incoming_transfers WHERE state = ",
+                state_sql!(Receiver::Confirmed),
+                ") legs GROUP BY currency ORDER BY currency"
+            ),
             &[],
         )
         .await?;

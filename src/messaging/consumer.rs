@@ -75,7 +75,7 @@ pub struct Worker {
     pub consumer: StageConsumer,
     pub handler: Arc<dyn Handler>,
     pub producer: FutureProducer,
-    pub topics: Topics,
+    pub topics: std::sync::Arc<Topics>,
     pub auth: MessageAuth,
     /// Deletes handled messages from the stage topic; `None` keeps them.
     pub trim: Option<(AdminClient<DefaultClientContext>, Duration)>,

@@ -36,17 +36,19 @@ fn replay_consumer(settings: &KafkaSettings) -> anyhow::Result<BaseConsumer> {
 }
 
 /// Blocking (rdkafka's metadata calls are synchronous): call from `spawn_blocking`.
-pub fn counts(settings: &KafkaSettings) -> anyhow::Result<DeadLetterCounts> {
-    let topics = kafka::Topics::new(&settings.topic_prefix);
+pub fn counts(settings: &KafkaSettings, topics: &kafka::Topics) -> anyhow::Result<DeadLetterCounts> {
     let consumer = replay_consumer(settings)?;
     let (low, high) = consumer.fetch_watermarks(&topics.dead_letters, 0, Duration::from_secs(5))?;
     let done = committed(&consumer, &topics.dead_letters, 1)?.max(low);
-    Ok(DeadLetterCounts { topic: topics.dead_letters, total: high - low, pending: (high - done).max(0) })
+    Ok(DeadLetterCounts { topic: topics.dead_letters.clone(), total: high - low, pending: (high - done).max(0) })
 }
 
 /// Republishes every pending dead letter to the stage topic; returns how many.
-pub async fn replay(settings: &KafkaSettings, producer: &FutureProducer) -> anyhow::Result<usize> {
-    let topics = kafka::Topics::new(&settings.topic_prefix);
+pub async fn replay(
+    settings: &KafkaSettings,
+    topics: &kafka::Topics,
+    producer: &FutureProducer,
+) -> anyhow::Result<usize> {
     let consumer = replay_consumer(settings)?;
     let (_, high) = consumer.fetch_watermarks(&topics.dead_letters, 0, Duration::from_secs(5))?;
     consumer.subscribe(&[&topics.dead_letters])?;

@@ -39,22 +39,28 @@ pub async fn enqueue(
 
 /// Wakes the relays of this process right after a commit, so a message does not wait
 /// for the next poll. Other processes' relays find it by polling.
+///
+/// One `Notify` per outbox and shard: `notify_one` wakes a single waiting relay, so
+/// were the stage and payment relays of a shard to share one, a stage commit could wake
+/// the payment relay and leave the stage relay to its poll. The relays of one outbox and
+/// shard do share one: any of them publishes the new rows.
 #[derive(Clone, Default)]
-pub struct Wakers(Arc<Vec<Notify>>);
+pub struct Wakers(Arc<Vec<[Notify; Outbox::ALL.len()]>>);
 
 impl Wakers {
     pub fn new(shards: usize) -> Self {
-        Self(Arc::new((0..shards).map(|_| Notify::new()).collect()))
+        Self(Arc::new((0..shards).map(|_| std::array::from_fn(|_| Notify::new())).collect()))
     }
 
-    pub fn wake(&self, shard: usize) {
-        if let Some(n) = self.0.get(shard) {
+    /// After a commit that wrote to `outbox` on `shard`.
+    pub fn wake(&self, outbox: Outbox, shard: usize) {
+        if let Some(n) = self.get(outbox, shard) {
             n.notify_one();
         }
     }
 
-    fn get(&self, shard: usize) -> Option<&Notify> {
-        self.0.get(shard)
+    fn get(&self, outbox: Outbox, shard: usize) -> Option<&Notify> {
+        self.0.get(shard).map(|per_outbox| &per_outbox[outbox as usize])
     }
 }
 
@@ -68,6 +74,8 @@ pub enum Outbox {
 }
 
 impl Outbox {
+    pub const ALL: [Outbox; 2] = [Outbox::Stages, Outbox::Payments];
+
     fn insert_sql(self) -> &'static str {
         match self {
             Outbox::Stages => "INSERT INTO outbox (msg_key, payload) VALUES ($1, $2)",
@@ -98,10 +106,10 @@ impl Outbox {
         }
     }
 
-    fn topic(self, topics: &kafka::Topics) -> String {
+    fn topic(self, topics: &kafka::Topics) -> &str {
         match self {
-            Outbox::Stages => topics.stages.clone(),
-            Outbox::Payments => topics.payments.clone(),
+            Outbox::Stages => &topics.stages,
+            Outbox::Payments => &topics.payments,
         }
     }
 }
@@ -112,8 +120,8 @@ pub struct Relay {
     /// To create the topics again when a restarted broker (memory storage) forgot them.
     pub kafka: KafkaSettings,
     pub outbox: Outbox,
-    topic: String,
-    /// Woken by this process's commits (the wakers of this outbox).
+    topics: Arc<kafka::Topics>,
+    /// Woken by this process's commits to this outbox on this shard.
     pub wakers: Wakers,
     auth: MessageAuth,
 }
@@ -124,11 +132,11 @@ impl Relay {
         producer: FutureProducer,
         kafka: KafkaSettings,
         outbox: Outbox,
+        topics: Arc<kafka::Topics>,
         wakers: Wakers,
         auth: MessageAuth,
     ) -> Self {
-        let topic = outbox.topic(&kafka::Topics::new(&kafka.topic_prefix));
-        Self { shard, producer, kafka, outbox, topic, wakers, auth }
+        Self { shard, producer, kafka, outbox, topics, wakers, auth }
     }
 
     #[tracing::instrument(name = "relay", skip_all, fields(shard = %self.shard.name, outbox = ?self.outbox))]
@@ -148,7 +156,7 @@ impl Relay {
                     continue;
                 }
             }
-            let Some(wake) = self.wakers.get(self.shard.index) else { break };
+            let Some(wake) = self.wakers.get(self.outbox, self.shard.index) else { break };
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
@@ -169,11 +177,12 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
+        let topic = self.outbox.topic(&self.topics);
         let sends = rows.iter().map(|row| {
             let key: &str = row.get(1);
             let payload: &str = row.get(2);
             let headers = self.auth.headers(self.outbox.purpose(), key.as_bytes(), payload.as_bytes());
-            let record = FutureRecord::to(&self.topic).key(key).payload(payload).headers(headers);
+            let record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
             self.producer.send(record, Duration::from_secs(10))
         });
         for result in futures::future::join_all(sends).await {
@@ -188,10 +197,10 @@ impl Relay {
                 ) {
                     // A broker that lost its topics (memory storage, restarted): create
                     // them again; the rows stay in the outbox for the next attempt.
-                    tracing::warn!(topic = %self.topic, "the broker does not know the topic; creating it again");
-                    kafka::ensure_topics(&self.kafka, &kafka::Topics::new(&self.kafka.topic_prefix)).await?;
+                    tracing::warn!(topic, "the broker does not know the topic; creating it again");
+                    kafka::ensure_topics(&self.kafka, &self.topics).await?;
                 }
-                anyhow::bail!("publish to {}: {e}", self.topic);
+                anyhow::bail!("publish to {topic}: {e}");
             }
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
@@ -202,5 +211,25 @@ impl Relay {
             crate::telemetry::metrics::outbox_published(&self.shard.name, ids.len());
         }
         Ok(ids.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    #[test]
+    fn a_wake_reaches_the_relays_of_its_outbox_and_shard_only() {
+        let wakers = Wakers::new(2);
+        wakers.wake(Outbox::Stages, 1);
+        let ready = |outbox, shard| wakers.get(outbox, shard).expect("a shard").notified().now_or_never().is_some();
+        assert!(!ready(Outbox::Payments, 1), "a stage commit took the payment relay's wake");
+        assert!(!ready(Outbox::Stages, 0), "another shard's relay was woken");
+        assert!(ready(Outbox::Stages, 1));
+        wakers.wake(Outbox::Payments, 0);
+        assert!(ready(Outbox::Payments, 0));
+        assert!(wakers.get(Outbox::Stages, 2).is_none(), "no shard 2");
     }
 }

@@ -18,13 +18,14 @@ use crate::{
 pub struct Sampler {
     pub router: Arc<Router>,
     pub kafka: KafkaSettings,
+    pub topics: Arc<kafka::Topics>,
     pub interval: Duration,
 }
 
 impl Sampler {
     #[tracing::instrument(name = "sampler", skip_all)]
     pub async fn run(self, shutdown: CancellationToken) {
-        let kafka = Arc::new(KafkaProbe::new(&self.kafka));
+        let kafka = Arc::new(KafkaProbe::new(&self.kafka, self.topics.clone()));
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -70,7 +71,7 @@ pub async fn outbox_stats(shard: &Shard) -> anyhow::Result<(i64, f64)> {
 /// group's committed offsets and the topics' watermarks, so it takes no partitions.
 struct KafkaProbe {
     consumer: Option<BaseConsumer>,
-    topics: kafka::Topics,
+    topics: Arc<kafka::Topics>,
 }
 
 /// The probe is a member of the consumer group: closing it leaves the group, which can
@@ -86,13 +87,13 @@ impl Drop for KafkaProbe {
 }
 
 impl KafkaProbe {
-    fn new(settings: &KafkaSettings) -> Self {
+    fn new(settings: &KafkaSettings, topics: Arc<kafka::Topics>) -> Self {
         let consumer = kafka::consumer_config(settings, &settings.group_id)
             .set("enable.auto.commit", "false")
             .create::<BaseConsumer>()
             .map_err(|e| tracing::warn!(error = %e, "no consumer lag metrics: cannot create the probe"))
             .ok();
-        Self { consumer, topics: kafka::Topics::new(&settings.topic_prefix) }
+        Self { consumer, topics }
     }
 
     /// Blocking (librdkafka's metadata calls are synchronous).

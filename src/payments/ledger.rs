@@ -6,12 +6,12 @@ use deadpool_postgres::Transaction;
 use num_bigint::BigInt;
 use uuid::Uuid;
 
+use super::{Error, Result};
 use crate::{
     domain::{Currency, UserId},
     ledger::{
         accounts,
         posting::{self, Account, Kind, Leg, Posting, System},
-        Error, Result,
     },
 };
 

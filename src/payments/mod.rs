@@ -7,11 +7,13 @@
 //! - `outbox`: the payment outbox and its relay to the payments topic.
 //! - `worker`: consumes the payments topic and calls the gateway.
 //! - `reconcile`: per shard, redrives, queries pending payments and expires them.
+//! - `error`: this layer's errors, over the ledger's.
 //!
 //! A request writes the payment row and its outbox message in one shard transaction;
 //! the relay publishes it; the worker marks the payment submitted (committed) before
 //! calling the gateway, so a crash after the call leaves a submitted payment that the
 //! reconciler settles by a status query, never by a second charge.
+mod error;
 pub mod ledger;
 pub mod method;
 pub mod outbox;
@@ -22,15 +24,15 @@ pub mod worker;
 
 use std::{sync::Arc, time::Duration};
 
+use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::{
     config::PaymentSettings,
-    domain::RoutableId,
     gateways::{CallbackEvent, Gateways},
-    ledger::Result,
     sharding::Router,
 };
+pub use error::{Error, Result};
 use state::{Event, Step};
 use store::Timing;
 
@@ -66,6 +68,7 @@ pub struct Payments {
     pub settings: PaymentSettings,
     /// `<public_url>`; callbacks go to `<public_url>/v1/gateways/<name>/callbacks`.
     pub public_url: String,
+    /// The relays' wakers (one set for both outboxes, shared with the stage path).
     pub wakers: crate::messaging::outbox::Wakers,
 }
 
@@ -100,27 +103,34 @@ impl Payments {
     /// Runs one event on a payment in its own shard transaction.
     #[tracing::instrument(skip(self))]
     pub async fn apply(&self, payment_id: Uuid, event: &Event, retry_in: Duration) -> Result<Option<Step>> {
-        let Some(id) = RoutableId::from_uuid(payment_id) else { return Ok(None) };
-        let shard = self.router.for_id(&id)?;
-        let mut client = shard.client().await?;
-        let tx = client.transaction().await?;
-        let Some(row) = store::lock(&tx, payment_id).await? else { return Ok(None) };
-        let step = store::transition(&tx, &row, event, self.timing(retry_in)).await?;
-        tx.commit().await?;
-        Ok(Some(step))
+        store::with_locked(&self.router, payment_id, async |tx, row| {
+            let step = store::transition(&tx, &row, event, self.timing(retry_in)).await?;
+            tx.commit().await?;
+            Ok(step)
+        })
+        .await
     }
 
     /// Records a verified callback once per gateway event id and applies it.
     #[tracing::instrument(skip(self, event), fields(payment_id = %event.payment_id, event_id = %event.event_id))]
     pub async fn record_callback(&self, gateway: &str, event: CallbackEvent) -> Result<CallbackResult> {
-        let Some(id) = RoutableId::from_uuid(event.payment_id) else { return Ok(CallbackResult::UnknownPayment) };
-        let Ok(shard) = self.router.for_id(&id) else { return Ok(CallbackResult::UnknownPayment) };
-        let mut client = shard.client().await?;
-        let tx = client.transaction().await?;
-        let row = match store::lock(&tx, event.payment_id).await? {
-            Some(row) if row.view.gateway == gateway => row,
-            _ => return Ok(CallbackResult::UnknownPayment),
-        };
+        let recorded = store::with_locked(&self.router, event.payment_id, async move |tx, row| {
+            self.record_locked(tx, row, gateway, event).await
+        })
+        .await?;
+        Ok(recorded.unwrap_or(CallbackResult::UnknownPayment))
+    }
+
+    async fn record_locked(
+        &self,
+        tx: Transaction<'_>,
+        row: store::PaymentRow,
+        gateway: &str,
+        event: CallbackEvent,
+    ) -> Result<CallbackResult> {
+        if row.view.gateway != gateway {
+            return Ok(CallbackResult::UnknownPayment);
+        }
         let inserted = tx
             .execute(
                 "INSERT INTO payment_events (gateway, event_id, payment_id, outcome, applied)

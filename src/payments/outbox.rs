@@ -19,9 +19,9 @@ fn version() -> u32 {
     1
 }
 
-pub async fn enqueue(tx: &Transaction<'_>, payment_id: Uuid) -> crate::ledger::Result<()> {
+pub async fn enqueue(tx: &Transaction<'_>, payment_id: Uuid) -> super::Result<()> {
     let payload = serde_json::to_string(&SubmitPayment { v: 1, payment_id })
-        .map_err(|e| crate::ledger::Error::Invariant(format!("payment message does not serialise: {e}")))?;
+        .map_err(|e| super::Error::Invariant(format!("payment message does not serialise: {e}")))?;
     let key = payment_id.to_string();
     crate::messaging::outbox::enqueue(tx, crate::messaging::outbox::Outbox::Payments, &key, &payload).await?;
     Ok(())

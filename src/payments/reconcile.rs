@@ -14,8 +14,8 @@ use std::{sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{outbox, state::Event, worker::defer, Payments};
-use crate::{gateways::GatewayError, ledger::Result, sharding::Shard};
+use super::{outbox, state::Event, worker::defer, Payments, Result};
+use crate::{gateways::GatewayError, sharding::Shard};
 
 /// How often the pruning queries run (they find nothing new in between).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -159,7 +159,7 @@ impl Reconciler {
             outbox::enqueue(&tx, id).await?;
         }
         tx.commit().await?;
-        p.wakers.wake(self.shard.index);
+        p.wakers.wake(crate::messaging::outbox::Outbox::Payments, self.shard.index);
         Ok(())
     }
 

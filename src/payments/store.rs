@@ -13,11 +13,12 @@ use super::{
     method::{MaskedMethod, MethodType, PaymentMethod},
     outbox,
     state::{self, Event, State, Status, Step},
-    PaymentKind,
+    Error, PaymentKind, Result,
 };
 use crate::{
     domain::{Amount, Currency, RoutableId, UserId},
-    ledger::{accounts, Error, Result},
+    ledger::{self, accounts},
+    sharding::Router,
 };
 
 // What the API shows; its OpenAPI schema (`Payment`) is derived here, so it cannot
@@ -109,11 +110,11 @@ pub struct NewPayment<'a> {
 #[tracing::instrument(skip_all, fields(payment_id = %p.payment_id, kind = p.kind.as_str()))]
 pub async fn create(tx: &Transaction<'_>, p: &NewPayment<'_>) -> Result<PaymentView> {
     let Some(wallet) = accounts::lock_wallets(tx, &[p.user], p.currency).await?.pop() else {
-        return Err(accounts::missing_wallet_error(tx, p.user).await?);
+        return Err(accounts::missing_wallet_error(tx, p.user).await?.into());
     };
     let amount = p.amount.to_string();
     if p.kind == PaymentKind::Withdrawal && wallet.available() < BigInt::from(p.amount.value().clone()) {
-        return Err(Error::InsufficientFunds);
+        return Err(ledger::Error::InsufficientFunds.into());
     }
     let id = p.payment_id.uuid();
     let masked = p.method.masked();
@@ -156,6 +157,36 @@ pub async fn get(client: &impl GenericClient, payment_id: Uuid) -> Result<Option
 pub async fn lock(tx: &Transaction<'_>, payment_id: Uuid) -> Result<Option<PaymentRow>> {
     let sql = format!("SELECT {COLUMNS} FROM payments WHERE payment_id = $1 FOR UPDATE");
     tx.query_opt(&sql, &[&payment_id]).await?.as_ref().map(parse_row).transpose()
+}
+
+/// Runs `op` on a payment's row, locked in a new transaction on the payment's shard;
+/// `op` commits the transaction or drops it (rolling back). `None`, and nothing run,
+/// when no payment has this id: not a routable id, a bucket no shard has, or no row.
+pub async fn with_locked<T>(
+    router: &Router,
+    payment_id: Uuid,
+    op: impl AsyncFnOnce(Transaction<'_>, PaymentRow) -> Result<T>,
+) -> Result<Option<T>> {
+    let Some(id) = RoutableId::from_uuid(payment_id) else { return Ok(None) };
+    if router.for_id(&id).is_err() {
+        return Ok(None);
+    }
+    let bucket = u32::from(id.bucket());
+    // The transaction first checks that its shard owns the payment's bucket; when the
+    // bucket moved, `op` is handed back unrun and runs on the new owner.
+    router
+        .with_owner(bucket, op, |shard, op| async move {
+            let mut client = shard.client().await?;
+            let tx = client.transaction().await?;
+            match shard.check_write(&tx, bucket).await {
+                Ok(()) => {}
+                Err(moved) if moved.is_moved() => return Ok(crate::sharding::Attempt::Moved(op, moved)),
+                Err(e) => return Err(e.into()),
+            }
+            let Some(row) = lock(&tx, payment_id).await? else { return Ok(crate::sharding::Attempt::Done(None)) };
+            op(tx, row).await.map(|v| crate::sharding::Attempt::Done(Some(v)))
+        })
+        .await
 }
 
 /// A page of a user's payments, newest first (ids sort by creation time).

@@ -13,6 +13,7 @@
 //! stays `created` and the reconciler re-emits it (signed) when it is due.
 use std::{sync::Arc, time::Duration};
 
+use deadpool_postgres::Transaction;
 use rdkafka::{consumer::StreamConsumer, message::Message};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -21,12 +22,10 @@ use super::{
     method::PaymentMethod,
     outbox::SubmitPayment,
     state::{Event, Outcome, State},
-    store, PaymentKind, Payments,
+    store, Error, PaymentKind, Payments, Result,
 };
 use crate::{
-    domain::RoutableId,
     gateways::{GatewayError, PaymentRequest},
-    ledger::{Error, Result},
     messaging::{
         auth::{MessageAuth, Purpose},
         consumer,
@@ -68,39 +67,44 @@ impl Worker {
     }
 }
 
+/// Moves a created payment, its row locked in `tx`, to submitted and opens its method;
+/// `None` when it is not to be sent now (and then it may have been failed or deferred).
+async fn claim(
+    payments: &Payments,
+    tx: Transaction<'_>,
+    row: store::PaymentRow,
+) -> Result<Option<(store::PaymentRow, PaymentMethod)>> {
+    let payment_id = row.view.payment_id;
+    if row.view.state != State::Created || row.deadline <= chrono::Utc::now() {
+        // Submitted or in review: the reconciler asks the gateway; final: nothing to
+        // do; past its deadline: the reconciler expires it (a created payment is held
+        // by no gateway, so that is safe) rather than send it now.
+        return Ok(None);
+    }
+    // `created` means no gateway holds it (never sent, or the gateway said it never
+    // received it): failing it here releases nothing that could still be paid out.
+    let Some(gateway) = payments.gateways.get(&row.view.gateway) else {
+        return fail(tx, &row, payments).await.map(|()| None);
+    };
+    if let Err(wait) = gateway.breaker.admits_new_payments() {
+        defer(&tx, payment_id, wait).await?;
+        tx.commit().await?;
+        return Ok(None);
+    }
+    let Some(method) = row.sealed.as_deref().and_then(|s| payments.sealer.open(s).ok()) else {
+        tracing::error!(%payment_id, "payment method missing or unreadable; failing the payment");
+        return fail(tx, &row, payments).await.map(|()| None);
+    };
+    store::transition(&tx, &row, &Event::Submit, payments.timing(Duration::ZERO)).await?;
+    tx.commit().await?;
+    Ok(Some((row, method)))
+}
+
 /// Claims a created payment and calls its gateway.
 #[tracing::instrument(skip(payments))]
 pub async fn submit(payments: &Payments, payment_id: Uuid) -> Result<()> {
-    let Some(id) = RoutableId::from_uuid(payment_id) else { return Ok(()) };
-    let shard = payments.router.for_id(&id)?;
-    let (row, method) = {
-        let mut client = shard.client().await?;
-        let tx = client.transaction().await?;
-        let Some(row) = store::lock(&tx, payment_id).await? else { return Ok(()) };
-        if row.view.state != State::Created || row.deadline <= chrono::Utc::now() {
-            // Submitted or in review: the reconciler asks the gateway; final: nothing to
-            // do; past its deadline: the reconciler expires it (a created payment is held
-            // by no gateway, so that is safe) rather than send it now.
-            return Ok(());
-        }
-        // `created` means no gateway holds it (never sent, or the gateway said it never
-        // received it): failing it here releases nothing that could still be paid out.
-        let Some(gateway) = payments.gateways.get(&row.view.gateway) else {
-            return fail(tx, &row, payments).await;
-        };
-        if let Err(wait) = gateway.breaker.admits_new_payments() {
-            defer(&tx, payment_id, wait).await?;
-            tx.commit().await?;
-            return Ok(());
-        }
-        let Some(method) = row.sealed.as_deref().and_then(|s| payments.sealer.open(s).ok()) else {
-            tracing::error!(%payment_id, "payment method missing or unreadable; failing the payment");
-            return fail(tx, &row, payments).await;
-        };
-        store::transition(&tx, &row, &Event::Submit, payments.timing(Duration::ZERO)).await?;
-        tx.commit().await?;
-        (row, method)
-    };
+    let claimed = store::with_locked(&payments.router, payment_id, async |tx, row| claim(payments, tx, row).await);
+    let Some((row, method)) = claimed.await?.flatten() else { return Ok(()) };
     let result = call_gateway(payments, &row, &method).await;
     drop(method);
     if payments.settings.drop_gateway_answers {

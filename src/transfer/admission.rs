@@ -19,7 +19,7 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::TransferSettings, sharding::Shard, storage::Cached};
+use crate::{config::TransferSettings, domain::transfer_state::states_sql, sharding::Shard, storage::Cached};
 
 /// Why a cross-shard transfer is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,8 +156,13 @@ impl Sampler {
         let client = self.shard.client().await?;
         let row = client
             .cached_query_one(
-                "SELECT (SELECT count(*) FROM transfers WHERE state IN ('trying', 'confirming')),
-                        (SELECT coalesce(extract(epoch FROM now() - min(created_at)) * 1000, 0)::bigint FROM outbox)",
+                // Literals, so the count can use the partial index `transfers_to_redrive`
+                // (`domain::transfer_state`).
+                concat!(
+                    "SELECT (SELECT count(*) FROM transfers WHERE state IN ",
+                    states_sql!(Sender::Trying, Sender::Confirming),
+                    "), (SELECT coalesce(extract(epoch FROM now() - min(created_at)) * 1000, 0)::bigint FROM outbox)"
+                ),
                 &[],
             )
             .await?;

@@ -102,9 +102,9 @@ impl TransferFacts {
 }
 
 /// Writes a stage message to the stage outbox in the caller's transaction.
-pub async fn enqueue(tx: &deadpool_postgres::Transaction<'_>, msg: &StageMessage) -> crate::ledger::Result<()> {
+pub async fn enqueue(tx: &deadpool_postgres::Transaction<'_>, msg: &StageMessage) -> super::Result<()> {
     let payload = serde_json::to_string(msg)
-        .map_err(|e| crate::ledger::Error::Invariant(format!("stage message does not serialise: {e}")))?;
+        .map_err(|e| super::Error::Invariant(format!("stage message does not serialise: {e}")))?;
     let key = msg.facts.transfer_id.to_string();
     crate::messaging::outbox::enqueue(tx, crate::messaging::outbox::Outbox::Stages, &key, &payload).await?;
     Ok(())

@@ -2,6 +2,7 @@
 //! starts here (a debit + DirectCredit, or a hold + TryCredit, in the outbox) and
 //! continues in `tcc`.
 pub mod admission;
+mod error;
 pub mod incoming;
 pub mod messages;
 pub mod sweeper;
@@ -14,9 +15,10 @@ use deadpool_postgres::Transaction;
 
 use crate::{
     domain::{Currency, UserId},
-    ledger::{self, holds, local, local::TransferRequest, TransferView},
+    ledger::{holds, local, local::TransferRequest, TransferView},
     sharding::Router,
 };
+pub use error::{Error, Result};
 use messages::{Stage, TransferFacts};
 use tcc::SenderState;
 
@@ -53,18 +55,16 @@ pub async fn start(
     route: Route,
     req: &TransferRequest<'_>,
     try_timeout: Duration,
-) -> ledger::Result<TransferView> {
+) -> Result<TransferView> {
     let (view, stage) = match route {
         Route::Local { receiver_bucket } => {
-            crate::sharding::ownership::check_write(tx, receiver_bucket).await?;
-            return local::transfer(tx, req).await;
+            crate::sharding::ownership::check_write(tx, receiver_bucket).await.map_err(crate::ledger::Error::from)?;
+            return Ok(local::transfer(tx, req).await?);
         }
-        Route::CrossDirect => {
-            (holds::debit_direct(tx, req, SenderState::INITIAL_DIRECT.as_str()).await?, Stage::DirectCredit)
-        }
+        Route::CrossDirect => (holds::debit_direct(tx, req, SenderState::INITIAL_DIRECT).await?, Stage::DirectCredit),
         Route::Cross => {
             let deadline = tcc::try_deadline(try_timeout);
-            (holds::place_hold(tx, req, deadline, SenderState::INITIAL.as_str()).await?, Stage::TryCredit)
+            (holds::place_hold(tx, req, deadline, SenderState::INITIAL).await?, Stage::TryCredit)
         }
     };
     let facts = TransferFacts {

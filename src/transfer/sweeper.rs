@@ -13,12 +13,13 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    messages::{self, TransferFacts, FACTS_COLUMNS},
+    messages::{self, facts_columns, TransferFacts},
     tcc::{self, SenderEvent},
 };
 use crate::{
+    domain::transfer_state::{state_sql, states_sql},
     ledger,
-    messaging::outbox::Wakers,
+    messaging::outbox::{Outbox, Wakers},
     sharding::{Router, Shard},
 };
 
@@ -99,7 +100,7 @@ impl Sweeper {
         report
     }
 
-    fn failed(&self, task: &str, e: &ledger::Error, report: &mut SweepReport) {
+    fn failed(&self, task: &str, e: &super::Error, report: &mut SweepReport) {
         tracing::warn!(error = %e, task, "sweep task failed; next pass tries again");
         report.errors += 1;
     }
@@ -107,13 +108,17 @@ impl Sweeper {
     /// Holds past their expiry belong to transfers whose Try was never answered in
     /// time: cancel them. The state machine ignores the event for anything past `trying`.
     /// Returns (cancelled, failed).
-    async fn expire_holds(&self) -> ledger::Result<(usize, usize)> {
+    async fn expire_holds(&self) -> super::Result<(usize, usize)> {
         let client = self.shard.client().await?;
         let rows = client
             .query(
-                "SELECT h.transfer_id FROM holds h JOIN transfers t USING (transfer_id)
-                 JOIN bucket_owners b ON b.bucket = id_bucket(t.transfer_id) AND b.state = 'owned'
-                 WHERE h.released_at IS NULL AND h.expires_at < now() AND t.state = 'trying' LIMIT 500",
+                concat!(
+                    "SELECT h.transfer_id FROM holds h JOIN transfers t USING (transfer_id)
+                     JOIN bucket_owners b ON b.bucket = id_bucket(t.transfer_id) AND b.state = 'owned'
+                     WHERE h.released_at IS NULL AND h.expires_at < now() AND t.state = ",
+                    state_sql!(Sender::Trying),
+                    " LIMIT 500"
+                ),
                 &[],
             )
             .await?;
@@ -122,7 +127,7 @@ impl Sweeper {
         for row in &rows {
             let id: Uuid = row.get(0);
             match tcc::handle_sender(&self.router, id, &SenderEvent::TryTimedOut).await {
-                Ok(shard) => self.wakers.wake(shard),
+                Ok(shard) => self.wakers.wake(Outbox::Stages, shard),
                 Err(e) => {
                     tracing::warn!(transfer_id = %id, error = %e, "cancelling a timed-out transfer failed");
                     failed += 1;
@@ -136,25 +141,31 @@ impl Sweeper {
     /// `redrive_after` (a cancelled one until its receiver acknowledged the Cancel).
     /// Receivers answer duplicates again without repeating effects. One re-emitted past
     /// `redrive_max` times is marked stuck instead. Returns (re-emitted, newly stuck).
-    async fn redrive(&self) -> ledger::Result<(usize, usize)> {
+    async fn redrive(&self) -> super::Result<(usize, usize)> {
         let mut client = self.shard.client().await?;
         let tx = client.transaction().await?;
         let cap = if self.redrive_max == 0 { i32::MAX } else { self.redrive_max.min(i32::MAX as u32) as i32 };
         let rows = tx
             .query(
-                &format!(
+                // The predicate is the one of the partial index `transfers_to_redrive`,
+                // in literals, so the planner can match it (`domain::transfer_state`).
+                concat!(
                     "UPDATE transfers SET updated_at = now(), redrives = redrives + 1,
                          stuck_at = CASE WHEN redrives >= $2 THEN now() END
                      WHERE transfer_id IN (
                          SELECT t.transfer_id FROM transfers t
                          JOIN bucket_owners b ON b.bucket = id_bucket(t.transfer_id) AND b.state = 'owned'
-                         WHERE (t.state IN ('trying', 'confirming')
-                                OR (t.state = 'cancelled' AND t.route = 'cross_shard' AND t.cancel_acked_at IS NULL))
+                         WHERE (t.state IN ",
+                    states_sql!(Sender::Trying, Sender::Confirming),
+                    " OR (t.state = ",
+                    state_sql!(Sender::Cancelled),
+                    " AND t.route = 'cross_shard' AND t.cancel_acked_at IS NULL))
                            AND t.stuck_at IS NULL
                            AND t.updated_at < now() - $1 * interval '1 millisecond'
                          ORDER BY t.updated_at LIMIT 500
                          FOR UPDATE OF t SKIP LOCKED FOR KEY SHARE OF b SKIP LOCKED)
-                     RETURNING state, direct, stuck_at IS NOT NULL, redrives, {FACTS_COLUMNS}"
+                     RETURNING state, direct, stuck_at IS NOT NULL, redrives, ",
+                    facts_columns!()
                 ),
                 &[&(self.redrive_after.as_millis() as f64), &cap],
             )
@@ -170,7 +181,7 @@ impl Sweeper {
                 continue;
             }
             let Some(stage) = tcc::redrive_stage(row.get(0), row.get(1)) else {
-                return Err(ledger::Error::Invariant(format!(
+                return Err(super::Error::Invariant(format!(
                     "re-drive of a transfer in state {}",
                     row.get::<_, &str>(0)
                 )));
@@ -180,7 +191,7 @@ impl Sweeper {
         }
         tx.commit().await?;
         if rows.len() > stuck {
-            self.wakers.wake(self.shard.index);
+            self.wakers.wake(Outbox::Stages, self.shard.index);
         }
         Ok((rows.len() - stuck, stuck))
     }
@@ -190,33 +201,43 @@ impl Sweeper {
     /// a transfer whose receiver record is final (the record itself implies them; see
     /// `tcc::Barriers::implied_by`). A Cancel barrier without a record (an empty
     /// rollback) is kept: it is all that suspends a late Try.
-    pub async fn prune_final(&self, horizon: Duration) -> ledger::Result<u64> {
+    pub async fn prune_final(&self, horizon: Duration) -> super::Result<u64> {
         let client = self.shard.client().await?;
         let secs = horizon.as_secs_f64();
         let holds = client
             .execute(
-                "DELETE FROM holds WHERE transfer_id IN (
+                concat!(
+                    "DELETE FROM holds WHERE transfer_id IN (
                      SELECT h.transfer_id FROM holds h JOIN transfers t USING (transfer_id)
                      WHERE h.released_at < now() - $1 * interval '1 second'
-                       AND (t.state = 'completed' OR (t.state = 'cancelled' AND t.cancel_acked_at IS NOT NULL))
-                     LIMIT 10000)",
+                       AND (t.state = ",
+                    state_sql!(Sender::Completed),
+                    " OR (t.state = ",
+                    state_sql!(Sender::Cancelled),
+                    " AND t.cancel_acked_at IS NOT NULL))
+                     LIMIT 10000)"
+                ),
                 &[&secs],
             )
             .await?;
         let barriers = client
             .execute(
-                "DELETE FROM tcc_barriers WHERE transfer_id IN (
+                concat!(
+                    "DELETE FROM tcc_barriers WHERE transfer_id IN (
                      SELECT transfer_id FROM incoming_transfers
-                     WHERE state IN ('confirmed', 'rejected', 'cancelled') AND updated_at < now() - $1 * interval '1 second'
+                     WHERE state IN ",
+                    states_sql!(Receiver::Confirmed, Receiver::Rejected, Receiver::Cancelled),
+                    " AND updated_at < now() - $1 * interval '1 second'
                        AND EXISTS (SELECT 1 FROM tcc_barriers b WHERE b.transfer_id = incoming_transfers.transfer_id)
-                     LIMIT 10000)",
+                     LIMIT 10000)"
+                ),
                 &[&secs],
             )
             .await?;
         Ok(holds + barriers)
     }
 
-    async fn prune_keys(&self) -> ledger::Result<u64> {
+    async fn prune_keys(&self) -> super::Result<u64> {
         let client = self.shard.client().await?;
         Ok(client
             .execute(
@@ -236,39 +257,25 @@ pub async fn redrive_by_operator(
     router: &Router,
     wakers: &Wakers,
     transfer_id: Uuid,
-) -> ledger::Result<ledger::TransferView> {
-    let id = crate::domain::RoutableId::from_uuid(transfer_id).ok_or(ledger::Error::TransferNotFound)?;
-    let shard = router.for_id(&id).map_err(|_| ledger::Error::TransferNotFound)?;
-    let mut client = shard.client().await?;
-    let tx = client.transaction().await?;
-    shard.check_write(&tx, u32::from(id.bucket())).await?;
-    let row = tx
-        .query_opt(
-            &format!(
-                "SELECT state, direct, route = 'cross_shard' AND (state <> 'cancelled' OR cancel_acked_at IS NULL),
-                        {FACTS_COLUMNS}
-                 FROM transfers WHERE transfer_id = $1 FOR UPDATE"
-            ),
+) -> super::Result<ledger::TransferView> {
+    let (shard, (view, name)) = tcc::with_sender_locked(router, transfer_id, async |tx, t| {
+        let due = t.cross_shard && !(t.state == tcc::SenderState::Cancelled.as_str() && t.cancel_acked);
+        let Some(stage) = due.then(|| tcc::redrive_stage(&t.state, t.direct)).flatten() else {
+            return Err(super::Error::TransferFinal);
+        };
+        let name = stage.name();
+        messages::enqueue(&tx, &t.facts.message(stage)).await?;
+        tx.execute(
+            "UPDATE transfers SET stuck_at = NULL, redrives = 0, updated_at = now() WHERE transfer_id = $1",
             &[&transfer_id],
         )
-        .await?
-        .ok_or(ledger::Error::TransferNotFound)?;
-    let stage = match row.get::<_, bool>(2) {
-        true => tcc::redrive_stage(row.get(0), row.get(1)),
-        false => None,
-    };
-    let Some(stage) = stage else { return Err(ledger::Error::TransferFinal) };
-    let facts = TransferFacts::from_row(&row, 3);
-    let name = stage.name();
-    messages::enqueue(&tx, &facts.message(stage)).await?;
-    tx.execute(
-        "UPDATE transfers SET stuck_at = NULL, redrives = 0, updated_at = now() WHERE transfer_id = $1",
-        &[&transfer_id],
-    )
+        .await?;
+        let view = ledger::queries::get_transfer(&tx, transfer_id).await?;
+        tx.commit().await?;
+        Ok((view, name))
+    })
     .await?;
-    let view = ledger::queries::get_transfer(&tx, transfer_id).await?;
-    tx.commit().await?;
-    wakers.wake(shard.index);
+    wakers.wake(Outbox::Stages, shard);
     tracing::warn!(%transfer_id, stage = name, "transfer re-driven by an operator");
     Ok(view)
 }

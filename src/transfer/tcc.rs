@@ -1,5 +1,5 @@
-//! The Try/Confirm/Cancel state machine of cross-shard transfers: every state and
-//! every transition is in this file.
+//! The Try/Confirm/Cancel state machine of cross-shard transfers: every transition is
+//! in this file (the states' names, which the ledger reads too, in `domain::transfer_state`).
 //!
 //! ```text
 //! sender shard (transfers.state)            receiver shard (barriers + incoming_transfers.state)
@@ -45,42 +45,26 @@ use chrono::Utc;
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
-use super::messages::{self, facts_columns, Stage, StageMessage, TransferFacts};
+use super::{
+    messages::{self, facts_columns, Stage, StageMessage, TransferFacts},
+    Error, Result,
+};
 use crate::{
     domain::RoutableId,
-    ledger::{self, holds, Error},
+    ledger::{self, holds},
     sharding::Router,
 };
+use futures::TryFutureExt;
 
-/// The sender's states (`transfers.state` of a cross-shard transfer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SenderState {
-    Trying,
-    Confirming,
-    Completed,
-    Cancelled,
-}
+/// The states themselves, and their names in the database, are in `domain` (the
+/// ledger's audit reads them too); where each transition starts is decided here.
+pub use crate::domain::{ReceiverState, SenderState};
 
 impl SenderState {
-    pub const ALL: [SenderState; 4] = [Self::Trying, Self::Confirming, Self::Completed, Self::Cancelled];
-
     /// Where a transfer on the full protocol starts (a hold placed, TryCredit sent).
     pub const INITIAL: SenderState = Self::Trying;
     /// Where a direct credit starts (debited to transit, DirectCredit sent).
     pub const INITIAL_DIRECT: SenderState = Self::Confirming;
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Trying => "trying",
-            Self::Confirming => "confirming",
-            Self::Completed => "completed",
-            Self::Cancelled => "cancelled",
-        }
-    }
 }
 
 /// What happens to the sender.
@@ -158,27 +142,6 @@ impl Barriers {
     }
 }
 
-/// The receiver's branch record (`incoming_transfers.state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReceiverState {
-    Tried,
-    Rejected,
-    Confirmed,
-    Cancelled,
-}
-
-impl ReceiverState {
-    pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "tried" => Self::Tried,
-            "rejected" => Self::Rejected,
-            "confirmed" => Self::Confirmed,
-            "cancelled" => Self::Cancelled,
-            _ => return None,
-        })
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiverStep {
     /// First Try: check the receiver, record tried or rejected, answer Tried.
@@ -245,7 +208,7 @@ pub fn receiver_step(b: Barriers, state: Option<ReceiverState>, stage: &Stage) -
 /// Handles one stage message in one transaction on the shard it concerns. Returns the
 /// index of the shard whose outbox got a new message (so its relay can be woken).
 #[tracing::instrument(skip_all, fields(transfer_id = %msg.facts.transfer_id, stage = msg.stage.name()))]
-pub async fn handle(router: &Router, msg: &StageMessage) -> ledger::Result<usize> {
+pub async fn handle(router: &Router, msg: &StageMessage) -> Result<usize> {
     if msg.stage.for_receiver() {
         handle_receiver(router, msg).await
     } else {
@@ -259,59 +222,50 @@ pub async fn handle(router: &Router, msg: &StageMessage) -> ledger::Result<usize
 }
 
 /// Applies an event to the sender's transfer (from a message or the sweeper).
-pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEvent) -> ledger::Result<usize> {
-    let id = RoutableId::from_uuid(transfer_id).ok_or(Error::TransferNotFound)?;
-    router.for_id(&id)?;
-    let bucket = u32::from(id.bucket());
-    router.on_owner(bucket, |shard| sender_on(shard, id, event)).await
+pub async fn handle_sender(router: &Router, transfer_id: Uuid, event: &SenderEvent) -> Result<usize> {
+    let (shard, step) = with_sender_locked(router, transfer_id, async |tx, t| {
+        if !t.cross_shard {
+            return Err(ledger::Error::TransferNotFound.into());
+        }
+        let state =
+            SenderState::parse(&t.state).ok_or_else(|| Error::Invariant(format!("unknown state {}", t.state)))?;
+        let step = sender_step(state, event);
+        tracing::debug!(?state, ?event, ?step, "sender transition");
+        apply_sender_step(&tx, &step, &t).await?;
+        tx.commit().await?;
+        Ok(step)
+    })
+    .await?;
+    match &step {
+        SenderStep::Complete => crate::telemetry::metrics::cross_shard_completed(),
+        SenderStep::Cancel { reason } => crate::telemetry::metrics::cross_shard_cancelled(reason),
+        SenderStep::Confirm | SenderStep::AckCancel | SenderStep::Ignore => {}
+    }
+    Ok(shard)
 }
 
-/// `handle_sender` on the shard that owns the transfer's bucket (checked in the
-/// transaction).
-async fn sender_on(
-    shard: std::sync::Arc<crate::sharding::Shard>,
-    id: RoutableId,
-    event: &SenderEvent,
-) -> ledger::Result<usize> {
-    let transfer_id = id.uuid();
-    let mut client = shard.client().await?;
-    let tx = client.transaction().await?;
-    shard.check_write(&tx, u32::from(id.bucket())).await?;
-    let row = tx
-        .cached_query_opt(
-            concat!(
-                "SELECT state, ",
-                facts_columns!(),
-                " FROM transfers WHERE transfer_id = $1 AND route = 'cross_shard' FOR UPDATE"
-            ),
-            &[&transfer_id],
-        )
-        .await?
-        .ok_or(Error::TransferNotFound)?;
-    let state: String = row.get(0);
-    let state = SenderState::parse(&state).ok_or_else(|| Error::Invariant(format!("unknown state {state}")))?;
-    let facts = TransferFacts::from_row(&row, 1);
-    let step = sender_step(state, event);
-    tracing::debug!(?state, ?event, ?step, "sender transition");
-    match &step {
-        // The statements of one step are independent: they travel in one round trip.
+/// The writes of one sender step. Its statements are independent: they travel in one
+/// round trip.
+async fn apply_sender_step(tx: &Transaction<'_>, step: &SenderStep, t: &LockedTransfer) -> Result<()> {
+    let (transfer_id, facts) = (t.facts.transfer_id, &t.facts);
+    match step {
         SenderStep::Confirm => {
             let next = facts.message(Stage::ConfirmCredit);
             futures::try_join!(
-                holds::debit_to_transit(&tx, transfer_id, id.bucket(), &facts.currency),
-                set_state(&tx, transfer_id, SenderState::Confirming, None),
-                messages::enqueue(&tx, &next),
+                holds::debit_to_transit(tx, transfer_id, t.id.bucket(), &facts.currency).err_into(),
+                set_state(tx, transfer_id, SenderState::Confirming, None),
+                messages::enqueue(tx, &next),
             )?;
         }
         SenderStep::Cancel { reason } => {
             let next = facts.message(Stage::CancelCredit);
             futures::try_join!(
-                holds::release_hold(&tx, transfer_id),
-                set_state(&tx, transfer_id, SenderState::Cancelled, Some(reason)),
-                messages::enqueue(&tx, &next),
+                holds::release_hold(tx, transfer_id).err_into(),
+                set_state(tx, transfer_id, SenderState::Cancelled, Some(reason)),
+                messages::enqueue(tx, &next),
             )?;
         }
-        SenderStep::Complete => set_state(&tx, transfer_id, SenderState::Completed, None).await?,
+        SenderStep::Complete => set_state(tx, transfer_id, SenderState::Completed, None).await?,
         SenderStep::AckCancel => {
             tx.cached_execute(
                 "UPDATE transfers SET cancel_acked_at = now() WHERE transfer_id = $1 AND cancel_acked_at IS NULL",
@@ -321,27 +275,78 @@ async fn sender_on(
         }
         SenderStep::Ignore => {}
     }
-    tx.commit().await?;
-    match &step {
-        SenderStep::Complete => crate::telemetry::metrics::cross_shard_completed(),
-        SenderStep::Cancel { reason } => crate::telemetry::metrics::cross_shard_cancelled(reason),
-        SenderStep::Confirm | SenderStep::AckCancel | SenderStep::Ignore => {}
-    }
-    Ok(shard.index)
+    Ok(())
 }
 
-async fn set_state(
-    tx: &Transaction<'_>,
+/// A transfer as its sender's shard records it, read `FOR UPDATE`.
+pub struct LockedTransfer {
+    pub id: RoutableId,
+    pub state: String,
+    pub direct: bool,
+    pub cross_shard: bool,
+    pub cancel_acked: bool,
+    pub facts: TransferFacts,
+}
+
+/// Runs `op` on a transfer's row, locked in a new transaction on its sender's shard;
+/// `op` commits the transaction or drops it (rolling back). Returns the shard's index
+/// with what `op` returned; `TransferNotFound` when no transfer has this id.
+pub async fn with_sender_locked<T>(
+    router: &Router,
     transfer_id: Uuid,
-    state: SenderState,
-    reason: Option<&str>,
-) -> ledger::Result<()> {
-    let state = state.as_str();
+    op: impl AsyncFnOnce(Transaction<'_>, LockedTransfer) -> Result<T>,
+) -> Result<(usize, T)> {
+    let not_found = || Error::from(ledger::Error::TransferNotFound);
+    let id = RoutableId::from_uuid(transfer_id).ok_or_else(not_found)?;
+    router.for_id(&id).map_err(|_| not_found())?;
+    let bucket = u32::from(id.bucket());
+    // The transaction first checks that its shard owns the transfer's bucket; when the
+    // bucket moved, `op` is handed back unrun and runs on the new owner.
+    router.with_owner(bucket, op, |shard, op| locked_on(shard, id, op)).await
+}
+
+async fn locked_on<T, Op: AsyncFnOnce(Transaction<'_>, LockedTransfer) -> Result<T>>(
+    shard: std::sync::Arc<crate::sharding::Shard>,
+    id: RoutableId,
+    op: Op,
+) -> Result<crate::sharding::Attempt<(usize, T), Op>> {
+    let not_found = || Error::from(ledger::Error::TransferNotFound);
+    let transfer_id = id.uuid();
+    let mut client = shard.client().await?;
+    let tx = client.transaction().await?;
+    match shard.check_write(&tx, u32::from(id.bucket())).await {
+        Ok(()) => {}
+        Err(moved) if moved.is_moved() => return Ok(crate::sharding::Attempt::Moved(op, moved)),
+        Err(e) => return Err(e.into()),
+    }
+    let row = tx
+        .cached_query_opt(
+            concat!(
+                "SELECT state, direct, route = 'cross_shard', cancel_acked_at IS NOT NULL, ",
+                facts_columns!(),
+                " FROM transfers WHERE transfer_id = $1 FOR UPDATE"
+            ),
+            &[&transfer_id],
+        )
+        .await?
+        .ok_or_else(not_found)?;
+    let locked = LockedTransfer {
+        id,
+        state: row.get(0),
+        direct: row.get(1),
+        cross_shard: row.get(2),
+        cancel_acked: row.get(3),
+        facts: TransferFacts::from_row(&row, 4),
+    };
+    Ok(crate::sharding::Attempt::Done((shard.index, op(tx, locked).await?)))
+}
+
+async fn set_state(tx: &Transaction<'_>, transfer_id: Uuid, state: SenderState, reason: Option<&str>) -> Result<()> {
     tx.cached_execute(
         "UPDATE transfers SET state = $2, reason = coalesce($3, reason), updated_at = now(),
-             completed_at = CASE WHEN $2 IN ('completed', 'cancelled') THEN now() END
+             completed_at = CASE WHEN $4 THEN now() END
          WHERE transfer_id = $1",
-        &[&transfer_id, &state, &reason],
+        &[&transfer_id, &state.as_str(), &reason, &state.is_final()],
     )
     .await?;
     Ok(())

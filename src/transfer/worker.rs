@@ -8,7 +8,7 @@ use super::{messages::StageMessage, tcc};
 use crate::{
     messaging::{
         consumer::{Handler, Refused},
-        outbox::Wakers,
+        outbox::{Outbox, Wakers},
     },
     sharding::Router,
     telemetry::metrics,
@@ -30,7 +30,7 @@ impl Handler for StageHandler {
         for attempt in 1..=self.max_attempts {
             match tcc::handle(&self.router, &msg).await {
                 Ok(shard) => {
-                    self.wakers.wake(shard);
+                    self.wakers.wake(Outbox::Stages, shard);
                     return Ok(());
                 }
                 Err(e) if e.is_transient() && attempt < self.max_attempts => {

@@ -137,7 +137,7 @@ async fn a_forged_direct_credit_credits_nobody_and_is_dead_lettered_even_after_a
     assert!(metric(&app, r#"shardwallet_messages_rejected_total{topic="stages",reason="unknown_key"}"#).await >= 1.0);
 
     // A replay republishes them with the headers they came with: refused again.
-    assert_eq!(dlq::replay(kafka, &producer).await.expect("replay"), attempts.len());
+    assert_eq!(dlq::replay(kafka, &topics, &producer).await.expect("replay"), attempts.len());
     let letters = dead_letters(kafka, 2 * attempts.len()).await;
     for (facts, _, reason) in &attempts {
         let id = facts.transfer_id.to_string();
@@ -181,9 +181,15 @@ async fn a_signed_confirm_with_another_amount_is_refused_and_the_transfer_credit
     let key = id.to_string();
     let auth = MessageAuth::new(&app.settings.kafka).expect("the test's keys");
     let producer = kafka::producer(&app.settings.kafka).expect("producer");
-    let topic = kafka::Topics::new(&app.settings.kafka.topic_prefix).stages;
-    publish(&producer, &topic, &key, &payload, Some(auth.headers(Purpose::Stage, key.as_bytes(), payload.as_bytes())))
-        .await;
+    let topics = kafka::Topics::new(&app.settings.kafka.topic_prefix);
+    publish(
+        &producer,
+        &topics.stages,
+        &key,
+        &payload,
+        Some(auth.headers(Purpose::Stage, key.as_bytes(), payload.as_bytes())),
+    )
+    .await;
     let letters = dead_letters(&app.settings.kafka, 1).await;
     let refusal = "ConfirmCredit differs from the Try record: amount \"1000000\" (Try recorded \"30\")";
     assert!(letters[0].error.contains(refusal), "{letters:?}");
@@ -197,7 +203,7 @@ async fn a_signed_confirm_with_another_amount_is_refused_and_the_transfer_credit
     assert_eq!(state, "tried", "the refused Confirm changed nothing");
 
     // Replayed, it keeps its (valid) tag: refused again for what it says, not as unsigned.
-    assert_eq!(dlq::replay(&app.settings.kafka, &producer).await.expect("replay"), 1);
+    assert_eq!(dlq::replay(&app.settings.kafka, &topics, &producer).await.expect("replay"), 1);
     let letters = dead_letters(&app.settings.kafka, 2).await;
     assert!(letters[1].error.contains(refusal), "{letters:?}");
     assert_eq!(app.balance(&bob, "EUR").await, "0");

@@ -368,7 +368,7 @@ async fn a_poison_message_is_dead_lettered_counted_and_replayable() {
     assert_eq!(counts["pending"], 1);
     // A replay sends it back to the stage topic (where it is dead-lettered again: it is
     // still poison), and the first dead letter is no longer pending.
-    let replayed = shardwallet::messaging::dlq::replay(&app.settings.kafka, &producer).await.expect("replay");
+    let replayed = shardwallet::messaging::dlq::replay(&app.settings.kafka, &topics, &producer).await.expect("replay");
     assert_eq!(replayed, 1);
     let counts = eventually(Duration::from_secs(30), "the replayed message to come back", || async {
         let counts = body(app.get("/v1/admin/dead-letters", &admin).await).await;

@@ -22,6 +22,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
+    domain::{transfer_state::states_sql, SenderState},
     ledger::{accounts::parse_numeric, Result},
     sharding::Router,
 };
@@ -57,8 +58,11 @@ pub struct Senders {
     debited: HashMap<Uuid, Debit>,
 }
 
-const SENDERS: &str = "SELECT transfer_id, state, from_user, to_user, currency, amount::text FROM transfers
-                       WHERE route = 'cross_shard' AND state IN ('confirming', 'completed')";
+const SENDERS: &str = concat!(
+    "SELECT transfer_id, state, from_user, to_user, currency, amount::text FROM transfers
+     WHERE route = 'cross_shard' AND state IN ",
+    states_sql!(Sender::Confirming, Sender::Completed)
+);
 
 impl Senders {
     /// Reads the debited transfers of one shard inside its audit snapshot.
@@ -179,7 +183,7 @@ fn join(senders: &Senders, credits: &HashMap<Uuid, Vec<Credit>>) -> Joined {
         if credits.contains_key(id) {
             continue;
         }
-        if debit.state == "completed" {
+        if debit.state == SenderState::Completed.as_str() {
             joined.without_credit.push(*id);
         } else {
             *joined.in_flight.entry(debit.currency.clone()).or_default() += &debit.amount;
@@ -236,7 +240,7 @@ pub async fn audit(router: &Router, senders: Senders) -> Result<CrossShardReport
 }
 
 fn debit_state(state: &str) -> bool {
-    matches!(state, "confirming" | "completed")
+    matches!(SenderState::parse(state), Some(SenderState::Confirming | SenderState::Completed))
 }
 
 /// A problem when the credit is not the transfer the sender debited.
@@ -283,10 +287,10 @@ impl std::fmt::Display for CrossShardReport {
 mod tests {
     use super::*;
 
-    fn debit(state: &str, amount: u32) -> Debit {
+    fn debit(state: SenderState, amount: u32) -> Debit {
         Debit {
             shard: "shard-1".into(),
-            state: state.into(),
+            state: state.as_str().into(),
             from: "alice".into(),
             to: "bob".into(),
             currency: "EUR".into(),
@@ -312,11 +316,11 @@ mod tests {
     fn only_what_cannot_be_in_flight_is_certain_at_once() {
         let [settled, in_flight, confirmed, no_credit, no_sender, twice] = ids();
         let mut senders = Senders::default();
-        senders.debited.insert(settled, debit("completed", 30));
-        senders.debited.insert(in_flight, debit("confirming", 7));
-        senders.debited.insert(confirmed, debit("confirming", 5));
-        senders.debited.insert(no_credit, debit("completed", 40));
-        senders.debited.insert(twice, debit("completed", 9));
+        senders.debited.insert(settled, debit(SenderState::Completed, 30));
+        senders.debited.insert(in_flight, debit(SenderState::Confirming, 7));
+        senders.debited.insert(confirmed, debit(SenderState::Confirming, 5));
+        senders.debited.insert(no_credit, debit(SenderState::Completed, 40));
+        senders.debited.insert(twice, debit(SenderState::Completed, 9));
         let credits = HashMap::from([
             (settled, vec![credit("shard-2", 30)]),
             (confirmed, vec![credit("shard-2", 5)]),
@@ -333,7 +337,7 @@ mod tests {
     #[test]
     fn a_credit_that_is_not_what_the_sender_debited_is_a_problem() {
         let id = Uuid::new_v4();
-        let sent = debit("completed", 30);
+        let sent = debit(SenderState::Completed, 30);
         assert_eq!(mismatch(&id, &sent, &credit("shard-2", 30)), None);
         assert_eq!(mismatch(&id, &sent, &Credit { from: None, ..credit("shard-2", 30) }), None);
         for wrong in [

@@ -2,21 +2,23 @@
 //! transaction on the receiver's shard, read under the transfer's advisory lock, then
 //! the writes of the step `super::receiver_step` chose.
 use deadpool_postgres::Transaction;
+use futures::TryFutureExt;
 use uuid::Uuid;
 
 use super::{receiver_step, Barriers, ReceiverState, ReceiverStep};
 use crate::{
     domain::{Currency, UserId},
-    ledger::{self, accounts, holds, Error},
+    ledger::{accounts, holds},
     sharding::Router,
     storage::Cached,
     transfer::{
         incoming::Recorded,
         messages::{self, Stage, StageMessage},
+        Error, Result,
     },
 };
 
-pub(super) async fn handle_receiver(router: &Router, msg: &StageMessage) -> ledger::Result<usize> {
+pub(super) async fn handle_receiver(router: &Router, msg: &StageMessage) -> Result<usize> {
     let to = UserId::parse(&msg.facts.to_user_id).map_err(|e| Error::Invariant(e.to_string()))?;
     let bucket = router.bucket_of_user(&to);
     let to = &to;
@@ -48,7 +50,7 @@ struct ReceiverView {
 
 /// Takes the transfer's advisory lock and reads its barriers and record (and, for a
 /// Try, whether the receiver can be credited), in one round trip.
-async fn read_receiver(tx: &Transaction<'_>, msg: &StageMessage, to: &UserId) -> ledger::Result<ReceiverView> {
+async fn read_receiver(tx: &Transaction<'_>, msg: &StageMessage, to: &UserId) -> Result<ReceiverView> {
     let id = msg.facts.transfer_id;
     // Serialises Try, Confirm and Cancel of one transfer on this shard, so a Try and a
     // Cancel handled at the same moment by two instances cannot miss each other. The
@@ -102,13 +104,13 @@ async fn apply_receiver_step(
     msg: &StageMessage,
     to: &UserId,
     bucket: u16,
-) -> ledger::Result<()> {
+) -> Result<()> {
     let id = msg.facts.transfer_id;
     let answer = |stage| msg.facts.message(stage);
     match step {
         ReceiverStep::Try => {
             let reason = seen.refusal.clone();
-            let recorded = if reason.is_none() { "tried" } else { "rejected" };
+            let recorded = if reason.is_none() { ReceiverState::Tried } else { ReceiverState::Rejected };
             let tried = answer(Stage::Tried { ok: reason.is_none(), reason: reason.clone() });
             futures::try_join!(
                 barrier(tx, id, "try"),
@@ -139,9 +141,9 @@ async fn apply_receiver_step(
                 barrier(tx, id, "cancel"),
                 async {
                     tx.cached_execute(
-                        "UPDATE incoming_transfers SET state = 'cancelled', updated_at = now()
-                         WHERE transfer_id = $1 AND state = 'tried'",
-                        &[&id],
+                        "UPDATE incoming_transfers SET state = $2, updated_at = now()
+                         WHERE transfer_id = $1 AND state = $3",
+                        &[&id, &ReceiverState::Cancelled.as_str(), &ReceiverState::Tried.as_str()],
                     )
                     .await?;
                     Ok(())
@@ -166,7 +168,7 @@ async fn credit(
     msg: &StageMessage,
     to: &UserId,
     bucket: u16,
-) -> ledger::Result<()> {
+) -> Result<()> {
     let id = msg.facts.transfer_id;
     let (currency, amount) = match (direct, &seen.recorded) {
         (false, Some(recorded)) => {
@@ -183,20 +185,20 @@ async fn credit(
     let confirmed = msg.facts.message(Stage::Confirmed);
     let incoming = async {
         match direct {
-            true => record_incoming(tx, msg, "confirmed", None).await,
-            false => set_incoming(tx, id, "confirmed").await,
+            true => record_incoming(tx, msg, ReceiverState::Confirmed, None).await,
+            false => set_incoming(tx, id, ReceiverState::Confirmed).await,
         }
     };
     futures::try_join!(
         barrier(tx, id, "confirm"),
         incoming,
-        holds::credit_from_transit(tx, id, bucket, to, &currency, &amount),
+        holds::credit_from_transit(tx, id, bucket, to, &currency, &amount).err_into(),
         messages::enqueue(tx, &confirmed),
     )?;
     Ok(())
 }
 
-async fn barrier(tx: &Transaction<'_>, id: Uuid, branch: &str) -> ledger::Result<()> {
+async fn barrier(tx: &Transaction<'_>, id: Uuid, branch: &str) -> Result<()> {
     tx.cached_execute("INSERT INTO tcc_barriers (transfer_id, branch) VALUES ($1, $2)", &[&id, &branch]).await?;
     Ok(())
 }
@@ -205,9 +207,9 @@ async fn barrier(tx: &Transaction<'_>, id: Uuid, branch: &str) -> ledger::Result
 async fn record_incoming(
     tx: &Transaction<'_>,
     msg: &StageMessage,
-    state: &str,
+    state: ReceiverState,
     reason: Option<&str>,
-) -> ledger::Result<()> {
+) -> Result<()> {
     tx.cached_execute(
         "INSERT INTO incoming_transfers (transfer_id, from_user, to_user, currency, amount, description, state, reason)
          VALUES ($1, $2, $3, $4, $5::text::numeric, $6, $7, $8)",
@@ -218,7 +220,7 @@ async fn record_incoming(
             &msg.facts.currency,
             &msg.facts.amount,
             &msg.facts.description,
-            &state,
+            &state.as_str(),
             &reason,
         ],
     )
@@ -226,10 +228,10 @@ async fn record_incoming(
     Ok(())
 }
 
-async fn set_incoming(tx: &Transaction<'_>, id: Uuid, state: &str) -> ledger::Result<()> {
+async fn set_incoming(tx: &Transaction<'_>, id: Uuid, state: ReceiverState) -> Result<()> {
     tx.cached_execute(
         "UPDATE incoming_transfers SET state = $2, updated_at = now() WHERE transfer_id = $1",
-        &[&id, &state],
+        &[&id, &state.as_str()],
     )
     .await?;
     Ok(())
@@ -240,7 +242,7 @@ async fn check_receiver(
     client: &impl deadpool_postgres::GenericClient,
     to: &UserId,
     currency: &str,
-) -> ledger::Result<Option<String>> {
+) -> Result<Option<String>> {
     let row = client
         .cached_query_one(
             "SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1),
@@ -255,7 +257,7 @@ async fn check_receiver(
     })
 }
 
-async fn rejection_reason(tx: &Transaction<'_>, id: Uuid) -> ledger::Result<Option<String>> {
+async fn rejection_reason(tx: &Transaction<'_>, id: Uuid) -> Result<Option<String>> {
     Ok(tx
         .cached_query_opt("SELECT reason FROM incoming_transfers WHERE transfer_id = $1", &[&id])
         .await?
