@@ -89,6 +89,29 @@ enum Command {
         #[command(subcommand)]
         command: ShardsCommand,
     },
+    /// Move buckets between shards while the service serves (resumable: run it again
+    /// after a crash and it continues).
+    Reshard {
+        #[command(subcommand)]
+        command: ReshardCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReshardCommand {
+    /// Move buckets (e.g. `0-1023,4096`) to a shard, from whichever shards own them now.
+    Move {
+        #[arg(long)]
+        buckets: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Move buckets so that every shard owns an equal share (±1); prints the plan first.
+    Rebalance {
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +246,59 @@ impl Cli {
                         }
                     }
                     ShardsCommand::Map => print!("{}", router.layout().map.to_toml()),
+                }
+            }
+            Command::Reshard { command } => {
+                use crate::resharding::mover;
+                let router = startup::current_router(&settings()?).await?;
+                match command {
+                    ReshardCommand::Move { buckets, to } => {
+                        let buckets = mover::parse_buckets(&buckets)?;
+                        println!("moving {} bucket(s) to {to}", buckets.len());
+                        let report = mover::move_buckets(&router, &buckets, &to).await?;
+                        println!("{report}");
+                    }
+                    ReshardCommand::Rebalance { dry_run } => {
+                        let layout = router.layout();
+                        let names: Vec<String> = layout.map.shards().iter().map(|s| s.name.clone()).collect();
+                        let plan = mover::rebalance_plan(layout.map.owners(), names.len());
+                        if plan.is_empty() {
+                            println!("balanced: every shard owns its share of {} buckets", layout.map.buckets());
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        let mut groups: Vec<(usize, usize, Vec<u32>)> = Vec::new();
+                        for (bucket, from, to) in plan {
+                            match groups.last_mut() {
+                                Some((f, t, list)) if *f == from && *t == to => list.push(bucket),
+                                _ => groups.push((from, to, vec![bucket])),
+                            }
+                        }
+                        println!("plan:");
+                        for (from, to, list) in &groups {
+                            let ranges = crate::sharding::ranges_of(
+                                &(0..layout.map.buckets())
+                                    .map(|b| u16::from(list.binary_search(&b).is_ok()))
+                                    .collect::<Vec<_>>(),
+                                1,
+                            );
+                            let text: Vec<String> =
+                                ranges.iter().map(|r| format!("{}-{}", r.start(), r.end())).collect();
+                            println!(
+                                "  {} bucket(s) {} -> {}: {}",
+                                list.len(),
+                                names[*from],
+                                names[*to],
+                                text.join(",")
+                            );
+                        }
+                        if dry_run {
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        for (_, to, list) in &groups {
+                            let report = mover::move_buckets(&router, list, &names[*to]).await?;
+                            println!("{report}");
+                        }
+                    }
                 }
             }
         }

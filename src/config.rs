@@ -57,6 +57,12 @@ pub struct ShardSettings {
     pub pool_size: usize,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
+    /// How often a running instance asks the shards whether the map changed (a shard
+    /// added, a bucket moved), to route by it and start the new shards' workers. A write
+    /// never waits for this: a shard refuses a bucket it gave away, and the instance
+    /// refreshes at once.
+    #[serde(default = "default_map_refresh")]
+    pub map_refresh_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -419,6 +425,9 @@ fn default_pool_size() -> usize {
     16
 }
 fn default_connect_timeout() -> u64 {
+    2000
+}
+fn default_map_refresh() -> u64 {
     2000
 }
 fn default_partitions() -> i32 {

@@ -13,13 +13,17 @@ use crate::{
     gateways::Gateways,
     messaging::{consumer, kafka, outbox},
     payments::{self, method::Sealer, Payments},
-    sharding::{Router, ShardMap},
+    sharding::{Router, Shard, ShardMap},
     storage::identity,
     transfer::{
         admission::{self, Admission},
         sweeper::Sweeper,
     },
 };
+
+/// Shards that may join while an instance runs and still get wake-ups (beyond that,
+/// their relays poll).
+const JOINING_SHARDS: usize = 16;
 
 pub struct Application {
     listener: TcpListener,
@@ -93,8 +97,9 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.server.listen))?;
         let port = listener.local_addr()?.port();
-        // One set for both outboxes of every shard; each relay waits on its own.
-        let wakers = outbox::Wakers::new(router.shards().len());
+        // One set for both outboxes of every shard; each relay waits on its own. Room for
+        // shards that join while this instance runs (indices only grow).
+        let wakers = outbox::Wakers::new(router.shards().len() + JOINING_SHARDS);
         let payments = Arc::new(payments_context(&settings, &router, port, wakers.clone())?);
         let topics = Arc::new(kafka::Topics::new(&settings.kafka.topic_prefix));
         let state = AppState {
@@ -194,16 +199,10 @@ fn relay(state: &AppState, shard: &Arc<crate::sharding::Shard>, outbox: outbox::
     )
 }
 
-/// Per shard a payment relay and a reconciler, plus the payments-topic worker.
+/// The payments-topic worker (the per-shard payment relay and reconciler start with the
+/// shard's other workers).
 fn spawn_payment_workers(state: &AppState, token: &CancellationToken, set: &mut JoinSet<()>) {
     let settings = &state.settings;
-    for shard in state.router.shards() {
-        if settings.payments.relay_enabled {
-            set.spawn(relay(state, &shard, outbox::Outbox::Payments).run(token.clone()));
-        }
-        let reconciler = payments::reconcile::Reconciler { payments: state.payments.clone(), shard: shard.clone() };
-        set.spawn(reconciler.run(token.clone()));
-    }
     if settings.payments.worker_enabled {
         let (state, token) = (state.clone(), token.clone());
         set.spawn(async move {
@@ -254,38 +253,74 @@ async fn until_subscribed<C>(
     }
 }
 
+/// A shard's own workers: its stage relays, sweeper and admission sampler, its payment
+/// relay and reconciler.
+fn spawn_shard_workers(state: &AppState, shard: &Arc<Shard>, token: &CancellationToken, set: &mut JoinSet<()>) {
+    let settings = &state.settings;
+    // Several relays per shard: while one waits for the broker's acknowledgements,
+    // another publishes what was committed meanwhile (SKIP LOCKED keeps them apart).
+    let relays = if settings.transfers.relay_enabled { settings.transfers.relays_per_shard.max(1) } else { 0 };
+    for _ in 0..relays {
+        set.spawn(relay(state, shard, outbox::Outbox::Stages).run(token.clone()));
+    }
+    let sweeper = Sweeper {
+        router: state.router.clone(),
+        shard: shard.clone(),
+        wakers: state.wakers.clone(),
+        interval: Duration::from_secs(settings.transfers.sweep_interval_secs.max(1)),
+        redrive_after: Duration::from_secs(settings.transfers.redrive_after_secs),
+        redrive_max: settings.transfers.redrive_max,
+        prune_after: (settings.transfers.prune_after_secs > 0)
+            .then(|| Duration::from_secs(settings.transfers.prune_after_secs)),
+        key_retention: Duration::from_secs(settings.idempotency.retention_hours * 3600),
+    };
+    set.spawn(sweeper.run(token.clone()));
+    // Nothing to sample when both bounds are off.
+    if settings.transfers.admission_max_in_flight > 0 || settings.transfers.admission_max_outbox_age_ms > 0 {
+        let sampler = admission::Sampler {
+            admission: state.admission.clone(),
+            shard: shard.clone(),
+            interval: Duration::from_millis(settings.transfers.admission_sample_ms.max(10)),
+        };
+        set.spawn(sampler.run(token.clone()));
+    }
+    if settings.payments.relay_enabled {
+        set.spawn(relay(state, shard, outbox::Outbox::Payments).run(token.clone()));
+    }
+    let reconciler = payments::reconcile::Reconciler { payments: state.payments.clone(), shard: shard.clone() };
+    set.spawn(reconciler.run(token.clone()));
+}
+
+/// Polls the shards for a newer map and starts the workers of shards that joined since
+/// this instance started.
+async fn watch_map(state: AppState, token: CancellationToken) {
+    let mut started = state.router.shards().len();
+    let mut joined = JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(state.settings.shards.map_refresh_ms.max(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = token.cancelled() => break,
+        }
+        state.router.refresh_if_newer().await;
+        let shards = state.router.shards();
+        for shard in &shards[started.min(shards.len())..] {
+            tracing::info!(shard = %shard.name, "a shard joined the cluster: starting its workers");
+            spawn_shard_workers(&state, shard, &token, &mut joined);
+        }
+        started = started.max(shards.len());
+    }
+    while joined.join_next().await.is_some() {}
+}
+
 fn spawn_workers(state: &AppState, token: &CancellationToken) -> JoinSet<()> {
     let settings = &state.settings;
     let mut set = JoinSet::new();
     for shard in state.router.shards() {
-        // Several relays per shard: while one waits for the broker's acknowledgements,
-        // another publishes what was committed meanwhile (SKIP LOCKED keeps them apart).
-        let relays = if settings.transfers.relay_enabled { settings.transfers.relays_per_shard.max(1) } else { 0 };
-        for _ in 0..relays {
-            set.spawn(relay(state, &shard, outbox::Outbox::Stages).run(token.clone()));
-        }
-        let sweeper = Sweeper {
-            router: state.router.clone(),
-            shard: shard.clone(),
-            wakers: state.wakers.clone(),
-            interval: Duration::from_secs(settings.transfers.sweep_interval_secs.max(1)),
-            redrive_after: Duration::from_secs(settings.transfers.redrive_after_secs),
-            redrive_max: settings.transfers.redrive_max,
-            prune_after: (settings.transfers.prune_after_secs > 0)
-                .then(|| Duration::from_secs(settings.transfers.prune_after_secs)),
-            key_retention: Duration::from_secs(settings.idempotency.retention_hours * 3600),
-        };
-        set.spawn(sweeper.run(token.clone()));
-        // Nothing to sample when both bounds are off.
-        if settings.transfers.admission_max_in_flight > 0 || settings.transfers.admission_max_outbox_age_ms > 0 {
-            let sampler = admission::Sampler {
-                admission: state.admission.clone(),
-                shard: shard.clone(),
-                interval: Duration::from_millis(settings.transfers.admission_sample_ms.max(10)),
-            };
-            set.spawn(sampler.run(token.clone()));
-        }
+        spawn_shard_workers(state, &shard, token, &mut set);
     }
+    set.spawn(watch_map(state.clone(), token.clone()));
     let sampler = crate::messaging::sampler::Sampler {
         router: state.router.clone(),
         kafka: settings.kafka.clone(),

@@ -207,6 +207,20 @@ pub async fn reverse(tx: &Transaction<'_>, entry_id: &RoutableId) -> Result<Reve
             &[&original],
         )
         .await?;
+    // A posting split by a bucket move has legs on two shards; reversing it here would
+    // undo one side only.
+    let split = tx
+        .cached_query_one(
+            "SELECT EXISTS (SELECT 1 FROM entries e JOIN accounts a USING (account_id)
+                            WHERE e.posting_id = $1 AND a.system_name = 'resharding')",
+            &[&original],
+        )
+        .await?;
+    if split.get::<_, bool>(0) {
+        return Err(Error::NotReversible(
+            "its users are on different shards now; send a new transfer to move the money back",
+        ));
+    }
     // The reversal writes every wallet of the posting, and this shard must own them all
     // (a transfer's receiver may be in another bucket, moved away since).
     let buckets = tx

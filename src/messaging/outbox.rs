@@ -156,9 +156,15 @@ impl Relay {
                     continue;
                 }
             }
-            let Some(wake) = self.wakers.get(self.outbox, self.shard.index) else { break };
+            // A shard that joined after the wakers were made has none: it is polled.
+            let woken = async {
+                match self.wakers.get(self.outbox, self.shard.index) {
+                    Some(wake) => wake.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = wake.notified() => {}
+                _ = woken => {}
                 _ = tokio::time::sleep(POLL) => {}
                 _ = shutdown.cancelled() => break,
             }

@@ -21,7 +21,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::types::Json;
 
 /// The bucket's rows on the source, as JSON arrays, one per table.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Snapshot {
     tables: Vec<(&'static Table, serde_json::Value)>,
     pub rows: u64,
@@ -47,8 +47,8 @@ enum Write {
 const USERS: &str = "SELECT user_id FROM users WHERE bucket = $1";
 
 macro_rules! of_users {
-    ($sql:literal) => {
-        concat!("WITH u AS (SELECT user_id FROM users WHERE bucket = $1) ", $sql)
+    ($($sql:tt)+) => {
+        concat!("WITH u AS (SELECT user_id FROM users WHERE bucket = $1) ", $($sql)+)
     };
 }
 

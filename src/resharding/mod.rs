@@ -6,4 +6,9 @@
 //! change. This module changes those records; the router only reads them.
 //!
 //! - `members`: `shards add` (a new, empty member) and `shards list` (who owns what).
+//! - `moves`: a bucket move's state machine; `copy`: the rows of one bucket;
+//!   `mover`: `reshard move` / `rebalance`, one bucket at a time, resumable.
+pub mod copy;
 pub mod members;
+pub mod mover;
+pub mod moves;

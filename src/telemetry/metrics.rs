@@ -35,6 +35,7 @@ pub const GATEWAY_DURATION: &str = "shardwallet_gateway_call_duration_seconds";
 pub const CIRCUIT_STATE: &str = "shardwallet_gateway_circuit_state";
 pub const SAMPLER_ERRORS: &str = "shardwallet_sampler_errors_total";
 pub const TRANSFERS_STUCK: &str = "shardwallet_transfers_stuck_total";
+pub const RESHARD_FENCE: &str = "shardwallet_reshard_fence_seconds";
 pub const PAYMENT_STEPS: &str = "shardwallet_payment_steps_total";
 pub const PAYMENTS_NEEDS_REVIEW: &str = "shardwallet_payments_needs_review_total";
 
@@ -82,6 +83,7 @@ fn describe() {
     describe_counter!(TRANSFERS_CANCELLED, "transfers cancelled, by route and reason");
     describe_counter!(STAGES_HANDLED, "TCC stage messages handled (or dead-lettered), by stage");
     describe_counter!(STAGE_RETRIES, "transient failures of a stage handler that were retried, by stage");
+    describe_histogram!(RESHARD_FENCE, Unit::Seconds, "how long a bucket move held the bucket's writes (one fence)");
     describe_histogram!(STAGE_DURATION, Unit::Seconds, "time to handle one TCC stage message, retries included");
     describe_counter!(OUTBOX_PUBLISHED, "outbox rows published to Kafka, by shard");
     describe_gauge!(OUTBOX_DEPTH, "outbox rows not yet published, by shard (sampled)");
@@ -174,6 +176,10 @@ impl Drop for StageTimer {
 
 /// A stage handler failed transiently and will be retried.
 /// A transfer the sweeper stopped re-driving (`transfers.redrive_max`).
+pub fn reshard_fence(took: std::time::Duration) {
+    histogram!(RESHARD_FENCE).record(took.as_secs_f64());
+}
+
 pub fn transfer_stuck() {
     counter!(TRANSFERS_STUCK).increment(1);
 }

@@ -282,7 +282,12 @@ impl Deployment {
             // The harness's secrets are in the repository: a development deployment
             // (tests/api/secrets.rs checks the production profile).
             server: ServerSettings { listen: "127.0.0.1:0".into(), shutdown_grace_secs: 10, profile: Profile::Dev },
-            shards: ShardSettings { map_path: path.display().to_string(), pool_size: 8, connect_timeout_ms: 1000 },
+            shards: ShardSettings {
+                map_path: path.display().to_string(),
+                pool_size: 8,
+                connect_timeout_ms: 1000,
+                map_refresh_ms: 500,
+            },
             auth: AuthSettings::with_secret(JWT_SECRET),
             kafka: KafkaSettings {
                 brokers: self.kafka.clone(),

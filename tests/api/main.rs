@@ -20,6 +20,7 @@ mod ownership;
 mod payments;
 mod payments_doubt;
 mod rate_limit;
+mod resharding;
 mod secrets;
 mod sweeper;
 mod tcc;

@@ -24,6 +24,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/v1/admin/adjustments"),
     ("get", "/v1/admin/audit"),
     ("get", "/v1/admin/dead-letters"),
+    ("get", "/v1/admin/shards"),
     ("post", "/v1/deposits"),
     ("post", "/v1/withdrawals"),
     ("get", "/v1/payments/{payment_id}"),

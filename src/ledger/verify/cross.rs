@@ -101,8 +101,10 @@ struct Credit {
 async fn read_credits(router: &Router, only: Option<&[Uuid]>) -> Result<HashMap<Uuid, Vec<Credit>>> {
     let mut credits: HashMap<Uuid, Vec<Credit>> = HashMap::new();
     for shard in router.shards() {
-        let client = shard.client().await?;
-        let rows = client
+        let mut client = shard.client().await?;
+        let tx = client.transaction().await?;
+        super::owned_only(&tx).await?;
+        let rows = tx
             .query(
                 "SELECT p.reference, i.from_user, a.user_id, a.currency, e.amount::text
                  FROM postings p JOIN entries e USING (posting_id) JOIN accounts a USING (account_id)
@@ -132,8 +134,10 @@ async fn read_credits(router: &Router, only: Option<&[Uuid]>) -> Result<HashMap<
 async fn read_senders(router: &Router, ids: &[Uuid]) -> Result<HashMap<Uuid, (Debit, String)>> {
     let mut found = HashMap::new();
     for shard in router.shards() {
-        let client = shard.client().await?;
-        let rows = client
+        let mut client = shard.client().await?;
+        let tx = client.transaction().await?;
+        super::owned_only(&tx).await?;
+        let rows = tx
             .query(
                 "SELECT transfer_id, state, from_user, to_user, currency, amount::text, route FROM transfers
                  WHERE transfer_id = ANY($1)",

@@ -1,0 +1,157 @@
+//! Moving buckets between shards while the service serves: a fourth shard joins, a
+//! user with history (same-shard transfers with a user who stays, cross-shard
+//! transfers both ways, a gateway deposit, idempotency keys) moves onto it under load,
+//! and nothing is lost, doubled or cancelled.
+use std::{sync::Arc, time::Duration};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use shardwallet::{domain::UserId, ledger::verify, resharding, startup};
+
+use crate::{helpers::*, payments};
+
+/// Adds `shard-4` (a database on the first server) and returns a router that knows it.
+async fn add_fourth_shard(deployment: &Deployment, app: &TestApp) -> (shardwallet::sharding::Router, String) {
+    let url = format!("{}_s4", deployment.db_urls[0]);
+    let router = startup::current_router(&app.settings).await.expect("router");
+    resharding::members::add(&router, "shard-4", &url).await.expect("shards add");
+    (router, url)
+}
+
+async fn drop_database(url: &str) {
+    let (server, db) = url.rsplit_once('/').expect("url");
+    let admin = connect(&format!("{server}/postgres")).await;
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.expect("drop shard-4");
+}
+
+async fn entries(app: &TestApp, user: &str) -> Vec<Value> {
+    let r = app.get(&format!("/v1/users/{user}/wallets/EUR/entries?limit=100"), &app.admin()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    body(r).await["data"].as_array().expect("entries").clone()
+}
+
+#[tokio::test]
+async fn a_user_with_history_moves_to_a_new_shard_under_load_and_nothing_is_lost_doubled_or_cancelled() {
+    let deployment = Deployment::new().await;
+    let app = Arc::new(deployment.spawn_default().await);
+    let alice = app.user_on_shard("mv-alice", 0);
+    let bob = app.user_on_shard("mv-bob", 0);
+    let carol = app.user_on_shard("mv-carol", 1);
+    app.funded_user(&alice, "EUR", "1000").await;
+    app.funded_user(&bob, "EUR", "500").await;
+    app.funded_user(&carol, "EUR", "500").await;
+    let admin = app.admin();
+    // Same-shard transfers with bob, who stays: their postings are split by the move.
+    assert_eq!(app.transfer(&admin, &alice, &bob, "EUR", "100", "l1").await.status(), StatusCode::CREATED);
+    assert_eq!(app.transfer(&admin, &bob, &alice, "EUR", "40", "l2").await.status(), StatusCode::CREATED);
+    // Cross-shard both ways, finished.
+    for (from, to, amount, key) in [(&alice, &carol, "70", "x1"), (&carol, &alice, "30", "x2")] {
+        let r = app.transfer(&admin, from, to, "EUR", amount, key).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let id = body(r).await["transfer_id"].as_str().expect("id").to_string();
+        assert_eq!(app.wait_final(&id, Duration::from_secs(30)).await["status"], "completed");
+    }
+    // A gateway deposit.
+    let deposit = payments::start(&app, "deposits", &alice, "1000", "gateway_a", "dep-1").await;
+    assert_eq!(payments::wait_final(&app, &deposit).await["status"], "succeeded");
+    assert_eq!(app.balance(&alice, "EUR").await, "1900");
+    let history = entries(&app, &alice).await;
+    assert_eq!(history.len(), 6);
+
+    let (router, url) = add_fourth_shard(&deployment, &app).await;
+    let bucket = router.bucket_of_user(&UserId::parse(&alice).expect("id"));
+
+    // Steady cross-shard load between alice and carol while the bucket moves: each
+    // transfer of 1 one way is matched by one the other way.
+    let load: Vec<_> = [(alice.clone(), carol.clone()), (carol.clone(), alice.clone())]
+        .into_iter()
+        .enumerate()
+        .map(|(side, (from, to))| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..15 {
+                    let r =
+                        app.transfer_retrying(&app.admin(), &from, &to, "EUR", "1", &format!("load-{side}-{i}")).await;
+                    assert_eq!(r.status(), StatusCode::ACCEPTED, "load transfer {i}");
+                    ids.push(body(r).await["transfer_id"].as_str().expect("id").to_string());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                ids
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = resharding::mover::move_buckets(&router, &[bucket], "shard-4").await.expect("move");
+    assert_eq!(report.moved, 1, "{report}");
+    assert!(report.rows > 0);
+    let (_, p99, _) = report.fence_quantiles().expect("one fence");
+    println!("move: {report} (fence p99 {} ms)", p99.as_millis());
+
+    let mut ids = Vec::new();
+    for task in load {
+        ids.extend(task.await.expect("load task"));
+    }
+    for id in &ids {
+        assert_eq!(app.wait_final(id, Duration::from_secs(60)).await["status"], "completed", "transfer {id}");
+    }
+
+    // The new shard owns alice; the old one keeps only a copy that nothing serves.
+    let shard4 = connect(&url).await;
+    let on4: Option<String> = shard4
+        .query_opt("SELECT balance::text FROM accounts WHERE user_id = $1", &[&alice])
+        .await
+        .expect("query")
+        .map(|r| r.get(0));
+    assert_eq!(on4.as_deref(), Some("1900"));
+    assert_eq!(app.balance(&alice, "EUR").await, "1900", "every load transfer matched by its opposite");
+    assert_eq!(app.balance(&bob, "EUR").await, "560");
+    assert_eq!(app.balance(&carol, "EUR").await, "540");
+    // Her history reads the same (the load's entries come on top).
+    let after = entries(&app, &alice).await;
+    for entry in &history {
+        assert!(after.contains(entry), "entry {entry} changed or vanished after the move");
+    }
+    // Earlier requests replay their stored answers from the new owner.
+    let r = app.transfer(&admin, &alice, &bob, "EUR", "100", "l1").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap_or_default()), Some("true"));
+    let r = app.adjust(&alice, "EUR", "1000", "credit", &format!("fund-{alice}-EUR")).await;
+    assert_eq!(r.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap_or_default()), Some("true"));
+    assert_eq!(payments::payment(&app, &deposit).await["status"], "succeeded");
+    assert_eq!(app.balance(&alice, "EUR").await, "1900");
+    // Alice and bob are on different shards now: a new transfer between them is cross-shard.
+    let r = app.transfer(&admin, &alice, &bob, "EUR", "5", "after-move").await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = body(r).await["transfer_id"].as_str().expect("id").to_string();
+    assert_eq!(app.wait_final(&id, Duration::from_secs(30)).await["status"], "completed");
+    assert_eq!(app.balance(&bob, "EUR").await, "565");
+    // A same-shard transfer split by the move cannot be reversed on one side only.
+    let split = history.iter().find(|e| e["kind"] == "transfer").expect("a same-shard transfer entry");
+    let r = app
+        .post(
+            &format!("/v1/entries/{}/reversal", split["entry_id"].as_str().expect("id")),
+            &admin,
+            &Value::Null,
+            Some("rev-split"),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.text().await);
+
+    // The audit sees every bucket once: clean, totals zero.
+    let audit = verify::run(&router).await.expect("verify");
+    assert!(audit.ok, "verify after the move:\n{audit}");
+    let cluster = resharding::members::list(&router).await.expect("list");
+    let four = cluster.shards.iter().find(|s| s.name == "shard-4").expect("shard-4");
+    assert_eq!((four.bucket_count, four.users), (1, Some(1)));
+    let one = cluster.shards.iter().find(|s| s.name == "shard-1").expect("shard-1");
+    assert_eq!(one.users, Some(1), "bob only: the copy left behind is not counted");
+
+    // Moving it again is a no-op.
+    let again = resharding::mover::move_buckets(&router, &[bucket], "shard-4").await.expect("again");
+    assert_eq!((again.moved, again.already_there), (0, 1));
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.stop().await;
+    }
+    drop_database(&url).await;
+}
