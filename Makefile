@@ -32,7 +32,7 @@ BENCH_ARGS ?=
 BROKER_STORAGE ?= memory
 export BROKER_STORAGE
 
-.PHONY: help build cluster-up cluster-down cluster-status migrate testdata health verify \
+.PHONY: help build cluster-up cluster-down cluster-status shard-add shards migrate testdata health verify \
 	run test browser fuzz postman api-checks bench lint fmt up up-dev down
 
 help: ## list the targets
@@ -57,6 +57,14 @@ cluster-down: ## stop the local Postgres shards and the broker
 
 cluster-status: ## show what of the local cluster runs
 	$(CLUSTER) status
+
+shard-add: build cluster-up ## start one more Postgres shard (next port) and add it to the cluster (owns no bucket yet)
+	@read -r name url < <($(CLUSTER) add-shard); \
+	$(BIN) shards add --name "$$name" --url "$$url"; \
+	echo "next: $(BIN) reshard rebalance   (or reshard move --buckets A-B --to $$name)"
+
+shards: build ## list the shards with their buckets, users and wallets (shardwallet shards list)
+	$(BIN) shards list
 
 # --- service -----------------------------------------------------------------
 

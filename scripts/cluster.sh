@@ -11,7 +11,9 @@
 #   down      stop the Postgres instances and the broker this script started
 #   broker-restart  stop the broker this script started and start it again with
 #             BROKER_STORAGE (to switch storage), leaving Postgres as it is
-#   status    show what runs; exit 0 only when all three shards and the broker answer
+#   status    show what runs; exit 0 only when every shard and the broker answer
+#   add-shard start one more PostgreSQL server on the next port (5444, ...), kept by
+#             up/down/status from then on; prints "NAME URL" (`make shard-add` uses it)
 #   env       print `export ...` lines for the test suite (eval "$(scripts/cluster.sh env)")
 #
 # Environment:
@@ -31,8 +33,20 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-readonly SHARD_NAMES=(shard-1 shard-2 shard-3)
-readonly SHARD_PORTS=(5441 5442 5443)
+# The three shards every cluster starts with (and the test suite uses)...
+readonly BASE_SHARD_NAMES=(shard-1 shard-2 shard-3)
+readonly BASE_SHARD_PORTS=(5441 5442 5443)
+# ...and those `add-shard` started since (`make shard-add`), one "name port" per line.
+readonly ADDED_SHARDS_FILE="$LOCAL_DIR/added-shards"
+SHARD_NAMES=("${BASE_SHARD_NAMES[@]}")
+SHARD_PORTS=("${BASE_SHARD_PORTS[@]}")
+if [[ -s $ADDED_SHARDS_FILE ]]; then
+	while read -r added_name added_port; do
+		[[ -n $added_name && -n $added_port ]] || continue
+		SHARD_NAMES+=("$added_name")
+		SHARD_PORTS+=("$added_port")
+	done <"$ADDED_SHARDS_FILE"
+fi
 readonly PG_HOST=127.0.0.1
 readonly PG_ROLE=shardwallet
 readonly BROKER_HOST=127.0.0.1
@@ -398,6 +412,23 @@ cmd_install() {
 	info "nisshi: installed at $bin"
 }
 
+# Starts one more PostgreSQL server on the next port (5444, 5445, ...) the way `up`
+# starts the first three, records it for `up`, `down` and `status`, and prints
+# "NAME URL" for `shardwallet shards add --name NAME --url URL`.
+cmd_add_shard() {
+	require_pg_bin
+	prepare_pg_dirs
+	local n=${#SHARD_NAMES[@]} last=${SHARD_PORTS[-1]}
+	local name="shard-$((n + 1))" port=$((last + 1))
+	start_shard "$name" "$port"
+	ensure_database "$port" shardwallet
+	mkdir -p "$(dirname "$ADDED_SHARDS_FILE")"
+	printf '%s %s\n' "$name" "$port" >>"$ADDED_SHARDS_FILE"
+	SHARD_NAMES+=("$name")
+	SHARD_PORTS+=("$port")
+	printf '%s postgres://%s@%s:%s/shardwallet\n' "$name" "$PG_ROLE" "$PG_HOST" "$port"
+}
+
 cmd_up() {
 	pg_up
 	broker_up
@@ -452,7 +483,7 @@ print_export() {
 
 cmd_env() {
 	local urls=() port bin
-	for port in "${SHARD_PORTS[@]}"; do urls+=("postgres://$PG_ROLE@$PG_HOST:$port/postgres"); done
+	for port in "${BASE_SHARD_PORTS[@]}"; do urls+=("postgres://$PG_ROLE@$PG_HOST:$port/postgres"); done
 	print_export SHARDWALLET_TEST_PG "$(
 		IFS=,
 		echo "${urls[*]}"
@@ -485,6 +516,7 @@ main() {
 			broker_up
 			;;
 		status) cmd_status ;;
+		add-shard) cmd_add_shard ;;
 		env) cmd_env ;;
 		-h | --help | help) usage ;;
 		*)

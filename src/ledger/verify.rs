@@ -224,31 +224,44 @@ async fn snapshot(client: &mut deadpool_postgres::Object) -> Result<deadpool_pos
 /// a split posting the legs that left are, their `resharding` leg stands for them.
 /// Temporary relations come first in the search path, so the checks' SQL is unchanged.
 pub(crate) async fn owned_only(tx: &deadpool_postgres::Transaction<'_>) -> Result<()> {
+    // Nothing to leave out on a shard that never gave nor is receiving a bucket.
+    let moved: bool =
+        tx.query_one("SELECT EXISTS (SELECT 1 FROM bucket_owners WHERE state <> 'owned')", &[]).await?.get(0);
+    if !moved {
+        return Ok(());
+    }
+    // The views test membership in the (small) sets of what left, so each stays one
+    // scan of its table.
     tx.batch_execute(
-        "CREATE TEMP VIEW users AS SELECT u.* FROM public.users u
-             WHERE u.bucket IS NULL
-                OR EXISTS (SELECT 1 FROM public.bucket_owners b WHERE b.bucket = u.bucket AND b.state = 'owned');
+        "CREATE TEMP VIEW stale_users AS SELECT u.user_id FROM public.users u
+             WHERE u.bucket IS NOT NULL
+               AND u.bucket NOT IN (SELECT bucket FROM public.bucket_owners WHERE state = 'owned');
+         CREATE TEMP VIEW stale_accounts AS SELECT a.account_id FROM public.accounts a
+             WHERE a.user_id IN (SELECT user_id FROM pg_temp.stale_users);
+         CREATE TEMP VIEW left_postings AS SELECT DISTINCT e.posting_id FROM public.entries e
+             WHERE e.account_id IN (SELECT account_id FROM pg_temp.stale_accounts)
+               AND NOT EXISTS (SELECT 1 FROM public.entries o JOIN public.accounts a USING (account_id)
+                               WHERE o.posting_id = e.posting_id AND a.user_id IS NOT NULL
+                                 AND a.account_id NOT IN (SELECT account_id FROM pg_temp.stale_accounts));
+         CREATE TEMP VIEW users AS SELECT u.* FROM public.users u
+             WHERE u.user_id NOT IN (SELECT user_id FROM pg_temp.stale_users);
          CREATE TEMP VIEW accounts AS SELECT a.* FROM public.accounts a
-             WHERE a.user_id IS NULL OR a.user_id IN (SELECT user_id FROM pg_temp.users);
+             WHERE a.account_id NOT IN (SELECT account_id FROM pg_temp.stale_accounts);
          CREATE TEMP VIEW postings AS SELECT p.* FROM public.postings p
-             WHERE NOT (EXISTS (SELECT 1 FROM public.entries e JOIN public.accounts a USING (account_id)
-                                WHERE e.posting_id = p.posting_id AND a.user_id IS NOT NULL
-                                  AND a.user_id NOT IN (SELECT user_id FROM pg_temp.users))
-                        AND NOT EXISTS (SELECT 1 FROM public.entries e JOIN pg_temp.accounts a USING (account_id)
-                                        WHERE e.posting_id = p.posting_id AND a.user_id IS NOT NULL));
+             WHERE p.posting_id NOT IN (SELECT posting_id FROM pg_temp.left_postings);
          CREATE TEMP VIEW entries AS SELECT e.* FROM public.entries e
-             WHERE e.posting_id IN (SELECT posting_id FROM pg_temp.postings)
-               AND e.account_id IN (SELECT account_id FROM pg_temp.accounts);
+             WHERE e.account_id NOT IN (SELECT account_id FROM pg_temp.stale_accounts)
+               AND e.posting_id NOT IN (SELECT posting_id FROM pg_temp.left_postings);
          CREATE TEMP VIEW transfers AS SELECT t.* FROM public.transfers t
-             WHERE EXISTS (SELECT 1 FROM public.bucket_owners b WHERE b.bucket = id_bucket(t.transfer_id) AND b.state = 'owned');
+             WHERE id_bucket(t.transfer_id) IN (SELECT bucket FROM public.bucket_owners WHERE state = 'owned');
          CREATE TEMP VIEW holds AS SELECT h.* FROM public.holds h
-             WHERE h.account_id IN (SELECT account_id FROM pg_temp.accounts);
+             WHERE h.account_id NOT IN (SELECT account_id FROM pg_temp.stale_accounts);
          CREATE TEMP VIEW incoming_transfers AS SELECT i.* FROM public.incoming_transfers i
-             WHERE i.to_user IN (SELECT user_id FROM pg_temp.users);
+             WHERE i.to_user NOT IN (SELECT user_id FROM pg_temp.stale_users);
          CREATE TEMP VIEW payments AS SELECT p.* FROM public.payments p
-             WHERE p.user_id IN (SELECT user_id FROM pg_temp.users);
+             WHERE p.user_id NOT IN (SELECT user_id FROM pg_temp.stale_users);
          CREATE TEMP VIEW payment_holds AS SELECT h.* FROM public.payment_holds h
-             WHERE h.account_id IN (SELECT account_id FROM pg_temp.accounts);",
+             WHERE h.account_id NOT IN (SELECT account_id FROM pg_temp.stale_accounts);",
     )
     .await?;
     Ok(())

@@ -53,9 +53,12 @@ impl Reconciler {
         let client = self.shard.client().await?;
         let rows = client
             .query(
-                "SELECT payment_id, state, gateway, deadline < now() FROM payments
+                // Only payments of buckets this shard owns: a copy left behind by a move
+                // is the new owner's to settle.
+                "SELECT payment_id, state, gateway, deadline < now() FROM payments p
                  WHERE state IN ('created', 'submitted', 'needs_review')
                    AND (next_attempt_at <= now() OR (deadline < now() AND state <> 'needs_review'))
+                   AND EXISTS (SELECT 1 FROM bucket_owners b WHERE b.bucket = id_bucket(p.payment_id) AND b.state = 'owned')
                  ORDER BY next_attempt_at LIMIT 200",
                 &[],
             )

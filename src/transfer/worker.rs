@@ -27,11 +27,23 @@ impl Handler for StageHandler {
             serde_json::from_slice(payload).map_err(|e| Refused(format!("unreadable message: {e}")))?;
         let _timer = metrics::StageTimer::start(msg.stage.name());
         let mut backoff = Duration::from_millis(50);
-        for attempt in 1..=self.max_attempts {
+        let mut attempt = 0;
+        while attempt < self.max_attempts {
+            attempt += 1;
             match tcc::handle(&self.router, &msg).await {
                 Ok(shard) => {
                     self.wakers.wake(Outbox::Stages, shard);
                     return Ok(());
+                }
+                // Nobody owns the bucket for a moment (between a move's two switch commits,
+                // or until a mover killed there is run again): wait for the new owner
+                // without spending attempts, so no stage is dead-lettered for a move.
+                Err(e) if crate::sharding::MaybeMoved::is_moved(&e) => {
+                    attempt -= 1;
+                    metrics::stage_retried(msg.stage.name());
+                    tracing::warn!(error = %e, transfer_id = %msg.facts.transfer_id, "stage waits for its bucket's new owner");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
                 Err(e) if e.is_transient() && attempt < self.max_attempts => {
                     metrics::stage_retried(msg.stage.name());
