@@ -72,7 +72,7 @@ fn free_port() -> u16 {
 /// session and admission, test-sized sweeper intervals). No rate limits: eight workers
 /// back to back over twelve users pass the default 20 writes/s of a user, and a 429 is
 /// a final answer here.
-fn config_text(settings: &shardwallet::config::Settings, port: u16) -> String {
+pub(crate) fn config_text(settings: &shardwallet::config::Settings, port: u16) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 5\nprofile = \"dev\"\n\
          [shards]\nmap_path = \"{}\"\npool_size = 8\n\

@@ -155,3 +155,95 @@ async fn a_user_with_history_moves_to_a_new_shard_under_load_and_nothing_is_lost
     }
     drop_database(&url).await;
 }
+
+/// `shardwallet reshard move` as an operator runs it, killed with SIGKILL at random
+/// moments and run again until it finishes.
+#[tokio::test]
+async fn the_mover_killed_at_any_moment_and_run_again_finishes_the_move_with_the_same_results() {
+    use std::process::{Command, Stdio};
+    let deployment = Deployment::new().await;
+    let app = Arc::new(deployment.spawn_default().await);
+    let users: Vec<String> = (0..6).map(|i| app.user_on_shard(&format!("kill-{i}"), 0)).collect();
+    let stays = app.user_on_shard("kill-stays", 0);
+    app.funded_user(&stays, "EUR", "0").await;
+    for user in &users {
+        app.funded_user(user, "EUR", "100").await;
+        assert_eq!(
+            app.transfer(&app.admin(), user, &stays, "EUR", "10", &format!("k-{user}")).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    let (router, url) = add_fourth_shard(&deployment, &app).await;
+    let mut buckets: Vec<u32> = users.iter().map(|u| router.bucket_of_user(&UserId::parse(u).expect("id"))).collect();
+    // And forty empty buckets of shard-1, so the run lasts long enough to be cut anywhere.
+    buckets.extend(0..40);
+    buckets.sort_unstable();
+    buckets.dedup();
+    let list = buckets.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("mover-{}", deployment.id));
+    std::fs::create_dir_all(&out).expect("dir");
+    let config = out.join("mover.toml");
+    std::fs::write(&config, crate::failover::config_text(&app.settings, 0)).expect("config");
+    let mover = || {
+        Command::new(env!("CARGO_BIN_EXE_shardwallet"))
+            .args(["--config", &config.display().to_string(), "reshard", "move", "--buckets", &list, "--to", "shard-4"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the mover")
+    };
+    let owned_by_four = || async {
+        connect(&url)
+            .await
+            .query_one("SELECT count(*) FROM bucket_owners WHERE state = 'owned'", &[])
+            .await
+            .expect("count")
+            .get::<_, i64>(0)
+    };
+    let mut kills = 0;
+    for cut_ms in [150u64, 400, 90, 700, 250, 1200] {
+        let mut child = mover();
+        tokio::time::sleep(Duration::from_millis(cut_ms)).await;
+        if child.try_wait().expect("wait").is_none() {
+            child.kill().expect("SIGKILL");
+            kills += 1;
+        }
+        let _ = child.wait();
+        // Whatever the cut left, no bucket is writable on two shards.
+        let both: i64 = {
+            let four = connect(&url).await;
+            let owned: Vec<i32> = four
+                .query("SELECT bucket FROM bucket_owners WHERE state = 'owned'", &[])
+                .await
+                .expect("owned")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            app.shard_db(0)
+                .await
+                .query_one("SELECT count(*) FROM bucket_owners WHERE state = 'owned' AND bucket = ANY($1)", &[&owned])
+                .await
+                .expect("both")
+                .get(0)
+        };
+        assert_eq!(both, 0, "after a cut at {cut_ms} ms a bucket is owned by two shards");
+    }
+    assert!(kills >= 2, "the mover was killed mid-run only {kills} time(s)");
+    let status = mover().wait().expect("final run");
+    assert!(status.success(), "the last run finishes the move");
+    assert_eq!(owned_by_four().await, buckets.len() as i64, "every bucket has its one owner");
+    for user in &users {
+        assert_eq!(app.balance(user, "EUR").await, "90", "{user}");
+        let r = app.transfer(&app.admin(), user, &stays, "EUR", "10", &format!("k-{user}")).await;
+        assert_eq!(r.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap_or_default()), Some("true"));
+    }
+    assert_eq!(app.balance(&stays, "EUR").await, "60");
+    let audit = verify::run(&router).await.expect("verify");
+    assert!(audit.ok, "verify after a move cut {kills} times:\n{audit}");
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.stop().await;
+    }
+    drop_database(&url).await;
+}
