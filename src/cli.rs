@@ -105,12 +105,24 @@ enum ReshardCommand {
         buckets: String,
         #[arg(long)]
         to: String,
+        /// Buckets fenced and switched together (one short stop of their writes).
+        #[arg(long, default_value_t = crate::resharding::mover::BATCH)]
+        batch: usize,
     },
     /// Move buckets so that every shard owns an equal share (±1); prints the plan first.
     Rebalance {
         /// Print the plan only.
         #[arg(long)]
         dry_run: bool,
+        /// Buckets fenced and switched together (one short stop of their writes).
+        #[arg(long, default_value_t = crate::resharding::mover::BATCH)]
+        batch: usize,
+    },
+    /// Delete from the old shards what moves left behind (moves switched at least
+    /// --grace-secs ago; the copy was compared with the target before the switch).
+    Cleanup {
+        #[arg(long, default_value_t = crate::resharding::cleanup::GRACE.as_secs())]
+        grace_secs: u64,
     },
 }
 
@@ -252,13 +264,17 @@ impl Cli {
                 use crate::resharding::mover;
                 let router = startup::current_router(&settings()?).await?;
                 match command {
-                    ReshardCommand::Move { buckets, to } => {
+                    ReshardCommand::Move { buckets, to, batch } => {
                         let buckets = mover::parse_buckets(&buckets)?;
                         println!("moving {} bucket(s) to {to}", buckets.len());
-                        let report = mover::move_buckets(&router, &buckets, &to).await?;
+                        let report = mover::move_buckets(&router, &buckets, &to, batch).await?;
                         println!("{report}");
                     }
-                    ReshardCommand::Rebalance { dry_run } => {
+                    ReshardCommand::Cleanup { grace_secs } => {
+                        let grace = Duration::from_secs(grace_secs);
+                        println!("{}", crate::resharding::cleanup::run(&router, grace).await?);
+                    }
+                    ReshardCommand::Rebalance { dry_run, batch } => {
                         let layout = router.layout();
                         let names: Vec<String> = layout.map.shards().iter().map(|s| s.name.clone()).collect();
                         let plan = mover::rebalance_plan(layout.map.owners(), names.len());
@@ -295,7 +311,7 @@ impl Cli {
                             return Ok(ExitCode::SUCCESS);
                         }
                         for (_, to, list) in &groups {
-                            let report = mover::move_buckets(&router, list, &names[*to]).await?;
+                            let report = mover::move_buckets(&router, list, &names[*to], batch).await?;
                             println!("{report}");
                         }
                     }

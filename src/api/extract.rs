@@ -106,10 +106,8 @@ pub async fn owner_tx<T>(
         .with_owner(bucket, op, |shard, op| async move {
             let mut client = shard.client().await?;
             let tx = client.transaction().await?;
-            match shard.check_write(&tx, bucket).await {
-                Ok(()) => {}
-                Err(moved) if moved.is_moved() => return Ok(Attempt::Moved(op, moved)),
-                Err(e) => return Err(e.into()),
+            if let Some(moved) = shard.moved_away(&tx, bucket).await? {
+                return Ok(Attempt::Moved(op, moved));
             }
             let value = op(&tx).await?;
             tx.commit().await?;

@@ -93,10 +93,8 @@ impl Idempotency {
     ) -> Result<Attempt<(Response, bool), Op>, ApiError> {
         let mut client = shard.client().await?;
         let tx = client.transaction().await?;
-        match shard.check_write(&tx, bucket).await {
-            Ok(()) => {}
-            Err(moved) if moved.is_moved() => return Ok(Attempt::Moved(op, moved)),
-            Err(e) => return Err(e.into()),
+        if let Some(moved) = shard.moved_away(&tx, bucket).await? {
+            return Ok(Attempt::Moved(op, moved));
         }
         let (status, body) = match op(&tx).await {
             Ok(value) => (success, serde_json::to_vec(&value).map_err(anyhow::Error::from)?),

@@ -178,10 +178,8 @@ pub async fn with_locked<T>(
         .with_owner(bucket, op, |shard, op| async move {
             let mut client = shard.client().await?;
             let tx = client.transaction().await?;
-            match shard.check_write(&tx, bucket).await {
-                Ok(()) => {}
-                Err(moved) if moved.is_moved() => return Ok(crate::sharding::Attempt::Moved(op, moved)),
-                Err(e) => return Err(e.into()),
+            if let Some(moved) = shard.moved_away(&tx, bucket).await? {
+                return Ok(crate::sharding::Attempt::Moved(op, moved));
             }
             let Some(row) = lock(&tx, payment_id).await? else { return Ok(crate::sharding::Attempt::Done(None)) };
             op(tx, row).await.map(|v| crate::sharding::Attempt::Done(Some(v)))

@@ -1,4 +1,4 @@
-//! Copying one bucket's rows from its source shard to its target, checking the copy,
+//! Copying buckets' rows from their source shard to their target, checking the copy,
 //! and splitting the postings its users share with users who stay behind.
 //!
 //! Everything of a bucket is found from its users (`users.bucket`): their wallets, the
@@ -44,11 +44,11 @@ enum Write {
 }
 
 /// The bucket's users; every read below starts from them.
-const USERS: &str = "SELECT user_id FROM users WHERE bucket = $1";
+const USERS: &str = "SELECT user_id FROM users WHERE bucket = ANY($1)";
 
 macro_rules! of_users {
     ($($sql:tt)+) => {
-        concat!("WITH u AS (SELECT user_id FROM users WHERE bucket = $1) ", $($sql)+)
+        concat!("WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)) ", $($sql)+)
     };
 }
 
@@ -62,7 +62,7 @@ macro_rules! postings_of_bucket {
 static TABLES: &[Table] = &[
     Table {
         name: "users",
-        read: "SELECT coalesce(jsonb_agg(to_jsonb(x)), '[]') FROM users x WHERE bucket = $1",
+        read: "SELECT coalesce(jsonb_agg(to_jsonb(x)), '[]') FROM users x WHERE bucket = ANY($1)",
         write: Write::Keep("user_id"),
     },
     Table {
@@ -175,7 +175,7 @@ static TABLES: &[Table] = &[
         name: "idempotency_keys",
         read: of_users!(
             "SELECT coalesce(jsonb_agg(to_jsonb(k)), '[]') FROM idempotency_keys k
-             WHERE k.bucket = $1 OR (k.bucket IS NULL AND k.caller IN (SELECT user_id FROM u))"
+             WHERE k.bucket = ANY($1) OR (k.bucket IS NULL AND k.caller IN (SELECT user_id FROM u))"
         ),
         write: Write::Keep("caller, key"),
     },
@@ -211,8 +211,8 @@ static TABLES: &[Table] = &[
 
 /// Reads every row of `bucket` on the source. Run inside the fence, after the bucket's
 /// row is locked: every write to the bucket has committed, and none can begin.
-pub async fn read(source: &impl GenericClient, bucket: u32) -> Result<Snapshot, tokio_postgres::Error> {
-    let bucket = bucket as i32;
+pub async fn read(source: &impl GenericClient, buckets: &[u32]) -> Result<Snapshot, tokio_postgres::Error> {
+    let bucket = as_param(buckets);
     let mut snapshot = Snapshot::default();
     for table in TABLES {
         let rows: serde_json::Value = source.query_one(table.read, &[&bucket]).await?.get(0);
@@ -269,18 +269,19 @@ async fn columns(client: &impl GenericClient, table: &str) -> Result<Vec<String>
 
 /// On the source, in the fence: one leg on its `resharding` account for each split
 /// posting, standing for the bucket's legs that leave with the bucket.
-pub async fn split_on_source(source: &impl GenericClient, bucket: u32) -> Result<u64, tokio_postgres::Error> {
+pub async fn split_on_source(source: &impl GenericClient, buckets: &[u32]) -> Result<u64, tokio_postgres::Error> {
+    let bucket = as_param(buckets);
     source
         .execute(
             "INSERT INTO accounts (system_name, currency)
-             SELECT DISTINCT 'resharding', a.currency FROM accounts a JOIN users u USING (user_id) WHERE u.bucket = $1
+             SELECT DISTINCT 'resharding', a.currency FROM accounts a JOIN users u USING (user_id) WHERE u.bucket = ANY($1)
              ON CONFLICT DO NOTHING",
-            &[&(bucket as i32)],
+            &[&bucket],
         )
         .await?;
     source
         .execute(
-            "WITH u AS (SELECT user_id FROM users WHERE bucket = $1),
+            "WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)),
              legs AS (
                  SELECT e.entry_id, e.posting_id, e.amount, e.created_at, a.currency,
                         a.user_id IS NOT NULL AND a.user_id IN (SELECT user_id FROM u) AS moving,
@@ -297,7 +298,7 @@ pub async fn split_on_source(source: &impl GenericClient, bucket: u32) -> Result
              FROM legs l JOIN split USING (posting_id) WHERE l.moving
              GROUP BY l.posting_id
              ON CONFLICT (entry_id) DO NOTHING",
-            &[&(bucket as i32)],
+            &[&bucket],
         )
         .await
 }
@@ -305,10 +306,11 @@ pub async fn split_on_source(source: &impl GenericClient, bucket: u32) -> Result
 /// What both sides must agree on before the switch: row counts per table, each wallet's
 /// balance and held, and digests of the entries, transfers and payments. The same SQL
 /// runs on source and target.
-pub async fn digest(client: &impl GenericClient, bucket: u32) -> Result<Vec<String>, tokio_postgres::Error> {
+pub async fn digest(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<String>, tokio_postgres::Error> {
+    let bucket = as_param(buckets);
     let row = client
         .query_one(
-            "WITH u AS (SELECT user_id FROM users WHERE bucket = $1),
+            "WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)),
                   w AS (SELECT a.* FROM accounts a JOIN u USING (user_id)),
                   t AS (SELECT * FROM transfers WHERE from_user IN (SELECT user_id FROM u) OR to_user IN (SELECT user_id FROM u)),
                   i AS (SELECT * FROM incoming_transfers WHERE to_user IN (SELECT user_id FROM u)),
@@ -323,11 +325,11 @@ pub async fn digest(client: &impl GenericClient, bucket: u32) -> Result<Vec<Stri
                     FROM holds h JOIN w USING (account_id)),
                  (SELECT count(*) || ' ' || md5(coalesce(string_agg(transfer_id || ' ' || state, ',' ORDER BY transfer_id), '')) FROM i),
                  (SELECT count(*) FROM tcc_barriers WHERE transfer_id IN (SELECT transfer_id FROM i))::text,
-                 (SELECT count(*) FROM idempotency_keys k WHERE k.bucket = $1 OR (k.bucket IS NULL AND k.caller IN (SELECT user_id FROM u)))::text,
+                 (SELECT count(*) FROM idempotency_keys k WHERE k.bucket = ANY($1) OR (k.bucket IS NULL AND k.caller IN (SELECT user_id FROM u)))::text,
                  (SELECT count(*) || ' ' || md5(coalesce(string_agg(payment_id || ' ' || state || ' ' || amount, ',' ORDER BY payment_id), '')) FROM p),
                  (SELECT count(*) FROM payment_holds h JOIN w USING (account_id))::text,
                  (SELECT count(*) FROM payment_events WHERE payment_id IN (SELECT payment_id FROM p))::text]",
-            &[&(bucket as i32)],
+            &[&bucket],
         )
         .await?;
     Ok(row.get(0))
@@ -349,17 +351,22 @@ pub const DIGEST_PARTS: [&str; 11] = [
 ];
 
 /// Postings of the bucket that do not sum to zero (none may, after a write).
-pub async fn unbalanced(client: &impl GenericClient, bucket: u32) -> Result<i64, tokio_postgres::Error> {
+pub async fn unbalanced(client: &impl GenericClient, buckets: &[u32]) -> Result<i64, tokio_postgres::Error> {
+    let bucket = as_param(buckets);
     let sql = of_users!(concat!(
         "SELECT count(*) FROM (SELECT posting_id FROM entries WHERE posting_id IN (",
         postings_of_bucket!(),
         ") GROUP BY posting_id HAVING sum(amount) <> 0) x"
     ));
-    Ok(client.query_one(sql, &[&(bucket as i32)]).await?.get(0))
+    Ok(client.query_one(sql, &[&bucket]).await?.get(0))
 }
 
-/// The bucket's users (for progress lines).
-pub async fn user_count(client: &impl GenericClient, bucket: u32) -> Result<i64, tokio_postgres::Error> {
+/// The buckets' users (for progress lines).
+pub async fn user_count(client: &impl GenericClient, buckets: &[u32]) -> Result<i64, tokio_postgres::Error> {
     let sql = format!("SELECT count(*) FROM ({USERS}) u");
-    Ok(client.query_one(&sql, &[&(bucket as i32)]).await?.get(0))
+    Ok(client.query_one(&sql, &[&as_param(buckets)]).await?.get(0))
+}
+
+fn as_param(buckets: &[u32]) -> Vec<i32> {
+    buckets.iter().map(|&b| b as i32).collect()
 }

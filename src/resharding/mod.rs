@@ -7,7 +7,9 @@
 //!
 //! - `members`: `shards add` (a new, empty member) and `shards list` (who owns what).
 //! - `moves`: a bucket move's state machine; `copy`: the rows of one bucket;
-//!   `mover`: `reshard move` / `rebalance`, one bucket at a time, resumable.
+//!   `mover`: `reshard move` / `rebalance`, a batch of buckets per fence, resumable;
+//!   `cleanup`: deleting what a move left on the old shard.
+pub mod cleanup;
 pub mod copy;
 pub mod members;
 pub mod mover;

@@ -1,6 +1,6 @@
-//! `reshard move` and `reshard rebalance`: drives each bucket through `moves` (the state
-//! machine) with `copy` (the rows), one bucket at a time, resumable after a kill at any
-//! point, printing progress.
+//! `reshard move` and `reshard rebalance`: drives buckets through `moves` (the state
+//! machine) with `copy` (the rows), a batch of buckets per fence, resumable after a kill
+//! at any point, printing progress.
 use std::{
     io::IsTerminal,
     sync::Arc,
@@ -84,20 +84,34 @@ impl Progress {
         Self { bar, lines }
     }
 
-    fn bucket(&self, bucket: u32, report: &Report, rows: u64, fence: Option<Duration>, from: &str, to: &str) {
+    fn batch(&self, buckets: &[u32], report: &Report, done: &Batch, to: &str) {
         let rate = report.rows as f64 / report.elapsed.as_secs_f64().max(0.001);
-        let fence = fence.map_or_else(|| "-".into(), |f| format!("{} ms", f.as_millis()));
+        let fence = done.fences.last().map_or_else(|| "-".into(), |f| format!("{} ms", f.as_millis()));
         let msg = format!("rows {} ({rate:.0}/s), last fence {fence}", report.rows);
-        self.bar.inc(1);
+        self.bar.inc(buckets.len() as u64);
         self.bar.set_message(msg);
         if self.lines {
-            println!("bucket {bucket}: {from} -> {to}, {rows} rows, fence {fence}; total {} rows", report.rows);
+            let from = if done.sources.is_empty() { "(already there)".to_string() } else { done.sources.join(",") };
+            println!(
+                "buckets {}-{} ({}): {from} -> {to}, {} moved, {} rows, fence {fence}; total {} buckets, {} rows ({rate:.0} rows/s)",
+                buckets[0],
+                buckets[buckets.len() - 1],
+                buckets.len(),
+                done.moved,
+                done.rows,
+                report.moved + report.already_there,
+                report.rows
+            );
         }
     }
 }
 
-/// Moves `buckets` to `target` from whichever shards own them now.
-pub async fn move_buckets(router: &Router, buckets: &[u32], target: &str) -> anyhow::Result<Report> {
+/// Buckets fenced, copied and switched together by default: one fence per batch.
+pub const BATCH: usize = 64;
+
+/// Moves `buckets` to `target` from whichever shards own them now, `batch` buckets per
+/// fence.
+pub async fn move_buckets(router: &Router, buckets: &[u32], target: &str, batch: usize) -> anyhow::Result<Report> {
     router.refresh().await;
     let layout = router.layout();
     let Some(target) = layout.shards.iter().find(|s| s.name == target).cloned() else {
@@ -115,23 +129,16 @@ pub async fn move_buckets(router: &Router, buckets: &[u32], target: &str) -> any
     let progress = Progress::new(buckets.len());
     let mut report = Report::default();
     let result = async {
-        for &bucket in buckets {
-            let (rows, fence, source) = move_one(router, &target, bucket)
-                .await
-                .with_context(|| format!("moving bucket {bucket} to {}", target.name))?;
+        for chunk in buckets.chunks(batch.max(1)) {
+            let done = move_batch(router, &target, chunk).await.with_context(|| {
+                format!("moving buckets {}..={} to {}", chunk[0], chunk[chunk.len() - 1], target.name)
+            })?;
             report.elapsed = started.elapsed();
-            match (&source, fence) {
-                (Some(from), fence) => {
-                    report.moved += 1;
-                    report.rows += rows;
-                    report.fences.extend(fence);
-                    progress.bucket(bucket, &report, rows, fence, from, &target.name);
-                }
-                (None, _) => {
-                    report.already_there += 1;
-                    progress.bar.inc(1);
-                }
-            }
+            report.moved += done.moved;
+            report.already_there += chunk.len() - done.moved;
+            report.rows += done.rows;
+            report.fences.extend(&done.fences);
+            progress.batch(chunk, &report, &done, &target.name);
         }
         anyhow::Ok(())
     }
@@ -144,75 +151,119 @@ pub async fn move_buckets(router: &Router, buckets: &[u32], target: &str) -> any
     Ok(report)
 }
 
-/// Drives one bucket to `target`. Returns the rows copied, the fence's length (when this
-/// run fenced it) and the source (`None` when the bucket was there already).
-async fn move_one(
-    router: &Router,
-    target: &Arc<Shard>,
-    bucket: u32,
-) -> anyhow::Result<(u64, Option<Duration>, Option<String>)> {
-    let mut rows = 0;
-    let mut fence = None;
-    let mut source_name = None;
+/// What one batch did.
+#[derive(Debug, Default)]
+struct Batch {
+    moved: usize,
+    rows: u64,
+    fences: Vec<Duration>,
+    sources: Vec<String>,
+}
+
+/// Drives a batch of buckets to `target`: each bucket's step comes from what the shards
+/// record (`moves::next`), and the buckets at the same step on the same source take it
+/// together (the fence: one transaction on each side for all of them).
+async fn move_batch(router: &Router, target: &Arc<Shard>, buckets: &[u32]) -> anyhow::Result<Batch> {
+    let mut done = Batch::default();
+    let mut moving: Vec<u32> = Vec::new();
     for _ in 0..FENCE_ATTEMPTS + 4 {
         router.refresh().await;
-        let source = source_of(router, target, bucket).await?;
-        let Some(source) = source else {
-            return Ok((rows, fence, source_name));
-        };
-        source_name = Some(source.name.clone());
-        let source_claim = claim(&source.client().await?, bucket).await?;
-        let target_claim = claim(&target.client().await?, bucket).await?;
-        match moves::next(&target.name, source_claim.as_ref(), target_claim.as_ref()) {
-            Step::Begin => begin(router, &source, target, bucket).await?,
-            Step::Fence => match fenced_copy(router, &source, target, bucket).await? {
-                Some((copied, took)) => {
-                    rows = copied;
-                    fence = Some(took);
+        let target_claims = claims(&target.client().await?, buckets).await?;
+        let sources = sources_of(router, target, buckets).await?;
+        let mut fence: Vec<(Arc<Shard>, Vec<u32>)> = Vec::new();
+        let mut pending = false;
+        for (&bucket, source) in buckets.iter().zip(&sources) {
+            let Some(source) = source else { continue };
+            if !moving.contains(&bucket) {
+                moving.push(bucket);
+            }
+            let source_claim = claims(&source.client().await?, &[bucket]).await?.remove(&bucket);
+            match moves::next(&target.name, source_claim.as_ref(), target_claims.get(&bucket)) {
+                Step::Begin => {
+                    begin(router, source, target, bucket).await?;
+                    pending = true;
+                }
+                Step::Fence => match fence.iter_mut().find(|(s, _)| s.name == source.name) {
+                    Some((_, list)) => list.push(bucket),
+                    None => fence.push((source.clone(), vec![bucket])),
+                },
+                Step::FinishSwitch { epoch } => {
+                    finish_switch(target, bucket, epoch).await?;
+                    pending = true;
+                }
+                Step::Done => {}
+                Step::Refuse(why) => bail!("bucket {bucket}: {why} (source {}, target {})", source.name, target.name),
+            }
+        }
+        for (source, list) in &fence {
+            pending = true;
+            match fenced_copy(router, source, target, list).await? {
+                Some((rows, took)) => {
+                    done.rows += rows;
+                    done.fences.push(took);
+                    if !done.sources.contains(&source.name) {
+                        done.sources.push(source.name.clone());
+                    }
                 }
                 None => tokio::time::sleep(Duration::from_millis(100)).await,
-            },
-            Step::FinishSwitch { epoch } => finish_switch(target, bucket, epoch, fence).await?,
-            Step::Done => return Ok((rows, fence, source_name)),
-            Step::Refuse(why) => bail!("{why} (source {}, target {})", source.name, target.name),
+            }
+        }
+        if !pending {
+            done.moved = moving.len();
+            return Ok(done);
         }
     }
-    bail!("the bucket's fence could not be taken in {FENCE_ATTEMPTS} attempts (writes or the outbox kept it busy)")
+    bail!("the buckets' fence could not be taken in {FENCE_ATTEMPTS} attempts (writes or the outbox kept it busy)")
 }
 
-/// The shard the bucket leaves: the one a move in progress recorded, or its owner by the
-/// map; `None` when the target owns it and no move of it is in progress.
-async fn source_of(router: &Router, target: &Arc<Shard>, bucket: u32) -> anyhow::Result<Option<Arc<Shard>>> {
+/// For each bucket, the shard it leaves: the one a move in progress recorded, or its
+/// owner by the map; `None` when the target owns it and no move of it is in progress.
+async fn sources_of(router: &Router, target: &Arc<Shard>, buckets: &[u32]) -> anyhow::Result<Vec<Option<Arc<Shard>>>> {
     let client = target.client().await?;
-    let record = client
-        .query_opt("SELECT source, state FROM bucket_moves WHERE bucket = $1", &[&(bucket as i32)])
+    let list: Vec<i32> = buckets.iter().map(|&b| b as i32).collect();
+    let in_progress: std::collections::HashMap<u32, String> = client
+        .query("SELECT bucket, source, state FROM bucket_moves WHERE bucket = ANY($1)", &[&list])
         .await?
-        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)));
-    let in_progress =
-        record.filter(|(_, state)| matches!(MoveState::parse(state), Some(MoveState::Copying | MoveState::Fenced)));
+        .iter()
+        .filter(|r| matches!(MoveState::parse(r.get(2)), Some(MoveState::Copying | MoveState::Fenced)))
+        .map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, String>(1)))
+        .collect();
     let layout = router.layout();
     let by_name = |name: &str| layout.shards.iter().find(|s| s.name == name).cloned();
-    if let Some((source, _)) = in_progress {
-        return by_name(&source).map(Some).with_context(|| format!("the move's source '{source}' is not a member"));
-    }
-    let owner = router.for_bucket(bucket)?;
-    Ok((owner.name != target.name).then_some(owner))
+    buckets
+        .iter()
+        .map(|&bucket| match in_progress.get(&bucket) {
+            Some(source) => {
+                by_name(source).map(Some).with_context(|| format!("the move's source '{source}' is not a member"))
+            }
+            None => {
+                let owner = router.for_bucket(bucket)?;
+                Ok((owner.name != target.name).then_some(owner))
+            }
+        })
+        .collect()
 }
 
-async fn claim(client: &impl GenericClient, bucket: u32) -> anyhow::Result<Option<(Claim, i64)>> {
-    let row = client
-        .query_opt("SELECT state, owner, epoch FROM bucket_owners WHERE bucket = $1", &[&(bucket as i32)])
-        .await?;
-    Ok(row.and_then(|r| {
-        let (state, owner, epoch): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
-        let claim = match state.as_str() {
-            "owned" => Claim::Owned,
-            "incoming" => Claim::Incoming,
-            "moved" => Claim::Moved { owner },
-            _ => return None,
-        };
-        Some((claim, epoch))
-    }))
+async fn claims(
+    client: &impl GenericClient,
+    buckets: &[u32],
+) -> anyhow::Result<std::collections::HashMap<u32, (Claim, i64)>> {
+    let list: Vec<i32> = buckets.iter().map(|&b| b as i32).collect();
+    let rows =
+        client.query("SELECT bucket, state, owner, epoch FROM bucket_owners WHERE bucket = ANY($1)", &[&list]).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let (bucket, state, owner, epoch): (i32, String, String, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            let claim = match state.as_str() {
+                "owned" => Claim::Owned,
+                "incoming" => Claim::Incoming,
+                "moved" => Claim::Moved { owner },
+                _ => return None,
+            };
+            Some((bucket as u32, (claim, epoch)))
+        })
+        .collect())
 }
 
 /// copying: the target records the move and holds the bucket as 'incoming'.
@@ -237,43 +288,43 @@ async fn begin(router: &Router, source: &Shard, target: &Shard, bucket: u32) -> 
     Ok(())
 }
 
-/// fenced → switched (source side): under the bucket's row lock on the source, copies
-/// the bucket, compares, commits the copy on the target, then flips the source. `None`
-/// when the fence could not be taken now (writes or the outbox kept it busy).
+/// fenced → switched (source side): under the buckets' row locks on the source, copies
+/// them, compares, commits the copy on the target, then flips the source. `None` when
+/// the fence could not be taken now (writes or the outbox kept it busy).
 async fn fenced_copy(
     router: &Router,
     source: &Shard,
     target: &Shard,
-    bucket: u32,
+    buckets: &[u32],
 ) -> anyhow::Result<Option<(u64, Duration)>> {
     let epoch = newest_epoch(router).await? + 1;
+    let list: Vec<i32> = buckets.iter().map(|&b| b as i32).collect();
     let mut source_client = source.client().await?;
     let stx = source_client.transaction().await?;
     stx.batch_execute(&format!("SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'")).await?;
     let locked =
-        stx.query_opt("SELECT state FROM bucket_owners WHERE bucket = $1 FOR UPDATE", &[&(bucket as i32)]).await;
-    let state: String = match locked {
-        Ok(Some(row)) => row.get(0),
-        Ok(None) => bail!("the source has no record of the bucket"),
+        stx.query("SELECT state FROM bucket_owners WHERE bucket = ANY($1) ORDER BY bucket FOR UPDATE", &[&list]).await;
+    let rows = match locked {
+        Ok(rows) => rows,
         Err(e) if crate::storage::is_lock_timeout(&e) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    if state != Claim::Owned.as_str() {
+    if rows.len() != buckets.len() || rows.iter().any(|r| r.get::<_, String>(0) != Claim::Owned.as_str()) {
         return Ok(None);
     }
     let fence_began = Instant::now();
-    // Every write to the bucket has committed; what they put in the outboxes must be
-    // published before the bucket leaves (outbox rows do not move).
+    // Every write to the buckets has committed; what they put in the outboxes must be
+    // published before the buckets leave (outbox rows do not move).
     if !outbox_drained(&stx).await? {
         return Ok(None);
     }
-    let snapshot = copy::read(&stx, bucket).await?;
-    let expected = copy::digest(&stx, bucket).await?;
+    let snapshot = copy::read(&stx, buckets).await?;
+    let expected = copy::digest(&stx, buckets).await?;
     let mut target_client = target.client().await?;
     let ttx = target_client.transaction().await?;
-    let rows = copy::write(&ttx, &snapshot).await?;
-    let unbalanced = copy::unbalanced(&ttx, bucket).await?;
-    let copied = copy::digest(&ttx, bucket).await?;
+    let copied_rows = copy::write(&ttx, &snapshot).await?;
+    let unbalanced = copy::unbalanced(&ttx, buckets).await?;
+    let copied = copy::digest(&ttx, buckets).await?;
     let differing: Vec<&str> = copy::DIGEST_PARTS
         .iter()
         .zip(expected.iter().zip(&copied))
@@ -281,7 +332,7 @@ async fn fenced_copy(
         .map(|(name, _)| *name)
         .collect();
     if unbalanced > 0 || !differing.is_empty() {
-        // Both transactions roll back: the source keeps the bucket, nothing switched.
+        // Both transactions roll back: the source keeps the buckets, nothing switched.
         bail!(
             "refusing to switch: the copy differs from the source in {} ({} posting(s) do not balance on the target)",
             if differing.is_empty() { "nothing compared".to_string() } else { differing.join(", ") },
@@ -289,21 +340,31 @@ async fn fenced_copy(
         );
     }
     ttx.execute(
-        "UPDATE bucket_moves SET state = 'fenced', epoch = $2, rows_copied = $3 WHERE bucket = $1",
-        &[&(bucket as i32), &epoch, &(rows as i64)],
+        "UPDATE bucket_moves SET state = 'fenced', epoch = $2, rows_copied = $3 WHERE bucket = ANY($1)",
+        &[&list, &epoch, &(copied_rows as i64)],
     )
     .await?;
     ttx.commit().await?;
-    copy::split_on_source(&stx, bucket).await?;
+    copy::split_on_source(&stx, buckets).await?;
     stx.execute(
-        "UPDATE bucket_owners SET state = 'moved', owner = $2, epoch = $3, changed_at = now() WHERE bucket = $1",
-        &[&(bucket as i32), &target.name, &epoch],
+        "UPDATE bucket_owners SET state = 'moved', owner = $2, epoch = $3, changed_at = now() WHERE bucket = ANY($1)",
+        &[&list, &target.name, &epoch],
     )
     .await?;
     stx.commit().await?;
     let took = fence_began.elapsed();
     crate::telemetry::metrics::reshard_fence(took);
-    Ok(Some((rows, took)))
+    record_fence(target, &list, took).await?;
+    Ok(Some((copied_rows, took)))
+}
+
+async fn record_fence(target: &Shard, list: &[i32], took: Duration) -> anyhow::Result<()> {
+    target
+        .client()
+        .await?
+        .execute("UPDATE bucket_moves SET fence_ms = $2 WHERE bucket = ANY($1)", &[&list, &(took.as_millis() as i32)])
+        .await?;
+    Ok(())
 }
 
 /// Waits (bounded) until every outbox row committed before the fence is published.
@@ -335,7 +396,7 @@ async fn outbox_drained(stx: &impl GenericClient) -> anyhow::Result<bool> {
 }
 
 /// switched (target side): the target takes the bucket at the epoch the source recorded.
-async fn finish_switch(target: &Shard, bucket: u32, epoch: i64, fence: Option<Duration>) -> anyhow::Result<()> {
+async fn finish_switch(target: &Shard, bucket: u32, epoch: i64) -> anyhow::Result<()> {
     let client = target.client().await?;
     client
         .execute(
@@ -346,9 +407,8 @@ async fn finish_switch(target: &Shard, bucket: u32, epoch: i64, fence: Option<Du
         .await?;
     client
         .execute(
-            "UPDATE bucket_moves SET state = 'switched', switched_at = now(), epoch = $2,
-                 fence_ms = coalesce($3, fence_ms) WHERE bucket = $1",
-            &[&(bucket as i32), &epoch, &fence.map(|f| f.as_millis() as i32)],
+            "UPDATE bucket_moves SET state = 'switched', switched_at = now(), epoch = $2 WHERE bucket = $1",
+            &[&(bucket as i32), &epoch],
         )
         .await?;
     Ok(())

@@ -90,6 +90,20 @@ impl Shard {
         ownership::check_write(tx, bucket).await
     }
 
+    /// `check_write` for work that hands itself back when the bucket moved
+    /// (`Router::with_owner`): `Ok(Some(why))` when it moved, `Ok(None)` when owned.
+    pub async fn moved_away(
+        &self,
+        tx: &impl deadpool_postgres::GenericClient,
+        bucket: u32,
+    ) -> Result<Option<Error>, Error> {
+        match self.check_write(tx, bucket).await {
+            Ok(()) => Ok(None),
+            Err(moved) if moved.is_moved() => Ok(Some(moved)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Fails unless this shard owns `bucket` now; run after a read, on the same client.
     pub async fn check_read(&self, client: &impl deadpool_postgres::GenericClient, bucket: u32) -> Result<(), Error> {
         ownership::check_read(client, bucket).await

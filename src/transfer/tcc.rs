@@ -314,10 +314,8 @@ async fn locked_on<T, Op: AsyncFnOnce(Transaction<'_>, LockedTransfer) -> Result
     let transfer_id = id.uuid();
     let mut client = shard.client().await?;
     let tx = client.transaction().await?;
-    match shard.check_write(&tx, u32::from(id.bucket())).await {
-        Ok(()) => {}
-        Err(moved) if moved.is_moved() => return Ok(crate::sharding::Attempt::Moved(op, moved)),
-        Err(e) => return Err(e.into()),
+    if let Some(moved) = shard.moved_away(&tx, u32::from(id.bucket())).await? {
+        return Ok(crate::sharding::Attempt::Moved(op, moved));
     }
     let row = tx
         .cached_query_opt(

@@ -82,7 +82,8 @@ async fn a_user_with_history_moves_to_a_new_shard_under_load_and_nothing_is_lost
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let report = resharding::mover::move_buckets(&router, &[bucket], "shard-4").await.expect("move");
+    let report =
+        resharding::mover::move_buckets(&router, &[bucket], "shard-4", resharding::mover::BATCH).await.expect("move");
     assert_eq!(report.moved, 1, "{report}");
     assert!(report.rows > 0);
     let (_, p99, _) = report.fence_quantiles().expect("one fence");
@@ -147,8 +148,30 @@ async fn a_user_with_history_moves_to_a_new_shard_under_load_and_nothing_is_lost
     let one = cluster.shards.iter().find(|s| s.name == "shard-1").expect("shard-1");
     assert_eq!(one.users, Some(1), "bob only: the copy left behind is not counted");
 
+    // Cleanup deletes the copy left on shard-1; nothing anyone sees changes.
+    let bob_history = entries(&app, &bob).await;
+    let cleaned = resharding::cleanup::run(&router, Duration::ZERO).await.expect("cleanup");
+    assert_eq!(cleaned.buckets, 1, "{cleaned}");
+    assert!(cleaned.rows > 0, "{cleaned}");
+    let left: i64 = app
+        .shard_db(0)
+        .await
+        .query_one("SELECT count(*) FROM users WHERE user_id = $1", &[&alice])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "alice's copy is gone from shard-1");
+    assert_eq!(app.balance(&alice, "EUR").await, "1895");
+    assert_eq!(app.balance(&bob, "EUR").await, "565");
+    assert_eq!(entries(&app, &bob).await, bob_history, "bob's history (split postings included) is untouched");
+    let audit = verify::run(&router).await.expect("verify");
+    assert!(audit.ok, "verify after cleanup:\n{audit}");
+    let again = resharding::cleanup::run(&router, Duration::ZERO).await.expect("cleanup again");
+    assert_eq!((again.buckets, again.rows), (0, 0), "a second cleanup finds nothing");
+
     // Moving it again is a no-op.
-    let again = resharding::mover::move_buckets(&router, &[bucket], "shard-4").await.expect("again");
+    let again =
+        resharding::mover::move_buckets(&router, &[bucket], "shard-4", resharding::mover::BATCH).await.expect("again");
     assert_eq!((again.moved, again.already_there), (0, 1));
     if let Ok(app) = Arc::try_unwrap(app) {
         app.stop().await;
@@ -186,7 +209,18 @@ async fn the_mover_killed_at_any_moment_and_run_again_finishes_the_move_with_the
     std::fs::write(&config, crate::failover::config_text(&app.settings, 0)).expect("config");
     let mover = || {
         Command::new(env!("CARGO_BIN_EXE_shardwallet"))
-            .args(["--config", &config.display().to_string(), "reshard", "move", "--buckets", &list, "--to", "shard-4"])
+            .args([
+                "--config",
+                &config.display().to_string(),
+                "reshard",
+                "move",
+                "--buckets",
+                &list,
+                "--to",
+                "shard-4",
+                "--batch",
+                "8",
+            ])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
