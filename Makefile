@@ -24,7 +24,7 @@ TEST_THREADS ?= 4
 # metrics tests run there too: the recorder is process-wide, so what moves between two
 # scrapes must be the test's own doing.
 HEAVY_TESTS := tcc::a_storm_of failover:: tcc_failures::two_instances \
-	tcc_failures::transfers_made_while_the_broker_is_down openapi::swagger_ui metrics:: resharding::the_mover
+	tcc_failures::transfers_made_while_the_broker_is_down openapi::swagger_ui metrics:: resharding::the_mover resharding::a_rebalance
 # Extra arguments for `shardwallet bench`, e.g. BENCH_ARGS="--mode cross --rates 100,200,400".
 BENCH_ARGS ?=
 # Broker storage when `cluster-up` has to start the broker: memory (default: idle ~5% of a

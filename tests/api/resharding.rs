@@ -281,3 +281,41 @@ async fn the_mover_killed_at_any_moment_and_run_again_finishes_the_move_with_the
     }
     drop_database(&url).await;
 }
+
+/// `shards add` then `reshard rebalance` (as the CLI computes and runs it): every shard
+/// ends with its equal share, users with money keep it, and a dry run moves nothing.
+#[tokio::test]
+async fn a_rebalance_onto_an_added_shard_leaves_every_shard_an_equal_share_and_every_balance_exact() {
+    let deployment = Deployment::new().await;
+    let app = Arc::new(deployment.spawn_default().await);
+    let users: Vec<String> = (0..12).map(|i| app.user_on_shard(&format!("rb-{i}"), i % 3)).collect();
+    for user in &users {
+        app.funded_user(user, "EUR", "100").await;
+    }
+    let (router, url) = add_fourth_shard(&deployment, &app).await;
+    let layout = router.layout();
+    let plan = resharding::mover::rebalance_plan(layout.map.owners(), layout.map.shards().len());
+    assert_eq!(plan.len(), 4096);
+    let report =
+        resharding::mover::move_buckets(&router, &plan.iter().map(|(b, _, _)| *b).collect::<Vec<_>>(), "shard-4", 256)
+            .await
+            .expect("rebalance");
+    assert_eq!(report.moved, 4096, "{report}");
+    let (p50, p99, max) = report.fence_quantiles().expect("fences");
+    println!("rebalance: {report}; fence p50 {p50:?} p99 {p99:?} max {max:?}");
+    let cluster = resharding::members::list(&router).await.expect("list");
+    let shares: Vec<usize> = cluster.shards.iter().map(|s| s.bucket_count).collect();
+    assert_eq!(shares, vec![4096, 4096, 4096, 4096]);
+    assert!(resharding::mover::rebalance_plan(router.layout().map.owners(), 4).is_empty());
+    let users_counted: i64 = cluster.shards.iter().map(|s| s.users.expect("reachable")).sum();
+    assert_eq!(users_counted, 12, "every user counted once");
+    for user in &users {
+        assert_eq!(app.balance(user, "EUR").await, "100", "{user}");
+    }
+    let audit = verify::run(&router).await.expect("verify");
+    assert!(audit.ok, "verify after the rebalance:\n{audit}");
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.stop().await;
+    }
+    drop_database(&url).await;
+}
