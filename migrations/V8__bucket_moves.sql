@@ -30,8 +30,9 @@ BEGIN
 END $$;
 
 -- The id of the leg a split posting gets on a `resharding` account (see
--- src/resharding/copy.rs): derived from one of the bucket's legs, so that a re-run of an
--- interrupted move writes the same leg again and finds it there.
-CREATE FUNCTION resharding_leg_id(id uuid) RETURNS uuid
+-- src/resharding/copy.rs): derived from one of the bucket's legs and the epoch at which
+-- the source got the bucket, so that a re-run of an interrupted move writes the same leg
+-- again and finds it there, while a later move (the bucket coming back) writes its own.
+CREATE FUNCTION resharding_leg_id(id uuid, epoch bigint) RETURNS uuid
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    AS $$ SELECT encode(set_byte(uuid_send(id), 15, get_byte(uuid_send(id), 15) # 255), 'hex')::uuid $$;
+    AS $$ SELECT md5(id::text || '/' || epoch::text)::uuid $$;

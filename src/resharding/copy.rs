@@ -101,8 +101,11 @@ static TABLES: &[Table] = &[
                  'entry_id', e.entry_id, 'posting_id', e.posting_id, 'amount', e.amount,
                  'balance_after', e.balance_after, 'created_at', e.created_at,
                  'user_id', a.user_id, 'system_name', a.system_name, 'currency', a.currency,
-                 'moving', a.user_id IS NOT NULL AND a.user_id IN (SELECT user_id FROM u)) ORDER BY e.seq), '[]')
+                 'moving', a.user_id IS NOT NULL AND a.user_id IN (SELECT user_id FROM u),
+                 'epoch', b.epoch) ORDER BY e.seq), '[]')
              FROM entries e JOIN accounts a USING (account_id)
+                  LEFT JOIN users w ON w.user_id = a.user_id AND w.user_id IN (SELECT user_id FROM u)
+                  LEFT JOIN bucket_owners b ON b.bucket = w.bucket
              WHERE e.posting_id IN (",
             postings_of_bucket!(),
             ")"
@@ -116,12 +119,13 @@ static TABLES: &[Table] = &[
                  SELECT x.*, bool_and(x.moving OR (x.system_name IS NOT NULL AND x.system_name <> 'resharding'))
                         OVER (PARTITION BY x.posting_id) AS whole
                  FROM jsonb_to_recordset($1) AS x(entry_id uuid, posting_id uuid, amount numeric, balance_after numeric,
-                      created_at timestamptz, user_id text, system_name text, currency text, moving boolean)),
+                      created_at timestamptz, user_id text, system_name text, currency text, moving boolean,
+                      epoch bigint)),
              legs AS (
                  SELECT entry_id, posting_id, amount, balance_after, created_at, user_id, system_name, currency
                  FROM x WHERE moving OR whole
                  UNION ALL
-                 SELECT resharding_leg_id(min(entry_id::text)::uuid), posting_id, -sum(amount), NULL, min(created_at),
+                 SELECT resharding_leg_id(min(entry_id::text)::uuid, max(epoch)), posting_id, -sum(amount), NULL, min(created_at),
                         NULL, 'resharding', min(currency)
                  FROM x WHERE moving AND NOT whole GROUP BY posting_id)
              INSERT INTO entries (entry_id, posting_id, account_id, amount, balance_after, created_at)
@@ -137,7 +141,7 @@ static TABLES: &[Table] = &[
         name: "transfers",
         read: of_users!(
             "SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') FROM transfers t
-             WHERE t.from_user IN (SELECT user_id FROM u) OR t.to_user IN (SELECT user_id FROM u)"
+             WHERE t.from_user IN (SELECT user_id FROM u) OR (t.to_user IN (SELECT user_id FROM u) AND t.route = 'local')"
         ),
         write: Write::Replace("transfer_id"),
     },
@@ -284,6 +288,8 @@ pub async fn split_on_source(source: &impl GenericClient, buckets: &[u32]) -> Re
             "WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)),
              legs AS (
                  SELECT e.entry_id, e.posting_id, e.amount, e.created_at, a.currency,
+                        (SELECT b.epoch FROM users w JOIN bucket_owners b ON b.bucket = w.bucket
+                         WHERE w.user_id = a.user_id) AS epoch,
                         a.user_id IS NOT NULL AND a.user_id IN (SELECT user_id FROM u) AS moving,
                         a.user_id IS NOT NULL OR a.system_name = 'resharding' AS elsewhere_or_wallet
                  FROM entries e JOIN accounts a USING (account_id)
@@ -292,7 +298,7 @@ pub async fn split_on_source(source: &impl GenericClient, buckets: &[u32]) -> Re
                  SELECT posting_id FROM legs GROUP BY posting_id
                  HAVING bool_or(NOT moving AND elsewhere_or_wallet))
              INSERT INTO entries (entry_id, posting_id, account_id, amount, created_at)
-             SELECT resharding_leg_id(min(l.entry_id::text)::uuid), l.posting_id,
+             SELECT resharding_leg_id(min(l.entry_id::text)::uuid, max(l.epoch)), l.posting_id,
                     (SELECT account_id FROM accounts WHERE system_name = 'resharding' AND currency = min(l.currency)),
                     sum(l.amount), min(l.created_at)
              FROM legs l JOIN split USING (posting_id) WHERE l.moving
@@ -312,7 +318,8 @@ pub async fn digest(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<
         .query_one(
             "WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)),
                   w AS (SELECT a.* FROM accounts a JOIN u USING (user_id)),
-                  t AS (SELECT * FROM transfers WHERE from_user IN (SELECT user_id FROM u) OR to_user IN (SELECT user_id FROM u)),
+                  t AS (SELECT * FROM transfers
+                        WHERE from_user IN (SELECT user_id FROM u) OR (to_user IN (SELECT user_id FROM u) AND route = 'local')),
                   i AS (SELECT * FROM incoming_transfers WHERE to_user IN (SELECT user_id FROM u)),
                   p AS (SELECT * FROM payments WHERE user_id IN (SELECT user_id FROM u))
              SELECT ARRAY[

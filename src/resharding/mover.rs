@@ -191,7 +191,7 @@ async fn move_batch(router: &Router, target: &Arc<Shard>, buckets: &[u32]) -> an
                     finish_switch(target, bucket, epoch).await?;
                     pending = true;
                 }
-                Step::Done => {}
+                Step::Done => mark_switched(target, bucket).await?,
                 Step::Refuse(why) => bail!("bucket {bucket}: {why} (source {}, target {})", source.name, target.name),
             }
         }
@@ -268,7 +268,9 @@ async fn claims(
 
 /// copying: the target records the move and holds the bucket as 'incoming'.
 async fn begin(router: &Router, source: &Shard, target: &Shard, bucket: u32) -> anyhow::Result<()> {
-    let client = target.client().await?;
+    // One transaction: a bucket is never 'incoming' without the record naming its source.
+    let mut client = target.client().await?;
+    let client = client.transaction().await?;
     client
         .execute(
             "INSERT INTO bucket_owners (bucket, state, owner, epoch) VALUES ($1, 'incoming', $2, $3)
@@ -285,6 +287,7 @@ async fn begin(router: &Router, source: &Shard, target: &Shard, bucket: u32) -> 
             &[&(bucket as i32), &source.name, &target.name],
         )
         .await?;
+    client.commit().await?;
     Ok(())
 }
 
@@ -340,8 +343,10 @@ async fn fenced_copy(
         );
     }
     ttx.execute(
-        "UPDATE bucket_moves SET state = 'fenced', epoch = $2, rows_copied = $3 WHERE bucket = ANY($1)",
-        &[&list, &epoch, &(copied_rows as i64)],
+        "INSERT INTO bucket_moves (bucket, source, target, state, epoch, rows_copied)
+         SELECT b, $4, $5, 'fenced', $2, $3 FROM unnest($1::int[]) AS b
+         ON CONFLICT (bucket) DO UPDATE SET source = $4, target = $5, state = 'fenced', epoch = $2, rows_copied = $3",
+        &[&list, &epoch, &(copied_rows as i64), &source.name, &target.name],
     )
     .await?;
     ttx.commit().await?;
@@ -409,6 +414,21 @@ async fn finish_switch(target: &Shard, bucket: u32, epoch: i64) -> anyhow::Resul
         .execute(
             "UPDATE bucket_moves SET state = 'switched', switched_at = now(), epoch = $2 WHERE bucket = $1",
             &[&(bucket as i32), &epoch],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A move whose target flipped but whose record was not updated (a kill between the
+/// two statements of `finish_switch`) is recorded as switched, so cleanup finds it.
+async fn mark_switched(target: &Shard, bucket: u32) -> anyhow::Result<()> {
+    target
+        .client()
+        .await?
+        .execute(
+            "UPDATE bucket_moves SET state = 'switched', switched_at = coalesce(switched_at, now())
+             WHERE bucket = $1 AND state IN ('copying', 'fenced')",
+            &[&(bucket as i32)],
         )
         .await?;
     Ok(())

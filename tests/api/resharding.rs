@@ -319,3 +319,44 @@ async fn a_rebalance_onto_an_added_shard_leaves_every_shard_an_equal_share_and_e
     }
     drop_database(&url).await;
 }
+
+/// A bucket moved away and back again (before and after cleanup): its split postings
+/// balance on both shards every time, and every balance is exact.
+#[tokio::test]
+async fn a_bucket_moved_away_and_back_again_keeps_every_posting_balanced() {
+    let deployment = Deployment::new().await;
+    let app = Arc::new(deployment.spawn_default().await);
+    let alice = app.user_on_shard("back-alice", 0);
+    let bob = app.user_on_shard("back-bob", 0);
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "100").await;
+    assert_eq!(app.transfer(&app.admin(), &alice, &bob, "EUR", "30", "b1").await.status(), StatusCode::CREATED);
+    let (router, url) = add_fourth_shard(&deployment, &app).await;
+    let bucket = router.bucket_of_user(&UserId::parse(&alice).expect("id"));
+    let batch = resharding::mover::BATCH;
+    for (to, cleanup) in [("shard-4", false), ("shard-1", false), ("shard-4", true), ("shard-1", true)] {
+        let report = resharding::mover::move_buckets(&router, &[bucket], to, batch).await.expect("move");
+        assert_eq!(report.moved, 1, "to {to}: {report}");
+        if cleanup {
+            resharding::cleanup::run(&router, Duration::ZERO).await.expect("cleanup");
+        }
+        let audit = verify::run(&router).await.expect("verify");
+        assert!(audit.ok, "verify after the move to {to} (cleanup: {cleanup}):\n{audit}");
+        assert_eq!(app.balance(&alice, "EUR").await, "70", "after the move to {to}");
+        assert_eq!(app.balance(&bob, "EUR").await, "130", "after the move to {to}");
+        // Money still moves between them, same-shard or not.
+        let key = format!("after-{to}-{cleanup}");
+        let r = app.transfer(&app.admin(), &bob, &alice, "EUR", "1", &key).await;
+        assert!(r.status().is_success(), "{:?}", r.text().await);
+        let r = app.transfer(&app.admin(), &alice, &bob, "EUR", "1", &format!("{key}-back")).await;
+        assert!(r.status().is_success(), "{:?}", r.text().await);
+        eventually(Duration::from_secs(30), "the pair's transfers to finish", || async {
+            (app.balance(&alice, "EUR").await == "70" && app.balance(&bob, "EUR").await == "130").then_some(())
+        })
+        .await;
+    }
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.stop().await;
+    }
+    drop_database(&url).await;
+}
