@@ -22,6 +22,7 @@ mod load;
 mod openloop;
 mod pgbench;
 mod report;
+mod reshard;
 mod setup;
 mod sweep;
 
@@ -42,6 +43,8 @@ pub enum Mode {
     Local,
     Cross,
     Both,
+    /// Same- and cross-shard load before and while buckets move (`bench::reshard`).
+    Reshard,
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,6 +99,18 @@ pub struct BenchArgs {
     /// Pid of the broker, for its CPU time (default: the pid in .local/nisshi.pid).
     #[arg(long)]
     pub broker_pid: Option<u32>,
+    /// `--mode reshard`: the extra shard buckets move onto (added when missing) ...
+    #[arg(long, default_value = "shard-bench")]
+    pub reshard_shard: String,
+    /// ... and where its database is (created when missing).
+    #[arg(long, default_value = "postgres://shardwallet@127.0.0.1:5441/shardwallet_bench")]
+    pub reshard_url: String,
+    /// `--mode reshard`: cross-shard transfers per second beside the same-shard clients.
+    #[arg(long, default_value_t = 50.0)]
+    pub reshard_cross_rate: f64,
+    /// `--mode reshard`: buckets per fence.
+    #[arg(long, default_value_t = crate::resharding::mover::BATCH)]
+    pub reshard_batch: usize,
     /// Also write the figures as JSON to this file.
     #[arg(long, overrides_with = "json")]
     pub json: Option<PathBuf>,
@@ -125,6 +140,10 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
     );
     let settings_line = describe(&args, &probe, drain, fixture.per_shard());
     let target = Arc::new(Target::new(&args, fixture.users));
+    if args.mode == Mode::Reshard {
+        let (local, cross) = (Arc::new(fixture.local_pairs), Arc::new(fixture.cross_pairs));
+        return reshard::run(&router, &target, local, cross, &args, drain).await;
+    }
     let mut results = Results {
         settings: settings_line,
         clients: args.clients,

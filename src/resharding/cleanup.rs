@@ -131,15 +131,23 @@ async fn delete_leftovers(source: &crate::sharding::Shard, target: &str, buckets
     if moved.is_empty() {
         return Ok(0);
     }
+    let deleted = delete_rows(&tx, &moved).await?;
+    tx.commit().await?;
+    Ok(deleted)
+}
+
+/// Deletes, inside `tx`, the rows of `buckets`' users that no user the shard still
+/// serves needs (`DELETES`). Also used by a fence to drop a target's provisional copy.
+pub(crate) async fn delete_rows(tx: &deadpool_postgres::Transaction<'_>, buckets: &[i32]) -> anyhow::Result<u64> {
     // The append-only triggers let this transaction, and only it, delete.
     tx.batch_execute("SET LOCAL shardwallet.cleanup = 'on'").await?;
-    // Bucket numbers are integers read from the database: safe to write into the SQL
-    // (CREATE TABLE AS takes no parameters).
-    let list = moved.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    // Bucket numbers are integers: safe to write into the SQL (CREATE TABLE AS takes no
+    // parameters).
+    let list = buckets.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
     let mut deleted = 0;
     for statement in DELETES {
         deleted += tx.execute(&statement.replace("{buckets}", &list), &[]).await?;
     }
-    tx.commit().await?;
+    tx.batch_execute("DROP TABLE gone_users, gone_accounts, gone_postings, gone_transfers").await?;
     Ok(deleted)
 }

@@ -62,13 +62,14 @@ macro_rules! postings_of_bucket {
 static TABLES: &[Table] = &[
     Table {
         name: "users",
-        read: "SELECT coalesce(jsonb_agg(to_jsonb(x)), '[]') FROM users x WHERE bucket = ANY($1)",
+        read: "SELECT coalesce(jsonb_agg(to_jsonb(x)), '[]') FROM users x WHERE bucket = ANY($1)/*changed:x*/",
         write: Write::Keep("user_id"),
     },
     Table {
         name: "wallets",
         read: of_users!(
-            "SELECT coalesce(jsonb_agg(to_jsonb(a) - 'account_id'), '[]') FROM accounts a JOIN u USING (user_id)"
+            "SELECT coalesce(jsonb_agg(to_jsonb(a) - 'account_id'), '[]') FROM accounts a JOIN u USING (user_id)
+             WHERE true/*changed:a*/"
         ),
         write: Write::Sql(
             "INSERT INTO accounts (system_name, currency)
@@ -88,7 +89,7 @@ static TABLES: &[Table] = &[
             "SELECT coalesce(jsonb_agg(to_jsonb(p) ORDER BY p.created_at, p.posting_id), '[]') FROM postings p
              WHERE p.posting_id IN (",
             postings_of_bucket!(),
-            ")"
+            ")/*changed:p*/"
         )),
         write: Write::Keep("posting_id"),
     },
@@ -108,7 +109,7 @@ static TABLES: &[Table] = &[
                   LEFT JOIN bucket_owners b ON b.bucket = w.bucket
              WHERE e.posting_id IN (",
             postings_of_bucket!(),
-            ")"
+            ")/*changed-posting*/"
         )),
         write: Write::Sql(
             "INSERT INTO accounts (system_name, currency)
@@ -127,7 +128,9 @@ static TABLES: &[Table] = &[
                  UNION ALL
                  SELECT resharding_leg_id(min(entry_id::text)::uuid, max(epoch)), posting_id, -sum(amount), NULL, min(created_at),
                         NULL, 'resharding', min(currency)
-                 FROM x WHERE moving AND NOT whole GROUP BY posting_id)
+                 FROM x WHERE moving AND NOT whole GROUP BY posting_id
+                 -- legs of two moving users that cancel need no stand-in
+                 HAVING sum(amount) <> 0)
              INSERT INTO entries (entry_id, posting_id, account_id, amount, balance_after, created_at)
              SELECT l.entry_id, l.posting_id, a.account_id, l.amount, l.balance_after, l.created_at
              FROM legs l JOIN accounts a
@@ -141,7 +144,8 @@ static TABLES: &[Table] = &[
         name: "transfers",
         read: of_users!(
             "SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') FROM transfers t
-             WHERE t.from_user IN (SELECT user_id FROM u) OR (t.to_user IN (SELECT user_id FROM u) AND t.route = 'local')"
+             WHERE (t.from_user IN (SELECT user_id FROM u) OR (t.to_user IN (SELECT user_id FROM u) AND t.route = 'local'))
+             /*changed:t*/"
         ),
         write: Write::Replace("transfer_id"),
     },
@@ -149,7 +153,7 @@ static TABLES: &[Table] = &[
         name: "holds",
         read: of_users!(
             "SELECT coalesce(jsonb_agg(to_jsonb(h) - 'account_id' || jsonb_build_object('user_id', a.user_id, 'currency', a.currency)), '[]')
-             FROM holds h JOIN accounts a USING (account_id) JOIN u USING (user_id)"
+             FROM holds h JOIN accounts a USING (account_id) JOIN u USING (user_id) WHERE true/*changed:h*/"
         ),
         write: Write::Sql(
             "INSERT INTO holds (transfer_id, account_id, amount, created_at, expires_at, released_at, released_by)
@@ -163,7 +167,8 @@ static TABLES: &[Table] = &[
     Table {
         name: "incoming_transfers",
         read: of_users!(
-            "SELECT coalesce(jsonb_agg(to_jsonb(i)), '[]') FROM incoming_transfers i JOIN u ON u.user_id = i.to_user"
+            "SELECT coalesce(jsonb_agg(to_jsonb(i)), '[]') FROM incoming_transfers i JOIN u ON u.user_id = i.to_user
+             WHERE true/*changed:i*/"
         ),
         write: Write::Replace("transfer_id"),
     },
@@ -171,7 +176,8 @@ static TABLES: &[Table] = &[
         name: "tcc_barriers",
         read: of_users!(
             "SELECT coalesce(jsonb_agg(to_jsonb(b)), '[]') FROM tcc_barriers b
-             WHERE b.transfer_id IN (SELECT transfer_id FROM incoming_transfers i JOIN u ON u.user_id = i.to_user)"
+             WHERE b.transfer_id IN (SELECT transfer_id FROM incoming_transfers i JOIN u ON u.user_id = i.to_user)
+             /*changed:b*/"
         ),
         write: Write::Keep("transfer_id, branch"),
     },
@@ -179,20 +185,22 @@ static TABLES: &[Table] = &[
         name: "idempotency_keys",
         read: of_users!(
             "SELECT coalesce(jsonb_agg(to_jsonb(k)), '[]') FROM idempotency_keys k
-             WHERE k.bucket = ANY($1) OR (k.bucket IS NULL AND k.caller IN (SELECT user_id FROM u))"
+             WHERE (k.bucket = ANY($1) OR (k.bucket IS NULL AND k.caller IN (SELECT user_id FROM u)))/*changed:k*/"
         ),
         write: Write::Keep("caller, key"),
     },
     Table {
         name: "payments",
-        read: of_users!("SELECT coalesce(jsonb_agg(to_jsonb(p)), '[]') FROM payments p JOIN u USING (user_id)"),
+        read: of_users!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(p)), '[]') FROM payments p JOIN u USING (user_id) WHERE true/*changed:p*/"
+        ),
         write: Write::Replace("payment_id"),
     },
     Table {
         name: "payment_holds",
         read: of_users!(
             "SELECT coalesce(jsonb_agg(to_jsonb(h) - 'account_id' || jsonb_build_object('user_id', a.user_id, 'currency', a.currency)), '[]')
-             FROM payment_holds h JOIN accounts a USING (account_id) JOIN u USING (user_id)"
+             FROM payment_holds h JOIN accounts a USING (account_id) JOIN u USING (user_id) WHERE true/*changed:h*/"
         ),
         write: Write::Sql(
             "INSERT INTO payment_holds (payment_id, account_id, amount, created_at, released_at, released_by)
@@ -207,23 +215,68 @@ static TABLES: &[Table] = &[
         name: "payment_events",
         read: of_users!(
             "SELECT coalesce(jsonb_agg(to_jsonb(ev)), '[]') FROM payment_events ev
-             WHERE ev.payment_id IN (SELECT payment_id FROM payments p JOIN u USING (user_id))"
+             WHERE ev.payment_id IN (SELECT payment_id FROM payments p JOIN u USING (user_id))/*changed:ev*/"
         ),
         write: Write::Keep("gateway, event_id"),
     },
 ];
 
-/// Reads every row of `bucket` on the source. Run inside the fence, after the bucket's
-/// row is locked: every write to the bucket has committed, and none can begin.
-pub async fn read(source: &impl GenericClient, buckets: &[u32]) -> Result<Snapshot, tokio_postgres::Error> {
+/// Reads every row of `buckets` on the source (`since: None`), or only the rows written
+/// since a snapshot whose oldest running transaction was `since` (see `changed_since`):
+/// a superset of what changed after that snapshot. Run inside the fence, after the
+/// buckets' rows are locked: every write to them has committed, and none can begin.
+pub async fn read(
+    source: &impl GenericClient,
+    buckets: &[u32],
+    since: Option<i64>,
+) -> Result<Snapshot, tokio_postgres::Error> {
     let bucket = as_param(buckets);
     let mut snapshot = Snapshot::default();
     for table in TABLES {
-        let rows: serde_json::Value = source.query_one(table.read, &[&bucket]).await?.get(0);
+        let sql = with_changed(table.read, since.is_some());
+        let row = match since {
+            Some(since) => source.query_one(&sql, &[&bucket, &since]).await?,
+            None => source.query_one(&sql, &[&bucket]).await?,
+        };
+        let rows: serde_json::Value = row.get(0);
         snapshot.rows += rows.as_array().map_or(0, |a| a.len() as u64);
         snapshot.tables.push((table, rows));
     }
     Ok(snapshot)
+}
+
+/// The oldest transaction still running in this transaction's snapshot (as the 32-bit
+/// xid that rows carry in `xmin`): a row with an older `xmin` was written before the
+/// snapshot and is in it; one written after has a newer `xmin` (an update writes a new
+/// row version).
+pub async fn changed_since(snapshot_tx: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
+    let row = snapshot_tx
+        .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint % 4294967296", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Fills the `/*changed:ALIAS*/` marks of a read: nothing (every row), or a condition on
+/// the row's `xmin` (wraparound-safe within 2^31 transactions).
+fn with_changed(sql: &str, delta: bool) -> String {
+    let changed = |alias: &str| {
+        format!(" AND ((({alias}.xmin::text::bigint) - $2 + 4294967296) % 4294967296) < 2147483648")
+    };
+    let mut out = sql.to_string();
+    if delta {
+        // Entries come with their posting (a posting's legs are written together).
+        let posting = format!(" AND e.posting_id IN (SELECT p.posting_id FROM postings p WHERE true{})", changed("p"));
+        out = out.replace("/*changed-posting*/", &posting);
+    } else {
+        out = out.replace("/*changed-posting*/", "");
+    }
+    while let Some(start) = out.find("/*changed:") {
+        let end = out[start..].find("*/").map_or(out.len(), |e| start + e + 2);
+        let alias = out[start + "/*changed:".len()..end - 2].to_string();
+        let condition = if delta { changed(&alias) } else { String::new() };
+        out.replace_range(start..end, &condition);
+    }
+    out
 }
 
 /// Writes the snapshot on the target, over whatever an earlier, interrupted run left
@@ -272,39 +325,37 @@ async fn columns(client: &impl GenericClient, table: &str) -> Result<Vec<String>
 }
 
 /// On the source, in the fence: one leg on its `resharding` account for each split
-/// posting, standing for the bucket's legs that leave with the bucket.
-pub async fn split_on_source(source: &impl GenericClient, buckets: &[u32]) -> Result<u64, tokio_postgres::Error> {
-    let bucket = as_param(buckets);
+/// posting of `snapshot` (its entries as `read` gave them), standing for the buckets'
+/// legs that leave with them. A posting's legs never change once written, so the legs
+/// of a snapshot taken before the fence are those the fence would find.
+pub async fn split_on_source(source: &impl GenericClient, snapshot: &Snapshot) -> Result<u64, tokio_postgres::Error> {
+    let Some(entries) = snapshot.tables.iter().find(|(t, _)| t.name == "entries").map(|(_, rows)| Json(rows)) else {
+        return Ok(0);
+    };
     source
         .execute(
             "INSERT INTO accounts (system_name, currency)
-             SELECT DISTINCT 'resharding', a.currency FROM accounts a JOIN users u USING (user_id) WHERE u.bucket = ANY($1)
+             SELECT DISTINCT 'resharding', x.currency FROM jsonb_to_recordset($1) AS x(currency text)
              ON CONFLICT DO NOTHING",
-            &[&bucket],
+            &[&entries],
         )
         .await?;
     source
         .execute(
-            "WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)),
-             legs AS (
-                 SELECT e.entry_id, e.posting_id, e.amount, e.created_at, a.currency,
-                        (SELECT b.epoch FROM users w JOIN bucket_owners b ON b.bucket = w.bucket
-                         WHERE w.user_id = a.user_id) AS epoch,
-                        a.user_id IS NOT NULL AND a.user_id IN (SELECT user_id FROM u) AS moving,
-                        a.user_id IS NOT NULL OR a.system_name = 'resharding' AS elsewhere_or_wallet
-                 FROM entries e JOIN accounts a USING (account_id)
-                 WHERE e.posting_id IN (SELECT e.posting_id FROM entries e JOIN accounts a USING (account_id) JOIN u USING (user_id))),
-             split AS (
-                 SELECT posting_id FROM legs GROUP BY posting_id
-                 HAVING bool_or(NOT moving AND elsewhere_or_wallet))
+            "WITH x AS (
+                 SELECT x.*, bool_and(x.moving OR (x.system_name IS NOT NULL AND x.system_name <> 'resharding'))
+                        OVER (PARTITION BY x.posting_id) AS whole
+                 FROM jsonb_to_recordset($1) AS x(entry_id uuid, posting_id uuid, amount numeric,
+                      created_at timestamptz, system_name text, currency text, moving boolean, epoch bigint))
              INSERT INTO entries (entry_id, posting_id, account_id, amount, created_at)
-             SELECT resharding_leg_id(min(l.entry_id::text)::uuid, max(l.epoch)), l.posting_id,
-                    (SELECT account_id FROM accounts WHERE system_name = 'resharding' AND currency = min(l.currency)),
-                    sum(l.amount), min(l.created_at)
-             FROM legs l JOIN split USING (posting_id) WHERE l.moving
-             GROUP BY l.posting_id
+             SELECT resharding_leg_id(min(x.entry_id::text)::uuid, max(x.epoch)), x.posting_id, a.account_id,
+                    sum(x.amount), min(x.created_at)
+             FROM x JOIN accounts a ON a.system_name = 'resharding' AND a.currency = x.currency
+             WHERE x.moving AND NOT x.whole
+             GROUP BY x.posting_id, a.account_id
+             HAVING sum(x.amount) <> 0
              ON CONFLICT (entry_id) DO NOTHING",
-            &[&bucket],
+            &[&entries],
         )
         .await
 }

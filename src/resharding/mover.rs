@@ -271,6 +271,17 @@ async fn begin(router: &Router, source: &Shard, target: &Shard, bucket: u32) -> 
     // One transaction: a bucket is never 'incoming' without the record naming its source.
     let mut client = target.client().await?;
     let client = client.transaction().await?;
+    // A bucket comes back only onto a clean shard: the copy it left there earlier would
+    // mix with the new one.
+    let leftovers: i64 =
+        client.query_one("SELECT count(*) FROM users WHERE bucket = $1", &[&(bucket as i32)]).await?.get(0);
+    if leftovers > 0 {
+        bail!(
+            "bucket {bucket} left a copy on {} when it moved away earlier: run `shardwallet reshard cleanup` \
+             (after its grace period) before moving it back",
+            target.name
+        );
+    }
     client
         .execute(
             "INSERT INTO bucket_owners (bucket, state, owner, epoch) VALUES ($1, 'incoming', $2, $3)
@@ -302,6 +313,25 @@ async fn fenced_copy(
 ) -> anyhow::Result<Option<(u64, Duration)>> {
     let epoch = newest_epoch(router).await? + 1;
     let list: Vec<i32> = buckets.iter().map(|&b| b as i32).collect();
+    // Copy while writes continue: one snapshot of the source, written to the target
+    // (which holds the buckets as 'incoming'). The fence then takes only what changed.
+    let (since, precopied) = {
+        let mut client = source.client().await?;
+        let snapshot = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let since = copy::changed_since(&snapshot).await?;
+        let rows = copy::read(&snapshot, buckets, None).await?;
+        snapshot.rollback().await?;
+        let mut target_client = target.client().await?;
+        let ttx = target_client.transaction().await?;
+        copy::write(&ttx, &rows).await?;
+        ttx.commit().await?;
+        (since, rows)
+    };
     let mut source_client = source.client().await?;
     let stx = source_client.transaction().await?;
     stx.batch_execute(&format!("SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'")).await?;
@@ -321,13 +351,30 @@ async fn fenced_copy(
     if !outbox_drained(&stx).await? {
         return Ok(None);
     }
-    let snapshot = copy::read(&stx, buckets).await?;
+    let drained = fence_began.elapsed();
+    let delta = copy::read(&stx, buckets, Some(since)).await?;
+    let read = fence_began.elapsed();
     let expected = copy::digest(&stx, buckets).await?;
+    let digested = fence_began.elapsed();
     let mut target_client = target.client().await?;
     let ttx = target_client.transaction().await?;
-    let copied_rows = copy::write(&ttx, &snapshot).await?;
-    let unbalanced = copy::unbalanced(&ttx, buckets).await?;
-    let copied = copy::digest(&ttx, buckets).await?;
+    let mut copied_rows = precopied.rows + copy::write(&ttx, &delta).await?;
+    let mut full = None;
+    let mut unbalanced = copy::unbalanced(&ttx, buckets).await?;
+    let mut copied = copy::digest(&ttx, buckets).await?;
+    if unbalanced > 0 || copied != expected {
+        // Something the delta cannot carry (a row deleted on the source since the copy,
+        // say, by pruning): replace the target's provisional copy with a full one.
+        tracing::warn!(?buckets, "the copy and its catch-up differ from the source; copying in full inside the fence");
+        super::cleanup::delete_rows(&ttx, &list).await?;
+        let rows = copy::read(&stx, buckets, None).await?;
+        copied_rows = copy::write(&ttx, &rows).await?;
+        full = Some(rows);
+        unbalanced = copy::unbalanced(&ttx, buckets).await?;
+        copied = copy::digest(&ttx, buckets).await?;
+    }
+    let compared = fence_began.elapsed();
+    tracing::debug!(?drained, ?read, ?digested, ?compared, delta_rows = delta.rows, "fence phases");
     let differing: Vec<&str> = copy::DIGEST_PARTS
         .iter()
         .zip(expected.iter().zip(&copied))
@@ -350,7 +397,12 @@ async fn fenced_copy(
     )
     .await?;
     ttx.commit().await?;
-    copy::split_on_source(&stx, buckets).await?;
+    let committed = fence_began.elapsed();
+    match &full {
+        Some(rows) => copy::split_on_source(&stx, rows).await?,
+        None => copy::split_on_source(&stx, &precopied).await? + copy::split_on_source(&stx, &delta).await?,
+    };
+    tracing::debug!(?committed, split = ?fence_began.elapsed(), "fence phases, target side");
     stx.execute(
         "UPDATE bucket_owners SET state = 'moved', owner = $2, epoch = $3, changed_at = now() WHERE bucket = ANY($1)",
         &[&list, &target.name, &epoch],

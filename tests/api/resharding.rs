@@ -334,7 +334,13 @@ async fn a_bucket_moved_away_and_back_again_keeps_every_posting_balanced() {
     let (router, url) = add_fourth_shard(&deployment, &app).await;
     let bucket = router.bucket_of_user(&UserId::parse(&alice).expect("id"));
     let batch = resharding::mover::BATCH;
-    for (to, cleanup) in [("shard-4", false), ("shard-1", false), ("shard-4", true), ("shard-1", true)] {
+    // Back onto a shard that still holds the copy the bucket left there: refused.
+    resharding::mover::move_buckets(&router, &[bucket], "shard-4", batch).await.expect("move");
+    let refused = resharding::mover::move_buckets(&router, &[bucket], "shard-1", batch).await;
+    assert!(format!("{:#}", refused.expect_err("refused")).contains("reshard cleanup"));
+    assert_eq!(app.balance(&alice, "EUR").await, "70");
+    resharding::cleanup::run(&router, Duration::ZERO).await.expect("cleanup");
+    for (to, cleanup) in [("shard-1", true), ("shard-4", true), ("shard-1", true)] {
         let report = resharding::mover::move_buckets(&router, &[bucket], to, batch).await.expect("move");
         assert_eq!(report.moved, 1, "to {to}: {report}");
         if cleanup {
