@@ -4,13 +4,14 @@
 #   1. start `shardwallet serve` in the background (log: .local/logs/bench-serve.log),
 #   2. wait until GET /ready answers 200,
 #   3. run `shardwallet bench "$@"` with the server's pid (for its CPU time; the broker's
-#      comes from .local/nisshi.pid) and the JSON figures in $BENCH_JSON, then
-#      `shardwallet verify`,
+#      comes from .local/nisshi.pid) and the JSON figures in $BENCH_JSON, then the
+#      reshard phase (`bench --mode reshard`), then `shardwallet verify`,
 #   4. stop the server, whatever happened (trap).
 #
 # Environment: SERVICE_URL (default http://127.0.0.1:8080), READY_TIMEOUT (seconds, 90),
 #              SHARDWALLET_BIN (default target/release/shardwallet),
-#              BENCH_JSON (default .local/bench.json).
+#              BENCH_JSON (default .local/bench.json), BENCH_RESHARD (1: also run the
+#              reshard phase; 0: skip it), BENCH_RESHARD_ARGS (default "--reshard-batch 16").
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -20,6 +21,7 @@ cd "$REPO_ROOT"
 BIN=$SHARDWALLET_BIN
 SERVE_LOG="$LOG_DIR/bench-serve.log"
 BENCH_JSON=${BENCH_JSON:-$LOCAL_DIR/bench.json}
+BENCH_RESHARD_ARGS=${BENCH_RESHARD_ARGS:---reshard-batch 16}
 SERVER_PID=""
 
 [[ -x $BIN ]] || die "$BIN not found; run 'make build' first"
@@ -66,6 +68,14 @@ main() {
 	fi
 	info "server ready; running: shardwallet bench --url $SERVICE_URL --service-pid $SERVER_PID --json $BENCH_JSON $*"
 	"$BIN" bench --url "$SERVICE_URL" --service-pid "$SERVER_PID" --json "$BENCH_JSON" "$@"
+
+	# The reshard phase: the same load before and while buckets move onto an extra shard
+	# (a database on shard-1's server) and back. BENCH_RESHARD=0 skips it.
+	if [[ ${BENCH_RESHARD:-1} != 0 ]]; then
+		info "running: shardwallet bench --mode reshard $BENCH_RESHARD_ARGS"
+		# shellcheck disable=SC2086 # the arguments are meant to split
+		"$BIN" bench --url "$SERVICE_URL" --service-pid "$SERVER_PID" --mode reshard --no-pgbench $BENCH_RESHARD_ARGS
+	fi
 
 	info "running: shardwallet verify"
 	"$BIN" verify

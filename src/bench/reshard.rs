@@ -73,12 +73,19 @@ pub async fn run(
 
 /// Onto the extra shard by the rebalance plan, clean up, back to the original owners,
 /// clean up.
-async fn pass(router: &Router, original: &[u16], names: &[String], args: &BenchArgs, moves: &mut Moves) -> anyhow::Result<()> {
+async fn pass(
+    router: &Router,
+    original: &[u16],
+    names: &[String],
+    args: &BenchArgs,
+    moves: &mut Moves,
+) -> anyhow::Result<()> {
     router.refresh().await;
     let layout = router.layout();
     let shards: Vec<String> = layout.map.shards().iter().map(|s| s.name.clone()).collect();
     let plan = mover::rebalance_plan(layout.map.owners(), shards.len());
-    let onto: Vec<u32> = plan.iter().filter(|(_, _, to)| shards[*to] == args.reshard_shard).map(|(b, _, _)| *b).collect();
+    let onto: Vec<u32> =
+        plan.iter().filter(|(_, _, to)| shards[*to] == args.reshard_shard).map(|(b, _, _)| *b).collect();
     record(moves, mover::move_buckets(router, &onto, &args.reshard_shard, args.reshard_batch).await?);
     cleanup::run(router, Duration::ZERO).await?;
     for (index, name) in names.iter().enumerate() {

@@ -80,10 +80,16 @@ pub async fn prepare(
 }
 
 /// Names `bench-<run>-<n>`, taking each only while its shard still needs users, so
-/// the shards get `users / shards` each (the first ones one more).
+/// the shards that own buckets get `users / shards` each (the first ones one more).
 fn pick_users(router: &Router, run_id: &str, users: usize) -> anyhow::Result<(Vec<UserId>, Vec<usize>)> {
     let shards = router.shards().len();
-    let quota: Vec<usize> = (0..shards).map(|i| users / shards + usize::from(i < users % shards)).collect();
+    // Only shards that own buckets get users (a member just added owns none yet).
+    let layout = router.layout();
+    let owning: Vec<usize> = (0..shards).filter(|&i| !layout.map.shards()[i].ranges.is_empty()).collect();
+    let mut quota = vec![0; shards];
+    for (k, &i) in owning.iter().enumerate() {
+        quota[i] = users / owning.len().max(1) + usize::from(k < users % owning.len().max(1));
+    }
     let mut taken = vec![0; shards];
     let mut names = Vec::with_capacity(users);
     for n in 0..users.saturating_mul(1000) {

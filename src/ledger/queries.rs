@@ -257,6 +257,7 @@ pub async fn transfers_in_state(
     };
     let sql = format!(
         "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE {filter} AND ($2::uuid IS NULL OR transfer_id < $2)
+           AND EXISTS (SELECT 1 FROM bucket_owners b WHERE b.bucket = id_bucket(transfer_id) AND b.state = 'owned')
          ORDER BY transfer_id DESC LIMIT $3"
     );
     let rows = client.query(&sql, &[&state, &before, &limit]).await?;

@@ -218,6 +218,7 @@ pub async fn list_in_state(
 ) -> Result<Vec<PaymentView>> {
     let sql = format!(
         "SELECT {COLUMNS} FROM payments WHERE state = $1 AND ($2::uuid IS NULL OR payment_id < $2)
+           AND EXISTS (SELECT 1 FROM bucket_owners b WHERE b.bucket = id_bucket(payment_id) AND b.state = 'owned')
          ORDER BY payment_id DESC LIMIT $3"
     );
     let rows = client.query(&sql, &[&state.as_str(), &cursor, &limit]).await?;

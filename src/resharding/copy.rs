@@ -250,18 +250,16 @@ pub async fn read(
 /// snapshot and is in it; one written after has a newer `xmin` (an update writes a new
 /// row version).
 pub async fn changed_since(snapshot_tx: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
-    let row = snapshot_tx
-        .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint % 4294967296", &[])
-        .await?;
+    let row =
+        snapshot_tx.query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint % 4294967296", &[]).await?;
     Ok(row.get(0))
 }
 
 /// Fills the `/*changed:ALIAS*/` marks of a read: nothing (every row), or a condition on
 /// the row's `xmin` (wraparound-safe within 2^31 transactions).
 fn with_changed(sql: &str, delta: bool) -> String {
-    let changed = |alias: &str| {
-        format!(" AND ((({alias}.xmin::text::bigint) - $2 + 4294967296) % 4294967296) < 2147483648")
-    };
+    let changed =
+        |alias: &str| format!(" AND ((({alias}.xmin::text::bigint) - $2 + 4294967296) % 4294967296) < 2147483648");
     let mut out = sql.to_string();
     if delta {
         // Entries come with their posting (a posting's legs are written together).
