@@ -263,6 +263,9 @@ async fn the_mover_killed_at_any_moment_and_run_again_finishes_the_move_with_the
                 .get(0)
         };
         assert_eq!(both, 0, "after a cut at {cut_ms} ms a bucket is owned by two shards");
+        // And the audit is clean whatever the cut left: each bucket counted once.
+        let audit = verify::run(&router).await.expect("verify");
+        assert!(audit.ok, "verify after a cut at {cut_ms} ms:\n{audit}");
     }
     assert!(kills >= 2, "the mover was killed mid-run only {kills} time(s)");
     let status = mover().wait().expect("final run");
