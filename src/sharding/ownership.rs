@@ -40,26 +40,22 @@ impl Claim {
     }
 }
 
-/// Fails unless `shard` owns `bucket` now; holds the bucket's row in KEY SHARE mode until
-/// the transaction ends, so a fence cannot begin under a write in flight.
+/// Fails unless the shard owns `bucket` now; holds the bucket's row in KEY SHARE mode
+/// until the transaction ends, so a fence cannot begin under a write in flight.
 pub async fn check_write(client: &impl GenericClient, bucket: u32) -> Result<(), Error> {
-    let row = client
-        .prepare_cached("SELECT state, owner, epoch FROM bucket_owners WHERE bucket = $1 FOR KEY SHARE")
-        .await
-        .map_err(db_error)?;
-    let row = client.query_opt(&row, &[&(bucket as i32)]).await.map_err(db_error)?;
-    verdict(client, bucket, row).await
+    check(client, bucket, "SELECT state, owner, epoch FROM bucket_owners WHERE bucket = $1 FOR KEY SHARE").await
 }
 
-/// Fails unless `shard` owns `bucket` in this snapshot. A read that runs this after its
-/// own query (same transaction, or later in the same session) knows what it read was
-/// the owner's data: ownership, once lost, comes back only with a fresh copy.
+/// Fails unless the shard owns `bucket` now (no lock). Reads made afterwards on the same
+/// session read the owner's data: a copy left behind is deleted only a grace period
+/// after its bucket moved.
 pub async fn check_read(client: &impl GenericClient, bucket: u32) -> Result<(), Error> {
-    let row = client
-        .prepare_cached("SELECT state, owner, epoch FROM bucket_owners WHERE bucket = $1")
-        .await
-        .map_err(db_error)?;
-    let row = client.query_opt(&row, &[&(bucket as i32)]).await.map_err(db_error)?;
+    check(client, bucket, "SELECT state, owner, epoch FROM bucket_owners WHERE bucket = $1").await
+}
+
+async fn check(client: &impl GenericClient, bucket: u32, sql: &str) -> Result<(), Error> {
+    let statement = client.prepare_cached(sql).await.map_err(db_error)?;
+    let row = client.query_opt(&statement, &[&(bucket as i32)]).await.map_err(db_error)?;
     verdict(client, bucket, row).await
 }
 

@@ -18,6 +18,14 @@ async fn add_fourth_shard(deployment: &Deployment, app: &TestApp) -> (shardwalle
     (router, url)
 }
 
+/// Stops the app and drops the fourth shard's database (the deployment drops the others).
+async fn finish(app: Arc<TestApp>, url: &str) {
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.stop().await;
+    }
+    drop_database(url).await;
+}
+
 async fn drop_database(url: &str) {
     let (server, db) = url.rsplit_once('/').expect("url");
     let admin = connect(&format!("{server}/postgres")).await;
@@ -173,10 +181,7 @@ async fn a_user_with_history_moves_to_a_new_shard_under_load_and_nothing_is_lost
     let again =
         resharding::mover::move_buckets(&router, &[bucket], "shard-4", resharding::mover::BATCH).await.expect("again");
     assert_eq!((again.moved, again.already_there), (0, 1));
-    if let Ok(app) = Arc::try_unwrap(app) {
-        app.stop().await;
-    }
-    drop_database(&url).await;
+    finish(app, &url).await;
 }
 
 /// `shardwallet reshard move` as an operator runs it, killed with SIGKILL at random
@@ -279,10 +284,7 @@ async fn the_mover_killed_at_any_moment_and_run_again_finishes_the_move_with_the
     assert_eq!(app.balance(&stays, "EUR").await, "60");
     let audit = verify::run(&router).await.expect("verify");
     assert!(audit.ok, "verify after a move cut {kills} times:\n{audit}");
-    if let Ok(app) = Arc::try_unwrap(app) {
-        app.stop().await;
-    }
-    drop_database(&url).await;
+    finish(app, &url).await;
 }
 
 /// `shards add` then `reshard rebalance` (as the CLI computes and runs it): every shard
@@ -317,10 +319,7 @@ async fn a_rebalance_onto_an_added_shard_leaves_every_shard_an_equal_share_and_e
     }
     let audit = verify::run(&router).await.expect("verify");
     assert!(audit.ok, "verify after the rebalance:\n{audit}");
-    if let Ok(app) = Arc::try_unwrap(app) {
-        app.stop().await;
-    }
-    drop_database(&url).await;
+    finish(app, &url).await;
 }
 
 /// A bucket moved away and back again (before and after cleanup): its split postings
@@ -364,8 +363,5 @@ async fn a_bucket_moved_away_and_back_again_keeps_every_posting_balanced() {
         })
         .await;
     }
-    if let Ok(app) = Arc::try_unwrap(app) {
-        app.stop().await;
-    }
-    drop_database(&url).await;
+    finish(app, &url).await;
 }
