@@ -25,6 +25,18 @@ const FENCE_LOCK_TIMEOUT: &str = "2s";
 const OUTBOX_DRAIN: Duration = Duration::from_secs(2);
 const FENCE_ATTEMPTS: usize = 20;
 
+/// Crash tests: `SHARDWALLET_MOVER_FAILPOINT=<name>` aborts the process at that point,
+/// as a kill -9 would (connections drop, open transactions roll back). Points: `begun`
+/// (a batch recorded as copying), `fenced` (inside the fence, buckets locked), `copied`
+/// (the target committed the copy, the source not switched), `source-switched` (the
+/// source switched, the target not yet), `switched` (both switched).
+fn failpoint(name: &str) {
+    if std::env::var("SHARDWALLET_MOVER_FAILPOINT").is_ok_and(|p| p == name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}
+
 /// What a run did, for the closing lines and `bench --mode reshard`.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -181,6 +193,7 @@ async fn move_batch(router: &Router, target: &Arc<Shard>, buckets: &[u32]) -> an
             match moves::next(&target.name, source_claim.as_ref(), target_claims.get(&bucket)) {
                 Step::Begin => {
                     begin(router, source, target, bucket).await?;
+                    failpoint("begun");
                     pending = true;
                 }
                 Step::Fence => match fence.iter_mut().find(|(s, _)| s.name == source.name) {
@@ -188,7 +201,9 @@ async fn move_batch(router: &Router, target: &Arc<Shard>, buckets: &[u32]) -> an
                     None => fence.push((source.clone(), vec![bucket])),
                 },
                 Step::FinishSwitch { epoch } => {
+                    failpoint("source-switched");
                     finish_switch(target, bucket, epoch).await?;
+                    failpoint("switched");
                     pending = true;
                 }
                 Step::Done => mark_switched(target, bucket).await?,
@@ -346,6 +361,7 @@ async fn fenced_copy(
         return Ok(None);
     }
     let fence_began = Instant::now();
+    failpoint("fenced");
     // Every write to the buckets has committed; what they put in the outboxes must be
     // published before the buckets leave (outbox rows do not move).
     if !outbox_drained(&stx).await? {
@@ -397,6 +413,7 @@ async fn fenced_copy(
     )
     .await?;
     ttx.commit().await?;
+    failpoint("copied");
     let committed = fence_began.elapsed();
     match &full {
         Some(rows) => copy::split_on_source(&stx, rows).await?,

@@ -365,3 +365,102 @@ async fn a_bucket_moved_away_and_back_again_keeps_every_posting_balanced() {
     }
     finish(app, &url).await;
 }
+
+/// The mover aborted (as by kill -9) at each named point of a move, then run again:
+/// one owner per bucket and a clean audit after the crash, the move finished after the
+/// re-run, balances exact, and writes to the moved users going through meanwhile.
+#[tokio::test]
+async fn the_mover_crashed_at_each_point_of_a_move_is_finished_by_the_next_run() {
+    use std::process::{Command, Stdio};
+    let deployment = Deployment::new().await;
+    let app = Arc::new(deployment.spawn_default().await);
+    let stays = app.user_on_shard("fp-stays", 0);
+    app.funded_user(&stays, "EUR", "0").await;
+    let (router, url) = add_fourth_shard(&deployment, &app).await;
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("failpoints-{}", deployment.id));
+    std::fs::create_dir_all(&out).expect("dir");
+    let config = out.join("mover.toml");
+    std::fs::write(&config, crate::failover::config_text(&app.settings, 0)).expect("config");
+    let mover = |buckets: &str, failpoint: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shardwallet"));
+        command
+            .args([
+                "--config",
+                &config.display().to_string(),
+                "reshard",
+                "move",
+                "--buckets",
+                buckets,
+                "--to",
+                "shard-4",
+            ])
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(point) = failpoint {
+            command.env("SHARDWALLET_MOVER_FAILPOINT", point);
+        }
+        command.status().expect("run the mover")
+    };
+    for point in ["begun", "fenced", "copied", "source-switched", "switched"] {
+        let user = app.user_on_shard(&format!("fp-{point}"), 0);
+        app.funded_user(&user, "EUR", "100").await;
+        assert_eq!(
+            app.transfer(&app.admin(), &user, &stays, "EUR", "10", &format!("fp-{point}")).await.status(),
+            StatusCode::CREATED
+        );
+        let bucket = router.bucket_of_user(&UserId::parse(&user).expect("id"));
+        let crashed = mover(&bucket.to_string(), Some(point));
+        assert!(!crashed.success(), "the mover stopped at {point}");
+        let owners: i64 = {
+            let four: i64 = connect(&url)
+                .await
+                .query_one(
+                    "SELECT count(*) FROM bucket_owners WHERE bucket = $1 AND state = 'owned'",
+                    &[&(bucket as i32)],
+                )
+                .await
+                .expect("four")
+                .get(0);
+            let one: i64 = app
+                .shard_db(0)
+                .await
+                .query_one(
+                    "SELECT count(*) FROM bucket_owners WHERE bucket = $1 AND state = 'owned'",
+                    &[&(bucket as i32)],
+                )
+                .await
+                .expect("one")
+                .get(0);
+            four + one
+        };
+        assert!(owners <= 1, "after a crash at {point} the bucket has {owners} owners");
+        let audit = verify::run(&router).await.expect("verify");
+        assert!(audit.ok, "verify after a crash at {point}:\n{audit}");
+        // A write for the user goes through at once or after the re-run, never twice.
+        let app2 = app.clone();
+        let (user2, stays2) = (user.clone(), stays.clone());
+        let write = tokio::spawn(async move {
+            app2.transfer_retrying(&app2.admin(), &user2, &stays2, "EUR", "5", &format!("fp-during-{user2}")).await
+        });
+        assert!(mover(&bucket.to_string(), None).success(), "the re-run after {point} finishes");
+        let r = write.await.expect("write task");
+        assert!(r.status().is_success(), "write after a crash at {point}: {:?}", r.text().await);
+        let transfer = body(r).await;
+        if let Some(id) = transfer["transfer_id"].as_str() {
+            assert_eq!(app.wait_final(id, Duration::from_secs(30)).await["status"], "completed", "{point}");
+        }
+        let four = connect(&url).await;
+        let owned: i64 = four
+            .query_one("SELECT count(*) FROM bucket_owners WHERE bucket = $1 AND state = 'owned'", &[&(bucket as i32)])
+            .await
+            .expect("owned")
+            .get(0);
+        assert_eq!(owned, 1, "after the re-run the new shard owns the bucket ({point})");
+        assert_eq!(app.balance(&user, "EUR").await, "85", "{point}");
+        let audit = verify::run(&router).await.expect("verify");
+        assert!(audit.ok, "verify after the re-run ({point}):\n{audit}");
+    }
+    finish(app, &url).await;
+}
