@@ -464,3 +464,43 @@ async fn the_mover_crashed_at_each_point_of_a_move_is_finished_by_the_next_run()
     }
     finish(app, &url).await;
 }
+
+/// Payments in flight move with their user: a deposit still pending at the gateway and
+/// a withdrawal holding funds settle on the new owner, each once.
+#[tokio::test]
+async fn payments_in_flight_move_with_their_user_and_settle_once_on_the_new_shard() {
+    let deployment = Deployment::new().await;
+    let app = Arc::new(deployment.spawn_default().await);
+    let user = app.user_on_shard("pay-mv", 0);
+    app.funded_user(&user, "EUR", "10000").await;
+    let (router, url) = add_fourth_shard(&deployment, &app).await;
+    let bucket = router.bucket_of_user(&UserId::parse(&user).expect("id"));
+    // 05: pending at the gateway, settled by the reconciler's status query (the first one
+    // 1.5 s after the request in the test settings): still in flight when the move runs.
+    let deposit = payments::start(&app, "deposits", &user, "2005", "gateway_a", "pm-dep").await;
+    let withdrawal = payments::start(&app, "withdrawals", &user, "1005", "gateway_b", "pm-wd").await;
+    assert_eq!(app.wallet(&user, "EUR").await["available"], "8995", "the withdrawal holds at once");
+    for id in [&deposit, &withdrawal] {
+        assert_eq!(payments::payment(&app, id).await["status"], "pending", "in flight when the move begins");
+    }
+    let report =
+        resharding::mover::move_buckets(&router, &[bucket], "shard-4", resharding::mover::BATCH).await.expect("move");
+    assert_eq!(report.moved, 1);
+    assert_eq!(payments::wait_final(&app, &deposit).await["status"], "succeeded");
+    assert_eq!(payments::wait_final(&app, &withdrawal).await["status"], "succeeded");
+    eventually(Duration::from_secs(60), "both payments applied on the new shard", || async {
+        let wallet = app.wallet(&user, "EUR").await;
+        (wallet["balance"] == "11000" && wallet["available"] == "11000").then_some(())
+    })
+    .await;
+    let on4: i64 = connect(&url)
+        .await
+        .query_one("SELECT count(*) FROM payments WHERE user_id = $1 AND state = 'succeeded'", &[&user])
+        .await
+        .expect("payments")
+        .get(0);
+    assert_eq!(on4, 2, "both payments settled on the new owner");
+    let audit = verify::run(&router).await.expect("verify");
+    assert!(audit.ok, "verify:\n{audit}");
+    finish(app, &url).await;
+}
