@@ -291,12 +291,7 @@ impl Cli {
                         }
                         println!("plan:");
                         for (from, to, list) in &groups {
-                            let ranges = crate::sharding::ranges_of(
-                                &(0..layout.map.buckets())
-                                    .map(|b| u16::from(list.binary_search(&b).is_ok()))
-                                    .collect::<Vec<_>>(),
-                                1,
-                            );
+                            let ranges = crate::sharding::runs(list.iter().copied());
                             let text: Vec<String> =
                                 ranges.iter().map(|r| format!("{}-{}", r.start(), r.end())).collect();
                             println!(

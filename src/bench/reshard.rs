@@ -118,21 +118,13 @@ async fn load_window(
     Ok(Window { local: local?, cross: cross? })
 }
 
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)]
-}
-
 fn print_summary(before: &Window, during: &Window, moves: &Moves, settled: &completion::Completion, verified: bool) {
-    let mut fences = moves.fences.clone();
-    fences.sort();
+    let (p50, p99_fence, max) = mover::quantiles(&moves.fences).unwrap_or_default();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let p99 = |h: &hdrhistogram::Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1000.0;
     let (tps_before, tps_during) = (before.local.tps(), during.local.tps());
     let ratio = tps_during / tps_before.max(f64::EPSILON);
-    let fence_p99 = ms(quantile(&fences, 0.99));
+    let fence_p99 = ms(p99_fence);
     let moving_503 = |w: &Window| -> u64 {
         w.local.errors.counts.iter().filter(|(k, _)| k.contains("bucket_moving")).map(|(_, n)| n).sum::<u64>()
             + w.cross.errors.counts.iter().filter(|(k, _)| k.contains("bucket_moving")).map(|(_, n)| n).sum::<u64>()
@@ -146,12 +138,12 @@ fn print_summary(before: &Window, during: &Window, moves: &Moves, settled: &comp
         moves.rows,
         moves.moving.as_secs_f64(),
         moves.rows as f64 / moves.moving.as_secs_f64().max(0.001),
-        fences.len()
+        moves.fences.len()
     );
     println!(
         "fence: p50 {:.0} ms, p99 {fence_p99:.0} ms, max {:.0} ms (goal p99 <= 250 ms: {})",
-        ms(quantile(&fences, 0.5)),
-        ms(fences.last().copied().unwrap_or_default()),
+        ms(p50),
+        ms(max),
         if fence_p99 <= 250.0 { "met" } else { "NOT met" }
     );
     println!(

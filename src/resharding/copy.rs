@@ -43,9 +43,6 @@ enum Write {
     Sql(&'static str),
 }
 
-/// The bucket's users; every read below starts from them.
-const USERS: &str = "SELECT user_id FROM users WHERE bucket = ANY($1)";
-
 macro_rules! of_users {
     ($($sql:tt)+) => {
         concat!("WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)) ", $($sql)+)
@@ -415,12 +412,6 @@ pub async fn unbalanced(client: &impl GenericClient, buckets: &[u32]) -> Result<
         ") GROUP BY posting_id HAVING sum(amount) <> 0) x"
     ));
     Ok(client.query_one(sql, &[&bucket]).await?.get(0))
-}
-
-/// The buckets' users (for progress lines).
-pub async fn user_count(client: &impl GenericClient, buckets: &[u32]) -> Result<i64, tokio_postgres::Error> {
-    let sql = format!("SELECT count(*) FROM ({USERS}) u");
-    Ok(client.query_one(&sql, &[&as_param(buckets)]).await?.get(0))
 }
 
 fn as_param(buckets: &[u32]) -> Vec<i32> {

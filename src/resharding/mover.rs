@@ -50,11 +50,16 @@ pub struct Report {
 impl Report {
     /// (p50, p99, max) of the fences.
     pub fn fence_quantiles(&self) -> Option<(Duration, Duration, Duration)> {
-        let mut sorted = self.fences.clone();
-        sorted.sort();
-        let at = |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)];
-        (!sorted.is_empty()).then(|| (at(0.5), at(0.99), sorted[sorted.len() - 1]))
+        quantiles(&self.fences)
     }
+}
+
+/// (p50, p99, max) of fence lengths; `None` when there were none.
+pub fn quantiles(fences: &[Duration]) -> Option<(Duration, Duration, Duration)> {
+    let mut sorted = fences.to_vec();
+    sorted.sort();
+    let at = |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)];
+    (!sorted.is_empty()).then(|| (at(0.5), at(0.99), sorted[sorted.len() - 1]))
 }
 
 impl std::fmt::Display for Report {
@@ -132,7 +137,9 @@ pub async fn move_buckets(router: &Router, buckets: &[u32], target: &str, batch:
     if let Some(&past) = buckets.iter().find(|&&b| b >= layout.map.buckets()) {
         bail!("bucket {past} is past the last bucket {}", layout.map.buckets() - 1);
     }
-    let lock_client = layout.shards[0].client().await?;
+    // The lock lives as long as this session: taken out of the pool, the connection closes
+    // when the run ends (or the process dies), and the lock goes with it.
+    let lock_client = deadpool_postgres::Object::take(layout.shards[0].client().await?);
     let locked: bool = lock_client.query_one("SELECT pg_try_advisory_lock($1)", &[&MOVER_LOCK]).await?.get(0);
     if !locked {
         bail!("another mover is running in this cluster (it holds the mover lock on {})", layout.shards[0].name);
@@ -156,7 +163,7 @@ pub async fn move_buckets(router: &Router, buckets: &[u32], target: &str, batch:
     }
     .await;
     progress.bar.finish_and_clear();
-    let _ = lock_client.query_one("SELECT pg_advisory_unlock($1)", &[&MOVER_LOCK]).await;
+    drop(lock_client);
     result?;
     report.elapsed = started.elapsed();
     router.refresh().await;
@@ -182,6 +189,19 @@ async fn move_batch(router: &Router, target: &Arc<Shard>, buckets: &[u32]) -> an
         router.refresh().await;
         let target_claims = claims(&target.client().await?, buckets).await?;
         let sources = sources_of(router, target, buckets).await?;
+        // What each source says of its buckets: one query per source.
+        let mut source_claims = std::collections::HashMap::new();
+        let mut by_source: Vec<(Arc<Shard>, Vec<u32>)> = Vec::new();
+        for (&bucket, source) in buckets.iter().zip(&sources) {
+            let Some(source) = source else { continue };
+            match by_source.iter_mut().find(|(s, _)| s.name == source.name) {
+                Some((_, list)) => list.push(bucket),
+                None => by_source.push((source.clone(), vec![bucket])),
+            }
+        }
+        for (source, list) in &by_source {
+            source_claims.extend(claims(&source.client().await?, list).await?);
+        }
         let mut fence: Vec<(Arc<Shard>, Vec<u32>)> = Vec::new();
         let mut pending = false;
         for (&bucket, source) in buckets.iter().zip(&sources) {
@@ -189,8 +209,7 @@ async fn move_batch(router: &Router, target: &Arc<Shard>, buckets: &[u32]) -> an
             if !moving.contains(&bucket) {
                 moving.push(bucket);
             }
-            let source_claim = claims(&source.client().await?, &[bucket]).await?.remove(&bucket);
-            match moves::next(&target.name, source_claim.as_ref(), target_claims.get(&bucket)) {
+            match moves::next(&target.name, source_claims.get(&bucket), target_claims.get(&bucket)) {
                 Step::Begin => {
                     begin(router, source, target, bucket).await?;
                     failpoint("begun");

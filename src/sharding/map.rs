@@ -200,9 +200,13 @@ impl ShardMap {
 
 /// The runs of buckets owned by shard `index`, as inclusive ranges.
 pub fn ranges_of(owner: &[u16], index: u16) -> Vec<RangeInclusive<u32>> {
+    runs((0..owner.len() as u32).filter(|&b| owner[b as usize] == index))
+}
+
+/// Ascending buckets as inclusive ranges of consecutive ones.
+pub fn runs(buckets: impl IntoIterator<Item = u32>) -> Vec<RangeInclusive<u32>> {
     let mut ranges: Vec<RangeInclusive<u32>> = Vec::new();
-    for (bucket, _) in owner.iter().enumerate().filter(|(_, &o)| o == index) {
-        let bucket = bucket as u32;
+    for bucket in buckets {
         match ranges.last_mut() {
             Some(last) if *last.end() + 1 == bucket => *last = *last.start()..=bucket,
             _ => ranges.push(bucket..=bucket),

@@ -15,8 +15,8 @@ use std::{
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
 pub use map::{
-    bucket_of, parse_range, parse_url, password_env_var, ranges_of, url_without_password, valid_shard_name, ShardMap,
-    ShardSpec, FILE_EPOCH, MAX_BUCKETS,
+    bucket_of, parse_range, parse_url, password_env_var, ranges_of, runs, url_without_password, valid_shard_name,
+    ShardMap, ShardSpec, FILE_EPOCH, MAX_BUCKETS,
 };
 
 use crate::domain::{RoutableId, UserId};

@@ -128,8 +128,6 @@ pub struct Resolved {
     pub owner: BTreeMap<u32, String>,
     pub epoch: i64,
     pub members: BTreeMap<String, Member>,
-    /// Buckets some shard is receiving: (bucket, receiving shard).
-    pub incoming: Vec<(u32, String)>,
 }
 
 pub fn resolve<'a>(records: impl IntoIterator<Item = (&'a str, &'a Records)>) -> Resolved {
@@ -145,10 +143,7 @@ pub fn resolve<'a>(records: impl IntoIterator<Item = (&'a str, &'a Records)>) ->
             let owner = match claim {
                 Claim::Owned => shard.to_string(),
                 Claim::Moved { owner } => owner.clone(),
-                Claim::Incoming => {
-                    resolved.incoming.push((*bucket, shard.to_string()));
-                    continue;
-                }
+                Claim::Incoming => continue,
             };
             match best.get(bucket) {
                 Some((e, _)) if *e >= *epoch => {}

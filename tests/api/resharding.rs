@@ -18,6 +18,32 @@ async fn add_fourth_shard(deployment: &Deployment, app: &TestApp) -> (shardwalle
     (router, url)
 }
 
+/// A config file for `shardwallet` run as an operator would, against this deployment.
+fn mover_config(deployment: &Deployment, app: &TestApp) -> std::path::PathBuf {
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("mover-{}", deployment.id));
+    std::fs::create_dir_all(&out).expect("dir");
+    let config = out.join("mover.toml");
+    std::fs::write(&config, crate::failover::config_text(&app.settings, 0)).expect("config");
+    config
+}
+
+/// `shardwallet reshard move --buckets BUCKETS --to shard-4`, quiet, optionally set to
+/// abort at a failpoint.
+fn mover_command(config: &std::path::Path, buckets: &str, failpoint: Option<&str>) -> std::process::Command {
+    use std::process::Stdio;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_shardwallet"));
+    command
+        .args(["--config", &config.display().to_string(), "reshard", "move", "--buckets", buckets, "--to", "shard-4"])
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(point) = failpoint {
+        command.env("SHARDWALLET_MOVER_FAILPOINT", point);
+    }
+    command
+}
+
 /// Stops the app and drops the fourth shard's database (the deployment drops the others).
 async fn finish(app: Arc<TestApp>, url: &str) {
     if let Ok(app) = Arc::try_unwrap(app) {
@@ -188,7 +214,6 @@ async fn a_user_with_history_moves_to_a_new_shard_under_load_and_nothing_is_lost
 /// moments and run again until it finishes.
 #[tokio::test]
 async fn the_mover_killed_at_any_moment_and_run_again_finishes_the_move_with_the_same_results() {
-    use std::process::{Command, Stdio};
     let deployment = Deployment::new().await;
     let app = Arc::new(deployment.spawn_default().await);
     let users: Vec<String> = (0..6).map(|i| app.user_on_shard(&format!("kill-{i}"), 0)).collect();
@@ -208,31 +233,8 @@ async fn the_mover_killed_at_any_moment_and_run_again_finishes_the_move_with_the
     buckets.sort_unstable();
     buckets.dedup();
     let list = buckets.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("mover-{}", deployment.id));
-    std::fs::create_dir_all(&out).expect("dir");
-    let config = out.join("mover.toml");
-    std::fs::write(&config, crate::failover::config_text(&app.settings, 0)).expect("config");
-    let mover = || {
-        Command::new(env!("CARGO_BIN_EXE_shardwallet"))
-            .args([
-                "--config",
-                &config.display().to_string(),
-                "reshard",
-                "move",
-                "--buckets",
-                &list,
-                "--to",
-                "shard-4",
-                "--batch",
-                "8",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the mover")
-    };
+    let config = mover_config(&deployment, &app);
+    let mover = || mover_command(&config, &list, None).args(["--batch", "8"]).spawn().expect("start the mover");
     let owned_by_four = || async {
         connect(&url)
             .await
@@ -371,37 +373,14 @@ async fn a_bucket_moved_away_and_back_again_keeps_every_posting_balanced() {
 /// re-run, balances exact, and writes to the moved users going through meanwhile.
 #[tokio::test]
 async fn the_mover_crashed_at_each_point_of_a_move_is_finished_by_the_next_run() {
-    use std::process::{Command, Stdio};
     let deployment = Deployment::new().await;
     let app = Arc::new(deployment.spawn_default().await);
     let stays = app.user_on_shard("fp-stays", 0);
     app.funded_user(&stays, "EUR", "0").await;
     let (router, url) = add_fourth_shard(&deployment, &app).await;
-    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("failpoints-{}", deployment.id));
-    std::fs::create_dir_all(&out).expect("dir");
-    let config = out.join("mover.toml");
-    std::fs::write(&config, crate::failover::config_text(&app.settings, 0)).expect("config");
+    let config = mover_config(&deployment, &app);
     let mover = |buckets: &str, failpoint: Option<&str>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_shardwallet"));
-        command
-            .args([
-                "--config",
-                &config.display().to_string(),
-                "reshard",
-                "move",
-                "--buckets",
-                buckets,
-                "--to",
-                "shard-4",
-            ])
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(point) = failpoint {
-            command.env("SHARDWALLET_MOVER_FAILPOINT", point);
-        }
-        command.status().expect("run the mover")
+        mover_command(&config, buckets, failpoint).status().expect("run the mover")
     };
     for point in ["begun", "fenced", "copied", "source-switched", "switched"] {
         let user = app.user_on_shard(&format!("fp-{point}"), 0);
