@@ -26,6 +26,8 @@ pub const HEADER: &str = "idempotency-key";
 
 pub struct Idempotency {
     caller: String,
+    /// The caller is a user (an admin's keys are always stored with their bucket).
+    user_caller: bool,
     key: IdempotencyKey,
     fingerprint: Vec<u8>,
 }
@@ -58,7 +60,12 @@ impl Idempotency {
         hash.update(path.as_bytes());
         hash.update([0]);
         hash.update(body.to_string().as_bytes());
-        Ok(Self { caller: caller.subject.clone(), key, fingerprint: hash.finalize().to_vec() })
+        Ok(Self {
+            caller: caller.subject.clone(),
+            user_caller: !caller.is_admin(),
+            key,
+            fingerprint: hash.finalize().to_vec(),
+        })
     }
 
     /// Runs `op` once per key on `shard`: runs the effect, then stores the key with its
@@ -81,13 +88,19 @@ impl Idempotency {
         success: StatusCode,
         op: impl AsyncFnOnce(&Transaction<'_>) -> Result<T, E>,
     ) -> Result<(Response, bool), ApiError> {
-        router.with_owner(bucket, op, |shard, op| async move { self.attempt(&shard, bucket, success, op).await }).await
+        // A user's key on their own bucket is found through the caller (V9); any other
+        // is recorded with the bucket its request routed by.
+        let own = self.user_caller && router.layout().map.bucket_of(&self.caller) == bucket;
+        router
+            .with_owner(bucket, op, |shard, op| async move { self.attempt(&shard, bucket, own, success, op).await })
+            .await
     }
 
     async fn attempt<T: Serialize, E: Into<ApiError>, Op: AsyncFnOnce(&Transaction<'_>) -> Result<T, E>>(
         &self,
         shard: &Shard,
         bucket: u32,
+        own: bool,
         success: StatusCode,
         op: Op,
     ) -> Result<Attempt<(Response, bool), Op>, ApiError> {
@@ -109,8 +122,12 @@ impl Idempotency {
         };
         let stored = tx
             .cached_execute(
+                // NULL only while the caller's user row is here to find the key by
+                // (a refusal for a user not yet known keeps its bucket).
                 "INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body, bucket)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5,
+                         CASE WHEN $7::boolean AND EXISTS (SELECT 1 FROM users WHERE user_id = $1) THEN NULL ELSE $6::integer END)
+                 ON CONFLICT DO NOTHING",
                 &[
                     &self.caller,
                     &self.key.as_str(),
@@ -118,6 +135,7 @@ impl Idempotency {
                     &(status.as_u16() as i16),
                     &body,
                     &(bucket as i32),
+                    &own,
                 ],
             )
             .await;

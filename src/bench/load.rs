@@ -119,6 +119,8 @@ impl Errors {
 pub struct LocalStats {
     pub sent: u64,
     pub ok: u64,
+    /// Of `ok`: answered 202, the pair's users on two shards for a while (a bucket moving).
+    pub rerouted: u64,
     pub errors: Errors,
     pub request: Histogram<u64>,
     pub elapsed: Duration,
@@ -126,18 +128,32 @@ pub struct LocalStats {
 
 impl LocalStats {
     fn new() -> anyhow::Result<Self> {
-        Ok(Self { sent: 0, ok: 0, errors: Errors::default(), request: histogram()?, elapsed: Duration::ZERO })
+        Ok(Self {
+            sent: 0,
+            ok: 0,
+            rerouted: 0,
+            errors: Errors::default(),
+            request: histogram()?,
+            elapsed: Duration::ZERO,
+        })
     }
 
     fn merge(&mut self, other: LocalStats) -> anyhow::Result<()> {
         self.sent += other.sent;
         self.ok += other.ok;
+        self.rerouted += other.rerouted;
         self.errors.merge(other.errors);
         self.request.add(&other.request)?;
         Ok(())
     }
 
     /// Successful transfers per second of the phase.
+    /// Adds a later window's figures (its time too).
+    pub fn append(&mut self, other: LocalStats) -> anyhow::Result<()> {
+        self.elapsed += other.elapsed;
+        self.merge(other)
+    }
+
     pub fn tps(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
@@ -180,6 +196,10 @@ async fn client(target: Arc<Target>, pairs: Arc<Vec<(usize, usize)>>, deadline: 
                 stats.errors.add("transport".into(), &format!("{:#}", anyhow::Error::from(e)));
                 // A refused connection fails at once: do not spin on a dead service.
                 tokio::time::sleep(TRANSPORT_BACKOFF).await;
+            }
+            Ok(a) if a.status == StatusCode::ACCEPTED => {
+                stats.ok += 1;
+                stats.rerouted += 1;
             }
             Ok(a) if a.status != StatusCode::CREATED => stats.errors.add(error_key(a.status, &a.body), &a.body),
             Ok(_) => stats.ok += 1,

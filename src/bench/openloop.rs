@@ -61,6 +61,22 @@ pub struct OpenRun {
 }
 
 impl OpenRun {
+    /// Adds a later window's figures at the same rate.
+    pub fn append(&mut self, other: OpenRun) -> anyhow::Result<()> {
+        self.duration += other.duration;
+        self.scheduled += other.scheduled;
+        self.sent += other.sent;
+        self.saturated += other.saturated;
+        self.accepted.extend(other.accepted);
+        self.accepted_latency.add(&other.accepted_latency)?;
+        self.refused += other.refused;
+        self.refused_latency.add(&other.refused_latency)?;
+        self.refused_with_retry_after += other.refused_with_retry_after;
+        self.errors.merge(other.errors);
+        self.send_lag.add(&other.send_lag)?;
+        Ok(())
+    }
+
     /// Answers other than 202 and 503.
     pub fn other_errors(&self) -> u64 {
         self.errors.total() - self.refused

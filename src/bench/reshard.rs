@@ -52,7 +52,8 @@ pub async fn run(
     let mover = async {
         let mut moves = Moves::default();
         let started = Instant::now();
-        // Whole passes (onto the extra shard, back again) until the window is over.
+        // Whole passes (onto the extra shard, back again) until the window is over (the
+        // load goes on until they end).
         while moves.passes == 0 || Instant::now() < ends {
             pass(router, &original, &names, args, &mut moves).await?;
             moves.passes += 1;
@@ -60,7 +61,25 @@ pub async fn run(
         moves.moving = started.elapsed();
         anyhow::Ok(moves)
     };
-    let (during, moves) = tokio::join!(load_window(target, &local_pairs, &cross_pairs, args, window), mover);
+    // The load goes on, in windows of up to 5 s, for as long as the moves take.
+    let moving = std::sync::atomic::AtomicBool::new(true);
+    let mover = async {
+        let moves = mover.await;
+        moving.store(false, std::sync::atomic::Ordering::Relaxed);
+        moves
+    };
+    let load = async {
+        let mut during =
+            load_window(target, &local_pairs, &cross_pairs, args, window.min(Duration::from_secs(5))).await?;
+        while moving.load(std::sync::atomic::Ordering::Relaxed) {
+            let next =
+                load_window(target, &local_pairs, &cross_pairs, args, window.min(Duration::from_secs(5))).await?;
+            during.local.append(next.local)?;
+            during.cross.append(next.cross)?;
+        }
+        anyhow::Ok(during)
+    };
+    let (during, moves) = tokio::join!(load, mover);
     let (during, moves) = (during?, moves?);
     let mut ids = before.cross.accepted.clone();
     ids.extend(&during.cross.accepted);
@@ -166,6 +185,18 @@ fn print_summary(before: &Window, during: &Window, moves: &Moves, settled: &comp
         during.local.errors.total(),
         during.cross.other_errors()
     );
+    if during.local.rerouted > 0 {
+        println!(
+            "same-shard pairs answered 202 during (counted as done; their users on two shards while a bucket moved): {}",
+            during.local.rerouted
+        );
+    }
+    for (label, window) in [("before", before), ("during", during)] {
+        if window.local.errors.total() > 0 {
+            let codes: Vec<String> = window.local.errors.counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            println!("same-shard answers other than 201 {label}: {}", codes.join(", "));
+        }
+    }
     println!(
         "transfers: {} completed, {} cancelled (goal 0: {}), {} unfinished; verify {}",
         settled.completed,

@@ -7,7 +7,7 @@
 //! received; over all shards, the total per currency is zero (gateway clearing
 //! accounts included: they carry what entered or left through the gateway), and both
 //! sides of every cross-shard transfer agree (`cross`).
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 mod cross;
 pub use cross::CrossShardReport;
@@ -211,10 +211,62 @@ const CHECKS: &[(&str, &str)] = &[
 /// taken by its first one.
 /// One snapshot of a shard, seeing only what the shard owns (`owned_only`). The
 /// transaction only reads the ledger; it is rolled back, which drops its views.
-async fn snapshot(client: &mut deadpool_postgres::Object) -> Result<deadpool_postgres::Transaction<'_>> {
+async fn snapshot<'a>(
+    client: &'a mut deadpool_postgres::Object,
+    switching: &[i32],
+) -> Result<deadpool_postgres::Transaction<'a>> {
     let tx = client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
-    owned_only(&tx).await?;
+    owned_only(&tx, switching).await?;
     Ok(tx)
+}
+
+/// Per shard, the buckets it counts though it does not own them yet: those a mover left
+/// between the two commits of their switch (it died there, and has not been re-run),
+/// which the source gave to this shard (`moved`, at the epoch of this shard's `fenced`
+/// move record) while this shard still holds them as `incoming`. The new owner's copy
+/// is the authoritative one from the source's commit on.
+#[derive(Debug, Default)]
+pub(crate) struct Switching(HashMap<String, Vec<i32>>);
+
+impl Switching {
+    pub(crate) async fn read(router: &Router) -> Result<Self> {
+        let mut fenced = Vec::new();
+        for shard in router.shards() {
+            let client = shard.client().await?;
+            // 'fenced': resharding::moves::MoveState::Fenced.
+            for row in client
+                .query(
+                    "SELECT m.bucket, m.source, m.epoch FROM bucket_moves m JOIN bucket_owners o USING (bucket)
+                     WHERE m.state = 'fenced' AND m.epoch IS NOT NULL AND o.state = 'incoming'",
+                    &[],
+                )
+                .await?
+            {
+                fenced.push((shard.name.clone(), row.get::<_, i32>(0), row.get::<_, String>(1), row.get::<_, i64>(2)));
+            }
+        }
+        let mut switching = Self::default();
+        for (target, bucket, source, epoch) in fenced {
+            let Some(source) = router.shards().into_iter().find(|s| s.name == source) else { continue };
+            let flipped = source
+                .client()
+                .await?
+                .query_opt(
+                    "SELECT 1 FROM bucket_owners WHERE bucket = $1 AND state = 'moved' AND owner = $2 AND epoch = $3",
+                    &[&bucket, &target, &epoch],
+                )
+                .await?
+                .is_some();
+            if flipped {
+                switching.0.entry(target).or_default().push(bucket);
+            }
+        }
+        Ok(switching)
+    }
+
+    pub(crate) fn of(&self, shard: &str) -> &[i32] {
+        self.0.get(shard).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// Shadows, for this transaction only, the tables the audit reads with views of what
@@ -223,7 +275,7 @@ async fn snapshot(client: &mut deadpool_postgres::Object) -> Result<deadpool_pos
 /// audited twice or not at all. Postings whose every wallet leg left are left out; in
 /// a split posting the legs that left are, their `resharding` leg stands for them.
 /// Temporary relations come first in the search path, so the checks' SQL is unchanged.
-pub(crate) async fn owned_only(tx: &deadpool_postgres::Transaction<'_>) -> Result<()> {
+pub(crate) async fn owned_only(tx: &deadpool_postgres::Transaction<'_>, switching: &[i32]) -> Result<()> {
     // Nothing to leave out on a shard that never gave nor is receiving a bucket.
     let moved: bool =
         tx.query_one("SELECT EXISTS (SELECT 1 FROM bucket_owners WHERE state <> 'owned')", &[]).await?.get(0);
@@ -232,10 +284,14 @@ pub(crate) async fn owned_only(tx: &deadpool_postgres::Transaction<'_>) -> Resul
     }
     // The views test membership in the (small) sets of what left, so each stays one
     // scan of its table.
-    tx.batch_execute(
-        "CREATE TEMP VIEW stale_users AS SELECT u.user_id FROM public.users u
+    // What this shard counts: what it owns, and what it takes at a switch cut in two.
+    let counted = format!(
+        "(SELECT bucket FROM public.bucket_owners WHERE state = 'owned' OR bucket = ANY(ARRAY[{}]::int[]))",
+        switching.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+    );
+    let views = "CREATE TEMP VIEW stale_users AS SELECT u.user_id FROM public.users u
              WHERE u.bucket IS NOT NULL
-               AND u.bucket NOT IN (SELECT bucket FROM public.bucket_owners WHERE state = 'owned');
+               AND u.bucket NOT IN COUNTED;
          CREATE TEMP VIEW stale_accounts AS SELECT a.account_id FROM public.accounts a
              WHERE a.user_id IN (SELECT user_id FROM pg_temp.stale_users);
          CREATE TEMP VIEW left_postings AS SELECT DISTINCT e.posting_id FROM public.entries e
@@ -253,7 +309,7 @@ pub(crate) async fn owned_only(tx: &deadpool_postgres::Transaction<'_>) -> Resul
              WHERE e.account_id NOT IN (SELECT account_id FROM pg_temp.stale_accounts)
                AND e.posting_id NOT IN (SELECT posting_id FROM pg_temp.left_postings);
          CREATE TEMP VIEW transfers AS SELECT t.* FROM public.transfers t
-             WHERE id_bucket(t.transfer_id) IN (SELECT bucket FROM public.bucket_owners WHERE state = 'owned');
+             WHERE id_bucket(t.transfer_id) IN COUNTED;
          CREATE TEMP VIEW holds AS SELECT h.* FROM public.holds h
              WHERE h.account_id NOT IN (SELECT account_id FROM pg_temp.stale_accounts);
          CREATE TEMP VIEW incoming_transfers AS SELECT i.* FROM public.incoming_transfers i
@@ -261,20 +317,38 @@ pub(crate) async fn owned_only(tx: &deadpool_postgres::Transaction<'_>) -> Resul
          CREATE TEMP VIEW payments AS SELECT p.* FROM public.payments p
              WHERE p.user_id NOT IN (SELECT user_id FROM pg_temp.stale_users);
          CREATE TEMP VIEW payment_holds AS SELECT h.* FROM public.payment_holds h
-             WHERE h.account_id NOT IN (SELECT account_id FROM pg_temp.stale_accounts);",
-    )
-    .await?;
+             WHERE h.account_id NOT IN (SELECT account_id FROM pg_temp.stale_accounts);";
+    tx.batch_execute(&views.replace("COUNTED", &counted)).await?;
     Ok(())
 }
 
 pub async fn run(router: &Router) -> Result<Report> {
+    // No bucket changes owner while the shards are read one after the other (the mover
+    // waits between fences); the session, out of the pool, ends with the audit.
+    let Some(first) = router.layout().shards.first().cloned() else {
+        return Err(super::Error::Invariant("the shard map has no shard".into()));
+    };
+    let lock = deadpool_postgres::Object::take(first.client().await?);
+    lock.execute("SELECT pg_advisory_lock_shared($1)", &[&crate::sharding::ownership::SWITCH_LOCK]).await?;
+    let report = audit(router).await;
+    // Released at once rather than when the server notices the session closed.
+    let unlocked =
+        lock.execute("SELECT pg_advisory_unlock_shared($1)", &[&crate::sharding::ownership::SWITCH_LOCK]).await;
+    drop(lock);
+    let report = report?;
+    unlocked?;
+    Ok(report)
+}
+
+async fn audit(router: &Router) -> Result<Report> {
+    let switching = Switching::read(router).await?;
     let mut shards = Vec::new();
     let mut grand: BTreeMap<String, BigInt> = BTreeMap::new();
     let mut problems = Vec::new();
     let mut senders = cross::Senders::default();
     for shard in router.shards() {
         let mut client = shard.client().await?;
-        let tx = snapshot(&mut client).await?;
+        let tx = snapshot(&mut client, switching.of(&shard.name)).await?;
         let mut report = ShardReport {
             shard: shard.name.clone(),
             wallets: 0,
@@ -328,7 +402,7 @@ pub async fn run(router: &Router) -> Result<Report> {
             problems.push(format!("{currency}: the accounts of all shards sum to {total}, not 0"));
         }
     }
-    let cross_shard = cross::audit(router, senders).await?;
+    let cross_shard = cross::audit(router, senders, &switching).await?;
     problems.extend(cross_shard.problems.iter().map(|p| format!("cross-shard: {p}")));
     Ok(Report {
         ok: problems.is_empty(),

@@ -102,7 +102,12 @@ pub async fn run(router: &Router, grace: Duration) -> anyhow::Result<Cleaned> {
                 .iter()
                 .find(|s| s.name == source)
                 .with_context(|| format!("the moves' source '{source}' is not a member"))?;
-            cleaned.rows += delete_leftovers(shard, &target.name, &buckets).await?;
+            let deleted = delete_leftovers(shard, &target.name, &buckets).await?;
+            cleaned.rows += deleted;
+            // The source's statistics, for the next move's plans (see mover::TargetStats).
+            if deleted > 1000 {
+                shard.client().await?.batch_execute(&format!("ANALYZE {}", super::copy::WRITTEN_TABLES)).await?;
+            }
             client
                 .execute(
                     "UPDATE bucket_moves SET state = 'cleaned', cleaned_at = now() WHERE bucket = ANY($1)",

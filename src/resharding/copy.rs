@@ -49,10 +49,18 @@ macro_rules! of_users {
     };
 }
 
-/// Postings with a leg on one of the bucket's wallets.
-macro_rules! postings_of_bucket {
-    () => {
-        "SELECT e.posting_id FROM entries e JOIN accounts a USING (account_id) JOIN u USING (user_id)"
+/// `u` and `bp`: the postings with a leg on one of the bucket's wallets. Each wallet's
+/// and each posting's entries are read by index (`LATERAL ... OFFSET 0` keeps the
+/// planner from turning them into a join): entries per account are skewed (system
+/// accounts hold most of them), and the planner's average made it scan all entries
+/// for a few wallets' postings (0.3 s inside a fence).
+macro_rules! of_postings {
+    ($($sql:tt)+) => {
+        of_users!(
+            ", bp AS MATERIALIZED (SELECT DISTINCT e.posting_id FROM accounts a JOIN u USING (user_id),
+                 LATERAL (SELECT posting_id FROM entries e WHERE e.account_id = a.account_id OFFSET 0) e) ",
+            $($sql)+
+        )
     };
 }
 
@@ -82,32 +90,28 @@ static TABLES: &[Table] = &[
     },
     Table {
         name: "postings",
-        read: of_users!(concat!(
-            "SELECT coalesce(jsonb_agg(to_jsonb(p) ORDER BY p.created_at, p.posting_id), '[]') FROM postings p
-             WHERE p.posting_id IN (",
-            postings_of_bucket!(),
-            ")/*changed:p*/"
-        )),
+        read: of_postings!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(p) ORDER BY p.created_at, p.posting_id), '[]')
+             FROM bp, LATERAL (SELECT * FROM postings p WHERE p.posting_id = bp.posting_id/*changed:p*/ OFFSET 0) p"
+        ),
         write: Write::Keep("posting_id"),
     },
     Table {
         name: "entries",
         // Each leg with what the target needs to place it: whose wallet (and whether it
         // moves), or which system account; and whether its posting is whole.
-        read: of_users!(concat!(
+        read: of_postings!(
             "SELECT coalesce(jsonb_agg(jsonb_build_object(
                  'entry_id', e.entry_id, 'posting_id', e.posting_id, 'amount', e.amount,
                  'balance_after', e.balance_after, 'created_at', e.created_at,
                  'user_id', a.user_id, 'system_name', a.system_name, 'currency', a.currency,
                  'moving', a.user_id IS NOT NULL AND a.user_id IN (SELECT user_id FROM u),
                  'epoch', b.epoch) ORDER BY e.seq), '[]')
-             FROM entries e JOIN accounts a USING (account_id)
+             FROM bp/*changed-posting*/, LATERAL (SELECT * FROM entries e WHERE e.posting_id = bp.posting_id OFFSET 0) e
+                  JOIN accounts a USING (account_id)
                   LEFT JOIN users w ON w.user_id = a.user_id AND w.user_id IN (SELECT user_id FROM u)
-                  LEFT JOIN bucket_owners b ON b.bucket = w.bucket
-             WHERE e.posting_id IN (",
-            postings_of_bucket!(),
-            ")/*changed-posting*/"
-        )),
+                  LEFT JOIN bucket_owners b ON b.bucket = w.bucket"
+        ),
         write: Write::Sql(
             "INSERT INTO accounts (system_name, currency)
              SELECT DISTINCT x.system_name, x.currency FROM jsonb_to_recordset($1) AS x(system_name text, currency text)
@@ -140,9 +144,12 @@ static TABLES: &[Table] = &[
     Table {
         name: "transfers",
         read: of_users!(
-            "SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') FROM transfers t
-             WHERE (t.from_user IN (SELECT user_id FROM u) OR (t.to_user IN (SELECT user_id FROM u) AND t.route = 'local'))
-             /*changed:t*/"
+            // Two index scans (by sender, by receiver) rather than one scan of an OR.
+            "SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') FROM (
+                 SELECT t1.* FROM transfers t1 JOIN u ON u.user_id = t1.from_user WHERE true/*changed:t1*/
+                 UNION ALL
+                 SELECT t2.* FROM transfers t2 JOIN u ON u.user_id = t2.to_user
+                 WHERE t2.route = 'local' AND t2.from_user NOT IN (SELECT user_id FROM u)/*changed:t2*/) t"
         ),
         write: Write::Replace("transfer_id"),
     },
@@ -181,8 +188,12 @@ static TABLES: &[Table] = &[
     Table {
         name: "idempotency_keys",
         read: of_users!(
-            "SELECT coalesce(jsonb_agg(to_jsonb(k)), '[]') FROM idempotency_keys k
-             WHERE (k.bucket = ANY($1) OR (k.bucket IS NULL AND k.caller IN (SELECT user_id FROM u)))/*changed:k*/"
+            // A user's keys on their own bucket by the caller, the others by bucket (V9).
+            "SELECT coalesce(jsonb_agg(to_jsonb(k)), '[]') FROM (
+                 SELECT k1.* FROM idempotency_keys k1 WHERE k1.bucket = ANY($1)/*changed:k1*/
+                 UNION ALL
+                 SELECT k2.* FROM idempotency_keys k2 JOIN u ON u.user_id = k2.caller
+                 WHERE k2.bucket IS NULL/*changed:k2*/) k"
         ),
         write: Write::Keep("caller, key"),
     },
@@ -260,7 +271,12 @@ fn with_changed(sql: &str, delta: bool) -> String {
     let mut out = sql.to_string();
     if delta {
         // Entries come with their posting (a posting's legs are written together).
-        let posting = format!(" AND e.posting_id IN (SELECT p.posting_id FROM postings p WHERE true{})", changed("p"));
+        // Only the postings written since (their legs come with them): each looked up
+        // by its key before its legs are read.
+        let posting = format!(
+            ", LATERAL (SELECT 1 FROM postings p WHERE p.posting_id = bp.posting_id{} OFFSET 0) changed",
+            changed("p")
+        );
         out = out.replace("/*changed-posting*/", &posting);
     } else {
         out = out.replace("/*changed-posting*/", "");
@@ -278,6 +294,9 @@ fn with_changed(sql: &str, delta: bool) -> String {
 /// (every write is an upsert). Returns the rows sent.
 pub async fn write(target: &impl GenericClient, snapshot: &Snapshot) -> Result<u64, tokio_postgres::Error> {
     for (table, rows) in &snapshot.tables {
+        if rows.as_array().is_some_and(|a| a.is_empty()) {
+            continue;
+        }
         let rows = Json(rows);
         match &table.write {
             Write::Keep(key) => {
@@ -319,14 +338,20 @@ async fn columns(client: &impl GenericClient, table: &str) -> Result<Vec<String>
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// On the source, in the fence: one leg on its `resharding` account for each split
-/// posting of `snapshot` (its entries as `read` gave them), standing for the buckets'
-/// legs that leave with them. A posting's legs never change once written, so the legs
-/// of a snapshot taken before the fence are those the fence would find.
-pub async fn split_on_source(source: &impl GenericClient, snapshot: &Snapshot) -> Result<u64, tokio_postgres::Error> {
-    let Some(entries) = snapshot.tables.iter().find(|(t, _)| t.name == "entries").map(|(_, rows)| Json(rows)) else {
-        return Ok(0);
+/// The legs the source gets on its `resharding` account for the split postings of
+/// `snapshot` (its entries as `read` gave them), one per posting, standing for the
+/// buckets' legs that leave with it; computed before the fence, written inside it
+/// (`write_split_legs`). A posting's legs never change once written, so the legs of a
+/// snapshot taken before the fence are those the fence would find. Also makes sure the
+/// source has its `resharding` accounts (harmless before the switch: they hold nothing).
+pub async fn split_legs(source: &impl GenericClient, snapshot: &Snapshot) -> Result<SplitLegs, tokio_postgres::Error> {
+    let Some(entries) = snapshot.tables.iter().find(|(t, _)| t.name == "entries").map(|(_, rows)| rows) else {
+        return Ok(SplitLegs::default());
     };
+    if entries.as_array().is_none_or(|a| a.is_empty()) {
+        return Ok(SplitLegs::default());
+    }
+    let entries = Json(entries);
     source
         .execute(
             "INSERT INTO accounts (system_name, currency)
@@ -335,25 +360,58 @@ pub async fn split_on_source(source: &impl GenericClient, snapshot: &Snapshot) -
             &[&entries],
         )
         .await?;
-    source
-        .execute(
+    let row = source
+        .query_one(
             "WITH x AS (
                  SELECT x.*, bool_and(x.moving OR (x.system_name IS NOT NULL AND x.system_name <> 'resharding'))
                         OVER (PARTITION BY x.posting_id) AS whole
                  FROM jsonb_to_recordset($1) AS x(entry_id uuid, posting_id uuid, amount numeric,
                       created_at timestamptz, system_name text, currency text, moving boolean, epoch bigint))
-             INSERT INTO entries (entry_id, posting_id, account_id, amount, created_at)
-             SELECT resharding_leg_id(min(x.entry_id::text)::uuid, max(x.epoch)), x.posting_id, a.account_id,
-                    sum(x.amount), min(x.created_at)
-             FROM x JOIN accounts a ON a.system_name = 'resharding' AND a.currency = x.currency
-             WHERE x.moving AND NOT x.whole
-             GROUP BY x.posting_id, a.account_id
-             HAVING sum(x.amount) <> 0
-             ON CONFLICT (entry_id) DO NOTHING",
+             SELECT coalesce(jsonb_agg(jsonb_build_object('entry_id', l.entry_id, 'posting_id', l.posting_id,
+                        'currency', l.currency, 'amount', l.amount, 'created_at', l.created_at)), '[]')
+             FROM (SELECT resharding_leg_id(min(x.entry_id::text)::uuid, max(x.epoch)) AS entry_id, x.posting_id,
+                          x.currency, sum(x.amount) AS amount, min(x.created_at) AS created_at
+                   FROM x WHERE x.moving AND NOT x.whole
+                   GROUP BY x.posting_id, x.currency
+                   HAVING sum(x.amount) <> 0) l",
             &[&entries],
+        )
+        .await?;
+    Ok(SplitLegs(row.get(0)))
+}
+
+/// The source's `resharding` legs of a batch's split postings (see `split_legs`).
+#[derive(Default)]
+pub struct SplitLegs(serde_json::Value);
+
+/// On the source, in the fence: writes the legs `split_legs` computed (a leg already
+/// there, from an interrupted run or an overlapping delta, is kept).
+pub async fn write_split_legs(source: &impl GenericClient, legs: &SplitLegs) -> Result<u64, tokio_postgres::Error> {
+    if legs.0.as_array().is_none_or(|a| a.is_empty()) {
+        return Ok(0);
+    }
+    source
+        .execute(
+            "INSERT INTO entries (entry_id, posting_id, account_id, amount, created_at)
+             SELECT l.entry_id, l.posting_id, a.account_id, l.amount, l.created_at
+             FROM jsonb_to_recordset($1) AS l(entry_id uuid, posting_id uuid, currency text, amount numeric,
+                  created_at timestamptz)
+             JOIN accounts a ON a.system_name = 'resharding' AND a.currency = l.currency
+             ORDER BY l.created_at, l.entry_id
+             ON CONFLICT (entry_id) DO NOTHING",
+            &[&Json(&legs.0)],
         )
         .await
 }
+
+/// The target's tables a copy writes, for `ANALYZE`.
+pub const WRITTEN_TABLES: &str = "users, accounts, postings, entries, transfers, holds, incoming_transfers, \
+     tcc_barriers, idempotency_keys, payments, payment_holds, payment_events";
+
+/// For the mover's transactions: the planner's default cost of a random page read
+/// (4, for spinning disks) makes it scan whole tables for a few users' rows; a bucket's
+/// rows are found by index. Set per transaction.
+pub const PLANNER: &str = "SET LOCAL random_page_cost = 1.1";
 
 /// What both sides must agree on before the switch: row counts per table, each wallet's
 /// balance and held, and digests of the entries, transfers and payments. The same SQL
@@ -364,21 +422,24 @@ pub async fn digest(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<
         .query_one(
             "WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)),
                   w AS (SELECT a.* FROM accounts a JOIN u USING (user_id)),
-                  t AS (SELECT * FROM transfers
-                        WHERE from_user IN (SELECT user_id FROM u) OR (to_user IN (SELECT user_id FROM u) AND route = 'local')),
+                  t AS (SELECT t1.* FROM transfers t1 JOIN u ON u.user_id = t1.from_user
+                        UNION ALL
+                        SELECT t2.* FROM transfers t2 JOIN u ON u.user_id = t2.to_user
+                        WHERE t2.route = 'local' AND t2.from_user NOT IN (SELECT user_id FROM u)),
                   i AS (SELECT * FROM incoming_transfers WHERE to_user IN (SELECT user_id FROM u)),
                   p AS (SELECT * FROM payments WHERE user_id IN (SELECT user_id FROM u))
              SELECT ARRAY[
                  (SELECT count(*) FROM u)::text,
                  (SELECT md5(coalesce(string_agg(user_id || ' ' || currency || ' ' || balance || ' ' || held, ',' ORDER BY user_id, currency), '')) FROM w),
                  (SELECT count(*) || ' ' || md5(coalesce(string_agg(e.entry_id || ' ' || e.amount || ' ' || coalesce(e.balance_after::text, '-'), ',' ORDER BY e.entry_id), ''))
-                    FROM entries e JOIN w USING (account_id)),
+                    FROM w, LATERAL (SELECT * FROM entries e WHERE e.account_id = w.account_id OFFSET 0) e),
                  (SELECT count(*) || ' ' || md5(coalesce(string_agg(transfer_id || ' ' || state || ' ' || amount, ',' ORDER BY transfer_id), '')) FROM t),
                  (SELECT count(*) || ' ' || md5(coalesce(string_agg(h.transfer_id || ' ' || h.amount || ' ' || coalesce(h.released_by, '-'), ',' ORDER BY h.transfer_id), ''))
                     FROM holds h JOIN w USING (account_id)),
                  (SELECT count(*) || ' ' || md5(coalesce(string_agg(transfer_id || ' ' || state, ',' ORDER BY transfer_id), '')) FROM i),
                  (SELECT count(*) FROM tcc_barriers WHERE transfer_id IN (SELECT transfer_id FROM i))::text,
-                 (SELECT count(*) FROM idempotency_keys k WHERE k.bucket = ANY($1) OR (k.bucket IS NULL AND k.caller IN (SELECT user_id FROM u)))::text,
+                 ((SELECT count(*) FROM idempotency_keys k WHERE k.bucket = ANY($1))
+                  + (SELECT count(*) FROM idempotency_keys k JOIN u ON u.user_id = k.caller WHERE k.bucket IS NULL))::text,
                  (SELECT count(*) || ' ' || md5(coalesce(string_agg(payment_id || ' ' || state || ' ' || amount, ',' ORDER BY payment_id), '')) FROM p),
                  (SELECT count(*) FROM payment_holds h JOIN w USING (account_id))::text,
                  (SELECT count(*) FROM payment_events WHERE payment_id IN (SELECT payment_id FROM p))::text]",
@@ -406,11 +467,9 @@ pub const DIGEST_PARTS: [&str; 11] = [
 /// Postings of the bucket that do not sum to zero (none may, after a write).
 pub async fn unbalanced(client: &impl GenericClient, buckets: &[u32]) -> Result<i64, tokio_postgres::Error> {
     let bucket = as_param(buckets);
-    let sql = of_users!(concat!(
-        "SELECT count(*) FROM (SELECT posting_id FROM entries WHERE posting_id IN (",
-        postings_of_bucket!(),
-        ") GROUP BY posting_id HAVING sum(amount) <> 0) x"
-    ));
+    let sql = of_postings!(
+        "SELECT count(*) FROM bp WHERE (SELECT sum(amount) FROM entries x WHERE x.posting_id = bp.posting_id) <> 0"
+    );
     Ok(client.query_one(sql, &[&bucket]).await?.get(0))
 }
 

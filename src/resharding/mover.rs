@@ -14,7 +14,10 @@ use super::{
     copy,
     moves::{self, MoveState, Step},
 };
-use crate::sharding::{ownership::Claim, Router, Shard};
+use crate::sharding::{
+    ownership::{Claim, SWITCH_LOCK},
+    Router, Shard,
+};
 
 /// One mover at a time in a cluster: it holds this advisory lock on the map's first shard.
 const MOVER_LOCK: i64 = 0x5357_4d4f_5645_5221;
@@ -147,9 +150,10 @@ pub async fn move_buckets(router: &Router, buckets: &[u32], target: &str, batch:
     let started = Instant::now();
     let progress = Progress::new(buckets.len());
     let mut report = Report::default();
+    let mut stats = TargetStats::default();
     let result = async {
         for chunk in buckets.chunks(batch.max(1)) {
-            let done = move_batch(router, &target, chunk).await.with_context(|| {
+            let done = move_batch(router, &lock_client, &target, chunk, &mut stats).await.with_context(|| {
                 format!("moving buckets {}..={} to {}", chunk[0], chunk[chunk.len() - 1], target.name)
             })?;
             report.elapsed = started.elapsed();
@@ -163,11 +167,43 @@ pub async fn move_buckets(router: &Router, buckets: &[u32], target: &str, batch:
     }
     .await;
     progress.bar.finish_and_clear();
+    // Closing the session releases the lock too, but only once the server has seen it
+    // close: a next run started at once (the move back of `bench --mode reshard`) would
+    // find it still held.
+    let unlocked = lock_client.execute("SELECT pg_advisory_unlock($1)", &[&MOVER_LOCK]).await;
     drop(lock_client);
     result?;
+    unlocked?;
     report.elapsed = started.elapsed();
     router.refresh().await;
     Ok(report)
+}
+
+/// Keeps the target's planner statistics current while copies grow its tables: a
+/// bucket's rows are found by index only while the planner knows the tables are large,
+/// and autovacuum's ANALYZE comes late (a fence planned on an empty table's statistics
+/// took 1.8 s instead of 0.1). Analyzed after the run's first copy, then whenever the
+/// rows written since reach a tenth of the target's entries.
+#[derive(Default)]
+struct TargetStats {
+    analyzed: bool,
+    written: u64,
+}
+
+impl TargetStats {
+    async fn after_copy(&mut self, target: &Shard, rows: u64) -> anyhow::Result<()> {
+        self.written += rows;
+        let client = target.client().await?;
+        let entries: f32 =
+            client.query_one("SELECT reltuples FROM pg_class WHERE oid = 'entries'::regclass", &[]).await?.get(0);
+        let threshold = (f64::from(entries.max(0.0)) / 10.0).max(2000.0);
+        if self.analyzed && (self.written as f64) < threshold {
+            return Ok(());
+        }
+        client.batch_execute(&format!("ANALYZE {}", copy::WRITTEN_TABLES)).await?;
+        (self.analyzed, self.written) = (true, 0);
+        Ok(())
+    }
 }
 
 /// What one batch did.
@@ -182,7 +218,13 @@ struct Batch {
 /// Drives a batch of buckets to `target`: each bucket's step comes from what the shards
 /// record (`moves::next`), and the buckets at the same step on the same source take it
 /// together (the fence: one transaction on each side for all of them).
-async fn move_batch(router: &Router, target: &Arc<Shard>, buckets: &[u32]) -> anyhow::Result<Batch> {
+async fn move_batch(
+    router: &Router,
+    lock: &tokio_postgres::Client,
+    target: &Arc<Shard>,
+    buckets: &[u32],
+    stats: &mut TargetStats,
+) -> anyhow::Result<Batch> {
     let mut done = Batch::default();
     let mut moving: Vec<u32> = Vec::new();
     for _ in 0..FENCE_ATTEMPTS + 4 {
@@ -220,9 +262,8 @@ async fn move_batch(router: &Router, target: &Arc<Shard>, buckets: &[u32]) -> an
                     None => fence.push((source.clone(), vec![bucket])),
                 },
                 Step::FinishSwitch { epoch } => {
-                    failpoint("source-switched");
-                    finish_switch(target, bucket, epoch).await?;
-                    failpoint("switched");
+                    // A run that stopped between the switch's two commits.
+                    finish_switch(target, &[bucket as i32], epoch).await?;
                     pending = true;
                 }
                 Step::Done => mark_switched(target, bucket).await?,
@@ -231,7 +272,14 @@ async fn move_batch(router: &Router, target: &Arc<Shard>, buckets: &[u32]) -> an
         }
         for (source, list) in &fence {
             pending = true;
-            match fenced_copy(router, source, target, list).await? {
+            // No switch while an audit runs (see SWITCH_LOCK); taken before the fence,
+            // so a fence never waits for an audit.
+            lock.execute("SELECT pg_advisory_lock($1)", &[&SWITCH_LOCK]).await?;
+            let fenced = fenced_copy(router, source, target, list, stats).await;
+            let unlocked = lock.execute("SELECT pg_advisory_unlock($1)", &[&SWITCH_LOCK]).await;
+            let fenced = fenced?;
+            unlocked?;
+            match fenced {
                 Some((rows, took)) => {
                     done.rows += rows;
                     done.fences.push(took);
@@ -344,6 +392,7 @@ async fn fenced_copy(
     source: &Shard,
     target: &Shard,
     buckets: &[u32],
+    stats: &mut TargetStats,
 ) -> anyhow::Result<Option<(u64, Duration)>> {
     let epoch = newest_epoch(router).await? + 1;
     let list: Vec<i32> = buckets.iter().map(|&b| b as i32).collect();
@@ -357,6 +406,7 @@ async fn fenced_copy(
             .read_only(true)
             .start()
             .await?;
+        snapshot.batch_execute(copy::PLANNER).await?;
         let since = copy::changed_since(&snapshot).await?;
         let rows = copy::read(&snapshot, buckets, None).await?;
         snapshot.rollback().await?;
@@ -364,11 +414,15 @@ async fn fenced_copy(
         let ttx = target_client.transaction().await?;
         copy::write(&ttx, &rows).await?;
         ttx.commit().await?;
+        stats.after_copy(target, rows.rows).await?;
         (since, rows)
     };
+    // The source's stand-ins for the split postings of that copy, computed now; the
+    // fence only writes them.
+    let precopied_legs = copy::split_legs(&source.client().await?, &precopied).await?;
     let mut source_client = source.client().await?;
     let stx = source_client.transaction().await?;
-    stx.batch_execute(&format!("SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'")).await?;
+    stx.batch_execute(&format!("SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'; {}", copy::PLANNER)).await?;
     let locked =
         stx.query("SELECT state FROM bucket_owners WHERE bucket = ANY($1) ORDER BY bucket FOR UPDATE", &[&list]).await;
     let rows = match locked {
@@ -393,6 +447,7 @@ async fn fenced_copy(
     let digested = fence_began.elapsed();
     let mut target_client = target.client().await?;
     let ttx = target_client.transaction().await?;
+    ttx.batch_execute(copy::PLANNER).await?;
     let mut copied_rows = precopied.rows + copy::write(&ttx, &delta).await?;
     let mut full = None;
     let mut unbalanced = copy::unbalanced(&ttx, buckets).await?;
@@ -435,8 +490,11 @@ async fn fenced_copy(
     failpoint("copied");
     let committed = fence_began.elapsed();
     match &full {
-        Some(rows) => copy::split_on_source(&stx, rows).await?,
-        None => copy::split_on_source(&stx, &precopied).await? + copy::split_on_source(&stx, &delta).await?,
+        Some(rows) => copy::write_split_legs(&stx, &copy::split_legs(&stx, rows).await?).await?,
+        None => {
+            copy::write_split_legs(&stx, &precopied_legs).await?
+                + copy::write_split_legs(&stx, &copy::split_legs(&stx, &delta).await?).await?
+        }
     };
     tracing::debug!(?committed, split = ?fence_began.elapsed(), "fence phases, target side");
     stx.execute(
@@ -445,6 +503,11 @@ async fn fenced_copy(
     )
     .await?;
     stx.commit().await?;
+    failpoint("source-switched");
+    // Until the target takes the buckets, their requests are answered `bucket_moving`:
+    // the fence lasts until then.
+    finish_switch(target, &list, epoch).await?;
+    failpoint("switched");
     let took = fence_began.elapsed();
     crate::telemetry::metrics::reshard_fence(took);
     record_fence(target, &list, took).await?;
@@ -488,22 +551,22 @@ async fn outbox_drained(stx: &impl GenericClient) -> anyhow::Result<bool> {
     }
 }
 
-/// switched (target side): the target takes the bucket at the epoch the source recorded.
-async fn finish_switch(target: &Shard, bucket: u32, epoch: i64) -> anyhow::Result<()> {
-    let client = target.client().await?;
-    client
-        .execute(
-            "UPDATE bucket_owners SET state = 'owned', owner = $2, epoch = $3, changed_at = now()
-             WHERE bucket = $1 AND state = 'incoming'",
-            &[&(bucket as i32), &target.name, &epoch],
-        )
-        .await?;
-    client
-        .execute(
-            "UPDATE bucket_moves SET state = 'switched', switched_at = now(), epoch = $2 WHERE bucket = $1",
-            &[&(bucket as i32), &epoch],
-        )
-        .await?;
+/// switched (target side): the target takes the buckets at the epoch the source recorded.
+async fn finish_switch(target: &Shard, list: &[i32], epoch: i64) -> anyhow::Result<()> {
+    let mut client = target.client().await?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "UPDATE bucket_owners SET state = 'owned', owner = $2, epoch = $3, changed_at = now()
+         WHERE bucket = ANY($1) AND state = 'incoming'",
+        &[&list, &target.name, &epoch],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE bucket_moves SET state = 'switched', switched_at = now(), epoch = $2 WHERE bucket = ANY($1)",
+        &[&list, &epoch],
+    )
+    .await?;
+    tx.commit().await?;
     Ok(())
 }
 

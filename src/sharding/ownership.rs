@@ -13,6 +13,12 @@ use deadpool_postgres::GenericClient;
 
 use super::Error;
 
+/// Held (session advisory lock, on the map's first shard) exclusively by the mover from
+/// before a fence until both sides of its switch have committed, and shared by
+/// `verify` for its whole run: no bucket changes owner while an audit reads the shards
+/// one after the other, so it counts every bucket once.
+pub const SWITCH_LOCK: i64 = 0x5357_5357_4954_4348;
+
 /// What a shard says about one bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {

@@ -303,10 +303,33 @@ async fn a_rebalance_onto_an_added_shard_leaves_every_shard_an_equal_share_and_e
     let layout = router.layout();
     let plan = resharding::mover::rebalance_plan(layout.map.owners(), layout.map.shards().len());
     assert_eq!(plan.len(), 4096);
+    // Audits while the buckets move: each counts every wallet once (12 users, plus the
+    // shards' system accounts, which are not wallets) and finds nothing wrong.
+    let moving = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let audits = tokio::spawn({
+        let (settings, moving) = (app.settings.clone(), moving.clone());
+        async move {
+            let router = startup::current_router(&settings).await.expect("router");
+            let mut seen = Vec::new();
+            while moving.load(std::sync::atomic::Ordering::Relaxed) {
+                router.refresh().await;
+                let audit = verify::run(&router).await.expect("verify during the rebalance");
+                let wallets: i64 = audit.shards.iter().map(|s| s.wallets).sum();
+                seen.push((audit.ok, wallets, audit.to_string()));
+            }
+            seen
+        }
+    });
     let report =
         resharding::mover::move_buckets(&router, &plan.iter().map(|(b, _, _)| *b).collect::<Vec<_>>(), "shard-4", 256)
             .await
             .expect("rebalance");
+    moving.store(false, std::sync::atomic::Ordering::Relaxed);
+    let seen = audits.await.expect("audits");
+    assert!(!seen.is_empty(), "an audit ran during the rebalance");
+    for (ok, wallets, text) in &seen {
+        assert!(*ok && *wallets == 12, "an audit during the rebalance counted {wallets} wallets:\n{text}");
+    }
     assert_eq!(report.moved, 4096, "{report}");
     let (p50, p99, max) = report.fence_quantiles().expect("fences");
     println!("rebalance: {report}; fence p50 {p50:?} p99 {p99:?} max {max:?}");
@@ -390,6 +413,8 @@ async fn the_mover_crashed_at_each_point_of_a_move_is_finished_by_the_next_run()
             StatusCode::CREATED
         );
         let bucket = router.bucket_of_user(&UserId::parse(&user).expect("id"));
+        let wallets = |audit: &verify::Report| audit.shards.iter().map(|s| s.wallets).sum::<i64>();
+        let before = wallets(&verify::run(&router).await.expect("verify"));
         let crashed = mover(&bucket.to_string(), Some(point));
         assert!(!crashed.success(), "the mover stopped at {point}");
         let owners: i64 = {
@@ -417,6 +442,7 @@ async fn the_mover_crashed_at_each_point_of_a_move_is_finished_by_the_next_run()
         assert!(owners <= 1, "after a crash at {point} the bucket has {owners} owners");
         let audit = verify::run(&router).await.expect("verify");
         assert!(audit.ok, "verify after a crash at {point}:\n{audit}");
+        assert_eq!(wallets(&audit), before, "after a crash at {point} every wallet is counted once:\n{audit}");
         // A write for the user goes through at once or after the re-run, never twice.
         let app2 = app.clone();
         let (user2, stays2) = (user.clone(), stays.clone());

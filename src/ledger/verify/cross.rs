@@ -98,12 +98,16 @@ struct Credit {
 /// The receiver credits of every shard (of `only` these transfers when given), each
 /// shard read by one statement, so in one snapshot.
 #[tracing::instrument(skip_all)]
-async fn read_credits(router: &Router, only: Option<&[Uuid]>) -> Result<HashMap<Uuid, Vec<Credit>>> {
+async fn read_credits(
+    router: &Router,
+    switching: &super::Switching,
+    only: Option<&[Uuid]>,
+) -> Result<HashMap<Uuid, Vec<Credit>>> {
     let mut credits: HashMap<Uuid, Vec<Credit>> = HashMap::new();
     for shard in router.shards() {
         let mut client = shard.client().await?;
         let tx = client.transaction().await?;
-        super::owned_only(&tx).await?;
+        super::owned_only(&tx, switching.of(&shard.name)).await?;
         let rows = tx
             .query(
                 "SELECT p.reference, i.from_user, a.user_id, a.currency, e.amount::text
@@ -131,12 +135,16 @@ async fn read_credits(router: &Router, only: Option<&[Uuid]>) -> Result<HashMap<
 
 /// The sender transfers with these ids, in any state and on any shard.
 #[tracing::instrument(skip_all)]
-async fn read_senders(router: &Router, ids: &[Uuid]) -> Result<HashMap<Uuid, (Debit, String)>> {
+async fn read_senders(
+    router: &Router,
+    switching: &super::Switching,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, (Debit, String)>> {
     let mut found = HashMap::new();
     for shard in router.shards() {
         let mut client = shard.client().await?;
         let tx = client.transaction().await?;
-        super::owned_only(&tx).await?;
+        super::owned_only(&tx, switching.of(&shard.name)).await?;
         let rows = tx
             .query(
                 "SELECT transfer_id, state, from_user, to_user, currency, amount::text, route FROM transfers
@@ -198,11 +206,11 @@ fn join(senders: &Senders, credits: &HashMap<Uuid, Vec<Credit>>) -> Joined {
 
 /// Joins the senders read in every shard's snapshot with the credits read after them.
 #[tracing::instrument(skip_all)]
-pub async fn audit(router: &Router, senders: Senders) -> Result<CrossShardReport> {
-    let credits = read_credits(router, None).await?;
+pub async fn audit(router: &Router, senders: Senders, switching: &super::Switching) -> Result<CrossShardReport> {
+    let credits = read_credits(router, switching, None).await?;
     let Joined { mut problems, without_sender, without_credit, in_flight } = join(&senders, &credits);
     if !without_sender.is_empty() {
-        let found = read_senders(router, &without_sender).await?;
+        let found = read_senders(router, switching, &without_sender).await?;
         for id in &without_sender {
             for credit in &credits[id] {
                 let credited = format!(
@@ -221,7 +229,7 @@ pub async fn audit(router: &Router, senders: Senders) -> Result<CrossShardReport
         }
     }
     if !without_credit.is_empty() {
-        let found = read_credits(router, Some(&without_credit)).await?;
+        let found = read_credits(router, switching, Some(&without_credit)).await?;
         for id in &without_credit {
             let debit = &senders.debited[id];
             match found.get(id) {
