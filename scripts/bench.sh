@@ -11,7 +11,7 @@
 # Environment: SERVICE_URL (default http://127.0.0.1:8080), READY_TIMEOUT (seconds, 90),
 #              SHARDWALLET_BIN (default target/release/shardwallet),
 #              BENCH_JSON (default .local/bench.json), BENCH_RESHARD (1: also run the
-#              reshard phase; 0: skip it), BENCH_RESHARD_ARGS (default "--reshard-batch 16").
+#              reshard phase; 0: skip it), BENCH_RESHARD_ARGS (default "--reshard-batch 16 --reshard-buckets 512").
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -21,7 +21,7 @@ cd "$REPO_ROOT"
 BIN=$SHARDWALLET_BIN
 SERVE_LOG="$LOG_DIR/bench-serve.log"
 BENCH_JSON=${BENCH_JSON:-$LOCAL_DIR/bench.json}
-BENCH_RESHARD_ARGS=${BENCH_RESHARD_ARGS:---reshard-batch 16}
+BENCH_RESHARD_ARGS=${BENCH_RESHARD_ARGS:---reshard-batch 16 --reshard-buckets 512}
 SERVER_PID=""
 
 [[ -x $BIN ]] || die "$BIN not found; run 'make build' first"

@@ -111,6 +111,10 @@ pub struct BenchArgs {
     /// `--mode reshard`: buckets per fence.
     #[arg(long, default_value_t = crate::resharding::mover::BATCH)]
     pub reshard_batch: usize,
+    /// `--mode reshard`: move only the first N buckets of the rebalance plan (0: all of
+    /// it), so that a pass stays short on a long history.
+    #[arg(long, default_value_t = 0)]
+    pub reshard_buckets: usize,
     /// Also write the figures as JSON to this file.
     #[arg(long, overrides_with = "json")]
     pub json: Option<PathBuf>,

@@ -103,8 +103,11 @@ async fn pass(
     let layout = router.layout();
     let shards: Vec<String> = layout.map.shards().iter().map(|s| s.name.clone()).collect();
     let plan = mover::rebalance_plan(layout.map.owners(), shards.len());
-    let onto: Vec<u32> =
+    let mut onto: Vec<u32> =
         plan.iter().filter(|(_, _, to)| shards[*to] == args.reshard_shard).map(|(b, _, _)| *b).collect();
+    if args.reshard_buckets > 0 {
+        onto.truncate(args.reshard_buckets);
+    }
     record(moves, mover::move_buckets(router, &onto, &args.reshard_shard, args.reshard_batch).await?);
     cleanup::run(router, Duration::ZERO).await?;
     for (index, name) in names.iter().enumerate() {

@@ -15,7 +15,7 @@ use super::{
     moves::{self, MoveState, Step},
 };
 use crate::sharding::{
-    ownership::{Claim, SWITCH_LOCK},
+    ownership::{Claim, BUCKET_LOCKS, SWITCH_LOCK},
     Router, Shard,
 };
 
@@ -423,8 +423,21 @@ async fn fenced_copy(
     let mut source_client = source.client().await?;
     let stx = source_client.transaction().await?;
     stx.batch_execute(&format!("SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'; {}", copy::PLANNER)).await?;
-    let locked =
-        stx.query("SELECT state FROM bucket_owners WHERE bucket = ANY($1) ORDER BY bucket FOR UPDATE", &[&list]).await;
+    // The buckets' locks (writes in flight hold them shared, `ownership::check_write`),
+    // in bucket order, then their rows (background scans skip locked rows).
+    let locked = match stx
+        .execute(
+            "SELECT pg_advisory_xact_lock($2, b) FROM (SELECT b FROM unnest($1::int[]) AS b ORDER BY b) s",
+            &[&list, &BUCKET_LOCKS],
+        )
+        .await
+    {
+        Ok(_) => {
+            stx.query("SELECT state FROM bucket_owners WHERE bucket = ANY($1) ORDER BY bucket FOR UPDATE", &[&list])
+                .await
+        }
+        Err(e) => Err(e),
+    };
     let rows = match locked {
         Ok(rows) => rows,
         Err(e) if crate::storage::is_lock_timeout(&e) => return Ok(None),

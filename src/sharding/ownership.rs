@@ -2,9 +2,10 @@
 //! and the recorded map the router refreshes from.
 //!
 //! Each shard keeps `bucket_owners` (V7): a row per bucket it owns ('owned'), is being
-//! given ('incoming'), or gave away ('moved', naming the new owner). A write takes a KEY
-//! SHARE lock on its bucket's row inside its own transaction and must find it 'owned';
-//! a move's fence holds the row FOR UPDATE while it copies the last rows and flips it to
+//! given ('incoming'), or gave away ('moved', naming the new owner). A write takes its
+//! bucket's advisory lock in shared mode inside its own transaction and must then find
+//! the row 'owned'; a move's fence holds that lock exclusively (and the row FOR UPDATE,
+//! which background scans skip) while it copies the last rows and flips the row to
 //! 'moved' in the same transaction. A write therefore either commits before the fence
 //! (and is copied by it) or sees the flip and fails, whatever map its instance holds.
 use std::collections::BTreeMap;
@@ -46,10 +47,15 @@ impl Claim {
     }
 }
 
-/// Fails unless the shard owns `bucket` now; holds the bucket's row in KEY SHARE mode
-/// until the transaction ends, so a fence cannot begin under a write in flight.
+/// The advisory-lock key space of buckets (`claim_bucket`, V10): a fence takes
+/// `pg_advisory_xact_lock(BUCKET_LOCKS, bucket)`, a write the shared one.
+pub const BUCKET_LOCKS: i32 = 1_398_227_540;
+
+/// Fails unless the shard owns `bucket` now; holds the bucket's advisory lock in shared
+/// mode until the transaction ends (`claim_bucket`, V10), so a fence cannot begin under a
+/// write in flight, and a write that waited for a fence reads the switched row.
 pub async fn check_write(client: &impl GenericClient, bucket: u32) -> Result<(), Error> {
-    check(client, bucket, "SELECT state, owner, epoch FROM bucket_owners WHERE bucket = $1 FOR KEY SHARE").await
+    check(client, bucket, "SELECT state, owner, epoch FROM claim_bucket($1)").await
 }
 
 /// Fails unless the shard owns `bucket` now (no lock). Reads made afterwards on the same

@@ -113,13 +113,21 @@ async fn a_write_waiting_on_a_fence_lands_on_the_new_owner_and_the_retry_is_not_
     app.funded_user(&alice, "EUR", "100").await;
     let bucket = bucket_of(&app, &alice);
 
-    // A fence on shard-1: the bucket's row held FOR UPDATE.
+    // A fence on shard-1, as the mover takes it: the bucket's lock held exclusively and
+    // its row FOR UPDATE.
     let mut fence_db = app.shard_db(0).await;
     let fence = fence_db.transaction().await.expect("begin");
     fence
-        .query_one("SELECT state FROM bucket_owners WHERE bucket = $1 FOR UPDATE", &[&(bucket as i32)])
+        .execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&shardwallet::sharding::ownership::BUCKET_LOCKS, &(bucket as i32)],
+        )
         .await
         .expect("lock");
+    fence
+        .query_one("SELECT state FROM bucket_owners WHERE bucket = $1 FOR UPDATE", &[&(bucket as i32)])
+        .await
+        .expect("row");
 
     // Concurrent deposits for alice wait on the fence.
     let admin = app.admin();
