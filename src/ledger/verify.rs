@@ -19,7 +19,8 @@ use serde::Serialize;
 use super::{accounts::parse_numeric, Result};
 use crate::{
     domain::transfer_state::{state_sql, states_sql},
-    sharding::Router,
+    sharding::{ownership::SWITCH_LOCK, Router},
+    storage,
 };
 
 // The OpenAPI schemas (`AuditReport`, `ShardAudit`, `TransitAudit`) are derived on
@@ -329,15 +330,7 @@ pub async fn run(router: &Router) -> Result<Report> {
         return Err(super::Error::Invariant("the shard map has no shard".into()));
     };
     let lock = deadpool_postgres::Object::take(first.client().await?);
-    lock.execute("SELECT pg_advisory_lock_shared($1)", &[&crate::sharding::ownership::SWITCH_LOCK]).await?;
-    let report = audit(router).await;
-    // Released at once rather than when the server notices the session closed.
-    let unlocked =
-        lock.execute("SELECT pg_advisory_unlock_shared($1)", &[&crate::sharding::ownership::SWITCH_LOCK]).await;
-    drop(lock);
-    let report = report?;
-    unlocked?;
-    Ok(report)
+    storage::holding(&lock, SWITCH_LOCK, storage::LockMode::Shared, audit(router)).await
 }
 
 async fn audit(router: &Router) -> Result<Report> {

@@ -274,12 +274,8 @@ async fn move_batch(
             pending = true;
             // No switch while an audit runs (see SWITCH_LOCK); taken before the fence,
             // so a fence never waits for an audit.
-            lock.execute("SELECT pg_advisory_lock($1)", &[&SWITCH_LOCK]).await?;
-            let fenced = fenced_copy(router, source, target, list, stats).await;
-            let unlocked = lock.execute("SELECT pg_advisory_unlock($1)", &[&SWITCH_LOCK]).await;
-            let fenced = fenced?;
-            unlocked?;
-            match fenced {
+            let fenced = fenced_copy(router, source, target, list, stats);
+            match crate::storage::holding(lock, SWITCH_LOCK, crate::storage::LockMode::Exclusive, fenced).await? {
                 Some((rows, took)) => {
                     done.rows += rows;
                     done.fences.push(took);
@@ -425,19 +421,15 @@ async fn fenced_copy(
     stx.batch_execute(&format!("SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'; {}", copy::PLANNER)).await?;
     // The buckets' locks (writes in flight hold them shared, `ownership::check_write`),
     // in bucket order, then their rows (background scans skip locked rows).
-    let locked = match stx
-        .execute(
+    let locked = async {
+        stx.execute(
             "SELECT pg_advisory_xact_lock($2, b) FROM (SELECT b FROM unnest($1::int[]) AS b ORDER BY b) s",
             &[&list, &BUCKET_LOCKS],
         )
-        .await
-    {
-        Ok(_) => {
-            stx.query("SELECT state FROM bucket_owners WHERE bucket = ANY($1) ORDER BY bucket FOR UPDATE", &[&list])
-                .await
-        }
-        Err(e) => Err(e),
-    };
+        .await?;
+        stx.query("SELECT state FROM bucket_owners WHERE bucket = ANY($1) ORDER BY bucket FOR UPDATE", &[&list]).await
+    }
+    .await;
     let rows = match locked {
         Ok(rows) => rows,
         Err(e) if crate::storage::is_lock_timeout(&e) => return Ok(None),

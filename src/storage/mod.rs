@@ -6,6 +6,33 @@ pub mod migrate;
 
 pub use cached::Cached;
 
+/// How `holding` takes a session advisory lock.
+#[derive(Debug, Clone, Copy)]
+pub enum LockMode {
+    Exclusive,
+    Shared,
+}
+
+/// Runs `work` while this session holds the advisory lock `key` (waiting for it), then
+/// releases it, whatever `work` returned; `work`'s error comes first, then the unlock's.
+pub async fn holding<T, E: From<tokio_postgres::Error>>(
+    session: &tokio_postgres::Client,
+    key: i64,
+    mode: LockMode,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let (lock, unlock) = match mode {
+        LockMode::Exclusive => ("SELECT pg_advisory_lock($1)", "SELECT pg_advisory_unlock($1)"),
+        LockMode::Shared => ("SELECT pg_advisory_lock_shared($1)", "SELECT pg_advisory_unlock_shared($1)"),
+    };
+    session.execute(lock, &[&key]).await?;
+    let value = work.await;
+    let unlocked = session.execute(unlock, &[&key]).await;
+    let value = value?;
+    unlocked?;
+    Ok(value)
+}
+
 /// SQLSTATE of a failed statement, if it came from the server.
 pub fn sqlstate(err: &tokio_postgres::Error) -> Option<&str> {
     err.code().map(|c| c.code())

@@ -58,6 +58,15 @@ async fn drop_database(url: &str) {
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.expect("drop shard-4");
 }
 
+/// 1 when the shard behind `client` says it owns `bucket`, else 0.
+async fn owns(client: &tokio_postgres::Client, bucket: u32) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM bucket_owners WHERE bucket = $1 AND state = 'owned'", &[&(bucket as i32)])
+        .await
+        .expect("bucket_owners")
+        .get(0)
+}
+
 async fn entries(app: &TestApp, user: &str) -> Vec<Value> {
     let r = app.get(&format!("/v1/users/{user}/wallets/EUR/entries?limit=100"), &app.admin()).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -417,28 +426,7 @@ async fn the_mover_crashed_at_each_point_of_a_move_is_finished_by_the_next_run()
         let before = wallets(&verify::run(&router).await.expect("verify"));
         let crashed = mover(&bucket.to_string(), Some(point));
         assert!(!crashed.success(), "the mover stopped at {point}");
-        let owners: i64 = {
-            let four: i64 = connect(&url)
-                .await
-                .query_one(
-                    "SELECT count(*) FROM bucket_owners WHERE bucket = $1 AND state = 'owned'",
-                    &[&(bucket as i32)],
-                )
-                .await
-                .expect("four")
-                .get(0);
-            let one: i64 = app
-                .shard_db(0)
-                .await
-                .query_one(
-                    "SELECT count(*) FROM bucket_owners WHERE bucket = $1 AND state = 'owned'",
-                    &[&(bucket as i32)],
-                )
-                .await
-                .expect("one")
-                .get(0);
-            four + one
-        };
+        let owners = owns(&connect(&url).await, bucket).await + owns(&app.shard_db(0).await, bucket).await;
         assert!(owners <= 1, "after a crash at {point} the bucket has {owners} owners");
         let audit = verify::run(&router).await.expect("verify");
         assert!(audit.ok, "verify after a crash at {point}:\n{audit}");
@@ -456,12 +444,7 @@ async fn the_mover_crashed_at_each_point_of_a_move_is_finished_by_the_next_run()
         if let Some(id) = transfer["transfer_id"].as_str() {
             assert_eq!(app.wait_final(id, Duration::from_secs(30)).await["status"], "completed", "{point}");
         }
-        let four = connect(&url).await;
-        let owned: i64 = four
-            .query_one("SELECT count(*) FROM bucket_owners WHERE bucket = $1 AND state = 'owned'", &[&(bucket as i32)])
-            .await
-            .expect("owned")
-            .get(0);
+        let owned = owns(&connect(&url).await, bucket).await;
         assert_eq!(owned, 1, "after the re-run the new shard owns the bucket ({point})");
         assert_eq!(app.balance(&user, "EUR").await, "85", "{point}");
         let audit = verify::run(&router).await.expect("verify");
