@@ -59,28 +59,34 @@ impl PageQuery {
     }
 }
 
-/// The user a path names, once the caller may see that user's data, with a connection
-/// to the user's shard; `must_exist` answers 404 `user_not_found` for an unknown user
-/// (lists, where an empty page would hide a typo).
-pub async fn visible_user(
-    state: &super::AppState,
+/// The user a path names, once the caller may see that user's data, and the bucket
+/// that routes it.
+pub fn visible_user(
+    router: &crate::sharding::Router,
     caller: &crate::domain::Caller,
     user_id: &str,
-    must_exist: bool,
-) -> Result<(UserId, deadpool_postgres::Object), ApiError> {
+) -> Result<(UserId, u32), ApiError> {
     let user = self::user_id(user_id)?;
     super::auth::require_self_or_admin(caller, &user)?;
-    let client = owner_client(&state.router, state.router.bucket_of_user(&user)).await?;
-    if must_exist && !crate::ledger::accounts::user_exists(&client, &user).await? {
-        return Err(crate::ledger::Error::UserNotFound.into());
+    let bucket = router.bucket_of_user(&user);
+    Ok((user, bucket))
+}
+
+/// 404 `user_not_found` for an unknown user (lists, where an empty page would hide a
+/// typo); run inside the read, so it sees the same snapshot.
+pub async fn require_user(client: &impl deadpool_postgres::GenericClient, user: &UserId) -> Result<(), ApiError> {
+    if crate::ledger::accounts::user_exists(client, user).await? {
+        Ok(())
+    } else {
+        Err(crate::ledger::Error::UserNotFound.into())
     }
-    Ok((user, client))
 }
 
 /// A connection to the shard that owns `bucket`, once that shard confirms it owns it
-/// (refreshing the map once when it says the bucket moved). Reads made on it afterwards
-/// see the owner's data: a source's copy is deleted only a grace period after its
-/// bucket moved (see docs/ARCHITECTURE.md "Resharding").
+/// (refreshing the map once when it says the bucket moved). For a lookup of one
+/// statement whose stale answer is harmless (an idempotency key's stored response is
+/// never changed, and a key not found there goes on to a write, which checks again);
+/// other reads use `owner_read`.
 pub async fn owner_client(
     router: &crate::sharding::Router,
     bucket: u32,
@@ -90,6 +96,35 @@ pub async fn owner_client(
             let client = shard.client().await?;
             shard.check_read(&client, bucket).await?;
             Ok::<_, ApiError>(client)
+        })
+        .await
+}
+
+/// Runs the read `op` on the owner of `bucket` in one `REPEATABLE READ READ ONLY`
+/// transaction whose first statement finds the bucket owned: every row `op` reads comes
+/// from the snapshot that saw the shard own it, so the copy a move leaves behind on its
+/// source is never served as current (retried once on the new owner when it moved).
+pub async fn owner_read<T>(
+    router: &crate::sharding::Router,
+    bucket: u32,
+    op: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    use crate::sharding::Attempt;
+    router
+        .with_owner(bucket, op, |shard, op| async move {
+            let mut client = shard.client().await?;
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            if let Some(moved) = shard.not_serving(&tx, bucket).await? {
+                return Ok(Attempt::Moved(op, moved));
+            }
+            let value = op(&tx).await?;
+            tx.commit().await?;
+            Ok::<_, ApiError>(Attempt::Done(value))
         })
         .await
 }

@@ -190,8 +190,9 @@ pub async fn get(
     Path(payment_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (id, bucket) = extract::routed(&state.router, &payment_id, ApiError::payment_not_found)?;
-    let client = extract::owner_client(&state.router, bucket).await?;
-    let payment = store::get(&client, id.uuid()).await?.ok_or_else(ApiError::payment_not_found)?;
+    let payment = extract::owner_read(&state.router, bucket, async |tx| Ok(store::get(tx, id.uuid()).await?))
+        .await?
+        .ok_or_else(ApiError::payment_not_found)?;
     if !(caller.is_admin() || caller.subject == payment.view.user_id) {
         return Err(ApiError::forbidden("this payment is not yours"));
     }
@@ -215,8 +216,12 @@ pub async fn list_for_user(
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     let (limit, cursor) = (page.limit()?, page.cursor::<uuid::Uuid>()?);
-    let (user, client) = extract::visible_user(&state, &caller, &user_id, true).await?;
-    let (data, next) = store::list(&client, &user, limit, cursor).await?;
+    let (user, bucket) = extract::visible_user(&state.router, &caller, &user_id)?;
+    let (data, next) = extract::owner_read(&state.router, bucket, async |tx| {
+        extract::require_user(tx, &user).await?;
+        Ok(store::list(tx, &user, limit, cursor).await?)
+    })
+    .await?;
     Ok(Json(PaymentPage { data, next_cursor: next }).into_response())
 }
 

@@ -150,8 +150,8 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found("transfer_not_found", "transfer not found");
     let (id, bucket) = extract::routed(&state.router, &transfer_id, not_found)?;
-    let client = extract::owner_client(&state.router, bucket).await?;
-    let view = queries::get_transfer(&client, id.uuid()).await?;
+    let view =
+        extract::owner_read(&state.router, bucket, async |tx| Ok(queries::get_transfer(tx, id.uuid()).await?)).await?;
     if !(caller.is_admin() || caller.subject == view.from_user_id || caller.subject == view.to_user_id) {
         return Err(ApiError::forbidden("you are not a party to this transfer"));
     }
@@ -174,8 +174,12 @@ pub async fn list_for_user(
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     let (limit, cursor) = (page.limit()?, page.cursor::<uuid::Uuid>()?);
-    let (user, client) = extract::visible_user(&state, &caller, &user_id, true).await?;
-    let (data, next) = queries::user_transfers(&client, &user, limit, cursor).await?;
+    let (user, bucket) = extract::visible_user(&state.router, &caller, &user_id)?;
+    let (data, next) = extract::owner_read(&state.router, bucket, async |tx| {
+        extract::require_user(tx, &user).await?;
+        Ok(queries::user_transfers(tx, &user, limit, cursor).await?)
+    })
+    .await?;
     Ok(Json(TransferPage { data, next_cursor: next }).into_response())
 }
 

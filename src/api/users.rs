@@ -81,9 +81,11 @@ pub async fn get_user(
     caller: Caller,
     Path(user_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (user, client) = extract::visible_user(&state, &caller, &user_id, false).await?;
-    let (view, wallets) =
-        futures::try_join!(accounts::get_user(&client, &user), queries::list_wallets(&client, &user))?;
+    let (user, bucket) = extract::visible_user(&state.router, &caller, &user_id)?;
+    let (view, wallets) = extract::owner_read(&state.router, bucket, async |tx| {
+        Ok(futures::try_join!(accounts::get_user(tx, &user), queries::list_wallets(tx, &user))?)
+    })
+    .await?;
     Ok(Json(UserWithWallets { user_id: view.user_id, created_at: view.created_at, wallets }).into_response())
 }
 
@@ -132,8 +134,13 @@ pub async fn list_wallets(
     caller: Caller,
     Path(user_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (user, client) = extract::visible_user(&state, &caller, &user_id, true).await?;
-    Ok(Json(WalletList { data: queries::list_wallets(&client, &user).await? }).into_response())
+    let (user, bucket) = extract::visible_user(&state.router, &caller, &user_id)?;
+    let data = extract::owner_read(&state.router, bucket, async |tx| {
+        extract::require_user(tx, &user).await?;
+        Ok(queries::list_wallets(tx, &user).await?)
+    })
+    .await?;
+    Ok(Json(WalletList { data }).into_response())
 }
 
 /// One wallet: balance, held and available.
@@ -151,8 +158,11 @@ pub async fn get_wallet(
     Path((user_id, currency)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let currency = extract::currency(&currency)?;
-    let (user, client) = extract::visible_user(&state, &caller, &user_id, false).await?;
-    Ok(Json(queries::get_wallet(&client, &user, &currency).await?).into_response())
+    let (user, bucket) = extract::visible_user(&state.router, &caller, &user_id)?;
+    let view =
+        extract::owner_read(&state.router, bucket, async |tx| Ok(queries::get_wallet(tx, &user, &currency).await?))
+            .await?;
+    Ok(Json(view).into_response())
 }
 
 /// A wallet's ledger entries, newest first.
@@ -173,8 +183,11 @@ pub async fn entries(
     let currency = extract::currency(&currency)?;
     let limit = page.limit()?;
     let cursor = page.cursor::<i64>()?;
-    let (user, client) = extract::visible_user(&state, &caller, &user_id, false).await?;
-    let (data, next) = queries::entries_page(&client, &user, &currency, limit, cursor).await?;
+    let (user, bucket) = extract::visible_user(&state.router, &caller, &user_id)?;
+    let (data, next) = extract::owner_read(&state.router, bucket, async |tx| {
+        Ok(queries::entries_page(tx, &user, &currency, limit, cursor).await?)
+    })
+    .await?;
     Ok(Json(EntryPage { data, next_cursor: next.map(|n| n.to_string()) }).into_response())
 }
 

@@ -239,13 +239,19 @@ pub async fn read(
     since: Option<i64>,
 ) -> Result<Snapshot, tokio_postgres::Error> {
     let bucket = as_param(buckets);
+    let sqls: Vec<String> = TABLES.iter().map(|table| with_changed(table.read, since.is_some())).collect();
+    // One statement per table, pipelined: one round trip for all (the fence waits for
+    // each round trip, and under load a round trip is a scheduling delay).
+    let statements = futures::future::try_join_all(sqls.iter().map(|sql| source.prepare(sql))).await?;
+    let results = futures::future::try_join_all(statements.iter().map(|statement| async {
+        match since {
+            Some(since) => source.query_one(statement, &[&bucket, &since]).await,
+            None => source.query_one(statement, &[&bucket]).await,
+        }
+    }))
+    .await?;
     let mut snapshot = Snapshot::default();
-    for table in TABLES {
-        let sql = with_changed(table.read, since.is_some());
-        let row = match since {
-            Some(since) => source.query_one(&sql, &[&bucket, &since]).await?,
-            None => source.query_one(&sql, &[&bucket]).await?,
-        };
+    for (table, row) in TABLES.iter().zip(results) {
         let rows: serde_json::Value = row.get(0);
         snapshot.rows += rows.as_array().map_or(0, |a| a.len() as u64);
         snapshot.tables.push((table, rows));
@@ -291,51 +297,71 @@ fn with_changed(sql: &str, delta: bool) -> String {
 }
 
 /// Writes the snapshot on the target, over whatever an earlier, interrupted run left
-/// (every write is an upsert). Returns the rows sent.
+/// (every write is an upsert). Returns the rows sent. The statements are prepared
+/// together, then sent together in table order (tokio-postgres runs pipelined requests
+/// in the order they are first polled): two round trips in all.
 pub async fn write(target: &impl GenericClient, snapshot: &Snapshot) -> Result<u64, tokio_postgres::Error> {
-    for (table, rows) in &snapshot.tables {
-        if rows.as_array().is_some_and(|a| a.is_empty()) {
-            continue;
-        }
-        let rows = Json(rows);
+    let tables: Vec<&(&'static Table, serde_json::Value)> =
+        snapshot.tables.iter().filter(|(_, rows)| !rows.as_array().is_some_and(|a| a.is_empty())).collect();
+    if tables.is_empty() {
+        return Ok(snapshot.rows);
+    }
+    let replaced: Vec<&str> =
+        tables.iter().filter(|(t, _)| matches!(t.write, Write::Replace(_))).map(|(t, _)| t.name).collect();
+    let columns = if replaced.is_empty() { Default::default() } else { columns(target, &replaced).await? };
+    let mut sqls: Vec<(String, &serde_json::Value)> = Vec::new();
+    for (table, rows) in tables {
         match &table.write {
-            Write::Keep(key) => {
-                let sql = format!(
+            Write::Keep(key) => sqls.push((
+                format!(
                     "INSERT INTO {0} SELECT * FROM jsonb_populate_recordset(NULL::{0}, $1) ON CONFLICT ({key}) DO NOTHING",
                     table.name
-                );
-                target.execute(&sql, &[&rows]).await?;
-            }
+                ),
+                rows,
+            )),
             Write::Replace(key) => {
-                let columns = columns(target, table.name).await?;
-                let sql = format!(
-                    "INSERT INTO {0} SELECT * FROM jsonb_populate_recordset(NULL::{0}, $1)
-                     ON CONFLICT ({key}) DO UPDATE SET ({cols}) = ROW({excluded})",
-                    table.name,
-                    cols = columns.join(", "),
-                    excluded = columns.iter().map(|c| format!("EXCLUDED.{c}")).collect::<Vec<_>>().join(", "),
-                );
-                target.execute(&sql, &[&rows]).await?;
+                let columns = columns.get(table.name).map(Vec::as_slice).unwrap_or_default();
+                sqls.push((
+                    format!(
+                        "INSERT INTO {0} SELECT * FROM jsonb_populate_recordset(NULL::{0}, $1)
+                         ON CONFLICT ({key}) DO UPDATE SET ({cols}) = ROW({excluded})",
+                        table.name,
+                        cols = columns.join(", "),
+                        excluded = columns.iter().map(|c| format!("EXCLUDED.{c}")).collect::<Vec<_>>().join(", "),
+                    ),
+                    rows,
+                ))
             }
-            Write::Sql(sql) => {
-                for statement in sql.split(";\n") {
-                    target.execute(statement, &[&rows]).await?;
-                }
-            }
+            Write::Sql(sql) => sqls.extend(sql.split(";\n").map(|statement| (statement.to_string(), rows))),
         }
     }
+    let statements = futures::future::try_join_all(sqls.iter().map(|(sql, _)| target.prepare(sql))).await?;
+    futures::future::try_join_all(
+        statements
+            .iter()
+            .zip(&sqls)
+            .map(|(statement, (_, rows))| async move { target.execute(statement, &[&Json(*rows)]).await }),
+    )
+    .await?;
     Ok(snapshot.rows)
 }
 
-async fn columns(client: &impl GenericClient, table: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+/// The columns of `tables` in order, by table name.
+async fn columns(
+    client: &impl GenericClient,
+    tables: &[&str],
+) -> Result<std::collections::HashMap<String, Vec<String>>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT column_name::text FROM information_schema.columns
-             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
-            &[&table],
+            "SELECT c.relname::text, array_agg(a.attname::text ORDER BY a.attnum)
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+             WHERE c.relname = ANY($1) AND c.relnamespace = current_schema()::regnamespace
+               AND a.attnum > 0 AND NOT a.attisdropped
+             GROUP BY c.relname",
+            &[&tables],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// The legs the source gets on its `resharding` account for the split postings of

@@ -416,6 +416,10 @@ async fn fenced_copy(
     // The source's stand-ins for the split postings of that copy, computed now; the
     // fence only writes them.
     let precopied_legs = copy::split_legs(&source.client().await?, &precopied).await?;
+    // The target's transaction begins before the fence: the fence only writes in it.
+    let mut target_client = target.client().await?;
+    let ttx = target_client.transaction().await?;
+    ttx.batch_execute(copy::PLANNER).await?;
     let mut source_client = source.client().await?;
     let stx = source_client.transaction().await?;
     stx.batch_execute(&format!("SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'; {}", copy::PLANNER)).await?;
@@ -448,15 +452,18 @@ async fn fenced_copy(
     let drained = fence_began.elapsed();
     let delta = copy::read(&stx, buckets, Some(since)).await?;
     let read = fence_began.elapsed();
-    let expected = copy::digest(&stx, buckets).await?;
+    // The source's digest and the delta's stand-in legs while the target writes and
+    // digests its copy: two servers at work at once.
+    let target_side = async {
+        let rows = copy::write(&ttx, &delta).await?;
+        let (unbalanced, copied) = tokio::try_join!(copy::unbalanced(&ttx, buckets), copy::digest(&ttx, buckets))?;
+        Ok::<_, tokio_postgres::Error>((rows, unbalanced, copied))
+    };
+    let (expected, delta_legs, (delta_rows, mut unbalanced, mut copied)) =
+        tokio::try_join!(copy::digest(&stx, buckets), copy::split_legs(&stx, &delta), target_side)?;
     let digested = fence_began.elapsed();
-    let mut target_client = target.client().await?;
-    let ttx = target_client.transaction().await?;
-    ttx.batch_execute(copy::PLANNER).await?;
-    let mut copied_rows = precopied.rows + copy::write(&ttx, &delta).await?;
+    let mut copied_rows = precopied.rows + delta_rows;
     let mut full = None;
-    let mut unbalanced = copy::unbalanced(&ttx, buckets).await?;
-    let mut copied = copy::digest(&ttx, buckets).await?;
     if unbalanced > 0 || copied != expected {
         // Something the delta cannot carry (a row deleted on the source since the copy,
         // say, by pruning): replace the target's provisional copy with a full one.
@@ -494,20 +501,27 @@ async fn fenced_copy(
     ttx.commit().await?;
     failpoint("copied");
     let committed = fence_began.elapsed();
+    let flip_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&list, &target.name, &epoch];
+    let flip = stx.execute(
+        "UPDATE bucket_owners SET state = 'moved', owner = $2, epoch = $3, changed_at = now() WHERE bucket = ANY($1)",
+        &flip_params,
+    );
+    // Independent writes, sent together.
     match &full {
-        Some(rows) => copy::write_split_legs(&stx, &copy::split_legs(&stx, rows).await?).await?,
+        Some(rows) => {
+            let legs = copy::split_legs(&stx, rows).await?;
+            tokio::try_join!(copy::write_split_legs(&stx, &legs), flip)?;
+        }
         None => {
-            copy::write_split_legs(&stx, &precopied_legs).await?
-                + copy::write_split_legs(&stx, &copy::split_legs(&stx, &delta).await?).await?
+            tokio::try_join!(
+                copy::write_split_legs(&stx, &precopied_legs),
+                copy::write_split_legs(&stx, &delta_legs),
+                flip
+            )?;
         }
     };
-    tracing::debug!(?committed, split = ?fence_began.elapsed(), "fence phases, target side");
-    stx.execute(
-        "UPDATE bucket_owners SET state = 'moved', owner = $2, epoch = $3, changed_at = now() WHERE bucket = ANY($1)",
-        &[&list, &target.name, &epoch],
-    )
-    .await?;
     stx.commit().await?;
+    tracing::debug!(?committed, source_committed = ?fence_began.elapsed(), "fence phases, source side");
     failpoint("source-switched");
     // Until the target takes the buckets, their requests are answered `bucket_moving`:
     // the fence lasts until then.
@@ -537,6 +551,9 @@ async fn outbox_drained(stx: &impl GenericClient) -> anyhow::Result<bool> {
         )
         .await?;
     let (stages, payments): (i64, i64) = (marks.get(0), marks.get(1));
+    if stages == 0 && payments == 0 {
+        return Ok(true);
+    }
     let deadline = Instant::now() + OUTBOX_DRAIN;
     loop {
         let pending: bool = stx
@@ -560,17 +577,20 @@ async fn outbox_drained(stx: &impl GenericClient) -> anyhow::Result<bool> {
 async fn finish_switch(target: &Shard, list: &[i32], epoch: i64) -> anyhow::Result<()> {
     let mut client = target.client().await?;
     let tx = client.transaction().await?;
-    tx.execute(
-        "UPDATE bucket_owners SET state = 'owned', owner = $2, epoch = $3, changed_at = now()
-         WHERE bucket = ANY($1) AND state = 'incoming'",
-        &[&list, &target.name, &epoch],
-    )
-    .await?;
-    tx.execute(
-        "UPDATE bucket_moves SET state = 'switched', switched_at = now(), epoch = $2 WHERE bucket = ANY($1)",
-        &[&list, &epoch],
-    )
-    .await?;
+    // Both in one round trip: requests for the buckets wait for this commit.
+    let owner_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&list, &target.name, &epoch];
+    let move_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&list, &epoch];
+    tokio::try_join!(
+        tx.execute(
+            "UPDATE bucket_owners SET state = 'owned', owner = $2, epoch = $3, changed_at = now()
+             WHERE bucket = ANY($1) AND state = 'incoming'",
+            &owner_params,
+        ),
+        tx.execute(
+            "UPDATE bucket_moves SET state = 'switched', switched_at = now(), epoch = $2 WHERE bucket = ANY($1)",
+            &move_params,
+        )
+    )?;
     tx.commit().await?;
     Ok(())
 }

@@ -104,7 +104,22 @@ impl Shard {
         }
     }
 
-    /// Fails unless this shard owns `bucket` now; run after a read, on the same client.
+    /// `check_read` for a read that hands itself back when the bucket moved
+    /// (`Router::with_owner`): `Ok(Some(why))` when this shard does not serve it.
+    pub async fn not_serving(
+        &self,
+        tx: &impl deadpool_postgres::GenericClient,
+        bucket: u32,
+    ) -> Result<Option<Error>, Error> {
+        match self.check_read(tx, bucket).await {
+            Ok(()) => Ok(None),
+            Err(moved) if moved.is_moved() => Ok(Some(moved)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fails unless this shard owns `bucket` now (no lock); reads in the same snapshot
+    /// read the owner's data.
     pub async fn check_read(&self, client: &impl deadpool_postgres::GenericClient, bucket: u32) -> Result<(), Error> {
         ownership::check_read(client, bucket).await
     }
