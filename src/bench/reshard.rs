@@ -25,6 +25,7 @@ struct Moves {
     buckets: usize,
     rows: u64,
     fences: Vec<Duration>,
+    full_copies: usize,
     moving: Duration,
     passes: usize,
 }
@@ -124,6 +125,7 @@ fn record(moves: &mut Moves, report: mover::Report) {
     moves.buckets += report.moved;
     moves.rows += report.rows;
     moves.fences.extend(report.fences);
+    moves.full_copies += report.full_copies;
 }
 
 async fn load_window(
@@ -154,13 +156,14 @@ fn print_summary(before: &Window, during: &Window, moves: &Moves, settled: &comp
     let cancelled: u64 = settled.cancelled.values().sum();
     println!("\n== reshard ==");
     println!(
-        "moves: {} pass(es), {} bucket moves, {} rows copied in {:.1} s ({:.0} rows/s), {} fences",
+        "moves: {} pass(es), {} bucket moves, {} rows copied in {:.1} s ({:.0} rows/s), {} fences ({} copied in full)",
         moves.passes,
         moves.buckets,
         moves.rows,
         moves.moving.as_secs_f64(),
         moves.rows as f64 / moves.moving.as_secs_f64().max(0.001),
-        moves.fences.len()
+        moves.fences.len(),
+        moves.full_copies
     );
     println!(
         "fence: p50 {:.0} ms, p99 {fence_p99:.0} ms, max {:.0} ms (goal p99 <= 250 ms: {})",

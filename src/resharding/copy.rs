@@ -58,7 +58,7 @@ macro_rules! of_postings {
     ($($sql:tt)+) => {
         of_users!(
             ", bp AS MATERIALIZED (SELECT DISTINCT e.posting_id FROM accounts a JOIN u USING (user_id),
-                 LATERAL (SELECT posting_id FROM entries e WHERE e.account_id = a.account_id OFFSET 0) e) ",
+                 LATERAL (SELECT posting_id FROM entries e WHERE e.account_id = a.account_id/*after-floor*/ OFFSET 0) e) ",
             $($sql)+
         )
     };
@@ -230,13 +230,12 @@ static TABLES: &[Table] = &[
 ];
 
 /// Reads every row of `buckets` on the source (`since: None`), or only the rows written
-/// since a snapshot whose oldest running transaction was `since` (see `changed_since`):
-/// a superset of what changed after that snapshot. Run inside the fence, after the
+/// since the snapshot `since` describes: a superset of what changed after it. Run inside the fence, after the
 /// buckets' rows are locked: every write to them has committed, and none can begin.
 pub async fn read(
     source: &impl GenericClient,
     buckets: &[u32],
-    since: Option<i64>,
+    since: Option<&Since>,
 ) -> Result<Snapshot, tokio_postgres::Error> {
     let bucket = as_param(buckets);
     let sqls: Vec<String> = TABLES.iter().map(|table| with_changed(table.read, since.is_some())).collect();
@@ -244,10 +243,12 @@ pub async fn read(
     // each round trip, and under load a round trip is a scheduling delay).
     let statements = futures::future::try_join_all(sqls.iter().map(|sql| source.prepare(sql))).await?;
     let results = futures::future::try_join_all(statements.iter().map(|statement| async {
-        match since {
-            Some(since) => source.query_one(statement, &[&bucket, &since]).await,
-            None => source.query_one(statement, &[&bucket]).await,
-        }
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = match since {
+            Some(since) => [&bucket, &since.xid, &since.floors],
+            None => [&bucket, &0i64, &since_none()],
+        };
+        // Each read names only the parameters it uses.
+        source.query_one(statement, &params[..statement.params().len()]).await
     }))
     .await?;
     let mut snapshot = Snapshot::default();
@@ -259,14 +260,41 @@ pub async fn read(
     Ok(snapshot)
 }
 
-/// The oldest transaction still running in this transaction's snapshot (as the 32-bit
-/// xid that rows carry in `xmin`): a row with an older `xmin` was written before the
-/// snapshot and is in it; one written after has a newer `xmin` (an update writes a new
-/// row version).
-pub async fn changed_since(snapshot_tx: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
-    let row =
-        snapshot_tx.query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint % 4294967296", &[]).await?;
-    Ok(row.get(0))
+/// What a catch-up needs of the snapshot the copy was read in (`since`).
+pub struct Since {
+    /// The oldest transaction still running in the snapshot (as the 32-bit xid that
+    /// rows carry in `xmin`): a row with an older `xmin` was written before the
+    /// snapshot and is in it; one written after has a newer `xmin` (an update writes a
+    /// new row version).
+    xid: i64,
+    /// Each of the buckets' wallets' newest entry (`seq`) in the snapshot, by account id.
+    /// A wallet's entries are written under its row lock (a posting updates the balance
+    /// of every wallet it has a leg on, in the statement that inserts the legs), so an
+    /// entry the snapshot did not see has a higher `seq` than every entry it saw on that
+    /// wallet: the catch-up finds the new postings by index from there, instead of
+    /// looking at every posting of the buckets. (Were that ever not so, the fence's
+    /// digests would differ and the fence would copy in full.)
+    floors: Json<serde_json::Value>,
+}
+
+fn since_none() -> Json<serde_json::Value> {
+    Json(serde_json::Value::Null)
+}
+
+/// `Since` of a snapshot transaction, for the buckets' rows it read.
+pub async fn since(snapshot_tx: &impl GenericClient, buckets: &[u32]) -> Result<Since, tokio_postgres::Error> {
+    let row = snapshot_tx
+        .query_one(
+            of_users!(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint % 4294967296,
+                        (SELECT coalesce(jsonb_object_agg(a.account_id::text,
+                                    (SELECT max(e.seq) FROM entries e WHERE e.account_id = a.account_id)), '{}')
+                         FROM accounts a JOIN u USING (user_id))"
+            ),
+            &[&as_param(buckets)],
+        )
+        .await?;
+    Ok(Since { xid: row.get(0), floors: Json(row.get(1)) })
 }
 
 /// Fills the `/*changed:ALIAS*/` marks of a read: nothing (every row), or a condition on
@@ -284,8 +312,9 @@ fn with_changed(sql: &str, delta: bool) -> String {
             changed("p")
         );
         out = out.replace("/*changed-posting*/", &posting);
+        out = out.replace("/*after-floor*/", " AND e.seq > coalesce(($3::jsonb ->> a.account_id::text)::bigint, 0)");
     } else {
-        out = out.replace("/*changed-posting*/", "");
+        out = out.replace("/*changed-posting*/", "").replace("/*after-floor*/", "");
     }
     while let Some(start) = out.find("/*changed:") {
         let end = out[start..].find("*/").map_or(out.len(), |e| start + e + 2);
@@ -440,8 +469,9 @@ pub const WRITTEN_TABLES: &str = "users, accounts, postings, entries, transfers,
 pub const PLANNER: &str = "SET LOCAL random_page_cost = 1.1";
 
 /// What both sides must agree on before the switch: row counts per table, each wallet's
-/// balance and held, and digests of the entries, transfers and payments. The same SQL
-/// runs on source and target.
+/// balance and held, and digests of the entries, transfers and payments. A digest is the
+/// sum of a 64-bit hash of each row's fields: independent of order, so neither side
+/// sorts or builds a string of the whole history. The same SQL runs on source and target.
 pub async fn digest(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<String>, tokio_postgres::Error> {
     let bucket = as_param(buckets);
     let row = client
@@ -456,17 +486,17 @@ pub async fn digest(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<
                   p AS (SELECT * FROM payments WHERE user_id IN (SELECT user_id FROM u))
              SELECT ARRAY[
                  (SELECT count(*) FROM u)::text,
-                 (SELECT md5(coalesce(string_agg(user_id || ' ' || currency || ' ' || balance || ' ' || held, ',' ORDER BY user_id, currency), '')) FROM w),
-                 (SELECT count(*) || ' ' || md5(coalesce(string_agg(e.entry_id || ' ' || e.amount || ' ' || coalesce(e.balance_after::text, '-'), ',' ORDER BY e.entry_id), ''))
+                 (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(user_id || ' ' || currency || ' ' || balance || ' ' || held, 0)), 0) FROM w),
+                 (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(e.entry_id || ' ' || e.amount || ' ' || coalesce(e.balance_after::text, '-'), 0)), 0)
                     FROM w, LATERAL (SELECT * FROM entries e WHERE e.account_id = w.account_id OFFSET 0) e),
-                 (SELECT count(*) || ' ' || md5(coalesce(string_agg(transfer_id || ' ' || state || ' ' || amount, ',' ORDER BY transfer_id), '')) FROM t),
-                 (SELECT count(*) || ' ' || md5(coalesce(string_agg(h.transfer_id || ' ' || h.amount || ' ' || coalesce(h.released_by, '-'), ',' ORDER BY h.transfer_id), ''))
+                 (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(transfer_id || ' ' || state || ' ' || amount, 0)), 0) FROM t),
+                 (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(h.transfer_id || ' ' || h.amount || ' ' || coalesce(h.released_by, '-'), 0)), 0)
                     FROM holds h JOIN w USING (account_id)),
-                 (SELECT count(*) || ' ' || md5(coalesce(string_agg(transfer_id || ' ' || state, ',' ORDER BY transfer_id), '')) FROM i),
+                 (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(transfer_id || ' ' || state, 0)), 0) FROM i),
                  (SELECT count(*) FROM tcc_barriers WHERE transfer_id IN (SELECT transfer_id FROM i))::text,
                  ((SELECT count(*) FROM idempotency_keys k WHERE k.bucket = ANY($1))
                   + (SELECT count(*) FROM idempotency_keys k JOIN u ON u.user_id = k.caller WHERE k.bucket IS NULL))::text,
-                 (SELECT count(*) || ' ' || md5(coalesce(string_agg(payment_id || ' ' || state || ' ' || amount, ',' ORDER BY payment_id), '')) FROM p),
+                 (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(payment_id || ' ' || state || ' ' || amount, 0)), 0) FROM p),
                  (SELECT count(*) FROM payment_holds h JOIN w USING (account_id))::text,
                  (SELECT count(*) FROM payment_events WHERE payment_id IN (SELECT payment_id FROM p))::text]",
             &[&bucket],
@@ -497,6 +527,26 @@ pub async fn unbalanced(client: &impl GenericClient, buckets: &[u32]) -> Result<
         "SELECT count(*) FROM bp WHERE (SELECT sum(amount) FROM entries x WHERE x.posting_id = bp.posting_id) <> 0"
     );
     Ok(client.query_one(sql, &[&bucket]).await?.get(0))
+}
+
+/// `unbalanced` over the postings of `snapshot` only (a catch-up's): entries are
+/// append-only and a posting's legs are written together, so a copy found balanced
+/// before the fence stays so, and the fence checks only what it adds.
+pub async fn unbalanced_of(client: &impl GenericClient, snapshot: &Snapshot) -> Result<i64, tokio_postgres::Error> {
+    let Some(postings) = snapshot.tables.iter().find(|(t, _)| t.name == "postings").map(|(_, rows)| rows) else {
+        return Ok(0);
+    };
+    if postings.as_array().is_none_or(|a| a.is_empty()) {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM jsonb_to_recordset($1) AS p(posting_id uuid)
+             WHERE (SELECT sum(amount) FROM entries x WHERE x.posting_id = p.posting_id) <> 0",
+            &[&Json(postings)],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 fn as_param(buckets: &[u32]) -> Vec<i32> {

@@ -47,6 +47,9 @@ pub struct Report {
     pub already_there: usize,
     pub rows: u64,
     pub fences: Vec<Duration>,
+    /// Fences whose catch-up did not reproduce the source (digests differed) and that
+    /// copied the buckets in full instead: correct, but as long as a first copy.
+    pub full_copies: usize,
     pub elapsed: Duration,
 }
 
@@ -78,6 +81,9 @@ impl std::fmt::Display for Report {
         )?;
         if let Some((p50, p99, max)) = self.fence_quantiles() {
             write!(f, "; fence p50 {} ms, p99 {} ms, max {} ms", p50.as_millis(), p99.as_millis(), max.as_millis())?;
+        }
+        if self.full_copies > 0 {
+            write!(f, "; {} fence(s) copied in full", self.full_copies)?;
         }
         Ok(())
     }
@@ -161,6 +167,7 @@ pub async fn move_buckets(router: &Router, buckets: &[u32], target: &str, batch:
             report.already_there += chunk.len() - done.moved;
             report.rows += done.rows;
             report.fences.extend(&done.fences);
+            report.full_copies += done.full_copies;
             progress.batch(chunk, &report, &done, &target.name);
         }
         anyhow::Ok(())
@@ -212,6 +219,7 @@ struct Batch {
     moved: usize,
     rows: u64,
     fences: Vec<Duration>,
+    full_copies: usize,
     sources: Vec<String>,
 }
 
@@ -276,8 +284,9 @@ async fn move_batch(
             // so a fence never waits for an audit.
             let fenced = fenced_copy(router, source, target, list, stats);
             match crate::storage::holding(lock, SWITCH_LOCK, crate::storage::LockMode::Exclusive, fenced).await? {
-                Some((rows, took)) => {
+                Some((rows, took, full)) => {
                     done.rows += rows;
+                    done.full_copies += usize::from(full);
                     done.fences.push(took);
                     if !done.sources.contains(&source.name) {
                         done.sources.push(source.name.clone());
@@ -381,20 +390,21 @@ async fn begin(router: &Router, source: &Shard, target: &Shard, bucket: u32) -> 
 }
 
 /// fenced → switched (source side): under the buckets' row locks on the source, copies
-/// them, compares, commits the copy on the target, then flips the source. `None` when
-/// the fence could not be taken now (writes or the outbox kept it busy).
+/// them, compares, commits the copy on the target, then flips the source: the rows
+/// copied, the fence's length and whether it had to copy in full. `None` when the fence
+/// could not be taken now (writes or the outbox kept it busy).
 async fn fenced_copy(
     router: &Router,
     source: &Shard,
     target: &Shard,
     buckets: &[u32],
     stats: &mut TargetStats,
-) -> anyhow::Result<Option<(u64, Duration)>> {
+) -> anyhow::Result<Option<(u64, Duration, bool)>> {
     let epoch = newest_epoch(router).await? + 1;
     let list: Vec<i32> = buckets.iter().map(|&b| b as i32).collect();
     // Copy while writes continue: one snapshot of the source, written to the target
     // (which holds the buckets as 'incoming'). The fence then takes only what changed.
-    let (since, precopied) = {
+    let (since, precopied, precopy_unbalanced) = {
         let mut client = source.client().await?;
         let snapshot = client
             .build_transaction()
@@ -403,15 +413,19 @@ async fn fenced_copy(
             .start()
             .await?;
         snapshot.batch_execute(copy::PLANNER).await?;
-        let since = copy::changed_since(&snapshot).await?;
+        let since = copy::since(&snapshot, buckets).await?;
         let rows = copy::read(&snapshot, buckets, None).await?;
         snapshot.rollback().await?;
         let mut target_client = target.client().await?;
         let ttx = target_client.transaction().await?;
+        ttx.batch_execute(copy::PLANNER).await?;
         copy::write(&ttx, &rows).await?;
+        // The copy's balance, checked before the fence (only the mover writes an
+        // incoming bucket on the target); the fence checks the postings its catch-up adds.
+        let unbalanced = copy::unbalanced(&ttx, buckets).await?;
         ttx.commit().await?;
         stats.after_copy(target, rows.rows).await?;
-        (since, rows)
+        (since, rows, unbalanced)
     };
     // The source's stand-ins for the split postings of that copy, computed now; the
     // fence only writes them.
@@ -450,18 +464,19 @@ async fn fenced_copy(
         return Ok(None);
     }
     let drained = fence_began.elapsed();
-    let delta = copy::read(&stx, buckets, Some(since)).await?;
+    let delta = copy::read(&stx, buckets, Some(&since)).await?;
     let read = fence_began.elapsed();
     // The source's digest and the delta's stand-in legs while the target writes and
     // digests its copy: two servers at work at once.
     let target_side = async {
         let rows = copy::write(&ttx, &delta).await?;
-        let (unbalanced, copied) = tokio::try_join!(copy::unbalanced(&ttx, buckets), copy::digest(&ttx, buckets))?;
+        let (unbalanced, copied) = tokio::try_join!(copy::unbalanced_of(&ttx, &delta), copy::digest(&ttx, buckets))?;
         Ok::<_, tokio_postgres::Error>((rows, unbalanced, copied))
     };
     let (expected, delta_legs, (delta_rows, mut unbalanced, mut copied)) =
         tokio::try_join!(copy::digest(&stx, buckets), copy::split_legs(&stx, &delta), target_side)?;
     let digested = fence_began.elapsed();
+    unbalanced += precopy_unbalanced;
     let mut copied_rows = precopied.rows + delta_rows;
     let mut full = None;
     if unbalanced > 0 || copied != expected {
@@ -530,7 +545,7 @@ async fn fenced_copy(
     let took = fence_began.elapsed();
     crate::telemetry::metrics::reshard_fence(took);
     record_fence(target, &list, took).await?;
-    Ok(Some((copied_rows, took)))
+    Ok(Some((copied_rows, took, full.is_some())))
 }
 
 async fn record_fence(target: &Shard, list: &[i32], took: Duration) -> anyhow::Result<()> {

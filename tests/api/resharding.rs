@@ -129,6 +129,9 @@ async fn a_user_with_history_moves_to_a_new_shard_under_load_and_nothing_is_lost
         resharding::mover::move_buckets(&router, &[bucket], "shard-4", resharding::mover::BATCH).await.expect("move");
     assert_eq!(report.moved, 1, "{report}");
     assert!(report.rows > 0);
+    // The catch-up under load reproduced the source: the fence did not fall back to a
+    // full copy.
+    assert_eq!(report.full_copies, 0, "{report}");
     let (_, p99, _) = report.fence_quantiles().expect("one fence");
     println!("move: {report} (fence p99 {} ms)", p99.as_millis());
 
