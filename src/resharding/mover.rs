@@ -459,22 +459,40 @@ async fn fenced_copy(
     let fence_began = Instant::now();
     failpoint("fenced");
     // Every write to the buckets has committed; what they put in the outboxes must be
-    // published before the buckets leave (outbox rows do not move).
-    if !outbox_drained(&stx).await? {
+    // published before the buckets leave (outbox rows do not move): waited for while
+    // the fence copies and compares, checked before anything commits.
+    let drain = async {
+        let drained = outbox_drained(&stx).await;
+        (drained, fence_began.elapsed())
+    };
+    let work = async {
+        let delta = copy::read(&stx, buckets, Some(&since)).await?;
+        let read = fence_began.elapsed();
+        // The source's digest and its stand-in legs (written now, in a savepoint, as
+        // the digest covers only the buckets' wallets) while the target writes and
+        // digests its copy: two servers at work at once.
+        let source_side = async {
+            let (expected, ()) = tokio::try_join!(copy::digest(&stx, buckets), stx.batch_execute("SAVEPOINT legs"))?;
+            let (_, delta_legs) =
+                tokio::try_join!(copy::write_split_legs(&stx, &precopied_legs), copy::split_legs(&stx, &delta))?;
+            copy::write_split_legs(&stx, &delta_legs).await?;
+            Ok::<_, tokio_postgres::Error>(expected)
+        };
+        let target_side = async {
+            let rows = copy::write(&ttx, &delta).await?;
+            let (unbalanced, copied) =
+                tokio::try_join!(copy::unbalanced_of(&ttx, &delta), copy::digest(&ttx, buckets))?;
+            Ok::<_, tokio_postgres::Error>((rows, unbalanced, copied))
+        };
+        let (expected, target) = tokio::try_join!(source_side, target_side)?;
+        Ok::<_, tokio_postgres::Error>((delta, read, expected, target))
+    };
+    let ((drained, drained_at), work) = tokio::join!(drain, work);
+    let (delta, read, expected, (delta_rows, mut unbalanced, mut copied)) = work?;
+    if !drained? {
         return Ok(None);
     }
-    let drained = fence_began.elapsed();
-    let delta = copy::read(&stx, buckets, Some(&since)).await?;
-    let read = fence_began.elapsed();
-    // The source's digest and the delta's stand-in legs while the target writes and
-    // digests its copy: two servers at work at once.
-    let target_side = async {
-        let rows = copy::write(&ttx, &delta).await?;
-        let (unbalanced, copied) = tokio::try_join!(copy::unbalanced_of(&ttx, &delta), copy::digest(&ttx, buckets))?;
-        Ok::<_, tokio_postgres::Error>((rows, unbalanced, copied))
-    };
-    let (expected, delta_legs, (delta_rows, mut unbalanced, mut copied)) =
-        tokio::try_join!(copy::digest(&stx, buckets), copy::split_legs(&stx, &delta), target_side)?;
+    let drained = drained_at;
     let digested = fence_began.elapsed();
     unbalanced += precopy_unbalanced;
     let mut copied_rows = precopied.rows + delta_rows;
@@ -483,6 +501,7 @@ async fn fenced_copy(
         // Something the delta cannot carry (a row deleted on the source since the copy,
         // say, by pruning): replace the target's provisional copy with a full one.
         tracing::warn!(?buckets, "the copy and its catch-up differ from the source; copying in full inside the fence");
+        stx.batch_execute("ROLLBACK TO SAVEPOINT legs").await?;
         super::cleanup::delete_rows(&ttx, &list).await?;
         let rows = copy::read(&stx, buckets, None).await?;
         copied_rows = copy::write(&ttx, &rows).await?;
@@ -521,18 +540,14 @@ async fn fenced_copy(
         "UPDATE bucket_owners SET state = 'moved', owner = $2, epoch = $3, changed_at = now() WHERE bucket = ANY($1)",
         &flip_params,
     );
-    // Independent writes, sent together.
+    // The stand-in legs of a full copy, and the flip, sent together.
     match &full {
         Some(rows) => {
             let legs = copy::split_legs(&stx, rows).await?;
             tokio::try_join!(copy::write_split_legs(&stx, &legs), flip)?;
         }
         None => {
-            tokio::try_join!(
-                copy::write_split_legs(&stx, &precopied_legs),
-                copy::write_split_legs(&stx, &delta_legs),
-                flip
-            )?;
+            flip.await?;
         }
     };
     stx.commit().await?;
