@@ -208,11 +208,14 @@ pub async fn reverse(tx: &Transaction<'_>, entry_id: &RoutableId) -> Result<Reve
         )
         .await?;
     // A posting split by a bucket move has legs on two shards; reversing it here would
-    // undo one side only.
+    // undo one side only. Split: a leg stands for legs that left (`resharding`), or a
+    // leg is a wallet's whose bucket left (until cleanup replaces it with a stand-in).
     let split = tx
         .cached_query_one(
             "SELECT EXISTS (SELECT 1 FROM entries e JOIN accounts a USING (account_id)
-                            WHERE e.posting_id = $1 AND a.system_name = 'resharding')",
+                                 LEFT JOIN users u ON u.user_id = a.user_id
+                                 LEFT JOIN bucket_owners o ON o.bucket = u.bucket
+                            WHERE e.posting_id = $1 AND (a.system_name = 'resharding' OR o.state = 'moved'))",
             &[&original],
         )
         .await?;

@@ -274,7 +274,8 @@ impl Switching {
 /// the shard owns: a bucket that moved away (its copy not yet cleaned up) is audited on
 /// its new owner alone, and one being received only on its source, so no bucket is
 /// audited twice or not at all. Postings whose every wallet leg left are left out; in
-/// a split posting the legs that left are, their `resharding` leg stands for them.
+/// a split posting the legs that left are, their `resharding` leg stands for them (the
+/// one cleanup will write, counted here until it has: `standins_pending`, V11).
 /// Temporary relations come first in the search path, so the checks' SQL is unchanged.
 pub(crate) async fn owned_only(tx: &deadpool_postgres::Transaction<'_>, switching: &[i32]) -> Result<()> {
     // Nothing to leave out on a shard that never gave nor is receiving a bucket.
@@ -308,7 +309,18 @@ pub(crate) async fn owned_only(tx: &deadpool_postgres::Transaction<'_>, switchin
              WHERE p.posting_id NOT IN (SELECT posting_id FROM pg_temp.left_postings);
          CREATE TEMP VIEW entries AS SELECT e.* FROM public.entries e
              WHERE e.account_id NOT IN (SELECT account_id FROM pg_temp.stale_accounts)
-               AND e.posting_id NOT IN (SELECT posting_id FROM pg_temp.left_postings);
+               AND e.posting_id NOT IN (SELECT posting_id FROM pg_temp.left_postings)
+             UNION ALL
+             SELECT -min(e.seq), resharding_leg_id(min(e.entry_id::text)::uuid, 0), e.posting_id, r.account_id,
+                    sum(e.amount), NULL::numeric, min(e.created_at)
+             FROM public.entries e JOIN public.accounts a ON a.account_id = e.account_id
+                  JOIN public.users u ON u.user_id = a.user_id
+                  JOIN public.bucket_owners o ON o.bucket = u.bucket AND o.state = 'moved' AND o.standins_pending
+                  JOIN public.accounts r ON r.system_name = 'resharding' AND r.currency = a.currency
+             WHERE e.account_id IN (SELECT account_id FROM pg_temp.stale_accounts)
+               AND e.posting_id NOT IN (SELECT posting_id FROM pg_temp.left_postings)
+             GROUP BY e.posting_id, r.account_id
+             HAVING sum(e.amount) <> 0;
          CREATE TEMP VIEW transfers AS SELECT t.* FROM public.transfers t
              WHERE id_bucket(t.transfer_id) IN COUNTED;
          CREATE TEMP VIEW holds AS SELECT h.* FROM public.holds h

@@ -136,9 +136,45 @@ async fn delete_leftovers(source: &crate::sharding::Shard, target: &str, buckets
     if moved.is_empty() {
         return Ok(0);
     }
+    write_standins(&tx, &moved).await?;
     let deleted = delete_rows(&tx, &moved).await?;
     tx.commit().await?;
     Ok(deleted)
+}
+
+/// Before the legs that left are deleted: one leg per split posting (one with a leg
+/// that stays: a wallet of another bucket, or a `resharding` leg) on the source's
+/// `resharding` account, summing the legs of `buckets`' wallets, so the posting still
+/// balances once they are gone. Only for buckets whose fence left this to cleanup
+/// (`standins_pending`, V11); the same split as the copy's (`copy.rs`). The ids are
+/// derived from the legs they stand for and the switch's epoch, negated: apart from the
+/// ids of the legs a target writes for a copy (the epoch the source got the bucket at,
+/// which for the bucket coming back here is this switch's), and the same on a re-run.
+async fn write_standins(tx: &deadpool_postgres::Transaction<'_>, buckets: &[i32]) -> anyhow::Result<()> {
+    tx.execute(
+        "WITH gone AS (
+             SELECT e.entry_id, e.posting_id, e.amount, e.created_at, a.currency, o.epoch
+             FROM bucket_owners o JOIN users u ON u.bucket = o.bucket
+                  JOIN accounts a ON a.user_id = u.user_id
+                  JOIN entries e ON e.account_id = a.account_id
+             WHERE o.bucket = ANY($1) AND o.standins_pending)
+         INSERT INTO entries (entry_id, posting_id, account_id, amount, created_at)
+         SELECT resharding_leg_id(min(g.entry_id::text)::uuid, -max(g.epoch)), g.posting_id, r.account_id,
+                sum(g.amount), min(g.created_at)
+         FROM gone g JOIN accounts r ON r.system_name = 'resharding' AND r.currency = g.currency
+         WHERE EXISTS (SELECT 1 FROM entries x JOIN accounts xa ON xa.account_id = x.account_id
+                                LEFT JOIN users xu ON xu.user_id = xa.user_id
+                       WHERE x.posting_id = g.posting_id
+                         AND (xa.system_name = 'resharding' OR (xa.user_id IS NOT NULL AND xu.bucket <> ALL($1))))
+         GROUP BY g.posting_id, r.account_id
+         HAVING sum(g.amount) <> 0
+         ORDER BY min(g.created_at)
+         ON CONFLICT (entry_id) DO NOTHING",
+        &[&buckets],
+    )
+    .await?;
+    tx.execute("UPDATE bucket_owners SET standins_pending = false WHERE bucket = ANY($1)", &[&buckets]).await?;
+    Ok(())
 }
 
 /// Deletes, inside `tx`, the rows of `buckets`' users that no user the shard still

@@ -14,8 +14,8 @@
 //! its legs, system legs landing on the target's accounts of the same name. It is
 //! *split* when it also has a leg elsewhere (a same-shard transfer with a user of
 //! another bucket): the target gets the bucket's legs plus one leg on its `resharding`
-//! account balancing them, and the source, in the fence, one leg on its own
-//! `resharding` account standing for the legs that left. Every shard's postings still
+//! account balancing them, and the source, when cleanup deletes the legs that left, one
+//! leg on its own `resharding` account standing for them (`cleanup::write_standins`). Every shard's postings still
 //! sum to zero, and so do the `resharding` accounts over the cluster.
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::Json;
@@ -391,72 +391,6 @@ async fn columns(
         )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-/// The legs the source gets on its `resharding` account for the split postings of
-/// `snapshot` (its entries as `read` gave them), one per posting, standing for the
-/// buckets' legs that leave with it; computed before the fence, written inside it
-/// (`write_split_legs`). A posting's legs never change once written, so the legs of a
-/// snapshot taken before the fence are those the fence would find. Also makes sure the
-/// source has its `resharding` accounts (harmless before the switch: they hold nothing).
-pub async fn split_legs(source: &impl GenericClient, snapshot: &Snapshot) -> Result<SplitLegs, tokio_postgres::Error> {
-    let Some(entries) = snapshot.tables.iter().find(|(t, _)| t.name == "entries").map(|(_, rows)| rows) else {
-        return Ok(SplitLegs::default());
-    };
-    if entries.as_array().is_none_or(|a| a.is_empty()) {
-        return Ok(SplitLegs::default());
-    }
-    let entries = Json(entries);
-    source
-        .execute(
-            "INSERT INTO accounts (system_name, currency)
-             SELECT DISTINCT 'resharding', x.currency FROM jsonb_to_recordset($1) AS x(currency text)
-             ON CONFLICT DO NOTHING",
-            &[&entries],
-        )
-        .await?;
-    let row = source
-        .query_one(
-            "WITH x AS (
-                 SELECT x.*, bool_and(x.moving OR (x.system_name IS NOT NULL AND x.system_name <> 'resharding'))
-                        OVER (PARTITION BY x.posting_id) AS whole
-                 FROM jsonb_to_recordset($1) AS x(entry_id uuid, posting_id uuid, amount numeric,
-                      created_at timestamptz, system_name text, currency text, moving boolean, epoch bigint))
-             SELECT coalesce(jsonb_agg(jsonb_build_object('entry_id', l.entry_id, 'posting_id', l.posting_id,
-                        'currency', l.currency, 'amount', l.amount, 'created_at', l.created_at)), '[]')
-             FROM (SELECT resharding_leg_id(min(x.entry_id::text)::uuid, max(x.epoch)) AS entry_id, x.posting_id,
-                          x.currency, sum(x.amount) AS amount, min(x.created_at) AS created_at
-                   FROM x WHERE x.moving AND NOT x.whole
-                   GROUP BY x.posting_id, x.currency
-                   HAVING sum(x.amount) <> 0) l",
-            &[&entries],
-        )
-        .await?;
-    Ok(SplitLegs(row.get(0)))
-}
-
-/// The source's `resharding` legs of a batch's split postings (see `split_legs`).
-#[derive(Default)]
-pub struct SplitLegs(serde_json::Value);
-
-/// On the source, in the fence: writes the legs `split_legs` computed (a leg already
-/// there, from an interrupted run or an overlapping delta, is kept).
-pub async fn write_split_legs(source: &impl GenericClient, legs: &SplitLegs) -> Result<u64, tokio_postgres::Error> {
-    if legs.0.as_array().is_none_or(|a| a.is_empty()) {
-        return Ok(0);
-    }
-    source
-        .execute(
-            "INSERT INTO entries (entry_id, posting_id, account_id, amount, created_at)
-             SELECT l.entry_id, l.posting_id, a.account_id, l.amount, l.created_at
-             FROM jsonb_to_recordset($1) AS l(entry_id uuid, posting_id uuid, currency text, amount numeric,
-                  created_at timestamptz)
-             JOIN accounts a ON a.system_name = 'resharding' AND a.currency = l.currency
-             ORDER BY l.created_at, l.entry_id
-             ON CONFLICT (entry_id) DO NOTHING",
-            &[&Json(&legs.0)],
-        )
-        .await
 }
 
 /// The target's tables a copy writes, for `ANALYZE`.

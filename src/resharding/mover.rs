@@ -427,9 +427,6 @@ async fn fenced_copy(
         stats.after_copy(target, rows.rows).await?;
         (since, rows, unbalanced)
     };
-    // The source's stand-ins for the split postings of that copy, computed now; the
-    // fence only writes them.
-    let precopied_legs = copy::split_legs(&source.client().await?, &precopied).await?;
     // The target's transaction begins before the fence: the fence only writes in it.
     let mut target_client = target.client().await?;
     let ttx = target_client.transaction().await?;
@@ -468,16 +465,9 @@ async fn fenced_copy(
     let work = async {
         let delta = copy::read(&stx, buckets, Some(&since)).await?;
         let read = fence_began.elapsed();
-        // The source's digest and its stand-in legs (written now, in a savepoint, as
-        // the digest covers only the buckets' wallets) while the target writes and
-        // digests its copy: two servers at work at once.
-        let source_side = async {
-            let (expected, ()) = tokio::try_join!(copy::digest(&stx, buckets), stx.batch_execute("SAVEPOINT legs"))?;
-            let (_, delta_legs) =
-                tokio::try_join!(copy::write_split_legs(&stx, &precopied_legs), copy::split_legs(&stx, &delta))?;
-            copy::write_split_legs(&stx, &delta_legs).await?;
-            Ok::<_, tokio_postgres::Error>(expected)
-        };
+        // The source's digest while the target writes and digests its copy: two
+        // servers at work at once.
+        let source_side = copy::digest(&stx, buckets);
         let target_side = async {
             let rows = copy::write(&ttx, &delta).await?;
             let (unbalanced, copied) =
@@ -496,16 +486,15 @@ async fn fenced_copy(
     let digested = fence_began.elapsed();
     unbalanced += precopy_unbalanced;
     let mut copied_rows = precopied.rows + delta_rows;
-    let mut full = None;
+    let mut full = false;
     if unbalanced > 0 || copied != expected {
         // Something the delta cannot carry (a row deleted on the source since the copy,
         // say, by pruning): replace the target's provisional copy with a full one.
         tracing::warn!(?buckets, "the copy and its catch-up differ from the source; copying in full inside the fence");
-        stx.batch_execute("ROLLBACK TO SAVEPOINT legs").await?;
         super::cleanup::delete_rows(&ttx, &list).await?;
         let rows = copy::read(&stx, buckets, None).await?;
         copied_rows = copy::write(&ttx, &rows).await?;
-        full = Some(rows);
+        full = true;
         unbalanced = copy::unbalanced(&ttx, buckets).await?;
         copied = copy::digest(&ttx, buckets).await?;
     }
@@ -535,21 +524,24 @@ async fn fenced_copy(
     ttx.commit().await?;
     failpoint("copied");
     let committed = fence_began.elapsed();
+    // The flip. The stand-in legs of the buckets' split postings are written by
+    // cleanup (`standins_pending`, V11), on the `resharding` accounts made sure of here.
     let flip_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&list, &target.name, &epoch];
-    let flip = stx.execute(
-        "UPDATE bucket_owners SET state = 'moved', owner = $2, epoch = $3, changed_at = now() WHERE bucket = ANY($1)",
-        &flip_params,
-    );
-    // The stand-in legs of a full copy, and the flip, sent together.
-    match &full {
-        Some(rows) => {
-            let legs = copy::split_legs(&stx, rows).await?;
-            tokio::try_join!(copy::write_split_legs(&stx, &legs), flip)?;
-        }
-        None => {
-            flip.await?;
-        }
-    };
+    tokio::try_join!(
+        stx.execute(
+            "INSERT INTO accounts (system_name, currency)
+             SELECT DISTINCT 'resharding', a.currency FROM accounts a JOIN users u USING (user_id)
+             WHERE u.bucket = ANY($1)
+             ON CONFLICT DO NOTHING",
+            &flip_params[..1],
+        ),
+        stx.execute(
+            "UPDATE bucket_owners SET state = 'moved', owner = $2, epoch = $3, standins_pending = true,
+                 changed_at = now()
+             WHERE bucket = ANY($1)",
+            &flip_params,
+        )
+    )?;
     stx.commit().await?;
     tracing::debug!(?committed, source_committed = ?fence_began.elapsed(), "fence phases, source side");
     failpoint("source-switched");
@@ -560,7 +552,7 @@ async fn fenced_copy(
     let took = fence_began.elapsed();
     crate::telemetry::metrics::reshard_fence(took);
     record_fence(target, &list, took).await?;
-    Ok(Some((copied_rows, took, full.is_some())))
+    Ok(Some((copied_rows, took, full)))
 }
 
 async fn record_fence(target: &Shard, list: &[i32], took: Duration) -> anyhow::Result<()> {
