@@ -106,7 +106,7 @@ pub async fn run(router: &Router, grace: Duration) -> anyhow::Result<Cleaned> {
             cleaned.rows += deleted;
             // The source's statistics, for the next move's plans (see mover::TargetStats).
             if deleted > 1000 {
-                shard.client().await?.batch_execute(&format!("ANALYZE {}", super::copy::WRITTEN_TABLES)).await?;
+                shard.client().await?.batch_execute(&super::copy::quick_analyze()).await?;
             }
             client
                 .execute(

@@ -207,7 +207,7 @@ impl TargetStats {
         if self.analyzed && (self.written as f64) < threshold {
             return Ok(());
         }
-        client.batch_execute(&format!("ANALYZE {}", copy::WRITTEN_TABLES)).await?;
+        client.batch_execute(&copy::quick_analyze()).await?;
         (self.analyzed, self.written) = (true, 0);
         Ok(())
     }
