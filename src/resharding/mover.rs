@@ -457,9 +457,10 @@ async fn fenced_copy(
     failpoint("fenced");
     // Every write to the buckets has committed; what they put in the outboxes must be
     // published before the buckets leave (outbox rows do not move): waited for while
-    // the fence copies and compares, checked before anything commits.
+    // the fence copies and compares, checked before anything commits. Only their rows
+    // (and rows that name no bucket) are waited for, not the whole shard's backlog.
     let drain = async {
-        let drained = outbox_drained(&stx).await;
+        let drained = outbox_drained(&stx, &list).await;
         (drained, fence_began.elapsed())
     };
     let work = async {
@@ -565,11 +566,13 @@ async fn record_fence(target: &Shard, list: &[i32], took: Duration) -> anyhow::R
 }
 
 /// Waits (bounded) until every outbox row committed before the fence is published.
-async fn outbox_drained(stx: &impl GenericClient) -> anyhow::Result<bool> {
+async fn outbox_drained(stx: &impl GenericClient, buckets: &[i32]) -> anyhow::Result<bool> {
+    // The rows the buckets' transactions wrote (V12), and rows that name no bucket.
     let marks = stx
         .query_one(
-            "SELECT coalesce((SELECT max(id) FROM outbox), 0), coalesce((SELECT max(id) FROM payment_outbox), 0)",
-            &[],
+            "SELECT coalesce((SELECT max(id) FROM outbox WHERE buckets IS NULL OR buckets && $1), 0),
+                    coalesce((SELECT max(id) FROM payment_outbox WHERE buckets IS NULL OR buckets && $1), 0)",
+            &[&buckets],
         )
         .await?;
     let (stages, payments): (i64, i64) = (marks.get(0), marks.get(1));
@@ -580,8 +583,9 @@ async fn outbox_drained(stx: &impl GenericClient) -> anyhow::Result<bool> {
     loop {
         let pending: bool = stx
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM outbox WHERE id <= $1) OR EXISTS (SELECT 1 FROM payment_outbox WHERE id <= $2)",
-                &[&stages, &payments],
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE id <= $1 AND (buckets IS NULL OR buckets && $3))
+                     OR EXISTS (SELECT 1 FROM payment_outbox WHERE id <= $2 AND (buckets IS NULL OR buckets && $3))",
+                &[&stages, &payments, &buckets],
             )
             .await?
             .get(0);

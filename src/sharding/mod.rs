@@ -97,11 +97,7 @@ impl Shard {
         tx: &impl deadpool_postgres::GenericClient,
         bucket: u32,
     ) -> Result<Option<Error>, Error> {
-        match self.check_write(tx, bucket).await {
-            Ok(()) => Ok(None),
-            Err(moved) if moved.is_moved() => Ok(Some(moved)),
-            Err(e) => Err(e),
-        }
+        handed_back(self.check_write(tx, bucket).await)
     }
 
     /// `check_read` for a read that hands itself back when the bucket moved
@@ -111,17 +107,22 @@ impl Shard {
         tx: &impl deadpool_postgres::GenericClient,
         bucket: u32,
     ) -> Result<Option<Error>, Error> {
-        match self.check_read(tx, bucket).await {
-            Ok(()) => Ok(None),
-            Err(moved) if moved.is_moved() => Ok(Some(moved)),
-            Err(e) => Err(e),
-        }
+        handed_back(self.check_read(tx, bucket).await)
     }
 
     /// Fails unless this shard owns `bucket` now (no lock); reads in the same snapshot
     /// read the owner's data.
     pub async fn check_read(&self, client: &impl deadpool_postgres::GenericClient, bucket: u32) -> Result<(), Error> {
         ownership::check_read(client, bucket).await
+    }
+}
+
+/// A check's verdict for work that hands itself back: `Some(why)` when the bucket moved.
+fn handed_back(checked: Result<(), Error>) -> Result<Option<Error>, Error> {
+    match checked {
+        Ok(()) => Ok(None),
+        Err(moved) if moved.is_moved() => Ok(Some(moved)),
+        Err(e) => Err(e),
     }
 }
 

@@ -282,3 +282,38 @@ async fn a_shard_added_owns_nothing_and_every_instance_learns_it_from_the_shards
     let admin = connect(&format!("{server}/postgres")).await;
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.expect("drop shard-4");
 }
+
+#[tokio::test]
+async fn an_outbox_row_names_the_buckets_its_transaction_claimed_so_a_fence_waits_only_for_its_own() {
+    let deployment = Deployment::new().await;
+    let app = deployment.spawn_default().await;
+    let mut db = app.shard_db(0).await;
+    let owned: Vec<i32> = db
+        .query("SELECT bucket FROM bucket_owners WHERE state = 'owned' ORDER BY bucket LIMIT 2", &[])
+        .await
+        .expect("buckets")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // A write claims its bucket first (`ownership::check_write`); what it enqueues
+    // names that bucket, and every bucket it claimed.
+    let tx = db.transaction().await.expect("begin");
+    for bucket in &owned {
+        tx.query("SELECT * FROM claim_bucket($1)", &[bucket]).await.expect("claim");
+    }
+    let row = tx
+        .query_one("INSERT INTO outbox (msg_key, payload) VALUES ('k', 'p') RETURNING buckets", &[])
+        .await
+        .expect("enqueue");
+    assert_eq!(row.get::<_, Option<Vec<i32>>>(0), Some(owned.clone()));
+    tx.rollback().await.expect("rollback");
+    // The claim does not outlive its transaction: a row written without one names no
+    // bucket, and every fence waits for it.
+    let tx = db.transaction().await.expect("begin");
+    let row = tx
+        .query_one("INSERT INTO payment_outbox (msg_key, payload) VALUES ('k', 'p') RETURNING buckets", &[])
+        .await
+        .expect("enqueue");
+    assert_eq!(row.get::<_, Option<Vec<i32>>>(0), None);
+    tx.rollback().await.expect("rollback");
+}
