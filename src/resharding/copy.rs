@@ -448,6 +448,89 @@ pub async fn digest(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<
     Ok(row.get(0))
 }
 
+/// The keys of a catch-up's rows, by table, for `digest_catch_up`.
+pub struct Keys {
+    entries: Vec<uuid::Uuid>,
+    transfers: Vec<uuid::Uuid>,
+    holds: Vec<uuid::Uuid>,
+    incoming: Vec<uuid::Uuid>,
+    payments: Vec<uuid::Uuid>,
+}
+
+impl Keys {
+    pub fn of(snapshot: &Snapshot) -> Self {
+        let ids = |table: &str, field: &str| -> Vec<uuid::Uuid> {
+            snapshot
+                .tables
+                .iter()
+                .filter(|(t, _)| t.name == table)
+                .filter_map(|(_, rows)| rows.as_array())
+                .flatten()
+                .filter_map(|row| row.get(field)?.as_str()?.parse().ok())
+                .collect()
+        };
+        Self {
+            entries: ids("entries", "entry_id"),
+            transfers: ids("transfers", "transfer_id"),
+            holds: ids("holds", "transfer_id"),
+            incoming: ids("incoming_transfers", "transfer_id"),
+            payments: ids("payments", "payment_id"),
+        }
+    }
+}
+
+/// `digest` inside the fence, once the copy's own digest matched outside it (the
+/// snapshot's against the target's right after the copy): the same parts, each row
+/// counted, but hashed only where the catch-up wrote (`keys`, the same on both sides:
+/// ids travel unchanged), plus every wallet. Entries are append-only, and a row changed
+/// since the snapshot is in the catch-up (its `xmin` is newer): so equal counts, equal
+/// wallets and equal hashes of the catch-up's rows mean equal buckets, and the fence
+/// hashes what changed, not the history.
+pub async fn digest_catch_up(
+    client: &impl GenericClient,
+    buckets: &[u32],
+    keys: &Keys,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let bucket = as_param(buckets);
+    let row = client
+        .query_one(
+            "WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)),
+                  w AS (SELECT a.* FROM accounts a JOIN u USING (user_id)),
+                  t AS (SELECT t1.transfer_id FROM transfers t1 JOIN u ON u.user_id = t1.from_user
+                        UNION ALL
+                        SELECT t2.transfer_id FROM transfers t2 JOIN u ON u.user_id = t2.to_user
+                        WHERE t2.route = 'local' AND t2.from_user NOT IN (SELECT user_id FROM u)),
+                  i AS (SELECT transfer_id FROM incoming_transfers WHERE to_user IN (SELECT user_id FROM u)),
+                  p AS (SELECT payment_id FROM payments WHERE user_id IN (SELECT user_id FROM u))
+             SELECT ARRAY[
+                 (SELECT count(*) FROM u)::text,
+                 (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(user_id || ' ' || currency || ' ' || balance || ' ' || held, 0)), 0) FROM w),
+                 (SELECT count(*) FROM w, LATERAL (SELECT 1 FROM entries e WHERE e.account_id = w.account_id OFFSET 0) e)
+                    || ' ' || (SELECT coalesce(sum(hashtextextended(e.entry_id || ' ' || e.amount || ' ' || coalesce(e.balance_after::text, '-'), 0)), 0)
+                               FROM entries e WHERE e.entry_id = ANY($2) AND e.account_id IN (SELECT account_id FROM w)),
+                 (SELECT count(*) FROM t)
+                    || ' ' || (SELECT coalesce(sum(hashtextextended(x.transfer_id || ' ' || x.state || ' ' || x.amount, 0)), 0)
+                               FROM transfers x WHERE x.transfer_id = ANY($3)),
+                 (SELECT count(*) FROM holds h JOIN w USING (account_id))
+                    || ' ' || (SELECT coalesce(sum(hashtextextended(h.transfer_id || ' ' || h.amount || ' ' || coalesce(h.released_by, '-'), 0)), 0)
+                               FROM holds h WHERE h.transfer_id = ANY($4) AND h.account_id IN (SELECT account_id FROM w)),
+                 (SELECT count(*) FROM i)
+                    || ' ' || (SELECT coalesce(sum(hashtextextended(x.transfer_id || ' ' || x.state, 0)), 0)
+                               FROM incoming_transfers x WHERE x.transfer_id = ANY($5)),
+                 (SELECT count(*) FROM tcc_barriers WHERE transfer_id IN (SELECT transfer_id FROM i))::text,
+                 ((SELECT count(*) FROM idempotency_keys k WHERE k.bucket = ANY($1))
+                  + (SELECT count(*) FROM idempotency_keys k JOIN u ON u.user_id = k.caller WHERE k.bucket IS NULL))::text,
+                 (SELECT count(*) FROM p)
+                    || ' ' || (SELECT coalesce(sum(hashtextextended(x.payment_id || ' ' || x.state || ' ' || x.amount, 0)), 0)
+                               FROM payments x WHERE x.payment_id = ANY($6)),
+                 (SELECT count(*) FROM payment_holds h JOIN w USING (account_id))::text,
+                 (SELECT count(*) FROM payment_events WHERE payment_id IN (SELECT payment_id FROM p))::text]",
+            &[&bucket, &keys.entries, &keys.transfers, &keys.holds, &keys.incoming, &keys.payments],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// The names of `digest`'s parts, for the refusal message.
 pub const DIGEST_PARTS: [&str; 11] = [
     "users",

@@ -404,7 +404,7 @@ async fn fenced_copy(
     let list: Vec<i32> = buckets.iter().map(|&b| b as i32).collect();
     // Copy while writes continue: one snapshot of the source, written to the target
     // (which holds the buckets as 'incoming'). The fence then takes only what changed.
-    let (since, precopied, precopy_unbalanced) = {
+    let (since, precopied, precopy_unbalanced, precopy_differs) = {
         let mut client = source.client().await?;
         let snapshot = client
             .build_transaction()
@@ -415,6 +415,7 @@ async fn fenced_copy(
         snapshot.batch_execute(copy::PLANNER).await?;
         let since = copy::since(&snapshot, buckets).await?;
         let rows = copy::read(&snapshot, buckets, None).await?;
+        let expected = copy::digest(&snapshot, buckets).await?;
         snapshot.rollback().await?;
         let mut target_client = target.client().await?;
         let ttx = target_client.transaction().await?;
@@ -422,10 +423,12 @@ async fn fenced_copy(
         copy::write(&ttx, &rows).await?;
         // The copy's balance, checked before the fence (only the mover writes an
         // incoming bucket on the target); the fence checks the postings its catch-up adds.
-        let unbalanced = copy::unbalanced(&ttx, buckets).await?;
+        // So is its digest, against the snapshot's: the fence then hashes only what its
+        // catch-up writes (`copy::digest_catch_up`).
+        let (unbalanced, copied) = tokio::try_join!(copy::unbalanced(&ttx, buckets), copy::digest(&ttx, buckets))?;
         ttx.commit().await?;
         stats.after_copy(target, rows.rows).await?;
-        (since, rows, unbalanced)
+        (since, rows, unbalanced, copied != expected)
     };
     // The target's transaction begins before the fence: the fence only writes in it.
     let mut target_client = target.client().await?;
@@ -468,18 +471,19 @@ async fn fenced_copy(
         let read = fence_began.elapsed();
         // The source's digest while the target writes and digests its copy: two
         // servers at work at once.
-        let source_side = copy::digest(&stx, buckets);
+        let keys = copy::Keys::of(&delta);
+        let source_side = copy::digest_catch_up(&stx, buckets, &keys);
         let target_side = async {
             let rows = copy::write(&ttx, &delta).await?;
             let (unbalanced, copied) =
-                tokio::try_join!(copy::unbalanced_of(&ttx, &delta), copy::digest(&ttx, buckets))?;
+                tokio::try_join!(copy::unbalanced_of(&ttx, &delta), copy::digest_catch_up(&ttx, buckets, &keys))?;
             Ok::<_, tokio_postgres::Error>((rows, unbalanced, copied))
         };
         let (expected, target) = tokio::try_join!(source_side, target_side)?;
         Ok::<_, tokio_postgres::Error>((delta, read, expected, target))
     };
     let ((drained, drained_at), work) = tokio::join!(drain, work);
-    let (delta, read, expected, (delta_rows, mut unbalanced, mut copied)) = work?;
+    let (delta, read, mut expected, (delta_rows, mut unbalanced, mut copied)) = work?;
     if !drained? {
         return Ok(None);
     }
@@ -488,16 +492,17 @@ async fn fenced_copy(
     unbalanced += precopy_unbalanced;
     let mut copied_rows = precopied.rows + delta_rows;
     let mut full = false;
-    if unbalanced > 0 || copied != expected {
+    if precopy_differs || unbalanced > 0 || copied != expected {
         // Something the delta cannot carry (a row deleted on the source since the copy,
-        // say, by pruning): replace the target's provisional copy with a full one.
+        // say, by pruning): replace the target's provisional copy with a full one, and
+        // compare every row.
         tracing::warn!(?buckets, "the copy and its catch-up differ from the source; copying in full inside the fence");
         super::cleanup::delete_rows(&ttx, &list).await?;
         let rows = copy::read(&stx, buckets, None).await?;
         copied_rows = copy::write(&ttx, &rows).await?;
         full = true;
         unbalanced = copy::unbalanced(&ttx, buckets).await?;
-        copied = copy::digest(&ttx, buckets).await?;
+        (expected, copied) = tokio::try_join!(copy::digest(&stx, buckets), copy::digest(&ttx, buckets))?;
     }
     let compared = fence_began.elapsed();
     tracing::debug!(?drained, ?read, ?digested, ?compared, delta_rows = delta.rows, "fence phases");
