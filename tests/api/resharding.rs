@@ -495,3 +495,48 @@ async fn payments_in_flight_move_with_their_user_and_settle_once_on_the_new_shar
     assert!(audit.ok, "verify:\n{audit}");
     finish(app, &url).await;
 }
+
+/// A target that does not store what it is sent (here: a trigger that adds 1 to every
+/// wallet balance written on it) is refused before the switch, even after the fence's
+/// full copy: the source keeps the bucket and serves it, and once the target is fixed
+/// the same move goes through with every balance exact.
+#[tokio::test]
+async fn a_copy_that_differs_from_its_source_is_refused_and_the_source_keeps_the_bucket() {
+    let deployment = Deployment::new().await;
+    let app = Arc::new(deployment.spawn_default().await);
+    let alice = app.user_on_shard("refuse-alice", 0);
+    let bob = app.user_on_shard("refuse-bob", 0);
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "100").await;
+    assert_eq!(app.transfer(&app.admin(), &alice, &bob, "EUR", "30", "r1").await.status(), StatusCode::CREATED);
+    let (router, url) = add_fourth_shard(&deployment, &app).await;
+    let bucket = router.bucket_of_user(&UserId::parse(&alice).expect("id"));
+    let four = connect(&url).await;
+    four.batch_execute(
+        "CREATE FUNCTION mangle() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.user_id IS NOT NULL THEN NEW.balance := NEW.balance + 1; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER mangle BEFORE INSERT OR UPDATE ON accounts FOR EACH ROW EXECUTE FUNCTION mangle();",
+    )
+    .await
+    .expect("trigger");
+
+    let refused = resharding::mover::move_buckets(&router, &[bucket], "shard-4", resharding::mover::BATCH).await;
+    let why = format!("{:#}", refused.expect_err("the move is refused"));
+    assert!(why.contains("refusing to switch") && why.contains("wallet balances"), "{why}");
+    assert_eq!(owns(&app.shard_db(0).await, bucket).await, 1, "the source still owns the bucket");
+    assert_eq!(owns(&four, bucket).await, 0, "the target does not");
+    assert_eq!(app.balance(&alice, "EUR").await, "70");
+    let r = app.transfer(&app.admin(), &bob, &alice, "EUR", "5", "r2").await;
+    assert_eq!(r.status(), StatusCode::CREATED, "the source still takes writes: {:?}", r.text().await);
+
+    four.batch_execute("DROP TRIGGER mangle ON accounts").await.expect("drop trigger");
+    let report =
+        resharding::mover::move_buckets(&router, &[bucket], "shard-4", resharding::mover::BATCH).await.expect("move");
+    assert_eq!(report.moved, 1, "{report}");
+    assert_eq!(owns(&four, bucket).await, 1);
+    assert_eq!(app.balance(&alice, "EUR").await, "75");
+    assert_eq!(app.balance(&bob, "EUR").await, "125");
+    let audit = verify::run(&router).await.expect("verify");
+    assert!(audit.ok, "verify after the move:\n{audit}");
+    finish(app, &url).await;
+}
