@@ -59,6 +59,18 @@ async fn drop_database(url: &str) {
 }
 
 /// 1 when the shard behind `client` says it owns `bucket`, else 0.
+/// Two users on shard-1 with 100 EUR each, then 30 from the first to the second: a
+/// same-shard posting that a move of the first user's bucket splits.
+async fn split_pair(app: &TestApp, prefix: &str) -> (String, String) {
+    let alice = app.user_on_shard(&format!("{prefix}-alice"), 0);
+    let bob = app.user_on_shard(&format!("{prefix}-bob"), 0);
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "100").await;
+    let key = format!("{prefix}-1");
+    assert_eq!(app.transfer(&app.admin(), &alice, &bob, "EUR", "30", &key).await.status(), StatusCode::CREATED);
+    (alice, bob)
+}
+
 async fn owns(client: &tokio_postgres::Client, bucket: u32) -> i64 {
     client
         .query_one("SELECT count(*) FROM bucket_owners WHERE bucket = $1 AND state = 'owned'", &[&(bucket as i32)])
@@ -365,11 +377,7 @@ async fn a_rebalance_onto_an_added_shard_leaves_every_shard_an_equal_share_and_e
 async fn a_bucket_moved_away_and_back_again_keeps_every_posting_balanced() {
     let deployment = Deployment::new().await;
     let app = Arc::new(deployment.spawn_default().await);
-    let alice = app.user_on_shard("back-alice", 0);
-    let bob = app.user_on_shard("back-bob", 0);
-    app.funded_user(&alice, "EUR", "100").await;
-    app.funded_user(&bob, "EUR", "100").await;
-    assert_eq!(app.transfer(&app.admin(), &alice, &bob, "EUR", "30", "b1").await.status(), StatusCode::CREATED);
+    let (alice, bob) = split_pair(&app, "back").await;
     let (router, url) = add_fourth_shard(&deployment, &app).await;
     let bucket = router.bucket_of_user(&UserId::parse(&alice).expect("id"));
     let batch = resharding::mover::BATCH;
@@ -504,11 +512,7 @@ async fn payments_in_flight_move_with_their_user_and_settle_once_on_the_new_shar
 async fn a_copy_that_differs_from_its_source_is_refused_and_the_source_keeps_the_bucket() {
     let deployment = Deployment::new().await;
     let app = Arc::new(deployment.spawn_default().await);
-    let alice = app.user_on_shard("refuse-alice", 0);
-    let bob = app.user_on_shard("refuse-bob", 0);
-    app.funded_user(&alice, "EUR", "100").await;
-    app.funded_user(&bob, "EUR", "100").await;
-    assert_eq!(app.transfer(&app.admin(), &alice, &bob, "EUR", "30", "r1").await.status(), StatusCode::CREATED);
+    let (alice, bob) = split_pair(&app, "refuse").await;
     let (router, url) = add_fourth_shard(&deployment, &app).await;
     let bucket = router.bucket_of_user(&UserId::parse(&alice).expect("id"));
     let four = connect(&url).await;
