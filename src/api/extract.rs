@@ -109,24 +109,7 @@ pub async fn owner_read<T>(
     bucket: u32,
     op: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    use crate::sharding::Attempt;
-    router
-        .with_owner(bucket, op, |shard, op| async move {
-            let mut client = shard.client().await?;
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
-            if let Some(moved) = shard.not_serving(&tx, bucket).await? {
-                return Ok(Attempt::Moved(op, moved));
-            }
-            let value = op(&tx).await?;
-            tx.commit().await?;
-            Ok::<_, ApiError>(Attempt::Done(value))
-        })
-        .await
+    in_owner_tx(router, bucket, Access::Read, op).await
 }
 
 /// Runs `op` in a transaction on the owner of `bucket` that first checks, inside
@@ -136,12 +119,43 @@ pub async fn owner_tx<T>(
     bucket: u32,
     op: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> crate::ledger::Result<T>,
 ) -> Result<T, ApiError> {
+    in_owner_tx(router, bucket, Access::Write, op).await
+}
+
+/// What `in_owner_tx` opens: a write transaction that claims the bucket
+/// (`check_write`), or a read-only snapshot that finds it owned (`check_read`).
+#[derive(Clone, Copy)]
+enum Access {
+    Write,
+    Read,
+}
+
+async fn in_owner_tx<T, E>(
+    router: &crate::sharding::Router,
+    bucket: u32,
+    access: Access,
+    op: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T, E>,
+) -> Result<T, ApiError>
+where
+    ApiError: From<E>,
+{
     use crate::sharding::Attempt;
     router
         .with_owner(bucket, op, |shard, op| async move {
             let mut client = shard.client().await?;
-            let tx = client.transaction().await?;
-            if let Some(moved) = shard.moved_away(&tx, bucket).await? {
+            let (tx, moved) = match access {
+                Access::Write => {
+                    let tx = client.transaction().await?;
+                    let moved = shard.moved_away(&tx, bucket).await?;
+                    (tx, moved)
+                }
+                Access::Read => {
+                    let tx = crate::storage::read_snapshot(&mut client).await?;
+                    let moved = shard.not_serving(&tx, bucket).await?;
+                    (tx, moved)
+                }
+            };
+            if let Some(moved) = moved {
                 return Ok(Attempt::Moved(op, moved));
             }
             let value = op(&tx).await?;

@@ -242,14 +242,14 @@ pub async fn read(
     // One statement per table, pipelined: one round trip for all (the fence waits for
     // each round trip, and under load a round trip is a scheduling delay).
     let statements = futures::future::try_join_all(sqls.iter().map(|sql| source.prepare(sql))).await?;
-    let results = futures::future::try_join_all(statements.iter().map(|statement| async {
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = match since {
-            Some(since) => [&bucket, &since.xid, &since.floors],
-            None => [&bucket, &0i64, &since_none()],
-        };
-        // Each read names only the parameters it uses.
-        source.query_one(statement, &params[..statement.params().len()]).await
-    }))
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match since {
+        Some(since) => vec![&bucket, &since.xid, &since.floors],
+        None => vec![&bucket],
+    };
+    // Each read names only the parameters it uses.
+    let results = futures::future::try_join_all(
+        statements.iter().map(|statement| source.query_one(statement, &params[..statement.params().len()])),
+    )
     .await?;
     let mut snapshot = Snapshot::default();
     for (table, row) in TABLES.iter().zip(results) {
@@ -275,10 +275,6 @@ pub struct Since {
     /// looking at every posting of the buckets. (Were that ever not so, the fence's
     /// digests would differ and the fence would copy in full.)
     floors: Json<serde_json::Value>,
-}
-
-fn since_none() -> Json<serde_json::Value> {
-    Json(serde_json::Value::Null)
 }
 
 /// `Since` of a snapshot transaction, for the buckets' rows it read.
@@ -411,14 +407,12 @@ pub fn quick_analyze() -> String {
 /// rows are found by index. Set per transaction.
 pub const PLANNER: &str = "SET LOCAL random_page_cost = 1.1";
 
-/// What both sides must agree on before the switch: row counts per table, each wallet's
-/// balance and held, and digests of the entries, transfers and payments. A digest is the
-/// sum of a 64-bit hash of each row's fields: independent of order, so neither side
-/// sorts or builds a string of the whole history. The same SQL runs on source and target.
-pub async fn digest(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<String>, tokio_postgres::Error> {
-    let bucket = as_param(buckets);
-    let row = client
-        .query_one(
+/// The sets a digest is taken over, for `$1`'s buckets: their users (`u`), wallets
+/// (`w`), transfers (`t`: sent, and same-shard ones received from another bucket),
+/// incoming transfers (`i`) and payments (`p`); then the digest's parts.
+macro_rules! digest_of {
+    ($parts:literal) => {
+        concat!(
             "WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)),
                   w AS (SELECT a.* FROM accounts a JOIN u USING (user_id)),
                   t AS (SELECT t1.* FROM transfers t1 JOIN u ON u.user_id = t1.from_user
@@ -427,7 +421,21 @@ pub async fn digest(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<
                         WHERE t2.route = 'local' AND t2.from_user NOT IN (SELECT user_id FROM u)),
                   i AS (SELECT * FROM incoming_transfers WHERE to_user IN (SELECT user_id FROM u)),
                   p AS (SELECT * FROM payments WHERE user_id IN (SELECT user_id FROM u))
-             SELECT ARRAY[
+             SELECT ARRAY[",
+            $parts
+        )
+    };
+}
+
+/// What both sides must agree on before the switch: row counts per table, each wallet's
+/// balance and held, and digests of the entries, transfers and payments. A digest is the
+/// sum of a 64-bit hash of each row's fields: independent of order, so neither side
+/// sorts or builds a string of the whole history. The same SQL runs on source and target.
+pub async fn digest(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<String>, tokio_postgres::Error> {
+    let bucket = as_param(buckets);
+    let row = client
+        .query_one(
+            digest_of!("
                  (SELECT count(*) FROM u)::text,
                  (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(user_id || ' ' || currency || ' ' || balance || ' ' || held, 0)), 0) FROM w),
                  (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(e.entry_id || ' ' || e.amount || ' ' || coalesce(e.balance_after::text, '-'), 0)), 0)
@@ -441,7 +449,7 @@ pub async fn digest(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<
                   + (SELECT count(*) FROM idempotency_keys k JOIN u ON u.user_id = k.caller WHERE k.bucket IS NULL))::text,
                  (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(payment_id || ' ' || state || ' ' || amount, 0)), 0) FROM p),
                  (SELECT count(*) FROM payment_holds h JOIN w USING (account_id))::text,
-                 (SELECT count(*) FROM payment_events WHERE payment_id IN (SELECT payment_id FROM p))::text]",
+                 (SELECT count(*) FROM payment_events WHERE payment_id IN (SELECT payment_id FROM p))::text]"),
             &[&bucket],
         )
         .await?;
@@ -494,15 +502,7 @@ pub async fn digest_catch_up(
     let bucket = as_param(buckets);
     let row = client
         .query_one(
-            "WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)),
-                  w AS (SELECT a.* FROM accounts a JOIN u USING (user_id)),
-                  t AS (SELECT t1.transfer_id FROM transfers t1 JOIN u ON u.user_id = t1.from_user
-                        UNION ALL
-                        SELECT t2.transfer_id FROM transfers t2 JOIN u ON u.user_id = t2.to_user
-                        WHERE t2.route = 'local' AND t2.from_user NOT IN (SELECT user_id FROM u)),
-                  i AS (SELECT transfer_id FROM incoming_transfers WHERE to_user IN (SELECT user_id FROM u)),
-                  p AS (SELECT payment_id FROM payments WHERE user_id IN (SELECT user_id FROM u))
-             SELECT ARRAY[
+            digest_of!("
                  (SELECT count(*) FROM u)::text,
                  (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(user_id || ' ' || currency || ' ' || balance || ' ' || held, 0)), 0) FROM w),
                  (SELECT count(*) FROM w, LATERAL (SELECT 1 FROM entries e WHERE e.account_id = w.account_id OFFSET 0) e)
@@ -524,7 +524,7 @@ pub async fn digest_catch_up(
                     || ' ' || (SELECT coalesce(sum(hashtextextended(x.payment_id || ' ' || x.state || ' ' || x.amount, 0)), 0)
                                FROM payments x WHERE x.payment_id = ANY($6)),
                  (SELECT count(*) FROM payment_holds h JOIN w USING (account_id))::text,
-                 (SELECT count(*) FROM payment_events WHERE payment_id IN (SELECT payment_id FROM p))::text]",
+                 (SELECT count(*) FROM payment_events WHERE payment_id IN (SELECT payment_id FROM p))::text]"),
             &[&bucket, &keys.entries, &keys.transfers, &keys.holds, &keys.incoming, &keys.payments],
         )
         .await?;

@@ -406,12 +406,7 @@ async fn fenced_copy(
     // (which holds the buckets as 'incoming'). The fence then takes only what changed.
     let (since, precopied, precopy_unbalanced, precopy_differs) = {
         let mut client = source.client().await?;
-        let snapshot = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let snapshot = crate::storage::read_snapshot(&mut client).await?;
         snapshot.batch_execute(copy::PLANNER).await?;
         let since = copy::since(&snapshot, buckets).await?;
         let rows = copy::read(&snapshot, buckets, None).await?;
@@ -570,7 +565,8 @@ async fn record_fence(target: &Shard, list: &[i32], took: Duration) -> anyhow::R
     Ok(())
 }
 
-/// Waits (bounded) until every outbox row committed before the fence is published.
+/// Waits (bounded) until the outbox rows of `buckets` committed before the fence (and
+/// those that name no bucket) are published.
 async fn outbox_drained(stx: &impl GenericClient, buckets: &[i32]) -> anyhow::Result<bool> {
     // The rows the buckets' transactions wrote (V12), and rows that name no bucket.
     let marks = stx
@@ -608,7 +604,7 @@ async fn outbox_drained(stx: &impl GenericClient, buckets: &[i32]) -> anyhow::Re
 async fn finish_switch(target: &Shard, list: &[i32], epoch: i64) -> anyhow::Result<()> {
     let mut client = target.client().await?;
     let tx = client.transaction().await?;
-    // Both in one round trip: requests for the buckets wait for this commit.
+    // Both sent together: requests for the buckets wait for this commit.
     let owner_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&list, &target.name, &epoch];
     let move_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&list, &epoch];
     tokio::try_join!(

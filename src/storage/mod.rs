@@ -33,6 +33,18 @@ pub async fn holding<T, E: From<tokio_postgres::Error>>(
     Ok(value)
 }
 
+/// A `REPEATABLE READ READ ONLY` transaction: every statement in it reads one snapshot.
+pub async fn read_snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+}
+
 /// SQLSTATE of a failed statement, if it came from the server.
 pub fn sqlstate(err: &tokio_postgres::Error) -> Option<&str> {
     err.code().map(|c| c.code())
