@@ -409,7 +409,8 @@ pub const PLANNER: &str = "SET LOCAL random_page_cost = 1.1";
 
 /// The sets a digest is taken over, for `$1`'s buckets: their users (`u`), wallets
 /// (`w`), transfers (`t`: sent, and same-shard ones received from another bucket),
-/// incoming transfers (`i`) and payments (`p`); then the digest's parts.
+/// incoming transfers (`i`) and payments (`p`); the users counted and every wallet
+/// hashed (both digests take them whole), then the digest's other parts.
 macro_rules! digest_of {
     ($parts:literal) => {
         concat!(
@@ -421,7 +422,9 @@ macro_rules! digest_of {
                         WHERE t2.route = 'local' AND t2.from_user NOT IN (SELECT user_id FROM u)),
                   i AS (SELECT * FROM incoming_transfers WHERE to_user IN (SELECT user_id FROM u)),
                   p AS (SELECT * FROM payments WHERE user_id IN (SELECT user_id FROM u))
-             SELECT ARRAY[",
+             SELECT ARRAY[
+                 (SELECT count(*) FROM u)::text,
+                 (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(user_id || ' ' || currency || ' ' || balance || ' ' || held, 0)), 0) FROM w),",
             $parts
         )
     };
@@ -436,8 +439,6 @@ pub async fn digest(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<
     let row = client
         .query_one(
             digest_of!("
-                 (SELECT count(*) FROM u)::text,
-                 (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(user_id || ' ' || currency || ' ' || balance || ' ' || held, 0)), 0) FROM w),
                  (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(e.entry_id || ' ' || e.amount || ' ' || coalesce(e.balance_after::text, '-'), 0)), 0)
                     FROM w, LATERAL (SELECT * FROM entries e WHERE e.account_id = w.account_id OFFSET 0) e),
                  (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(transfer_id || ' ' || state || ' ' || amount, 0)), 0) FROM t),
@@ -503,8 +504,6 @@ pub async fn digest_catch_up(
     let row = client
         .query_one(
             digest_of!("
-                 (SELECT count(*) FROM u)::text,
-                 (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(user_id || ' ' || currency || ' ' || balance || ' ' || held, 0)), 0) FROM w),
                  (SELECT count(*) FROM w, LATERAL (SELECT 1 FROM entries e WHERE e.account_id = w.account_id OFFSET 0) e)
                     || ' ' || (SELECT coalesce(sum(hashtextextended(e.entry_id || ' ' || e.amount || ' ' || coalesce(e.balance_after::text, '-'), 0)), 0)
                                FROM entries e WHERE e.entry_id = ANY($2) AND e.account_id IN (SELECT account_id FROM w)),
