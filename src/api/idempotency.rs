@@ -16,6 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::error::{problem_response, ApiError};
+use crate::ledger::local::StoredAnswer;
 use crate::storage::Cached;
 use crate::{
     domain::{Caller, IdempotencyKey},
@@ -94,6 +95,34 @@ impl Idempotency {
         router
             .with_owner(bucket, op, |shard, op| async move { self.attempt(&shard, bucket, own, success, op).await })
             .await
+    }
+
+    /// `run` for an effect that completes in one statement of its own (V13): `call` runs
+    /// once on the owner of `bucket` with the answer a success stores beside it, `value`
+    /// serialised. `None` when it wrote nothing (a refusal, a moved bucket, a key already
+    /// taken): then `run` decides, under its own locks, and stores or replays the answer.
+    pub async fn try_in_one_call<T: Serialize, E: Into<ApiError>>(
+        &self,
+        router: &Router,
+        bucket: u32,
+        success: StatusCode,
+        value: &T,
+        call: impl AsyncFnOnce(&deadpool_postgres::Client, &StoredAnswer<'_>) -> Result<bool, E>,
+    ) -> Result<Option<Response>, ApiError> {
+        let shard = router.for_bucket(bucket)?;
+        let client = shard.client().await?;
+        let body = serde_json::to_vec(value).map_err(anyhow::Error::from)?;
+        let answer = StoredAnswer {
+            caller: &self.caller,
+            key: self.key.as_str(),
+            request_hash: &self.fingerprint,
+            status: success.as_u16(),
+            body: &body,
+            bucket,
+            own: self.user_caller && router.layout().map.bucket_of(&self.caller) == bucket,
+        };
+        let committed = call(&client, &answer).await.map_err(Into::into)?;
+        Ok(committed.then(|| problem_response(success, body)))
     }
 
     async fn attempt<T: Serialize, E: Into<ApiError>, Op: AsyncFnOnce(&Transaction<'_>) -> Result<T, E>>(

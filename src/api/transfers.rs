@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     domain::{Caller, RoutableId},
-    ledger::{local::TransferRequest, queries},
+    ledger::{local, local::TransferRequest, queries},
     transfer::{self, admission::Overloaded},
 };
 
@@ -104,6 +104,22 @@ pub async fn create(
         description: req.description.as_deref(),
     };
     let success = if cross_shard { StatusCode::ACCEPTED } else { StatusCode::CREATED };
+    if !cross_shard {
+        // The common case in one round trip; anything else (a refusal, a moved bucket,
+        // a retry) goes the general way below, which decides again.
+        let at = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
+        let receiver_bucket = state.router.bucket_of_user(&to);
+        let view = local::completed_view(&request, at);
+        let done = idem
+            .try_in_one_call(&state.router, bucket, success, &view, async |client, answer| {
+                transfer::complete_local_in_one_call(client, &request, receiver_bucket, at, answer).await
+            })
+            .await?;
+        if let Some(response) = done {
+            crate::telemetry::metrics::transfer_created(true, false);
+            return Ok(response);
+        }
+    }
     // The route is decided on each attempt: a retry after a bucket moved may find the
     // users on other shards than the first attempt did.
     let outcome = idem

@@ -2,7 +2,7 @@
 //! same-shard transfers and reversals.
 use crate::storage::Cached;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{GenericClient, Transaction};
 use num_bigint::BigInt;
 use uuid::Uuid;
 
@@ -156,6 +156,97 @@ pub async fn transfer(tx: &Transaction<'_>, req: &TransferRequest<'_>) -> Result
     let (_, row) = futures::try_join!(posting, async { Ok(tx.cached_query_one(&sql, &params).await?) })?;
     Ok(TransferView::from_row(&row))
 }
+
+/// What an idempotent request stores beside its effect: its key and fingerprint, and the
+/// answer a retry replays (`api::idempotency`).
+pub struct StoredAnswer<'a> {
+    pub caller: &'a str,
+    pub key: &'a str,
+    pub request_hash: &'a [u8],
+    pub status: u16,
+    pub body: &'a [u8],
+    /// The bucket the request routed by, recorded unless `own` finds it through the caller.
+    pub bucket: u32,
+    pub own: bool,
+}
+
+/// The transfer `transfer_in_one_call` records, as the API shows it, completed at `at`
+/// (microseconds, as the server stores time).
+pub fn completed_view(req: &TransferRequest<'_>, at: DateTime<Utc>) -> TransferView {
+    use super::queries::{TransferRoute, TransferStatus};
+    TransferView {
+        transfer_id: req.transfer_id.uuid(),
+        status: TransferStatus::Completed,
+        state: crate::domain::SenderState::Completed.as_str().to_string(),
+        from_user_id: req.from.to_string(),
+        to_user_id: req.to.to_string(),
+        currency: req.currency.to_string(),
+        amount: req.amount.to_string(),
+        description: req.description.map(str::to_string),
+        route: TransferRoute::Local,
+        reason: None,
+        created_at: at,
+        updated_at: at,
+        completed_at: Some(at),
+        stuck_at: None,
+    }
+}
+
+/// A same-shard transfer and its stored answer in one statement (V13): true when it
+/// committed. False when it wrote nothing because it could not simply complete (the
+/// shard does not own a bucket, a wallet is missing, funds are short, or the key was
+/// taken): the general path (`transfer` in a transaction of the caller's) decides then.
+/// `answer` must be `completed_view(req, at)` as the API serialises it.
+#[tracing::instrument(skip_all, fields(transfer_id = %req.transfer_id))]
+pub async fn transfer_in_one_call(
+    client: &impl GenericClient,
+    req: &TransferRequest<'_>,
+    receiver_bucket: u32,
+    at: DateTime<Utc>,
+    answer: &StoredAnswer<'_>,
+) -> Result<bool> {
+    if req.from == req.to {
+        return Ok(false);
+    }
+    let bucket = req.transfer_id.bucket();
+    let ids = [RoutableId::new(bucket).uuid(), RoutableId::new(bucket).uuid(), RoutableId::new(bucket).uuid()];
+    let amount = req.amount.to_string();
+    let outcome = client
+        .cached_query_one(
+            "SELECT transfer_in_one_call($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::numeric, $11, $12,
+                                         $13, $14, $15, $16, $17, $18, $19)",
+            &[
+                &(answer.bucket as i32),
+                &(receiver_bucket as i32),
+                &req.transfer_id.uuid(),
+                &ids[0],
+                &ids[1],
+                &ids[2],
+                &req.from.as_str(),
+                &req.to.as_str(),
+                &req.currency.as_str(),
+                &amount,
+                &req.description,
+                &at,
+                &answer.caller,
+                &answer.key,
+                &answer.request_hash,
+                &(answer.status as i16),
+                &answer.body,
+                &(answer.bucket as i32),
+                &answer.own,
+            ],
+        )
+        .await;
+    match outcome {
+        Ok(row) => Ok(row.get::<_, &str>(0) == "completed"),
+        Err(e) if e.code().is_some_and(|c| c.code() == KEY_TAKEN) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// V13's SQLSTATE for a key another request stored first (everything rolled back).
+const KEY_TAKEN: &str = "SW001";
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[schema(as = Reversal)]

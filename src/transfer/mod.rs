@@ -46,6 +46,19 @@ impl Route {
     }
 }
 
+/// A same-shard transfer completed in one statement with its stored answer, outside any
+/// transaction of the caller's: true when it committed; false when it wrote nothing and
+/// the caller must `start` it in a transaction (see `local::transfer_in_one_call`).
+pub async fn complete_local_in_one_call(
+    client: &impl deadpool_postgres::GenericClient,
+    req: &TransferRequest<'_>,
+    receiver_bucket: u32,
+    at: chrono::DateTime<chrono::Utc>,
+    answer: &local::StoredAnswer<'_>,
+) -> Result<bool> {
+    Ok(local::transfer_in_one_call(client, req, receiver_bucket, at, answer).await?)
+}
+
 /// Starts a transfer inside `tx`, a transaction on the sender's shard. Same-shard
 /// transfers are completed; cross-shard ones are left `pending` with their first stage
 /// (DirectCredit or TryCredit) committed to the outbox in the same transaction.

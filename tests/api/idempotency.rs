@@ -24,6 +24,34 @@ async fn a_retry_replays_the_original_response_byte_for_byte_and_moves_money_onc
     assert_eq!(app.balance(&bob, "EUR").await, "30");
 }
 
+/// A same-shard transfer's answer is written before the server records the transfer
+/// (one statement, V13): it must be exactly what the server recorded, as a later read
+/// and the entries show it.
+#[tokio::test]
+async fn a_completed_transfers_answer_is_what_a_later_read_shows() {
+    let app = spawn_app().await;
+    let (alice, bob) = (app.user_on_shard("alice", 0), app.user_on_shard("bob", 0));
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    let token = app.user_token(&alice);
+    let created = app.transfer(&token, &alice, &bob, "EUR", "30", "pay-1").await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(created.headers().get("content-type").map(|v| v.as_bytes()), Some(&b"application/json"[..]));
+    let created = body(created).await;
+    assert_eq!(created["status"], "completed");
+    assert_eq!(created["route"], "local");
+    assert_eq!(created["amount"], "30");
+    let id = created["transfer_id"].as_str().expect("transfer_id");
+    let read = app.get(&format!("/v1/transfers/{id}"), &token).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(body(read).await, created, "the answer differs from what was recorded");
+    let entries = body(app.get(&format!("/v1/users/{bob}/wallets/EUR/entries"), &app.user_token(&bob)).await).await;
+    assert_eq!(entries["data"][0]["amount"], "30");
+    assert_eq!(entries["data"][0]["balance_after"], "30");
+    assert_eq!(entries["data"][0]["reference"], id);
+    assert_eq!(app.balance(&alice, "EUR").await, "70");
+}
+
 #[tokio::test]
 async fn the_same_key_with_another_request_is_422_and_a_missing_key_is_400() {
     let app = spawn_app().await;
