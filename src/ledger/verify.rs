@@ -109,6 +109,15 @@ const CHECKS: &[(&str, &str)] = &[
          GROUP BY p.posting_id, p.kind HAVING coalesce(sum(e.amount), 0) <> 0 OR count(e.*) < 2",
     ),
     (
+        // The schema's foreign keys from entries left with V14; every writer inserts a
+        // posting with its entries in one statement.
+        "entry without its posting or account",
+        "SELECT format('entry %s names posting %s and account %s; %s is not on this shard', e.entry_id, e.posting_id,
+                       e.account_id, CASE WHEN p.posting_id IS NULL THEN 'the posting' ELSE 'the account' END)
+         FROM entries e LEFT JOIN postings p USING (posting_id) LEFT JOIN accounts a USING (account_id)
+         WHERE p.posting_id IS NULL OR a.account_id IS NULL",
+    ),
+    (
         "open hold of a transfer not in flight",
         concat!(
             "SELECT format('hold of transfer %s is open but the transfer is %s', h.transfer_id, t.state)
