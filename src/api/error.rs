@@ -56,6 +56,9 @@ pub enum ProblemCode {
     BucketMoving,
     /// 503 on POST /v1/transfers: too many cross-shard transfers in flight (Retry-After).
     Overloaded,
+    /// 422 on POST /v1/transfers/batch with `atomic: true`: the senders are on more than
+    /// one shard.
+    BatchSpansShards,
     /// 400 on deposits and withdrawals: not a valid card number or IBAN.
     InvalidPaymentMethod,
     /// 422 when a payment names an unknown gateway; 404 on a callback path.

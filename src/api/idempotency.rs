@@ -11,7 +11,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode},
     response::Response,
 };
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{GenericClient, Transaction};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -43,18 +43,28 @@ impl Idempotency {
         path: &str,
         body: &serde_json::Value,
     ) -> Result<Self, ApiError> {
-        let raw = headers.get(HEADER).ok_or_else(|| {
+        let raw = headers.get(HEADER).map(|raw| raw.to_str().unwrap_or("\u{0}"));
+        Self::new(caller, raw, method, path, body)
+    }
+
+    /// As `from_request`, for a key given beside the request rather than in its header
+    /// (an item of `POST /v1/transfers/batch`, fingerprinted as its single request).
+    pub fn new(
+        caller: &Caller,
+        key: Option<&str>,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<Self, ApiError> {
+        let raw = key.ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "idempotency_key_missing",
                 "this request needs an Idempotency-Key header",
             )
         })?;
-        let key = raw
-            .to_str()
-            .ok()
-            .and_then(|k| IdempotencyKey::parse(k).ok())
-            .ok_or_else(|| ApiError::invalid_request("Idempotency-Key must be 1-255 visible ASCII characters"))?;
+        let key = IdempotencyKey::parse(raw)
+            .map_err(|_| ApiError::invalid_request("Idempotency-Key must be 1-255 visible ASCII characters"))?;
         let mut hash = Sha256::new();
         hash.update(method.as_bytes());
         hash.update([0]);
@@ -67,6 +77,30 @@ impl Idempotency {
             key,
             fingerprint: hash.finalize().to_vec(),
         })
+    }
+
+    pub fn key(&self) -> &str {
+        self.key.as_str()
+    }
+
+    /// Whether the key is found through its caller (a user's key on their own bucket,
+    /// V9) rather than recorded with `bucket`.
+    fn own(&self, router: &Router, bucket: u32) -> bool {
+        self.user_caller && router.layout().map.bucket_of(&self.caller) == bucket
+    }
+
+    /// What an effect that stores its own key writes beside it: `body` answered with
+    /// `status`, for a request routed by `bucket`.
+    pub fn answer<'a>(&'a self, router: &Router, bucket: u32, status: StatusCode, body: &'a [u8]) -> StoredAnswer<'a> {
+        StoredAnswer {
+            caller: &self.caller,
+            key: self.key.as_str(),
+            request_hash: &self.fingerprint,
+            status: status.as_u16(),
+            body,
+            bucket,
+            own: self.own(router, bucket),
+        }
     }
 
     /// Runs `op` once per key on `shard`: runs the effect, then stores the key with its
@@ -91,7 +125,7 @@ impl Idempotency {
     ) -> Result<(Response, bool), ApiError> {
         // A user's key on their own bucket is found through the caller (V9); any other
         // is recorded with the bucket its request routed by.
-        let own = self.user_caller && router.layout().map.bucket_of(&self.caller) == bucket;
+        let own = self.own(router, bucket);
         router
             .with_owner(bucket, op, |shard, op| async move { self.attempt(&shard, bucket, own, success, op).await })
             .await
@@ -112,15 +146,7 @@ impl Idempotency {
         let shard = router.for_bucket(bucket)?;
         let client = shard.client().await?;
         let body = serde_json::to_vec(value).map_err(anyhow::Error::from)?;
-        let answer = StoredAnswer {
-            caller: &self.caller,
-            key: self.key.as_str(),
-            request_hash: &self.fingerprint,
-            status: success.as_u16(),
-            body: &body,
-            bucket,
-            own: self.user_caller && router.layout().map.bucket_of(&self.caller) == bucket,
-        };
+        let answer = self.answer(router, bucket, success, &body);
         let committed = call(&client, &answer).await.map_err(Into::into)?;
         Ok(committed.then(|| problem_response(success, body)))
     }
@@ -149,6 +175,27 @@ impl Idempotency {
                 (status, serde_json::to_vec(&problem).map_err(anyhow::Error::from)?)
             }
         };
+        if self.store(&tx, bucket, own, status, &body).await? {
+            tx.commit().await?;
+            Ok(Attempt::Done((problem_response(status, body), status.is_success())))
+        } else {
+            tx.rollback().await?;
+            // The insert found the key taken, so it is there to replay.
+            let replay = self.replay(&client).await?.ok_or_else(|| anyhow::anyhow!("idempotency key vanished"))?;
+            Ok(Attempt::Done((replay, false)))
+        }
+    }
+
+    /// Stores the key with its answer inside `tx`, the effect's transaction; false when
+    /// another request stored it first (after waiting for that one to commit).
+    async fn store(
+        &self,
+        tx: &impl GenericClient,
+        bucket: u32,
+        own: bool,
+        status: StatusCode,
+        body: &[u8],
+    ) -> Result<bool, ApiError> {
         let stored = tx
             .cached_execute(
                 // NULL only while the caller's user row is here to find the key by
@@ -169,23 +216,22 @@ impl Idempotency {
             )
             .await;
         match stored {
-            Ok(1) => {
-                tx.commit().await?;
-                Ok(Attempt::Done((problem_response(status, body), status.is_success())))
-            }
-            Ok(_) => {
-                tx.rollback().await?;
-                // The insert found the key taken, so it is there to replay.
-                let replay = self.replay(&client).await?.ok_or_else(|| anyhow::anyhow!("idempotency key vanished"))?;
-                Ok(Attempt::Done((replay, false)))
-            }
-            Err(e) if crate::storage::is_lock_timeout(&e) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_request_in_progress",
-                "a request with this Idempotency-Key is still in progress; retry later",
-            )),
+            Ok(n) => Ok(n == 1),
+            Err(e) if crate::storage::is_lock_timeout(&e) => Err(in_progress()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// `store` for a request routed by `bucket`.
+    pub async fn store_for(
+        &self,
+        tx: &impl GenericClient,
+        router: &Router,
+        bucket: u32,
+        status: StatusCode,
+        body: &[u8],
+    ) -> Result<bool, ApiError> {
+        self.store(tx, bucket, self.own(router, bucket), status, body).await
     }
 
     /// The stored response when this key was used before (422 when for another
@@ -197,7 +243,7 @@ impl Idempotency {
 
     /// The stored response of a key used before (422 when it was used for another
     /// request); `None` when the key is unknown.
-    async fn replay(&self, client: &deadpool_postgres::Client) -> Result<Option<Response>, ApiError> {
+    pub async fn replay(&self, client: &impl GenericClient) -> Result<Option<Response>, ApiError> {
         let Some(row) = client
             .cached_query_opt(
                 "SELECT request_hash, status_code, response_body FROM idempotency_keys WHERE caller = $1 AND key = $2",
@@ -220,4 +266,13 @@ impl Idempotency {
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
         Ok(Some(response))
     }
+}
+
+/// 409 `idempotency_request_in_progress`: another request holds the key uncommitted.
+pub fn in_progress() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_request_in_progress",
+        "a request with this Idempotency-Key is still in progress; retry later",
+    )
 }

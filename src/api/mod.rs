@@ -1,6 +1,7 @@
 //! The REST API. Handlers parse into domain types, ask the router for the shard, and
 //! call the ledger / transfer layers; errors become problems in `error`.
 pub mod auth;
+mod batch;
 mod callbacks;
 pub mod error;
 pub mod extract;
@@ -59,6 +60,7 @@ pub fn routes(state: AppState) -> Routes {
         .route("/v1/users/{user_id}/wallets/{currency}/entries", get(users::entries))
         .route("/v1/users/{user_id}/transfers", get(transfers::list_for_user))
         .route("/v1/transfers", post(transfers::create))
+        .route("/v1/transfers/batch", post(batch::create))
         .route("/v1/transfers/{transfer_id}", get(transfers::get))
         .route("/v1/entries/{entry_id}/reversal", post(users::reverse_entry))
         .route("/v1/admin/adjustments", post(users::adjust))

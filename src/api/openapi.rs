@@ -27,7 +27,7 @@ use utoipa::{
 };
 
 use super::{
-    callbacks,
+    batch, callbacks,
     error::{Problem, ProblemCode},
     health, payments, transfers, users,
 };
@@ -52,6 +52,7 @@ use super::{
         users::entries,
         transfers::list_for_user,
         transfers::create,
+        batch::create,
         transfers::get,
         users::reverse_entry,
         payments::deposit,
@@ -70,7 +71,7 @@ use super::{
         payments::admin_resolve,
         super::http_metrics::scrape,
     ),
-    components(schemas(Problem, ProblemCode)),
+    components(schemas(Problem, ProblemCode, batch::BatchProblem)),
     modifiers(&CommonErrors),
     tags(
         (name = "operations", description = "health, readiness, metrics"),

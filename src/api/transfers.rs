@@ -21,7 +21,7 @@ use super::{
     AppState,
 };
 use crate::{
-    domain::{Caller, RoutableId},
+    domain::{Amount, Caller, Currency, RoutableId, UserId},
     ledger::{local, local::TransferRequest, queries},
     transfer::{self, admission::Overloaded},
 };
@@ -71,18 +71,57 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (raw, req): (_, NewTransfer) = json_body(&body)?;
-    let from = extract::user_id(&req.from_user_id)?;
-    let to = extract::user_id(&req.to_user_id)?;
-    let currency = extract::currency(&req.currency)?;
-    let amount = extract::amount(&req.amount)?;
-    if req.description.as_ref().is_some_and(|d| d.len() > 500) {
-        return Err(ApiError::invalid_request("description must be at most 500 characters"));
+    let checked = req.check(&caller)?;
+    let idem = Idempotency::from_request(&caller, &headers, "POST", PATH, &raw)?;
+    send(&state, &checked, &idem).await
+}
+
+/// The path a single transfer is posted to, and fingerprinted with.
+pub(super) const PATH: &str = "/v1/transfers";
+
+/// A transfer request with its fields parsed and the caller allowed to send it.
+pub(super) struct Checked {
+    pub from: UserId,
+    pub to: UserId,
+    pub currency: Currency,
+    pub amount: Amount,
+    pub description: Option<String>,
+}
+
+impl NewTransfer {
+    /// The checks of a request's fields, in the order a single request makes them.
+    pub(super) fn check(&self, caller: &Caller) -> Result<Checked, ApiError> {
+        let from = extract::user_id(&self.from_user_id)?;
+        let to = extract::user_id(&self.to_user_id)?;
+        let currency = extract::currency(&self.currency)?;
+        let amount = extract::amount(&self.amount)?;
+        if self.description.as_ref().is_some_and(|d| d.len() > 500) {
+            return Err(ApiError::invalid_request("description must be at most 500 characters"));
+        }
+        require_self_or_admin(caller, &from)?;
+        Ok(Checked { from, to, currency, amount, description: self.description.clone() })
     }
-    require_self_or_admin(&caller, &from)?;
-    let idem = Idempotency::from_request(&caller, &headers, "POST", "/v1/transfers", &raw)?;
-    let bucket = state.router.bucket_of_user(&from);
-    let shard = state.router.for_user(&from);
-    let cross_shard = !state.router.same_shard(&from, &to);
+}
+
+impl Checked {
+    pub(super) fn request(&self, transfer_id: RoutableId) -> TransferRequest<'_> {
+        TransferRequest {
+            transfer_id,
+            from: &self.from,
+            to: &self.to,
+            currency: &self.currency,
+            amount: &self.amount,
+            description: self.description.as_deref(),
+        }
+    }
+}
+
+/// A checked transfer, sent once per Idempotency-Key: the answer a single request gets.
+pub(super) async fn send(state: &AppState, checked: &Checked, idem: &Idempotency) -> Result<Response, ApiError> {
+    let (from, to) = (&checked.from, &checked.to);
+    let bucket = state.router.bucket_of_user(from);
+    let shard = state.router.for_user(from);
+    let cross_shard = !state.router.same_shard(from, to);
     // Admission first, so a refusal costs no read on the receiver's shard. A refused
     // request is not stored under its key (a retry goes through once there is room),
     // but a retry of a transfer accepted earlier gets that answer, overloaded or not.
@@ -95,20 +134,13 @@ pub async fn create(
             })
         }
     };
-    let request = TransferRequest {
-        transfer_id: state.router.new_id_for(&from),
-        from: &from,
-        to: &to,
-        currency: &currency,
-        amount: &amount,
-        description: req.description.as_deref(),
-    };
+    let request = checked.request(state.router.new_id_for(from));
     let success = if cross_shard { StatusCode::ACCEPTED } else { StatusCode::CREATED };
     if !cross_shard {
         // The common case in one round trip; anything else (a refusal, a moved bucket,
         // a retry) goes the general way below, which decides again.
-        let at = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
-        let receiver_bucket = state.router.bucket_of_user(&to);
+        let at = now_as_stored();
+        let receiver_bucket = state.router.bucket_of_user(to);
         let view = local::completed_view(&request, at);
         let done = idem
             .try_in_one_call(&state.router, bucket, success, &view, async |client, answer| {
@@ -125,7 +157,7 @@ pub async fn create(
     let outcome = idem
         .run(&state.router, bucket, success, async |tx| {
             let direct = state.settings.transfers.direct_credit;
-            let route = transfer::Route::decide(&state.router, &from, &to, &currency, direct).await;
+            let route = transfer::Route::decide(&state.router, from, to, &checked.currency, direct).await;
             transfer::start(tx, route, &request, state.try_timeout()).await
         })
         .await;
@@ -135,12 +167,18 @@ pub async fn create(
     }
     crate::telemetry::metrics::transfer_created(committed, cross_shard);
     if committed && cross_shard {
-        state.wakers.wake(crate::messaging::outbox::Outbox::Stages, state.router.for_user(&from).index);
+        state.wakers.wake(crate::messaging::outbox::Outbox::Stages, state.router.for_user(from).index);
     }
     Ok(outcome?.0)
 }
 
-fn overloaded(refused: &Overloaded) -> Response {
+/// Now, at the microseconds the server stores time in (so an answer written before its
+/// row reads back the same).
+pub(super) fn now_as_stored() -> chrono::DateTime<chrono::Utc> {
+    chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6)
+}
+
+pub(super) fn overloaded(refused: &Overloaded) -> Response {
     tracing::info!(why = %refused.why, "cross-shard transfer refused: overloaded");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,

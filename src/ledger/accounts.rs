@@ -119,3 +119,13 @@ pub async fn missing_wallet_error(client: &impl GenericClient, user: &UserId) ->
 pub fn parse_numeric(text: &str) -> Result<BigInt> {
     text.parse().map_err(|_| Error::Invariant(format!("not an integer: {text}")))
 }
+
+/// Locks every wallet of `users` (all currencies) in account order, as `lock_wallets`
+/// does: a transaction that writes many of them (an atomic batch) takes them all first,
+/// so it cannot deadlock with another that does the same.
+pub async fn lock_users_wallets(client: &impl GenericClient, users: &[&str]) -> Result<()> {
+    client
+        .cached_execute("SELECT 1 FROM accounts WHERE user_id = ANY($1) ORDER BY account_id FOR UPDATE", &[&users])
+        .await?;
+    Ok(())
+}

@@ -248,6 +248,115 @@ pub async fn transfer_in_one_call(
 /// V13's SQLSTATE for a key another request stored first (everything rolled back).
 const KEY_TAKEN: &str = "SW001";
 
+/// One item of `transfer_batch`: the transfer, the receiver's bucket and the answer a
+/// completion stores beside it (`completed_view` as the API serialises it).
+pub struct BatchItem<'a> {
+    pub req: TransferRequest<'a>,
+    pub receiver_bucket: u32,
+    pub answer: StoredAnswer<'a>,
+}
+
+/// What `transfer_batch` did with an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Written with its key and `answer`.
+    Completed,
+    /// Refused for want of funds; its key was stored with the `refusal` given.
+    InsufficientFunds,
+    /// Nothing written (a bucket not owned here, a wallet missing, one user on both
+    /// sides, the key taken): the caller sends it the general way, which decides.
+    NotDone,
+}
+
+/// Same-shard transfers of one caller in one statement and one commit (V15), each
+/// decided in order under locks the batch takes once: every bucket's claim in bucket
+/// order, then every wallet in account order, so concurrent batches cannot deadlock.
+/// All items are on `client`'s shard as the caller's map says; the function checks it.
+/// `refusal` is the body a 422 `insufficient_funds` stores under an item's key.
+#[tracing::instrument(skip_all, fields(items = items.len()))]
+pub async fn transfer_batch(
+    client: &impl GenericClient,
+    items: &[BatchItem<'_>],
+    at: DateTime<Utc>,
+    caller: &str,
+    refusal: &[u8],
+) -> Result<Vec<BatchOutcome>> {
+    let n = items.len();
+    let mut from_buckets = Vec::with_capacity(n);
+    let mut to_buckets = Vec::with_capacity(n);
+    let (mut t_ids, mut p_ids, mut from_entries, mut to_entries) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut from_users, mut to_users, mut curs, mut amts, mut descrs) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut keys, mut hashes, mut bodies, mut owns) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for item in items {
+        let (req, answer) = (&item.req, &item.answer);
+        if answer.caller != caller {
+            return Err(Error::Invariant("a batch stores every key under one caller".into()));
+        }
+        let bucket = req.transfer_id.bucket();
+        from_buckets.push(answer.bucket as i32);
+        to_buckets.push(item.receiver_bucket as i32);
+        t_ids.push(req.transfer_id.uuid());
+        p_ids.push(RoutableId::new(bucket).uuid());
+        from_entries.push(RoutableId::new(bucket).uuid());
+        to_entries.push(RoutableId::new(bucket).uuid());
+        from_users.push(req.from.as_str());
+        to_users.push(req.to.as_str());
+        curs.push(req.currency.as_str());
+        amts.push(req.amount.to_string());
+        descrs.push(req.description);
+        keys.push(answer.key);
+        hashes.push(answer.request_hash);
+        bodies.push(answer.body);
+        owns.push(answer.own);
+    }
+    let row = client
+        .cached_query_one(
+            "SELECT transfer_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text[]::numeric[], $11, $12,
+                                   $13, $14, $15, $16, $17, $18)",
+            &[
+                &from_buckets,
+                &to_buckets,
+                &t_ids,
+                &p_ids,
+                &from_entries,
+                &to_entries,
+                &from_users,
+                &to_users,
+                &curs,
+                &amts,
+                &descrs,
+                &at,
+                &caller,
+                &keys,
+                &hashes,
+                &bodies,
+                &owns,
+                &refusal,
+            ],
+        )
+        .await?;
+    let outcomes: Vec<&str> = row.get(0);
+    if outcomes.len() != n {
+        return Err(Error::Invariant(format!("transfer_batch answered {} of {n} items", outcomes.len())));
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| match o {
+            "completed" => BatchOutcome::Completed,
+            "insufficient_funds" => BatchOutcome::InsufficientFunds,
+            _ => BatchOutcome::NotDone,
+        })
+        .collect())
+}
+
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[schema(as = Reversal)]
 pub struct ReversalView {

@@ -59,6 +59,18 @@ pub async fn complete_local_in_one_call(
     Ok(local::transfer_in_one_call(client, req, receiver_bucket, at, answer).await?)
 }
 
+/// Same-shard transfers of one caller and one shard in one statement and one commit
+/// (`local::transfer_batch`); items it did not complete are the caller's to `start`.
+pub async fn complete_local_batch(
+    client: &impl deadpool_postgres::GenericClient,
+    items: &[local::BatchItem<'_>],
+    at: chrono::DateTime<chrono::Utc>,
+    caller: &str,
+    refusal: &[u8],
+) -> Result<Vec<local::BatchOutcome>> {
+    Ok(local::transfer_batch(client, items, at, caller, refusal).await?)
+}
+
 /// Starts a transfer inside `tx`, a transaction on the sender's shard. Same-shard
 /// transfers are completed; cross-shard ones are left `pending` with their first stage
 /// (DirectCredit or TryCredit) committed to the outbox in the same transaction.

@@ -7,6 +7,7 @@ mod own_postgres;
 
 mod audit;
 mod auth;
+mod batch;
 mod failover;
 mod forged_messages;
 mod foundation;

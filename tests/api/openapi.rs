@@ -19,6 +19,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/v1/users/{user_id}/wallets/{currency}/entries"),
     ("get", "/v1/users/{user_id}/transfers"),
     ("post", "/v1/transfers"),
+    ("post", "/v1/transfers/batch"),
     ("get", "/v1/transfers/{transfer_id}"),
     ("post", "/v1/entries/{entry_id}/reversal"),
     ("post", "/v1/admin/adjustments"),
@@ -39,6 +40,9 @@ const ENDPOINTS: &[(&str, &str)] = &[
 
 /// Re-sending a stage never repeats an effect: a re-drive needs no Idempotency-Key.
 const REDRIVE: &str = "/v1/admin/transfers/{transfer_id}/redrive";
+
+/// Each item carries its own key (`idempotency_key`), not the request.
+const BATCH: &str = "/v1/transfers/batch";
 
 /// Signed by the gateway, not by a bearer token.
 const CALLBACKS: &str = "/v1/gateways/{gateway}/callbacks";
@@ -72,7 +76,7 @@ async fn the_openapi_document_lists_every_endpoint_with_its_errors_and_security(
                 assert_eq!(problem, "#/components/schemas/Problem", "{method} {path} {status}");
             }
         }
-        let idempotent = *method == "post" && !path.starts_with("/v1/users") && *path != CALLBACKS && *path != REDRIVE;
+        let idempotent = *method == "post" && !path.starts_with("/v1/users") && *path != CALLBACKS && *path != REDRIVE && *path != BATCH;
         let key = op["parameters"].as_array().into_iter().flatten().find(|p| p["name"] == "Idempotency-Key");
         assert_eq!(key.is_some(), idempotent, "{method} {path} Idempotency-Key");
         if let Some(key) = key {
@@ -97,6 +101,7 @@ async fn the_openapi_document_lists_every_endpoint_with_its_errors_and_security(
     for code in [
         "rate_limited",
         "insufficient_funds",
+        "batch_spans_shards",
         "idempotency_key_reused",
         "unauthorized",
         "internal",
