@@ -6,7 +6,7 @@
 //!
 //! * `atomic: false`: every item gets the answer its single request would have had, in
 //!   request order. Same-shard items of one sender shard are applied together in one
-//!   statement and one commit (`transfer::complete_local_batch`); whatever that cannot
+//!   transaction and one commit (`transfer::complete_local_batch`); whatever that cannot
 //!   simply complete (a moved bucket, a missing wallet, a key stored before) and every
 //!   cross-shard item goes the single request's way, one at a time. Items are decided in
 //!   request order per sender shard: an item that goes the single way first applies the
@@ -219,7 +219,7 @@ async fn each_on_its_own(state: &AppState, caller: &Caller, items: &[Item]) -> R
     answers.into_iter().map(|a| a.ok_or_else(|| anyhow::anyhow!("a batch item went unanswered").into())).collect()
 }
 
-/// Same-shard items of one sender shard (`group`, in request order) in one statement;
+/// Same-shard items of one sender shard (`group`, in request order) in one transaction;
 /// those it did not complete or refuse go the single request's way, in order.
 async fn together(
     state: &AppState,
@@ -261,7 +261,7 @@ async fn together(
             .collect();
         let shard = router.for_user(&first.from);
         let applied = match shard.client().await {
-            Ok(client) => transfer::complete_local_batch(&client, &batch, at, &caller.subject, &refusal).await,
+            Ok(mut client) => transfer::complete_local_batch(&mut client, &batch, at, &caller.subject, &refusal).await,
             Err(e) => Err(transfer::Error::Ledger(ledger::Error::Shard(e))),
         };
         match applied {

@@ -68,6 +68,35 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Sends one non-atomic batch from user `from` (with its token) of 1 unit to each of
+    /// `tos` (indices), every item with a fresh key.
+    pub async fn batch(&self, http: &reqwest::Client, from: usize, tos: &[usize]) -> reqwest::Result<Answer> {
+        let sender = &self.users[from];
+        let items: Vec<serde_json::Value> = tos
+            .iter()
+            .map(|&to| {
+                json!({
+                    "from_user_id": sender.id,
+                    "to_user_id": self.users[to].id,
+                    "currency": self.currency,
+                    "amount": "1",
+                    "idempotency_key": uuid::Uuid::new_v4().to_string(),
+                })
+            })
+            .collect();
+        let response = http
+            .post(format!("{}/v1/transfers/batch", self.base))
+            .bearer_auth(&sender.token)
+            .json(&json!({ "transfers": items, "atomic": false }))
+            .send()
+            .await?;
+        let status = response.status();
+        let retry_after = response.headers().contains_key(reqwest::header::RETRY_AFTER);
+        Ok(Answer { status, body: response.text().await?, retry_after })
+    }
+}
+
 /// How a refused request is counted: its status and the problem `code` of its body,
 /// e.g. `503 overloaded`, or the status alone when the body is not a problem.
 pub fn error_key(status: StatusCode, body: &str) -> String {

@@ -15,6 +15,7 @@
 //! - `openloop`: the fixed-rate scheduler; `completion`: transfer outcomes from the shards.
 //! - `sweep`: which rates to try and what passes (pure); `cross`: runs the steps.
 //! - `cpu`: `/proc` readings; `pgbench`: the baseline; `report`: summary and JSON.
+mod batch;
 mod completion;
 mod cpu;
 mod cross;
@@ -115,6 +116,9 @@ pub struct BenchArgs {
     /// it), so that a pass stays short on a long history.
     #[arg(long, default_value_t = 0)]
     pub reshard_buckets: usize,
+    /// Transfers per request of the batch phase (same-shard, after pgbench; 0 skips it).
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
     /// Also write the figures as JSON to this file.
     #[arg(long, overrides_with = "json")]
     pub json: Option<PathBuf>,
@@ -154,11 +158,15 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
         duration: args.duration,
         local: None,
         pgbench: Pgbench::Skipped("--mode cross"),
+        batch: None,
         cross: None,
     };
     if args.mode != Mode::Cross {
-        results.local = Some(local_phase(&target, fixture.local_pairs, &probe, &args).await);
+        results.local = Some(local_phase(&target, &fixture.local_pairs, &probe, &args).await);
         results.pgbench = pgbench_phase(&args, &probe).await;
+        if args.batch_size > 0 {
+            results.batch = Some(batch_phase(&target, &fixture.local_pairs, &probe, &args).await);
+        }
     }
     if args.mode != Mode::Local {
         let local_tps = results.local.as_ref().and_then(|l| l.as_ref().ok()).map(|l| l.stats.tps());
@@ -191,6 +199,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
     let failed: Vec<&str> = [
         ("same-shard", results.local.as_ref().is_some_and(|r| r.is_err())),
         ("pgbench", matches!(results.pgbench, Pgbench::Failed(_))),
+        ("batch", results.batch.as_ref().is_some_and(|r| r.is_err())),
         ("cross-shard", results.cross.as_ref().is_some_and(|r| r.is_err())),
     ]
     .into_iter()
@@ -243,17 +252,35 @@ fn describe(args: &BenchArgs, probe: &cpu::Probe, drain: Duration, per_shard: &[
 
 async fn local_phase(
     target: &Arc<Target>,
-    pairs: Vec<(usize, usize)>,
+    pairs: &[(usize, usize)],
     probe: &cpu::Probe,
     args: &BenchArgs,
 ) -> anyhow::Result<Local> {
     anyhow::ensure!(!pairs.is_empty(), "no same-shard pairs among the bench users");
     println!("\n-- same-shard transfers, closed loop: {} clients, {} s", args.clients, args.duration);
     let meter = probe.start();
-    let stats = load::run_local(target, Arc::new(pairs), args.clients, Duration::from_secs(args.duration)).await?;
+    let stats =
+        load::run_local(target, Arc::new(pairs.to_vec()), args.clients, Duration::from_secs(args.duration)).await?;
     let cpu = meter.finish();
     println!("{}", report::local_details(&stats));
     Ok(Local { stats, cpu })
+}
+
+async fn batch_phase(
+    target: &Arc<Target>,
+    pairs: &[(usize, usize)],
+    probe: &cpu::Probe,
+    args: &BenchArgs,
+) -> anyhow::Result<report::Batch> {
+    println!(
+        "\n-- same-shard batches, closed loop: {} clients, {} transfers per batch, {} s",
+        args.clients, args.batch_size, args.duration
+    );
+    let meter = probe.start();
+    let stats = batch::run(target, pairs, args.clients, Duration::from_secs(args.duration), args.batch_size).await?;
+    let cpu = meter.finish();
+    println!("{}", report::batch_details(&stats));
+    Ok(report::Batch { stats, cpu })
 }
 
 async fn pgbench_phase(args: &BenchArgs, probe: &cpu::Probe) -> Pgbench {

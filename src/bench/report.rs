@@ -6,6 +6,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use super::{
+    batch::BatchStats,
     cpu::PhaseCpu,
     cross::{CrossResult, Step, StepKind},
     load::{Errors, LocalStats},
@@ -19,8 +20,17 @@ pub struct Results {
     pub duration: u64,
     pub local: Option<anyhow::Result<Local>>,
     pub pgbench: Pgbench,
+    pub batch: Option<anyhow::Result<Batch>>,
     pub cross: Option<anyhow::Result<CrossResult>>,
 }
+
+pub struct Batch {
+    pub stats: BatchStats,
+    pub cpu: PhaseCpu,
+}
+
+/// The batch phase's goal: transfers per second ÷ pgbench transactions per second.
+pub const BATCH_GOAL: f64 = 3.0;
 
 pub struct Local {
     pub stats: LocalStats,
@@ -82,6 +92,22 @@ pub fn local_details(s: &LocalStats) -> String {
         ms(&s.request, 0.5),
         ms(&s.request, 0.99),
         ms(&s.request, 0.999),
+        ms(&s.request, 1.0),
+        samples(&s.errors)
+    )
+}
+
+pub fn batch_details(s: &BatchStats) -> String {
+    format!(
+        "{} batches of {} in {:.1} s: {} transfers completed ({:.1} transfers/s), errors: {}\nbatch latency p50 {}, p99 {}, max {}{}",
+        s.batches,
+        s.size,
+        s.elapsed.as_secs_f64(),
+        s.ok,
+        s.tps(),
+        counts(&s.errors.counts),
+        ms(&s.request, 0.5),
+        ms(&s.request, 0.99),
         ms(&s.request, 1.0),
         samples(&s.errors)
     )
@@ -174,6 +200,29 @@ pub fn summary(res: &Results) -> String {
     };
     if let (Some(local), Some(pg)) = (local_tps, pg_tps.filter(|t| *t > 0.0)) {
         row("ratio same-shard ÷ pgbench".into(), format!("{:.2}", local / pg));
+    }
+    match &res.batch {
+        None => {}
+        Some(Err(e)) => row("same-shard batches".into(), format!("failed: {e:#}")),
+        Some(Ok(b)) => {
+            let s = &b.stats;
+            row(
+                format!("same-shard batches of {}, closed loop, {closed}", s.size),
+                format!(
+                    "{:.1} transfers/s ({} batches); batch p50 {}, p99 {}; errors: {}",
+                    s.tps(),
+                    s.batches,
+                    ms(&s.request, 0.5),
+                    ms(&s.request, 0.99),
+                    counts(&s.errors.counts)
+                ),
+            );
+            if let Some(pg) = pg_tps.filter(|t| *t > 0.0) {
+                let ratio = s.tps() / pg;
+                let verdict = if ratio >= BATCH_GOAL { "met" } else { "not met" };
+                row("ratio batch transfers/s ÷ pgbench".into(), format!("{ratio:.2} (goal ≥ {BATCH_GOAL}: {verdict})"));
+            }
+        }
     }
     match &res.cross {
         None => {}
@@ -293,6 +342,9 @@ fn cpu_phases(res: &Results) -> Vec<(String, u64, &PhaseCpu)> {
     }
     if let Pgbench::Ran { outcome, cpu, .. } = &res.pgbench {
         phases.push(("pgbench (transactions)".to_string(), outcome.transactions.unwrap_or(0), cpu));
+    }
+    if let Some(Ok(b)) = &res.batch {
+        phases.push((format!("same-shard batches of {} (ok transfers)", b.stats.size), b.stats.ok, &b.cpu));
     }
     if let Some(Ok(cross)) = &res.cross {
         let steps = cross.sweep.iter().chain(&cross.half).chain(&cross.overload);
@@ -419,6 +471,25 @@ pub fn json(res: &Results) -> Value {
         (Some(Ok(l)), Pgbench::Ran { outcome, .. }) if outcome.tps > 0.0 => json!(l.stats.tps() / outcome.tps),
         _ => Value::Null,
     };
+    let batch = match &res.batch {
+        None => Value::Null,
+        Some(Err(e)) => json!({ "error": format!("{e:#}") }),
+        Some(Ok(b)) => json!({
+            "clients": res.clients,
+            "size": b.stats.size,
+            "secs": b.stats.elapsed.as_secs_f64(),
+            "batches": b.stats.batches,
+            "ok": b.stats.ok,
+            "tps": b.stats.tps(),
+            "errors": b.stats.errors.counts,
+            "request": latencies(&b.stats.request, &[("p50_ms", 0.5), ("p99_ms", 0.99), ("max_ms", 1.0)]),
+            "cpu": cpu_json(&b.cpu, b.stats.ok),
+        }),
+    };
+    let batch_ratio = match (&res.batch, &res.pgbench) {
+        (Some(Ok(b)), Pgbench::Ran { outcome, .. }) if outcome.tps > 0.0 => json!(b.stats.tps() / outcome.tps),
+        _ => Value::Null,
+    };
     let cross = match &res.cross {
         None => Value::Null,
         Some(Err(e)) => json!({ "error": format!("{e:#}") }),
@@ -431,7 +502,15 @@ pub fn json(res: &Results) -> Value {
             "overload": c.overload.as_ref().map(step_json),
         }),
     };
-    json!({ "settings": res.settings, "same_shard": local, "pgbench": pgbench, "ratio_same_shard_to_pgbench": ratio, "cross_shard": cross })
+    json!({
+        "settings": res.settings,
+        "same_shard": local,
+        "pgbench": pgbench,
+        "ratio_same_shard_to_pgbench": ratio,
+        "batch": batch,
+        "ratio_batch_to_pgbench": batch_ratio,
+        "cross_shard": cross,
+    })
 }
 
 /// Seconds as text without a trailing `.0`.

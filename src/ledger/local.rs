@@ -249,7 +249,8 @@ pub async fn transfer_in_one_call(
 const KEY_TAKEN: &str = "SW001";
 
 /// One item of `transfer_batch`: the transfer, the receiver's bucket and the answer a
-/// completion stores beside it (`completed_view` as the API serialises it).
+/// completion stores beside it (`completed_view` as the API serialises it, with its
+/// status).
 pub struct BatchItem<'a> {
     pub req: TransferRequest<'a>,
     pub receiver_bucket: u32,
@@ -268,93 +269,196 @@ pub enum BatchOutcome {
     NotDone,
 }
 
-/// Same-shard transfers of one caller in one statement and one commit (V15), each
-/// decided in order under locks the batch takes once: every bucket's claim in bucket
-/// order, then every wallet in account order, so concurrent batches cannot deadlock.
-/// All items are on `client`'s shard as the caller's map says; the function checks it.
-/// `refusal` is the body a 422 `insufficient_funds` stores under an item's key.
+/// Same-shard transfers of one caller in one transaction of the caller's (`tx`, on the
+/// shard the caller's map names for every item), decided in request order under locks
+/// taken once: every bucket's claim in bucket order, then every wallet in account order,
+/// so concurrent batches cannot deadlock. The decisions are made here, on the locked
+/// balances; the writes are one statement per table for the whole batch (a wallet's row
+/// is updated once, whatever number of items it is in). `refusal` is the body a 422
+/// `insufficient_funds` stores under an item's key.
+///
+/// `Ok(None)`: a key the batch found free was taken by a request in flight meanwhile;
+/// the caller must roll back and send the items one by one.
 #[tracing::instrument(skip_all, fields(items = items.len()))]
 pub async fn transfer_batch(
-    client: &impl GenericClient,
+    tx: &Transaction<'_>,
     items: &[BatchItem<'_>],
     at: DateTime<Utc>,
     caller: &str,
     refusal: &[u8],
-) -> Result<Vec<BatchOutcome>> {
-    let n = items.len();
-    let mut from_buckets = Vec::with_capacity(n);
-    let mut to_buckets = Vec::with_capacity(n);
-    let (mut t_ids, mut p_ids, mut from_entries, mut to_entries) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut from_users, mut to_users, mut curs, mut amts, mut descrs) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut keys, mut hashes, mut bodies, mut owns) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+) -> Result<Option<Vec<BatchOutcome>>> {
+    if items.iter().any(|i| i.answer.caller != caller) {
+        return Err(Error::Invariant("a batch stores every key under one caller".into()));
+    }
+    let buckets: Vec<u32> = items.iter().flat_map(|i| [i.answer.bucket, i.receiver_bucket]).collect();
+    let owned = crate::sharding::ownership::claim_owned(tx, &buckets).await?;
+    let users: Vec<&str> = items.iter().flat_map(|i| [i.req.from.as_str(), i.req.to.as_str()]).collect();
+    let currencies: Vec<&str> = items.iter().map(|i| i.req.currency.as_str()).collect();
+    let keys: Vec<&str> = items.iter().map(|i| i.answer.key).collect();
+    let wallet_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&users, &currencies];
+    let key_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&caller, &keys];
+    let caller_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&caller];
+    let (locked, taken, known) = futures::try_join!(
+        tx.cached_query(
+            "SELECT account_id, user_id, currency, balance::text, held::text FROM accounts
+             WHERE user_id = ANY($1) AND currency = ANY($2) ORDER BY account_id FOR UPDATE",
+            &wallet_params,
+        ),
+        tx.cached_query("SELECT key FROM idempotency_keys WHERE caller = $1 AND key = ANY($2)", &key_params),
+        tx.cached_query_one("SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1)", &caller_params),
+    )?;
+    let caller_known: bool = known.get(0);
+    let mut wallets = std::collections::HashMap::with_capacity(locked.len());
+    for row in &locked {
+        let balance = parse_numeric(row.get(3))?;
+        let available = &balance - parse_numeric(row.get(4))?;
+        let id: i64 = row.get(0);
+        wallets.insert(
+            (row.get::<_, &str>(1), row.get::<_, &str>(2)),
+            BatchWallet { id, balance, available, touched: false },
+        );
+    }
+    let mut taken: std::collections::HashSet<&str> = taken.iter().map(|r| r.get::<_, &str>(0)).collect();
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut writes = BatchWrites::default();
     for item in items {
         let (req, answer) = (&item.req, &item.answer);
-        if answer.caller != caller {
-            return Err(Error::Invariant("a batch stores every key under one caller".into()));
+        let currency = req.currency.as_str();
+        let usable = req.from != req.to
+            && owned.contains(&answer.bucket)
+            && owned.contains(&item.receiver_bucket)
+            && wallets.contains_key(&(req.from.as_str(), currency))
+            && wallets.contains_key(&(req.to.as_str(), currency))
+            && !taken.contains(answer.key);
+        if !usable {
+            outcomes.push(BatchOutcome::NotDone);
+            continue;
+        }
+        // A later item with this key finds it taken, as a later request would.
+        taken.insert(answer.key);
+        let amount = signed(req.amount);
+        let sender = &wallets[&(req.from.as_str(), currency)];
+        let outcome = if sender.available < amount { BatchOutcome::InsufficientFunds } else { BatchOutcome::Completed };
+        let (status, body) = match outcome {
+            BatchOutcome::Completed => (answer.status as i16, answer.body),
+            _ => (422, refusal),
+        };
+        writes.keys.push(answer.key);
+        writes.hashes.push(answer.request_hash);
+        writes.statuses.push(status);
+        writes.bodies.push(body);
+        writes.key_buckets.push((!(answer.own && caller_known)).then_some(answer.bucket as i32));
+        outcomes.push(outcome);
+        if outcome != BatchOutcome::Completed {
+            continue;
         }
         let bucket = req.transfer_id.bucket();
-        from_buckets.push(answer.bucket as i32);
-        to_buckets.push(item.receiver_bucket as i32);
-        t_ids.push(req.transfer_id.uuid());
-        p_ids.push(RoutableId::new(bucket).uuid());
-        from_entries.push(RoutableId::new(bucket).uuid());
-        to_entries.push(RoutableId::new(bucket).uuid());
-        from_users.push(req.from.as_str());
-        to_users.push(req.to.as_str());
-        curs.push(req.currency.as_str());
-        amts.push(req.amount.to_string());
-        descrs.push(req.description);
-        keys.push(answer.key);
-        hashes.push(answer.request_hash);
-        bodies.push(answer.body);
-        owns.push(answer.own);
+        let posting = RoutableId::new(bucket).uuid();
+        for (user, delta) in [(req.from, -amount.clone()), (req.to, amount.clone())] {
+            let wallet =
+                wallets.get_mut(&(user.as_str(), currency)).ok_or_else(|| Error::Invariant("wallet lost".into()))?;
+            wallet.balance += &delta;
+            wallet.available += &delta;
+            wallet.touched = true;
+            writes.entry_ids.push(RoutableId::new(bucket).uuid());
+            writes.entry_postings.push(posting);
+            writes.entry_accounts.push(wallet.id);
+            writes.entry_amounts.push(delta.to_string());
+            writes.entry_balances.push(wallet.balance.to_string());
+        }
+        writes.postings.push(posting);
+        writes.transfers.push(req.transfer_id.uuid());
+        writes.froms.push(req.from.as_str());
+        writes.tos.push(req.to.as_str());
+        writes.currencies.push(currency);
+        writes.amounts.push(req.amount.to_string());
+        writes.descriptions.push(req.description);
     }
-    let row = client
-        .cached_query_one(
-            "SELECT transfer_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text[]::numeric[], $11, $12,
-                                   $13, $14, $15, $16, $17, $18)",
-            &[
-                &from_buckets,
-                &to_buckets,
-                &t_ids,
-                &p_ids,
-                &from_entries,
-                &to_entries,
-                &from_users,
-                &to_users,
-                &curs,
-                &amts,
-                &descrs,
-                &at,
-                &caller,
-                &keys,
-                &hashes,
-                &bodies,
-                &owns,
-                &refusal,
-            ],
+    if writes.keys.is_empty() {
+        return Ok(Some(outcomes));
+    }
+    let stored = tx
+        .cached_execute(
+            "INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body, bucket)
+             SELECT $1, k.key, k.hash, k.status, k.body, k.bucket
+             FROM unnest($2::text[], $3::bytea[], $4::smallint[], $5::bytea[], $6::integer[]) AS k(key, hash, status, body, bucket)
+             ON CONFLICT DO NOTHING",
+            &[&caller, &writes.keys, &writes.hashes, &writes.statuses, &writes.bodies, &writes.key_buckets],
         )
         .await?;
-    let outcomes: Vec<&str> = row.get(0);
-    if outcomes.len() != n {
-        return Err(Error::Invariant(format!("transfer_batch answered {} of {n} items", outcomes.len())));
+    if stored != writes.keys.len() as u64 {
+        return Ok(None);
     }
-    Ok(outcomes
-        .into_iter()
-        .map(|o| match o {
-            "completed" => BatchOutcome::Completed,
-            "insufficient_funds" => BatchOutcome::InsufficientFunds,
-            _ => BatchOutcome::NotDone,
-        })
-        .collect())
+    if writes.transfers.is_empty() {
+        return Ok(Some(outcomes));
+    }
+    let (ids, balances): (Vec<i64>, Vec<String>) =
+        wallets.values().filter(|w| w.touched).map(|w| (w.id, w.balance.to_string())).unzip();
+    tx.cached_execute(
+        "WITH moved AS (
+             UPDATE accounts a SET balance = w.balance, updated_at = now()
+             FROM unnest($1::bigint[], $2::text[]::numeric[]) AS w(id, balance) WHERE a.account_id = w.id
+         ), legs AS (
+             INSERT INTO entries (entry_id, posting_id, account_id, amount, balance_after)
+             SELECT * FROM unnest($3::uuid[], $4::uuid[], $5::bigint[], $6::text[]::numeric[], $7::text[]::numeric[])
+         ), posted AS (
+             INSERT INTO postings (posting_id, kind, reference, description)
+             SELECT p.id, 'transfer', p.reference, p.description FROM unnest($8::uuid[], $9::uuid[], $10::text[]) AS p(id, reference, description)
+         )
+         INSERT INTO transfers (transfer_id, from_user, to_user, currency, amount, description, route, state,
+                                created_at, updated_at, completed_at)
+         SELECT t.id, t.from_user, t.to_user, t.currency, t.amount, t.description, 'local', 'completed', $15, $15, $15
+         FROM unnest($9::uuid[], $11::text[], $12::text[], $13::text[], $14::text[]::numeric[], $10::text[])
+              AS t(id, from_user, to_user, currency, amount, description)",
+        &[
+            &ids,
+            &balances,
+            &writes.entry_ids,
+            &writes.entry_postings,
+            &writes.entry_accounts,
+            &writes.entry_amounts,
+            &writes.entry_balances,
+            &writes.postings,
+            &writes.transfers,
+            &writes.descriptions,
+            &writes.froms,
+            &writes.tos,
+            &writes.currencies,
+            &writes.amounts,
+            &at,
+        ],
+    )
+    .await?;
+    Ok(Some(outcomes))
+}
+
+struct BatchWallet {
+    id: i64,
+    balance: BigInt,
+    available: BigInt,
+    touched: bool,
+}
+
+/// The rows a batch writes, a column per array (`unnest`).
+#[derive(Default)]
+struct BatchWrites<'a> {
+    keys: Vec<&'a str>,
+    hashes: Vec<&'a [u8]>,
+    statuses: Vec<i16>,
+    bodies: Vec<&'a [u8]>,
+    key_buckets: Vec<Option<i32>>,
+    entry_ids: Vec<Uuid>,
+    entry_postings: Vec<Uuid>,
+    entry_accounts: Vec<i64>,
+    entry_amounts: Vec<String>,
+    entry_balances: Vec<String>,
+    postings: Vec<Uuid>,
+    transfers: Vec<Uuid>,
+    froms: Vec<&'a str>,
+    tos: Vec<&'a str>,
+    currencies: Vec<&'a str>,
+    amounts: Vec<String>,
+    descriptions: Vec<Option<&'a str>>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]

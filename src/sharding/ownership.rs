@@ -211,3 +211,25 @@ pub async fn record_members(
     }
     Ok(())
 }
+
+/// `check_write` for many buckets at once: takes their advisory locks in shared mode, in
+/// bucket order (so two such claims, or a claim and a fence, cannot wait in a circle),
+/// then reads which of them this shard owns, in a statement after the grants. Returns
+/// the owned ones; writing to any other is the caller's to refuse.
+pub async fn claim_owned(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<u32>, Error> {
+    let buckets: Vec<i32> = buckets.iter().map(|&b| b as i32).collect();
+    let lock = client
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT pg_advisory_xact_lock_shared($2, s.b)
+                                   FROM (SELECT DISTINCT b FROM unnest($1::integer[]) AS b ORDER BY 1) s) l",
+        )
+        .await
+        .map_err(db_error)?;
+    client.query_one(&lock, &[&buckets, &BUCKET_LOCKS]).await.map_err(db_error)?;
+    let owned = client
+        .prepare_cached("SELECT bucket FROM bucket_owners WHERE bucket = ANY($1) AND state = 'owned'")
+        .await
+        .map_err(db_error)?;
+    let rows = client.query(&owned, &[&buckets]).await.map_err(db_error)?;
+    Ok(rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
+}

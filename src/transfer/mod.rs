@@ -59,16 +59,27 @@ pub async fn complete_local_in_one_call(
     Ok(local::transfer_in_one_call(client, req, receiver_bucket, at, answer).await?)
 }
 
-/// Same-shard transfers of one caller and one shard in one statement and one commit
-/// (`local::transfer_batch`); items it did not complete are the caller's to `start`.
+/// Same-shard transfers of one caller and one shard in one transaction and one commit
+/// (`local::transfer_batch`); items it did not complete or refuse are the caller's to
+/// `start`, and so is every item when a key was taken meanwhile (nothing committed).
 pub async fn complete_local_batch(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &mut deadpool_postgres::Client,
     items: &[local::BatchItem<'_>],
     at: chrono::DateTime<chrono::Utc>,
     caller: &str,
     refusal: &[u8],
 ) -> Result<Vec<local::BatchOutcome>> {
-    Ok(local::transfer_batch(client, items, at, caller, refusal).await?)
+    let tx = client.transaction().await.map_err(crate::ledger::Error::from)?;
+    match local::transfer_batch(&tx, items, at, caller, refusal).await? {
+        Some(outcomes) => {
+            tx.commit().await.map_err(crate::ledger::Error::from)?;
+            Ok(outcomes)
+        }
+        None => {
+            tx.rollback().await.map_err(crate::ledger::Error::from)?;
+            Ok(vec![local::BatchOutcome::NotDone; items.len()])
+        }
+    }
 }
 
 /// Starts a transfer inside `tx`, a transaction on the sender's shard. Same-shard

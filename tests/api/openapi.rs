@@ -76,7 +76,11 @@ async fn the_openapi_document_lists_every_endpoint_with_its_errors_and_security(
                 assert_eq!(problem, "#/components/schemas/Problem", "{method} {path} {status}");
             }
         }
-        let idempotent = *method == "post" && !path.starts_with("/v1/users") && *path != CALLBACKS && *path != REDRIVE && *path != BATCH;
+        let idempotent = *method == "post"
+            && !path.starts_with("/v1/users")
+            && *path != CALLBACKS
+            && *path != REDRIVE
+            && *path != BATCH;
         let key = op["parameters"].as_array().into_iter().flatten().find(|p| p["name"] == "Idempotency-Key");
         assert_eq!(key.is_some(), idempotent, "{method} {path} Idempotency-Key");
         if let Some(key) = key {
