@@ -89,8 +89,8 @@ health: ## GET /health and /ready of a running server
 verify: build ## check the ledger across shards (non-zero exit on discrepancy)
 	$(BIN) verify
 
-run: cluster-up build migrate testdata ## cluster, build, migrate, test data, then mock gateways + serve, printing where everything is
-	SHARDWALLET_BIN=$(BIN) SERVICE_URL=$(SERVICE_URL) bash scripts/run.sh
+run: ## install, build, cluster, migrate, test data, then mock gateways + serve: a line per step, build log in .local/logs (V=1: live)
+	SHARDWALLET_BIN=$(BIN) SERVICE_URL=$(SERVICE_URL) CARGO=$(CARGO) bash scripts/run.sh
 
 # --- tests and benchmark -----------------------------------------------------
 

@@ -36,6 +36,50 @@ show_log_tail() {
 is_root() { [[ $(id -u) -eq 0 ]]; }
 
 # ---------------------------------------------------------------------------
+# Steps (`make run`): one line per step with the time since the run began; the step's
+# own output goes to a log file named on that line (V=1 shows it live as well).
+# ---------------------------------------------------------------------------
+
+STEPS_STARTED=${STEPS_STARTED:-$SECONDS}
+
+# The time since the first step began, as m:ss.
+elapsed() {
+	local s=$((SECONDS - STEPS_STARTED))
+	printf '%d:%02d' $((s / 60)) $((s % 60))
+}
+
+# step LOG DESCRIPTION CMD...: runs CMD with its output appended to LOG. While it runs
+# longer than a minute, a line a minute says so with the log's last line; on failure the
+# log's tail is shown and the script stops.
+step() {
+	local log=$1 what=$2
+	shift 2
+	mkdir -p "$(dirname "$log")"
+	local began=$SECONDS rc=0 ticker=
+	printf '[%s] %s (log: %s)\n' "$(elapsed)" "$what" "${log#"$REPO_ROOT"/}" >&2
+	printf '\n=== %s: %s ===\n' "$(date -Is)" "$what" >>"$log"
+	if [[ ${V:-0} == 1 ]]; then
+		"$@" 2>&1 | tee -a "$log" >&2 || rc=$?
+	else
+		(
+			while sleep 60; do
+				last=$(tail -n 1 "$log" 2>/dev/null | cut -c1-100)
+				printf '[%s]   ... still %s; last: %s\n' "$(elapsed)" "$what" "$last" >&2
+			done
+		) &
+		ticker=$!
+		"$@" >>"$log" 2>&1 || rc=$?
+		kill "$ticker" 2>/dev/null || true
+		wait "$ticker" 2>/dev/null || true
+	fi
+	if ((rc != 0)); then
+		show_log_tail "$log" 30
+		die "$what failed (exit $rc; whole log: $log)"
+	fi
+	printf '[%s]   done in %ss\n' "$(elapsed)" $((SECONDS - began)) >&2
+}
+
+# ---------------------------------------------------------------------------
 # Waiting
 # ---------------------------------------------------------------------------
 
