@@ -49,7 +49,7 @@ build: ## release build (target/release/shardwallet)
 
 # --- local cluster (no Docker) ----------------------------------------------
 
-cluster-up: ## install what is missing (postgresql, nisshi), start 3 Postgres shards + broker
+cluster-up: ## install what is missing (postgresql, the broker from tools/broker), start 3 Postgres shards + broker
 	$(CLUSTER) install up
 
 cluster-down: ## stop the local Postgres shards and the broker

@@ -3,10 +3,13 @@
 #   - three PostgreSQL instances ("shard-1..3") on 127.0.0.1:5441-5443,
 #     superuser role `shardwallet`, trust auth for 127.0.0.1 only;
 #     database `shardwallet` on each, plus `nisshi` and `pgbench` on 5441;
-#   - the Kafka-compatible broker nisshi (Tansu) on 127.0.0.1:9092.
+#   - the Kafka-compatible broker nisshi (Tansu) 0.8.1 on 127.0.0.1:9092: the library
+#     built into tools/broker (`target/broker/shardwallet-broker`, memory and postgres
+#     storage), or for BROKER_STORAGE=sqlite the full `nisshi` command from crates.io.
 #
 # Usage: scripts/cluster.sh COMMAND [COMMAND...]     (run in order, e.g. `install up`)
-#   install   install missing Debian packages (postgresql, curl, build tools) and nisshi
+#   install   install missing Debian packages (postgresql, curl, build tools) and build
+#             the broker (cargo build -p shardwallet-broker; `nisshi` for sqlite)
 #   up        start whatever is not running yet; reuse whatever already is
 #   down      stop the Postgres instances and the broker this script started
 #   broker-restart  stop the broker this script started and start it again with
@@ -21,7 +24,7 @@
 #                                         `none` starts Postgres only
 #   NISSHI_REBALANCE_DELAY                the broker's group.initial.rebalance.delay
 #                                         (default 100ms: consumer groups in tests form fast)
-#   NISSHI_EXTRA_ARGS                     extra arguments for `nisshi broker`
+#   NISSHI_EXTRA_ARGS                     extra arguments for the broker
 #   PG_START_TIMEOUT, BROKER_START_TIMEOUT  seconds (default 60 each)
 #
 # Data lives under .local/ (git-ignored): .local/pg/shard-N, logs in .local/logs/.
@@ -300,7 +303,7 @@ broker_pid() {
 	[[ -r $BROKER_PID_FILE ]] || return 1
 	pid=$(<"$BROKER_PID_FILE")
 	[[ $pid =~ ^[0-9]+$ ]] || return 1
-	grep -qa nisshi "/proc/$pid/cmdline" 2>/dev/null || return 1
+	grep -qaE 'nisshi|shardwallet-broker' "/proc/$pid/cmdline" 2>/dev/null || return 1
 	printf '%s\n' "$pid"
 }
 
@@ -323,12 +326,12 @@ broker_up() {
 	postgres) url="postgres://$PG_ROLE@$PG_HOST:${SHARD_PORTS[0]}/nisshi" ;;
 	*) die "BROKER_STORAGE must be memory, sqlite, postgres or none (got '$storage')" ;;
 	esac
-	bin=$(nisshi_bin) ||
-		die "broker: nisshi is not installed (looked on PATH and in ${CARGO_HOME:-$HOME/.cargo}/bin). Postgres is up; install the broker with 'scripts/cluster.sh install' (builds from crates.io: about 11 minutes on 2 idle cores, once per machine), then run 'scripts/cluster.sh up' again"
+	bin=$(broker_bin "$storage") ||
+		die "broker: not built for storage=$storage (looked for $([[ $storage == sqlite ]] && echo "nisshi on PATH and in ${CARGO_HOME:-$HOME/.cargo}/bin" || echo "$BROKER_BIN")). Postgres is up; build the broker with 'scripts/cluster.sh install', then run 'scripts/cluster.sh up' again"
 
 	mkdir -p "$LOG_DIR"
 	info "broker: starting $bin with storage=$storage (log: $BROKER_LOG)"
-	printf '\n=== %s: nisshi broker, storage %s ===\n' "$(date -Is)" "$url" >>"$BROKER_LOG"
+	printf '\n=== %s: %s broker, storage %s ===\n' "$(date -Is)" "$bin" "$url" >>"$BROKER_LOG"
 	# setsid: its own session, so a Ctrl-C in the terminal that ran `make run` or the
 	# end of a CI step does not take the broker down with it.
 	# shellcheck disable=SC2086 # NISSHI_EXTRA_ARGS is a list of words on purpose
@@ -400,12 +403,28 @@ cmd_install() {
 	fi
 
 	local bin cargo
+	cargo=$(cargo_bin) || die "cargo not found; install Rust (rustup) first"
+	if [[ ${BROKER_STORAGE:-memory} == sqlite ]]; then
+		install_nisshi "$cargo"
+		return 0
+	fi
+	# A no-op (about a second) once built; pinned by Cargo.lock. rama, a dependency of
+	# nisshi-broker, declares Rust 1.96 but builds with older compilers.
+	info "broker: cargo build -p shardwallet-broker --profile broker (tools/broker; the first build takes a few minutes)"
+	"$cargo" build -p shardwallet-broker --profile broker --locked --ignore-rust-version \
+		--manifest-path "$REPO_ROOT/Cargo.toml"
+	bin=$(broker_bin memory) || die "the broker build finished but $BROKER_BIN is missing"
+	info "broker: $bin"
+}
+
+# The full nisshi command from crates.io (BROKER_STORAGE=sqlite only).
+install_nisshi() {
+	local cargo=$1 bin
 	if bin=$(nisshi_bin); then
 		info "nisshi: already installed at $bin"
 		return 0
 	fi
-	cargo=$(cargo_bin) || die "cargo not found; install Rust (rustup) first"
-	info "nisshi: installing $NISSHI_VERSION (features $NISSHI_FEATURES) from crates.io (about 11 minutes on 2 idle cores, once per machine)"
+	info "nisshi: installing $NISSHI_VERSION (features $NISSHI_FEATURES) from crates.io for sqlite storage (about 11 minutes on 2 idle cores, once per machine)"
 	"$cargo" install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
 		--no-default-features --features "$NISSHI_FEATURES"
 	bin=$(nisshi_bin) || die "cargo install finished but nisshi is not in ${CARGO_HOME:-$HOME/.cargo}/bin"
@@ -465,9 +484,9 @@ cmd_status() {
 		state=down
 		rc=1
 	fi
-	bin=$(nisshi_bin) || bin="not installed (scripts/cluster.sh install)"
+	bin=$(broker_bin "${BROKER_STORAGE:-memory}") || bin="not built (scripts/cluster.sh install)"
 	printf '%-8s %s:%-5s %s log=%s\n' broker "$BROKER_HOST" "$BROKER_PORT" "$state" "$BROKER_LOG"
-	printf '%-8s %s\n' nisshi "$bin"
+	printf '%-8s %s\n' binary "$bin"
 	return "$rc"
 }
 
@@ -489,10 +508,11 @@ cmd_env() {
 		echo "${urls[*]}"
 	)"
 	print_export SHARDWALLET_TEST_KAFKA "$BROKER_HOST:$BROKER_PORT"
-	if bin=$(nisshi_bin); then
+	# The tests' own broker keeps its data in PostgreSQL, which ours serves.
+	if bin=$(broker_bin postgres); then
 		print_export SHARDWALLET_TEST_NISSHI "$bin"
 	else
-		warn "nisshi is not installed; SHARDWALLET_TEST_NISSHI is not set (scripts/cluster.sh install)"
+		warn "the broker is not built; SHARDWALLET_TEST_NISSHI is not set (scripts/cluster.sh install)"
 	fi
 }
 

@@ -188,12 +188,25 @@ service_ready() {
 # ---------------------------------------------------------------------------
 
 NISSHI_VERSION=0.8.1
-# The storage engines the local cluster can use: memory:// (dynostore), sqlite:// (libsql)
-# and postgres:// (the tests' broker-restart test). This is nisshi 0.8.1's own default
-# feature set, named so that a later default cannot add engines to the build unnoticed.
-# Measured: 20.6 CPU-minutes (about 11 min on 2 idle cores); dropping libsql did not
-# save time (27.3 CPU-minutes in a contended run: its sys crate is pulled in anyway).
+# The full nisshi command, installed only for BROKER_STORAGE=sqlite (libsql, which
+# tools/broker leaves out): nisshi 0.8.1's own default storage engines, named so that a
+# later default cannot add engines to the build unnoticed. Measured: 20.6 CPU-minutes
+# (about 11 min on 2 idle cores, up to 25 on a busy one).
 NISSHI_FEATURES=dynostore,libsql,postgres
+
+# The broker the local cluster runs for memory:// and postgres:// storage: nisshi 0.8.1 as
+# a library in this workspace (tools/broker, pinned by Cargo.lock), built by
+# `cluster.sh install` with only those two storage engines.
+BROKER_BIN=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/broker/shardwallet-broker
+
+# Prints the broker binary for a storage kind (memory, postgres: ours; sqlite: the full
+# nisshi command, whose libsql engine ours leaves out); fails when it is not built.
+broker_bin() {
+	case ${1:-memory} in
+	sqlite) nisshi_bin ;;
+	*) [[ -x $BROKER_BIN ]] && printf '%s\n' "$BROKER_BIN" ;;
+	esac
+}
 
 # Prints the absolute path of the nisshi binary: on PATH, else in cargo's bin dir
 # (which is not on PATH in non-login shells, e.g. CI or sudo).
