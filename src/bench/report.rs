@@ -83,32 +83,32 @@ fn samples(errors: &Errors) -> String {
 
 pub fn local_details(s: &LocalStats) -> String {
     format!(
-        "{} requests in {:.1} s: {} ok ({:.1} TPS), errors: {}\nrequest latency p50 {}, p99 {}, p99.9 {}, max {}{}",
+        "{} requests in {:.1} s: {} ok ({:.1} TPS), errors: {}\nrequest latency {}{}",
         s.sent,
         s.elapsed.as_secs_f64(),
         s.ok,
         s.tps(),
         counts(&s.errors.counts),
-        ms(&s.request, 0.5),
-        ms(&s.request, 0.99),
-        ms(&s.request, 0.999),
-        ms(&s.request, 1.0),
+        quantiles(&s.request, &[("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999), ("max", 1.0)]),
         samples(&s.errors)
     )
 }
 
+/// `p50 8.6 ms, p99 21 ms, ...` for the named quantiles.
+fn quantiles(h: &Histogram<u64>, which: &[(&str, f64)]) -> String {
+    which.iter().map(|(name, q)| format!("{name} {}", ms(h, *q))).collect::<Vec<_>>().join(", ")
+}
+
 pub fn batch_details(s: &BatchStats) -> String {
     format!(
-        "{} batches of {} in {:.1} s: {} transfers completed ({:.1} transfers/s), errors: {}\nbatch latency p50 {}, p99 {}, max {}{}",
+        "{} batches of {} in {:.1} s: {} transfers completed ({:.1} transfers/s), errors: {}\nbatch latency {}{}",
         s.batches,
         s.size,
         s.elapsed.as_secs_f64(),
         s.ok,
         s.tps(),
         counts(&s.errors.counts),
-        ms(&s.request, 0.5),
-        ms(&s.request, 0.99),
-        ms(&s.request, 1.0),
+        quantiles(&s.request, &[("p50", 0.5), ("p99", 0.99), ("max", 1.0)]),
         samples(&s.errors)
     )
 }
