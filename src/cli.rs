@@ -105,18 +105,26 @@ enum ReshardCommand {
         buckets: String,
         #[arg(long)]
         to: String,
-        /// Buckets fenced and switched together (one short stop of their writes).
+        /// Buckets fenced and switched together at most (one short stop of their writes).
         #[arg(long, default_value_t = crate::resharding::mover::BATCH)]
         batch: usize,
+        /// Keep each fence within this many milliseconds: the batch halves after a longer
+        /// fence and grows after short ones, up to --batch (0: always --batch buckets).
+        #[arg(long, default_value_t = crate::resharding::mover::FENCE_BUDGET.as_millis() as u64)]
+        fence_budget_ms: u64,
     },
     /// Move buckets so that every shard owns an equal share (±1); prints the plan first.
     Rebalance {
         /// Print the plan only.
         #[arg(long)]
         dry_run: bool,
-        /// Buckets fenced and switched together (one short stop of their writes).
+        /// Buckets fenced and switched together at most (one short stop of their writes).
         #[arg(long, default_value_t = crate::resharding::mover::BATCH)]
         batch: usize,
+        /// Keep each fence within this many milliseconds: the batch halves after a longer
+        /// fence and grows after short ones, up to --batch (0: always --batch buckets).
+        #[arg(long, default_value_t = crate::resharding::mover::FENCE_BUDGET.as_millis() as u64)]
+        fence_budget_ms: u64,
     },
     /// Delete from the old shards what moves left behind (moves switched at least
     /// --grace-secs ago; the copy was compared with the target before the switch).
@@ -264,17 +272,19 @@ impl Cli {
                 use crate::resharding::mover;
                 let router = startup::current_router(&settings()?).await?;
                 match command {
-                    ReshardCommand::Move { buckets, to, batch } => {
+                    ReshardCommand::Move { buckets, to, batch, fence_budget_ms } => {
                         let buckets = mover::parse_buckets(&buckets)?;
                         println!("moving {} bucket(s) to {to}", buckets.len());
-                        let report = mover::move_buckets(&router, &buckets, &to, batch).await?;
+                        let pace = mover::Pace::within(batch, Duration::from_millis(fence_budget_ms));
+                        let report = mover::move_paced(&router, &buckets, &to, pace).await?;
                         println!("{report}");
                     }
                     ReshardCommand::Cleanup { grace_secs } => {
                         let grace = Duration::from_secs(grace_secs);
                         println!("{}", crate::resharding::cleanup::run(&router, grace).await?);
                     }
-                    ReshardCommand::Rebalance { dry_run, batch } => {
+                    ReshardCommand::Rebalance { dry_run, batch, fence_budget_ms } => {
+                        let pace = mover::Pace::within(batch, Duration::from_millis(fence_budget_ms));
                         let layout = router.layout();
                         let names: Vec<String> = layout.map.shards().iter().map(|s| s.name.clone()).collect();
                         let plan = mover::rebalance_plan(layout.map.owners(), names.len());
@@ -306,7 +316,7 @@ impl Cli {
                             return Ok(ExitCode::SUCCESS);
                         }
                         for (_, to, list) in &groups {
-                            let report = mover::move_buckets(&router, list, &names[*to], batch).await?;
+                            let report = mover::move_paced(&router, list, &names[*to], pace).await?;
                             println!("{report}");
                         }
                     }

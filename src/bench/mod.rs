@@ -109,9 +109,13 @@ pub struct BenchArgs {
     /// `--mode reshard`: cross-shard transfers per second beside the same-shard clients.
     #[arg(long, default_value_t = 50.0)]
     pub reshard_cross_rate: f64,
-    /// `--mode reshard`: buckets per fence.
+    /// `--mode reshard`: buckets per fence at most.
     #[arg(long, default_value_t = crate::resharding::mover::BATCH)]
     pub reshard_batch: usize,
+    /// `--mode reshard`: the mover's fence budget in milliseconds (as `reshard move
+    /// --fence-budget-ms`; 0: always --reshard-batch buckets per fence).
+    #[arg(long, default_value_t = crate::resharding::mover::FENCE_BUDGET.as_millis() as u64)]
+    pub reshard_fence_budget_ms: u64,
     /// `--mode reshard`: move only the first N buckets of the rebalance plan (0: all of
     /// it), so that a pass stays short on a long history.
     #[arg(long, default_value_t = 0)]

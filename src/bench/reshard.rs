@@ -43,8 +43,8 @@ pub async fn run(
     cleanup::run(router, Duration::ZERO).await?;
     let window = Duration::from_secs(args.duration);
     println!(
-        "reshard: {} s of load ({} same-shard clients, {}/s cross-shard) before, then the same while buckets move onto {} and back (batches of {})",
-        args.duration, args.clients, args.reshard_cross_rate, args.reshard_shard, args.reshard_batch
+        "reshard: {} s of load ({} same-shard clients, {}/s cross-shard) before, then the same while buckets move onto {} and back (batches of up to {}, fence budget {} ms)",
+        args.duration, args.clients, args.reshard_cross_rate, args.reshard_shard, args.reshard_batch, args.reshard_fence_budget_ms
     );
     let before = load_window(target, &local_pairs, &cross_pairs, args, window).await?;
     let original: Vec<u16> = router.layout().map.owners().to_vec();
@@ -109,12 +109,13 @@ async fn pass(
     if args.reshard_buckets > 0 {
         onto.truncate(args.reshard_buckets);
     }
-    record(moves, mover::move_buckets(router, &onto, &args.reshard_shard, args.reshard_batch).await?);
+    let pace = mover::Pace::within(args.reshard_batch, Duration::from_millis(args.reshard_fence_budget_ms));
+    record(moves, mover::move_paced(router, &onto, &args.reshard_shard, pace).await?);
     cleanup::run(router, Duration::ZERO).await?;
     for (index, name) in names.iter().enumerate() {
         let back: Vec<u32> = onto.iter().copied().filter(|&b| original[b as usize] as usize == index).collect();
         if !back.is_empty() {
-            record(moves, mover::move_buckets(router, &back, name, args.reshard_batch).await?);
+            record(moves, mover::move_paced(router, &back, name, pace).await?);
         }
     }
     cleanup::run(router, Duration::ZERO).await?;

@@ -20,6 +20,8 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::Json;
 
+use crate::storage::cached::Cached;
+
 /// The bucket's rows on the source, as JSON arrays, one per table.
 #[derive(Default)]
 pub struct Snapshot {
@@ -241,7 +243,9 @@ pub async fn read(
     let sqls: Vec<String> = TABLES.iter().map(|table| with_changed(table.read, since.is_some())).collect();
     // One statement per table, pipelined: one round trip for all (the fence waits for
     // each round trip, and under load a round trip is a scheduling delay).
-    let statements = futures::future::try_join_all(sqls.iter().map(|sql| source.prepare(sql))).await?;
+    // Cached on the connection: a fence's reads are parsed once per connection, not once
+    // per fence (a Parse of twelve statements is a round trip and CPU on a busy server).
+    let statements = futures::future::try_join_all(sqls.iter().map(|sql| source.prepare_cached(sql))).await?;
     let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match since {
         Some(since) => vec![&bucket, &since.xid, &since.floors],
         None => vec![&bucket],
@@ -360,7 +364,7 @@ pub async fn write(target: &impl GenericClient, snapshot: &Snapshot) -> Result<u
             Write::Sql(sql) => sqls.extend(sql.split(";\n").map(|statement| (statement.to_string(), rows))),
         }
     }
-    let statements = futures::future::try_join_all(sqls.iter().map(|(sql, _)| target.prepare(sql))).await?;
+    let statements = futures::future::try_join_all(sqls.iter().map(|(sql, _)| target.prepare_cached(sql))).await?;
     futures::future::try_join_all(
         statements
             .iter()
@@ -377,7 +381,7 @@ async fn columns(
     tables: &[&str],
 ) -> Result<std::collections::HashMap<String, Vec<String>>, tokio_postgres::Error> {
     let rows = client
-        .query(
+        .cached_query(
             "SELECT c.relname::text, array_agg(a.attname::text ORDER BY a.attnum)
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
              WHERE c.relname = ANY($1) AND c.relnamespace = current_schema()::regnamespace
@@ -436,8 +440,7 @@ macro_rules! digest_of {
 /// sorts or builds a string of the whole history. The same SQL runs on source and target.
 pub async fn digest(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<String>, tokio_postgres::Error> {
     let bucket = as_param(buckets);
-    let row = client
-        .query_one(
+    let row = client.cached_query_one(
             digest_of!("
                  (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(e.entry_id || ' ' || e.amount || ' ' || coalesce(e.balance_after::text, '-'), 0)), 0)
                     FROM w, LATERAL (SELECT * FROM entries e WHERE e.account_id = w.account_id OFFSET 0) e),
@@ -501,8 +504,7 @@ pub async fn digest_catch_up(
     keys: &Keys,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let bucket = as_param(buckets);
-    let row = client
-        .query_one(
+    let row = client.cached_query_one(
             digest_of!("
                  (SELECT count(*) FROM w, LATERAL (SELECT 1 FROM entries e WHERE e.account_id = w.account_id OFFSET 0) e)
                     || ' ' || (SELECT coalesce(sum(hashtextextended(e.entry_id || ' ' || e.amount || ' ' || coalesce(e.balance_after::text, '-'), 0)), 0)
@@ -551,7 +553,7 @@ pub async fn unbalanced(client: &impl GenericClient, buckets: &[u32]) -> Result<
     let sql = of_postings!(
         "SELECT count(*) FROM bp WHERE (SELECT sum(amount) FROM entries x WHERE x.posting_id = bp.posting_id) <> 0"
     );
-    Ok(client.query_one(sql, &[&bucket]).await?.get(0))
+    Ok(client.cached_query_one(sql, &[&bucket]).await?.get(0))
 }
 
 /// `unbalanced` over the postings of `snapshot` only (a catch-up's): entries are
@@ -565,7 +567,7 @@ pub async fn unbalanced_of(client: &impl GenericClient, snapshot: &Snapshot) -> 
         return Ok(0);
     }
     let row = client
-        .query_one(
+        .cached_query_one(
             "SELECT count(*) FROM jsonb_to_recordset($1) AS p(posting_id uuid)
              WHERE (SELECT sum(amount) FROM entries x WHERE x.posting_id = p.posting_id) <> 0",
             &[&Json(postings)],

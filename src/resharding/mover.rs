@@ -14,9 +14,12 @@ use super::{
     copy,
     moves::{self, MoveState, Step},
 };
-use crate::sharding::{
-    ownership::{Claim, BUCKET_LOCKS, SWITCH_LOCK},
-    Router, Shard,
+use crate::{
+    sharding::{
+        ownership::{Claim, BUCKET_LOCKS, SWITCH_LOCK},
+        Router, Shard,
+    },
+    storage::cached::Cached,
 };
 
 /// One mover at a time in a cluster: it holds this advisory lock on the map's first shard.
@@ -132,12 +135,66 @@ impl Progress {
     }
 }
 
-/// Buckets fenced, copied and switched together by default: one fence per batch.
+/// Buckets fenced, copied and switched together at most, by default: one fence per batch.
 pub const BATCH: usize = 64;
+
+/// How long a fence may stop a batch's writes, by default, before the mover makes its
+/// batches smaller (`--fence-budget-ms`).
+pub const FENCE_BUDGET: Duration = Duration::from_millis(150);
+
+/// How many buckets the next batch takes. Fixed, or paced by the fences: what a fence
+/// does grows with its batch (the rows it catches up, counts and hashes), and how long
+/// it takes with how busy the shards are, which the mover cannot know beforehand. So a
+/// paced mover halves its batch after a fence over the budget and grows it by half after
+/// one under half the budget, between one bucket and `max` (the way TCP paces a window).
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    size: usize,
+    max: usize,
+    budget: Option<Duration>,
+}
+
+impl Pace {
+    /// `batch` buckets per fence, whatever the fences take.
+    pub fn fixed(batch: usize) -> Self {
+        Self { size: batch.max(1), max: batch.max(1), budget: None }
+    }
+
+    /// Batches of up to `max` buckets whose fences stay within `budget`, starting at a
+    /// quarter of `max` (at most 16): a busy cluster's first fence is not the longest.
+    pub fn within(max: usize, budget: Duration) -> Self {
+        let max = max.max(1);
+        if budget.is_zero() {
+            return Self::fixed(max);
+        }
+        Self { size: (max / 4).clamp(1, 16), max, budget: Some(budget) }
+    }
+
+    /// The next batch's size.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Takes the fences of the last batch into account.
+    pub fn after(&mut self, fences: &[Duration]) {
+        let (Some(budget), Some(&longest)) = (self.budget, fences.iter().max()) else { return };
+        if longest > budget {
+            self.size = (self.size / 2).max(1);
+        } else if longest < budget / 2 {
+            self.size = (self.size + self.size.div_ceil(2)).min(self.max);
+        }
+    }
+}
 
 /// Moves `buckets` to `target` from whichever shards own them now, `batch` buckets per
 /// fence.
 pub async fn move_buckets(router: &Router, buckets: &[u32], target: &str, batch: usize) -> anyhow::Result<Report> {
+    move_paced(router, buckets, target, Pace::fixed(batch)).await
+}
+
+/// Moves `buckets` to `target` from whichever shards own them now, in batches as `pace`
+/// says.
+pub async fn move_paced(router: &Router, buckets: &[u32], target: &str, mut pace: Pace) -> anyhow::Result<Report> {
     router.refresh().await;
     let layout = router.layout();
     let Some(target) = layout.shards.iter().find(|s| s.name == target).cloned() else {
@@ -158,10 +215,14 @@ pub async fn move_buckets(router: &Router, buckets: &[u32], target: &str, batch:
     let mut report = Report::default();
     let mut stats = TargetStats::default();
     let result = async {
-        for chunk in buckets.chunks(batch.max(1)) {
+        let mut rest = buckets;
+        while !rest.is_empty() {
+            let (chunk, later) = rest.split_at(pace.size().min(rest.len()));
+            rest = later;
             let done = move_batch(router, &lock_client, &target, chunk, &mut stats).await.with_context(|| {
                 format!("moving buckets {}..={} to {}", chunk[0], chunk[chunk.len() - 1], target.name)
             })?;
+            pace.after(&done.fences);
             report.elapsed = started.elapsed();
             report.moved += done.moved;
             report.already_there += chunk.len() - done.moved;
@@ -190,7 +251,9 @@ pub async fn move_buckets(router: &Router, buckets: &[u32], target: &str, batch:
 /// bucket's rows are found by index only while the planner knows the tables are large,
 /// and autovacuum's ANALYZE comes late (a fence planned on an empty table's statistics
 /// took 1.8 s instead of 0.1). Analyzed after the run's first copy, then whenever the
-/// rows written since reach a tenth of the target's entries.
+/// rows written since reach the target's entries (the tables doubled): a logarithmic
+/// number of ANALYZEs, each up to a second of a busy server's CPU (a tenth made one
+/// every other batch of a small cluster's move).
 #[derive(Default)]
 struct TargetStats {
     analyzed: bool,
@@ -203,7 +266,7 @@ impl TargetStats {
         let client = target.client().await?;
         let entries: f32 =
             client.query_one("SELECT reltuples FROM pg_class WHERE oid = 'entries'::regclass", &[]).await?.get(0);
-        let threshold = (f64::from(entries.max(0.0)) / 10.0).max(2000.0);
+        let threshold = f64::from(entries.max(0.0)).max(2000.0);
         if self.analyzed && (self.written as f64) < threshold {
             return Ok(());
         }
@@ -235,8 +298,11 @@ async fn move_batch(
 ) -> anyhow::Result<Batch> {
     let mut done = Batch::default();
     let mut moving: Vec<u32> = Vec::new();
+    // The map was read when the run began; within it only this mover changes owners, and
+    // a bucket it switched is read from the shards' records below (the source says
+    // `moved`, the target `owned`), so the map is not read again per batch (a full read
+    // of every shard's records, which the fences' epochs would make every time).
     for _ in 0..FENCE_ATTEMPTS + 4 {
-        router.refresh().await;
         let target_claims = claims(&target.client().await?, buckets).await?;
         let sources = sources_of(router, target, buckets).await?;
         // What each source says of its buckets: one query per source.
@@ -253,6 +319,8 @@ async fn move_batch(
             source_claims.extend(claims(&source.client().await?, list).await?);
         }
         let mut fence: Vec<(Arc<Shard>, Vec<u32>)> = Vec::new();
+        let mut beginning: Vec<(&Arc<Shard>, u32)> = Vec::new();
+        let mut done_buckets: Vec<i32> = Vec::new();
         let mut pending = false;
         for (&bucket, source) in buckets.iter().zip(&sources) {
             let Some(source) = source else { continue };
@@ -260,11 +328,7 @@ async fn move_batch(
                 moving.push(bucket);
             }
             match moves::next(&target.name, source_claims.get(&bucket), target_claims.get(&bucket)) {
-                Step::Begin => {
-                    begin(router, source, target, bucket).await?;
-                    failpoint("begun");
-                    pending = true;
-                }
+                Step::Begin => beginning.push((source, bucket)),
                 Step::Fence => match fence.iter_mut().find(|(s, _)| s.name == source.name) {
                     Some((_, list)) => list.push(bucket),
                     None => fence.push((source.clone(), vec![bucket])),
@@ -274,9 +338,17 @@ async fn move_batch(
                     finish_switch(target, &[bucket as i32], epoch).await?;
                     pending = true;
                 }
-                Step::Done => mark_switched(target, bucket).await?,
+                Step::Done => done_buckets.push(bucket as i32),
                 Step::Refuse(why) => bail!("bucket {bucket}: {why} (source {}, target {})", source.name, target.name),
             }
+        }
+        if !beginning.is_empty() {
+            begin(router, target, &beginning).await?;
+            failpoint("begun");
+            pending = true;
+        }
+        if !done_buckets.is_empty() {
+            mark_switched(target, &done_buckets).await?;
         }
         for (source, list) in &fence {
             pending = true;
@@ -353,16 +425,21 @@ async fn claims(
         .collect())
 }
 
-/// copying: the target records the move and holds the bucket as 'incoming'.
-async fn begin(router: &Router, source: &Shard, target: &Shard, bucket: u32) -> anyhow::Result<()> {
+/// copying: the target records the moves of `buckets` (each with its source) and holds
+/// them as 'incoming'.
+async fn begin(router: &Router, target: &Shard, buckets: &[(&Arc<Shard>, u32)]) -> anyhow::Result<()> {
+    let list: Vec<i32> = buckets.iter().map(|&(_, b)| b as i32).collect();
+    let sources: Vec<&str> = buckets.iter().map(|(s, _)| s.name.as_str()).collect();
     // One transaction: a bucket is never 'incoming' without the record naming its source.
     let mut client = target.client().await?;
     let client = client.transaction().await?;
     // A bucket comes back only onto a clean shard: the copy it left there earlier would
     // mix with the new one.
-    let leftovers: i64 =
-        client.query_one("SELECT count(*) FROM users WHERE bucket = $1", &[&(bucket as i32)]).await?.get(0);
-    if leftovers > 0 {
+    if let Some(row) = client
+        .cached_query_opt("SELECT bucket FROM users WHERE bucket = ANY($1) ORDER BY bucket LIMIT 1", &[&list])
+        .await?
+    {
+        let bucket: i32 = row.get(0);
         bail!(
             "bucket {bucket} left a copy on {} when it moved away earlier: run `shardwallet reshard cleanup` \
              (after its grace period) before moving it back",
@@ -370,19 +447,21 @@ async fn begin(router: &Router, source: &Shard, target: &Shard, bucket: u32) -> 
         );
     }
     client
-        .execute(
-            "INSERT INTO bucket_owners (bucket, state, owner, epoch) VALUES ($1, 'incoming', $2, $3)
+        .cached_execute(
+            "INSERT INTO bucket_owners (bucket, state, owner, epoch)
+             SELECT b, 'incoming', $2, $3 FROM unnest($1::int[]) AS b
              ON CONFLICT (bucket) DO UPDATE SET state = 'incoming', owner = $2, changed_at = now()
              WHERE bucket_owners.state = 'moved'",
-            &[&(bucket as i32), &target.name, &router.epoch().max(1)],
+            &[&list, &target.name, &router.epoch().max(1)],
         )
         .await?;
     client
-        .execute(
-            "INSERT INTO bucket_moves (bucket, source, target, state) VALUES ($1, $2, $3, 'copying')
-             ON CONFLICT (bucket) DO UPDATE SET source = $2, target = $3, state = 'copying', epoch = NULL,
+        .cached_execute(
+            "INSERT INTO bucket_moves (bucket, source, target, state)
+             SELECT b, s, $3, 'copying' FROM unnest($1::int[], $2::text[]) AS x(b, s)
+             ON CONFLICT (bucket) DO UPDATE SET source = EXCLUDED.source, target = $3, state = 'copying', epoch = NULL,
                  rows_copied = 0, fence_ms = NULL, started_at = now(), switched_at = NULL, cleaned_at = NULL",
-            &[&(bucket as i32), &source.name, &target.name],
+            &[&list, &sources, &target.name],
         )
         .await?;
     client.commit().await?;
@@ -435,12 +514,13 @@ async fn fenced_copy(
     // The buckets' locks (writes in flight hold them shared, `ownership::check_write`),
     // in bucket order, then their rows (background scans skip locked rows).
     let locked = async {
-        stx.execute(
+        stx.cached_execute(
             "SELECT pg_advisory_xact_lock($2, b) FROM (SELECT b FROM unnest($1::int[]) AS b ORDER BY b) s",
             &[&list, &BUCKET_LOCKS],
         )
         .await?;
-        stx.query("SELECT state FROM bucket_owners WHERE bucket = ANY($1) ORDER BY bucket FOR UPDATE", &[&list]).await
+        stx.cached_query("SELECT state FROM bucket_owners WHERE bucket = ANY($1) ORDER BY bucket FOR UPDATE", &[&list])
+            .await
     }
     .await;
     let rows = match locked {
@@ -515,7 +595,7 @@ async fn fenced_copy(
             unbalanced
         );
     }
-    ttx.execute(
+    ttx.cached_execute(
         "INSERT INTO bucket_moves (bucket, source, target, state, epoch, rows_copied)
          SELECT b, $4, $5, 'fenced', $2, $3 FROM unnest($1::int[]) AS b
          ON CONFLICT (bucket) DO UPDATE SET source = $4, target = $5, state = 'fenced', epoch = $2, rows_copied = $3",
@@ -527,22 +607,19 @@ async fn fenced_copy(
     let committed = fence_began.elapsed();
     // The flip. The stand-in legs of the buckets' split postings are written by
     // cleanup (`standins_pending`, V11), on the `resharding` accounts made sure of here.
-    let flip_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&list, &target.name, &epoch];
-    tokio::try_join!(
-        stx.execute(
-            "INSERT INTO accounts (system_name, currency)
+    // One statement (cached on the connection), then the commit: two round trips.
+    stx.cached_execute(
+        "WITH standin_accounts AS (
+             INSERT INTO accounts (system_name, currency)
              SELECT DISTINCT 'resharding', a.currency FROM accounts a JOIN users u USING (user_id)
              WHERE u.bucket = ANY($1)
-             ON CONFLICT DO NOTHING",
-            &flip_params[..1],
-        ),
-        stx.execute(
-            "UPDATE bucket_owners SET state = 'moved', owner = $2, epoch = $3, standins_pending = true,
-                 changed_at = now()
-             WHERE bucket = ANY($1)",
-            &flip_params,
-        )
-    )?;
+             ON CONFLICT DO NOTHING)
+         UPDATE bucket_owners SET state = 'moved', owner = $2, epoch = $3, standins_pending = true,
+             changed_at = now()
+         WHERE bucket = ANY($1)",
+        &[&list, &target.name, &epoch],
+    )
+    .await?;
     stx.commit().await?;
     tracing::debug!(?committed, source_committed = ?fence_began.elapsed(), "fence phases, source side");
     failpoint("source-switched");
@@ -570,7 +647,7 @@ async fn record_fence(target: &Shard, list: &[i32], took: Duration) -> anyhow::R
 async fn outbox_drained(stx: &impl GenericClient, buckets: &[i32]) -> anyhow::Result<bool> {
     // The rows the buckets' transactions wrote (V12), and rows that name no bucket.
     let marks = stx
-        .query_one(
+        .cached_query_one(
             "SELECT coalesce((SELECT max(id) FROM outbox WHERE buckets IS NULL OR buckets && $1), 0),
                     coalesce((SELECT max(id) FROM payment_outbox WHERE buckets IS NULL OR buckets && $1), 0)",
             &[&buckets],
@@ -583,7 +660,7 @@ async fn outbox_drained(stx: &impl GenericClient, buckets: &[i32]) -> anyhow::Re
     let deadline = Instant::now() + OUTBOX_DRAIN;
     loop {
         let pending: bool = stx
-            .query_one(
+            .cached_query_one(
                 "SELECT EXISTS (SELECT 1 FROM outbox WHERE id <= $1 AND (buckets IS NULL OR buckets && $3))
                      OR EXISTS (SELECT 1 FROM payment_outbox WHERE id <= $2 AND (buckets IS NULL OR buckets && $3))",
                 &[&stages, &payments, &buckets],
@@ -602,36 +679,33 @@ async fn outbox_drained(stx: &impl GenericClient, buckets: &[i32]) -> anyhow::Re
 
 /// switched (target side): the target takes the buckets at the epoch the source recorded.
 async fn finish_switch(target: &Shard, list: &[i32], epoch: i64) -> anyhow::Result<()> {
-    let mut client = target.client().await?;
-    let tx = client.transaction().await?;
-    // Both sent together: requests for the buckets wait for this commit.
-    let owner_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&list, &target.name, &epoch];
-    let move_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&list, &epoch];
-    tokio::try_join!(
-        tx.execute(
-            "UPDATE bucket_owners SET state = 'owned', owner = $2, epoch = $3, changed_at = now()
-             WHERE bucket = ANY($1) AND state = 'incoming'",
-            &owner_params,
-        ),
-        tx.execute(
-            "UPDATE bucket_moves SET state = 'switched', switched_at = now(), epoch = $2 WHERE bucket = ANY($1)",
-            &move_params,
-        )
-    )?;
-    tx.commit().await?;
-    Ok(())
-}
-
-/// A move whose target flipped but whose record was not updated (a kill between the
-/// two statements of `finish_switch`) is recorded as switched, so cleanup finds it.
-async fn mark_switched(target: &Shard, bucket: u32) -> anyhow::Result<()> {
+    // One statement, so one transaction and, cached on the connection, one round trip:
+    // requests for the buckets wait for its commit.
     target
         .client()
         .await?
-        .execute(
+        .cached_execute(
+            "WITH owned AS (
+                 UPDATE bucket_owners SET state = 'owned', owner = $2, epoch = $3, changed_at = now()
+                 WHERE bucket = ANY($1) AND state = 'incoming')
+             UPDATE bucket_moves SET state = 'switched', switched_at = now(), epoch = $3 WHERE bucket = ANY($1)",
+            &[&list, &target.name, &epoch],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A move whose target flipped but whose record says otherwise (written by an earlier
+/// version in two statements, a kill between them) is recorded as switched, so cleanup
+/// finds it.
+async fn mark_switched(target: &Shard, buckets: &[i32]) -> anyhow::Result<()> {
+    target
+        .client()
+        .await?
+        .cached_execute(
             "UPDATE bucket_moves SET state = 'switched', switched_at = coalesce(switched_at, now())
-             WHERE bucket = $1 AND state IN ('copying', 'fenced')",
-            &[&(bucket as i32)],
+             WHERE bucket = ANY($1) AND state IN ('copying', 'fenced')",
+            &[&buckets],
         )
         .await?;
     Ok(())
@@ -700,6 +774,33 @@ pub fn rebalance_plan(owners: &[u16], shards: usize) -> Vec<(u32, usize, usize)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_paced_mover_halves_its_batch_after_a_long_fence_and_grows_it_after_short_ones() {
+        let ms = Duration::from_millis;
+        let mut pace = Pace::within(64, ms(150));
+        assert_eq!(pace.size(), 16);
+        pace.after(&[ms(40), ms(70)]);
+        assert_eq!(pace.size(), 24, "every fence under half the budget");
+        pace.after(&[ms(100)]);
+        assert_eq!(pace.size(), 24, "within the budget: kept");
+        pace.after(&[ms(20), ms(151)]);
+        assert_eq!(pace.size(), 12, "the longest fence counts");
+        for _ in 0..10 {
+            pace.after(&[ms(900)]);
+        }
+        assert_eq!(pace.size(), 1, "never below one bucket");
+        for _ in 0..20 {
+            pace.after(&[ms(10)]);
+        }
+        assert_eq!(pace.size(), 64, "never above the batch asked for");
+        pace.after(&[]);
+        assert_eq!(pace.size(), 64, "a batch without a fence (already there) says nothing");
+        let mut fixed = Pace::fixed(16);
+        fixed.after(&[ms(900)]);
+        assert_eq!(fixed.size(), 16);
+        assert_eq!(Pace::within(8, Duration::ZERO).size(), 8, "budget 0: fixed batches");
+    }
 
     #[test]
     fn bucket_lists_parse_and_merge() {
