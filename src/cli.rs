@@ -57,7 +57,7 @@ enum Command {
         file: PathBuf,
     },
     /// Load-test a running service and compare with pgbench.
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
     /// Run a mock payment gateway (JSON: gateway A's protocol, XML: gateway B's).
     MockGateway {
         #[arg(long, value_enum)]
@@ -208,7 +208,7 @@ impl Cli {
                     loaded.created, loaded.skipped
                 );
             }
-            Command::Bench(args) => crate::bench::run(&settings()?, args).await?,
+            Command::Bench(args) => crate::bench::run(&settings()?, *args).await?,
             Command::MockGateway {
                 protocol,
                 listen,

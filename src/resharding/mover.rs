@@ -43,6 +43,25 @@ fn failpoint(name: &str) {
     }
 }
 
+/// Tests: `SHARDWALLET_MOVER_PAUSE=<point>:<file>` makes the mover create
+/// `<file>.reached` at that point and wait there while `<file>` exists, so a test can
+/// change a shard between two steps. Point: `precopied` (the copy committed on the
+/// target and compared, the fence not yet taken).
+async fn pause(name: &str) {
+    let Ok(setting) = std::env::var("SHARDWALLET_MOVER_PAUSE") else { return };
+    let Some((point, file)) = setting.split_once(':') else { return };
+    if point != name {
+        return;
+    }
+    let gate = std::path::Path::new(file);
+    if let Err(e) = std::fs::write(format!("{file}.reached"), name) {
+        eprintln!("pause {name}: cannot write {file}.reached: {e}");
+    }
+    while gate.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What a run did, for the closing lines and `bench --mode reshard`.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -504,6 +523,7 @@ async fn fenced_copy(
         stats.after_copy(target, rows.rows).await?;
         (since, rows, unbalanced, copied != expected)
     };
+    pause("precopied").await;
     // The target's transaction begins before the fence: the fence only writes in it.
     let mut target_client = target.client().await?;
     let ttx = target_client.transaction().await?;

@@ -544,3 +544,51 @@ async fn a_copy_that_differs_from_its_source_is_refused_and_the_source_keeps_the
     assert!(audit.ok, "verify after the move:\n{audit}");
     finish(app, &url).await;
 }
+
+/// A copy that lost a row between the copy and the fence (here: an idempotency key
+/// deleted from the target's copy; a row pruned on the source since the copy does the
+/// same) is found by the fence's row counts, which its catch-up alone cannot explain:
+/// the fence copies the bucket again in full and compares every row, and the move goes
+/// through with the row back, so the key still replays.
+#[tokio::test]
+async fn a_copy_that_lost_a_row_before_the_fence_is_copied_again_in_full_inside_it() {
+    let deployment = Deployment::new().await;
+    let app = Arc::new(deployment.spawn_default().await);
+    let (alice, bob) = split_pair(&app, "lost").await;
+    let (router, url) = add_fourth_shard(&deployment, &app).await;
+    let bucket = router.bucket_of_user(&UserId::parse(&alice).expect("id"));
+    let config = mover_config(&deployment, &app);
+    let gate = config.with_file_name("precopied");
+    let reached = config.with_file_name("precopied.reached");
+    let _ = std::fs::remove_file(&reached);
+    std::fs::write(&gate, "").expect("gate");
+    let mover = mover_command(&config, &bucket.to_string(), None)
+        .env("SHARDWALLET_MOVER_PAUSE", format!("precopied:{}", gate.display()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the mover");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !reached.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "the mover never reached the end of its copy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let four = connect(&url).await;
+    let lost =
+        four.execute("DELETE FROM idempotency_keys WHERE key = 'lost-1'", &[]).await.expect("delete the copied key");
+    assert_eq!(lost, 1, "the copy holds the key before the fence");
+    std::fs::remove_file(&gate).expect("open the gate");
+    let output = tokio::task::spawn_blocking(move || mover.wait_with_output()).await.expect("join").expect("mover");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "the move goes through: {printed}");
+    assert!(printed.contains("1 fence(s) copied in full"), "the fence saw the lost row: {printed}");
+    assert_eq!(owns(&four, bucket).await, 1);
+    assert_eq!(owns(&app.shard_db(0).await, bucket).await, 0);
+    let r = app.transfer(&app.admin(), &alice, &bob, "EUR", "30", "lost-1").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap_or_default()), Some("true"));
+    assert_eq!(app.balance(&alice, "EUR").await, "70", "replayed, not applied again");
+    assert_eq!(app.balance(&bob, "EUR").await, "130");
+    let audit = verify::run(&router).await.expect("verify");
+    assert!(audit.ok, "verify after the move:\n{audit}");
+    finish(app, &url).await;
+}
