@@ -106,6 +106,10 @@ pub struct KafkaSettings {
     /// hop against the broker's idle polling.
     #[serde(default = "default_fetch_wait")]
     pub fetch_wait_max_ms: u64,
+    /// The same for the payments consumer: a payment waits on its gateway for hundreds
+    /// of milliseconds or more, so its hop can be slower and its idle polling rarer.
+    #[serde(default = "default_payments_fetch_wait")]
+    pub payments_fetch_wait_max_ms: u64,
     /// How often handled stage messages are deleted from the topic (0: never; then the
     /// broker's retention applies).
     #[serde(default = "default_trim_interval")]
@@ -441,6 +445,10 @@ fn default_trim_interval() -> u64 {
 }
 fn default_fetch_wait() -> u64 {
     20
+}
+
+fn default_payments_fetch_wait() -> u64 {
+    250
 }
 /// Released holds, barriers and settled payments' callbacks are pruned this long after
 /// they can no longer be read (30 days: far past any retry, re-drive, callback

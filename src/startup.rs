@@ -221,7 +221,9 @@ async fn start_payment_consumer(state: &AppState) -> rdkafka::consumer::StreamCo
     let (settings, topics) = (&state.settings.kafka, &state.topics);
     until_subscribed("payments", settings, topics, || {
         let group = format!("{}.payments", settings.group_id);
-        let consumer: rdkafka::consumer::StreamConsumer = kafka::consumer_config(settings, &group).create()?;
+        let consumer: rdkafka::consumer::StreamConsumer = kafka::consumer_config(settings, &group)
+            .set("fetch.wait.max.ms", settings.payments_fetch_wait_max_ms.to_string())
+            .create()?;
         consumer.subscribe(&[&topics.payments])?;
         Ok(consumer)
     })

@@ -24,6 +24,11 @@ use crate::{config::KafkaSettings, sharding::Shard};
 
 const BATCH: i64 = 256;
 const POLL: Duration = Duration::from_millis(500);
+/// A relay whose polls keep finding nothing polls less often, up to this: rows this
+/// process commits wake it at once whatever the poll, so the poll only finds rows of a
+/// process that died between its commit and its wake-up (which the sweeper re-drives
+/// too). An idle cluster then costs each shard a query per relay every few seconds.
+const IDLE_POLL: Duration = Duration::from_secs(4);
 
 /// Writes a message to `outbox`'s table in the caller's transaction; the relay publishes
 /// it once that transaction has committed.
@@ -142,10 +147,14 @@ impl Relay {
     #[tracing::instrument(name = "relay", skip_all, fields(shard = %self.shard.name, outbox = ?self.outbox))]
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
+        let mut poll = POLL;
         loop {
             match self.publish_batch().await {
                 Ok(n) if n as i64 == BATCH => continue,
-                Ok(_) => backoff = Duration::from_millis(50),
+                Ok(n) => {
+                    backoff = Duration::from_millis(50);
+                    poll = if n > 0 { POLL } else { (poll * 2).min(IDLE_POLL) };
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay failed; retrying");
                     tokio::select! {
@@ -164,8 +173,8 @@ impl Relay {
                 }
             };
             tokio::select! {
-                _ = woken => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = woken => poll = POLL,
+                _ = tokio::time::sleep(poll) => {}
                 _ = shutdown.cancelled() => break,
             }
         }

@@ -38,6 +38,9 @@ struct Backlog {
     pending: AtomicU64,
     /// Admitted here and committed, ever (to tell which committed since a sample began).
     committed: AtomicU64,
+    /// Admitted here, ever: the sampler of an idle shard looks at it to know when to
+    /// sample again.
+    admitted: AtomicU64,
 }
 
 /// The bounds and the latest backlog of every shard.
@@ -73,6 +76,7 @@ impl Admission {
         } else {
             backlog.in_flight.fetch_add(1, Ordering::Relaxed);
             backlog.pending.fetch_add(1, Ordering::Relaxed);
+            backlog.admitted.fetch_add(1, Ordering::Relaxed);
             return Ok(admitted);
         };
         Err(Overloaded { retry_after: self.retry_after, why })
@@ -89,6 +93,10 @@ impl Admission {
                 let _ = backlog.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
             }
         }
+    }
+
+    fn admitted(&self, shard: usize) -> u64 {
+        self.shards.get(shard).map_or(0, |b| b.admitted.load(Ordering::Relaxed))
     }
 
     fn committed(&self, shard: usize) -> u64 {
@@ -129,6 +137,13 @@ impl Drop for Admitted<'_> {
     }
 }
 
+/// How often the backlog of an idle shard (nothing in flight, no stage message
+/// waiting) is sampled: a quiet cluster should stay quiet (ten queries a second per
+/// shard and instance were a third of an idle server's CPU). A transfer admitted here
+/// ends the wait at once; one admitted by another instance is seen at the next sample,
+/// which the bound tolerates as it tolerates the interval's staleness.
+const IDLE_SAMPLE: Duration = Duration::from_secs(1);
+
 /// Samples one shard's backlog until shutdown.
 pub struct Sampler {
     pub admission: Arc<Admission>,
@@ -141,13 +156,29 @@ impl Sampler {
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             let committed_before = self.admission.committed(self.shard.index);
-            match self.sample().await {
-                Ok((in_flight, age)) => self.admission.record(self.shard.index, in_flight, age, committed_before),
-                Err(e) => tracing::debug!(error = %e, "backlog sample failed"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.interval) => {}
-                _ = shutdown.cancelled() => break,
+            let admitted_before = self.admission.admitted(self.shard.index);
+            let idle = match self.sample().await {
+                Ok((in_flight, age)) => {
+                    self.admission.record(self.shard.index, in_flight, age, committed_before);
+                    in_flight == 0 && age == 0
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "backlog sample failed");
+                    false
+                }
+            };
+            // An idle shard is sampled again after IDLE_SAMPLE, or as soon as this
+            // instance admits a transfer on it; a busy one every `interval`.
+            let mut waited = Duration::ZERO;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.interval) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                waited += self.interval;
+                if !idle || waited >= IDLE_SAMPLE || self.admission.admitted(self.shard.index) != admitted_before {
+                    break;
+                }
             }
         }
     }
