@@ -570,8 +570,13 @@ async fn fenced_copy(
         let source_side = copy::digest_catch_up(&stx, buckets, &keys);
         let target_side = async {
             let rows = copy::write(&ttx, &delta).await?;
-            let (unbalanced, copied) =
-                tokio::try_join!(copy::unbalanced_of(&ttx, &delta), copy::digest_catch_up(&ttx, buckets, &keys))?;
+            // The move record `fenced` goes with the checks (rolled back with the
+            // transaction if they fail): one round trip less before the commit.
+            let (unbalanced, copied, _) = tokio::try_join!(
+                copy::unbalanced_of(&ttx, &delta),
+                copy::digest_catch_up(&ttx, buckets, &keys),
+                record_fenced(&ttx, &list, epoch, precopied.rows + rows, source, target)
+            )?;
             Ok::<_, tokio_postgres::Error>((rows, unbalanced, copied))
         };
         let (expected, target) = tokio::try_join!(source_side, target_side)?;
@@ -615,20 +620,16 @@ async fn fenced_copy(
             unbalanced
         );
     }
-    ttx.cached_execute(
-        "INSERT INTO bucket_moves (bucket, source, target, state, epoch, rows_copied)
-         SELECT b, $4, $5, 'fenced', $2, $3 FROM unnest($1::int[]) AS b
-         ON CONFLICT (bucket) DO UPDATE SET source = $4, target = $5, state = 'fenced', epoch = $2, rows_copied = $3",
-        &[&list, &epoch, &(copied_rows as i64), &source.name, &target.name],
-    )
-    .await?;
-    ttx.commit().await?;
-    failpoint("copied");
-    let committed = fence_began.elapsed();
-    // The flip. The stand-in legs of the buckets' split postings are written by
+    if full {
+        record_fenced(&ttx, &list, epoch, copied_rows, source, target).await?;
+    }
+    // The flip, one statement sent while the target commits: it writes nothing anyone
+    // sees until the source's commit, which goes only once the target's copy is
+    // committed (a failed target commit rolls the flip back with the source's
+    // transaction). The stand-in legs of the buckets' split postings are written by
     // cleanup (`standins_pending`, V11), on the `resharding` accounts made sure of here.
-    // One statement (cached on the connection), then the commit: two round trips.
-    stx.cached_execute(
+    let flip_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&list, &target.name, &epoch];
+    let flip = stx.cached_execute(
         "WITH standin_accounts AS (
              INSERT INTO accounts (system_name, currency)
              SELECT DISTINCT 'resharding', a.currency FROM accounts a JOIN users u USING (user_id)
@@ -637,9 +638,11 @@ async fn fenced_copy(
          UPDATE bucket_owners SET state = 'moved', owner = $2, epoch = $3, standins_pending = true,
              changed_at = now()
          WHERE bucket = ANY($1)",
-        &[&list, &target.name, &epoch],
-    )
-    .await?;
+        &flip_params,
+    );
+    tokio::try_join!(ttx.commit(), flip)?;
+    failpoint("copied");
+    let committed = fence_began.elapsed();
     stx.commit().await?;
     tracing::debug!(?committed, source_committed = ?fence_began.elapsed(), "fence phases, source side");
     failpoint("source-switched");
@@ -651,6 +654,24 @@ async fn fenced_copy(
     crate::telemetry::metrics::reshard_fence(took);
     record_fence(target, &list, took).await?;
     Ok(Some((copied_rows, took, full)))
+}
+
+/// The target's move record `fenced` at the switch's epoch, with the rows copied.
+async fn record_fenced(
+    ttx: &impl GenericClient,
+    list: &[i32],
+    epoch: i64,
+    rows: u64,
+    source: &Shard,
+    target: &Shard,
+) -> Result<u64, tokio_postgres::Error> {
+    ttx.cached_execute(
+        "INSERT INTO bucket_moves (bucket, source, target, state, epoch, rows_copied)
+         SELECT b, $4, $5, 'fenced', $2, $3 FROM unnest($1::int[]) AS b
+         ON CONFLICT (bucket) DO UPDATE SET source = $4, target = $5, state = 'fenced', epoch = $2, rows_copied = $3",
+        &[&list, &epoch, &(rows as i64), &source.name, &target.name],
+    )
+    .await
 }
 
 async fn record_fence(target: &Shard, list: &[i32], took: Duration) -> anyhow::Result<()> {
