@@ -440,7 +440,8 @@ macro_rules! digest_of {
 /// sorts or builds a string of the whole history. The same SQL runs on source and target.
 pub async fn digest(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<String>, tokio_postgres::Error> {
     let bucket = as_param(buckets);
-    let row = client.cached_query_one(
+    let row = client
+        .cached_query_one(
             digest_of!("
                  (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(e.entry_id || ' ' || e.amount || ' ' || coalesce(e.balance_after::text, '-'), 0)), 0)
                     FROM w, LATERAL (SELECT * FROM entries e WHERE e.account_id = w.account_id OFFSET 0) e),
@@ -504,7 +505,8 @@ pub async fn digest_catch_up(
     keys: &Keys,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let bucket = as_param(buckets);
-    let row = client.cached_query_one(
+    let row = client
+        .cached_query_one(
             digest_of!("
                  (SELECT count(*) FROM w, LATERAL (SELECT 1 FROM entries e WHERE e.account_id = w.account_id OFFSET 0) e)
                     || ' ' || (SELECT coalesce(sum(hashtextextended(e.entry_id || ' ' || e.amount || ' ' || coalesce(e.balance_after::text, '-'), 0)), 0)

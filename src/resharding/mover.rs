@@ -317,6 +317,8 @@ async fn move_batch(
 ) -> anyhow::Result<Batch> {
     let mut done = Batch::default();
     let mut moving: Vec<u32> = Vec::new();
+    // Switched by this run (its record says so in the same statement): no record to mend.
+    let mut switched: Vec<u32> = Vec::new();
     // The map was read when the run began; within it only this mover changes owners, and
     // a bucket it switched is read from the shards' records below (the source says
     // `moved`, the target `owned`), so the map is not read again per batch (a full read
@@ -355,9 +357,11 @@ async fn move_batch(
                 Step::FinishSwitch { epoch } => {
                     // A run that stopped between the switch's two commits.
                     finish_switch(target, &[bucket as i32], epoch).await?;
+                    switched.push(bucket);
                     pending = true;
                 }
-                Step::Done => done_buckets.push(bucket as i32),
+                Step::Done if !switched.contains(&bucket) => done_buckets.push(bucket as i32),
+                Step::Done => {}
                 Step::Refuse(why) => bail!("bucket {bucket}: {why} (source {}, target {})", source.name, target.name),
             }
         }
@@ -379,6 +383,7 @@ async fn move_batch(
                     done.rows += rows;
                     done.full_copies += usize::from(full);
                     done.fences.push(took);
+                    switched.extend(list);
                     if !done.sources.contains(&source.name) {
                         done.sources.push(source.name.clone());
                     }

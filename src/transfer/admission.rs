@@ -38,9 +38,6 @@ struct Backlog {
     pending: AtomicU64,
     /// Admitted here and committed, ever (to tell which committed since a sample began).
     committed: AtomicU64,
-    /// Admitted here, ever: the sampler of an idle shard looks at it to know when to
-    /// sample again.
-    admitted: AtomicU64,
 }
 
 /// The bounds and the latest backlog of every shard.
@@ -76,7 +73,6 @@ impl Admission {
         } else {
             backlog.in_flight.fetch_add(1, Ordering::Relaxed);
             backlog.pending.fetch_add(1, Ordering::Relaxed);
-            backlog.admitted.fetch_add(1, Ordering::Relaxed);
             return Ok(admitted);
         };
         Err(Overloaded { retry_after: self.retry_after, why })
@@ -95,8 +91,12 @@ impl Admission {
         }
     }
 
-    fn admitted(&self, shard: usize) -> u64 {
-        self.shards.get(shard).map_or(0, |b| b.admitted.load(Ordering::Relaxed))
+    /// Whether a transfer admitted here is still running or committed since
+    /// `committed_before` (the sampler of an idle shard then samples at once).
+    fn active_since(&self, shard: usize, committed_before: u64) -> bool {
+        self.shards.get(shard).is_some_and(|b| {
+            b.pending.load(Ordering::Relaxed) > 0 || b.committed.load(Ordering::Relaxed) != committed_before
+        })
     }
 
     fn committed(&self, shard: usize) -> u64 {
@@ -156,7 +156,6 @@ impl Sampler {
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             let committed_before = self.admission.committed(self.shard.index);
-            let admitted_before = self.admission.admitted(self.shard.index);
             let idle = match self.sample().await {
                 Ok((in_flight, age)) => {
                     self.admission.record(self.shard.index, in_flight, age, committed_before);
@@ -176,7 +175,7 @@ impl Sampler {
                     _ = shutdown.cancelled() => return,
                 }
                 waited += self.interval;
-                if !idle || waited >= IDLE_SAMPLE || self.admission.admitted(self.shard.index) != admitted_before {
+                if !idle || waited >= IDLE_SAMPLE || self.admission.active_since(self.shard.index, committed_before) {
                     break;
                 }
             }
