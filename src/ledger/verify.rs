@@ -230,45 +230,48 @@ async fn snapshot<'a>(
     Ok(tx)
 }
 
-/// Per shard, the buckets it counts though it does not own them yet: those a mover left
-/// between the two commits of their switch (it died there, and has not been re-run),
-/// which the source gave to this shard (`moved`, at the epoch of this shard's `fenced`
-/// move record) while this shard still holds them as `incoming`. The new owner's copy
-/// is the authoritative one from the source's commit on.
+/// Per shard, the buckets it counts though it no longer owns them: those a mover left
+/// between the two commits of their switch (it stopped there and has not been re-run).
+/// The shard gave them away (`moved`, naming the target) while the target still holds
+/// them `incoming` for a move from this shard. The source's rows are the authoritative
+/// ones until the target's commit: no write has changed them since the source's (it refuses
+/// their writes), and the target's copy may lack the fence's catch-up.
 #[derive(Debug, Default)]
 pub(crate) struct Switching(HashMap<String, Vec<i32>>);
 
 impl Switching {
     pub(crate) async fn read(router: &Router) -> Result<Self> {
-        let mut fenced = Vec::new();
-        for shard in router.shards() {
-            let client = shard.client().await?;
-            // 'fenced': resharding::moves::MoveState::Fenced.
-            for row in client
-                .query(
-                    "SELECT m.bucket, m.source, m.epoch FROM bucket_moves m JOIN bucket_owners o USING (bucket)
-                     WHERE m.state = 'fenced' AND m.epoch IS NOT NULL AND o.state = 'incoming'",
-                    &[],
-                )
+        let shards = router.shards();
+        let mut given: HashMap<(String, String), Vec<i32>> = HashMap::new();
+        for shard in &shards {
+            for row in shard
+                .client()
+                .await?
+                .query("SELECT bucket, owner FROM bucket_owners WHERE state = 'moved' AND owner <> $1", &[&shard.name])
                 .await?
             {
-                fenced.push((shard.name.clone(), row.get::<_, i32>(0), row.get::<_, String>(1), row.get::<_, i64>(2)));
+                given.entry((shard.name.clone(), row.get(1))).or_default().push(row.get(0));
             }
         }
         let mut switching = Self::default();
-        for (target, bucket, source, epoch) in fenced {
-            let Some(source) = router.shards().into_iter().find(|s| s.name == source) else { continue };
-            let flipped = source
+        for ((source, target), buckets) in given {
+            let Some(target_shard) = shards.iter().find(|s| s.name == target) else { continue };
+            // 'copying', 'fenced': resharding::moves::MoveState, a move in progress.
+            let taking: Vec<i32> = target_shard
                 .client()
                 .await?
-                .query_opt(
-                    "SELECT 1 FROM bucket_owners WHERE bucket = $1 AND state = 'moved' AND owner = $2 AND epoch = $3",
-                    &[&bucket, &target, &epoch],
+                .query(
+                    "SELECT o.bucket FROM bucket_owners o JOIN bucket_moves m USING (bucket)
+                     WHERE o.bucket = ANY($1) AND o.state = 'incoming'
+                       AND m.state IN ('copying', 'fenced') AND m.source = $2",
+                    &[&buckets, &source],
                 )
                 .await?
-                .is_some();
-            if flipped {
-                switching.0.entry(target).or_default().push(bucket);
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if !taking.is_empty() {
+                switching.0.entry(source).or_default().extend(taking);
             }
         }
         Ok(switching)

@@ -31,8 +31,8 @@ impl std::fmt::Display for Cleaned {
 
 /// The statements that delete one bucket's leftovers on its old shard, in order
 /// (children before parents). `$1` is the bucket list. Only rows of the bucket's users
-/// go, and only where no user this shard still serves needs them: a same-shard
-/// transfer with a user who stayed keeps its row and its split posting.
+/// go, and only where no other user with rows here needs them: a same-shard transfer
+/// with a user who stayed keeps its row and its split posting.
 const DELETES: &[&str] = &[
     "CREATE TEMP TABLE gone_users ON COMMIT DROP AS SELECT user_id FROM users WHERE bucket = ANY(ARRAY[{buckets}]::int[])",
     "CREATE TEMP TABLE gone_accounts ON COMMIT DROP AS
@@ -46,12 +46,15 @@ const DELETES: &[&str] = &[
                            WHERE o.posting_id = e.posting_id
                              AND ((a.user_id IS NOT NULL AND a.account_id NOT IN (SELECT account_id FROM gone_accounts))
                                   OR a.system_name = 'resharding'))",
-    // Transfers no user this shard still serves takes part in.
+    // Transfers none of whose users still has rows here: one with a user of another
+    // bucket stays until that bucket's own cleanup, whether the shard still owns it or
+    // not (a bucket the mover left between the two commits of its switch is taken over
+    // from these rows, `mover::take_over`).
     "CREATE TEMP TABLE gone_transfers ON COMMIT DROP AS
          SELECT transfer_id FROM transfers t
          WHERE (t.from_user IN (SELECT user_id FROM gone_users) OR t.to_user IN (SELECT user_id FROM gone_users))
-           AND NOT EXISTS (SELECT 1 FROM users u JOIN bucket_owners b ON b.bucket = u.bucket AND b.state = 'owned'
-                           WHERE u.user_id IN (t.from_user, t.to_user))",
+           AND NOT EXISTS (SELECT 1 FROM users u
+                           WHERE u.user_id IN (t.from_user, t.to_user) AND u.bucket <> ALL(ARRAY[{buckets}]::int[]))",
     "DELETE FROM entries WHERE account_id IN (SELECT account_id FROM gone_accounts)
          OR posting_id IN (SELECT posting_id FROM gone_postings)",
     "DELETE FROM postings WHERE posting_id IN (SELECT posting_id FROM gone_postings)",

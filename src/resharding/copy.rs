@@ -18,7 +18,7 @@
 //! leg on its own `resharding` account standing for them (`cleanup::write_standins`). Every shard's postings still
 //! sum to zero, and so do the `resharding` accounts over the cluster.
 use deadpool_postgres::GenericClient;
-use tokio_postgres::types::Json;
+use tokio_postgres::{types::Json, Statement};
 
 use crate::storage::cached::Cached;
 
@@ -108,7 +108,8 @@ static TABLES: &[Table] = &[
                  'balance_after', e.balance_after, 'created_at', e.created_at,
                  'user_id', a.user_id, 'system_name', a.system_name, 'currency', a.currency,
                  'moving', a.user_id IS NOT NULL AND a.user_id IN (SELECT user_id FROM u),
-                 'epoch', b.epoch) ORDER BY e.seq), '[]')
+                 'epoch', CASE WHEN b.state = 'moved' THEN coalesce(b.owned_since_epoch, b.epoch) ELSE b.epoch END)
+                 ORDER BY e.seq), '[]')
              FROM bp/*changed-posting*/, LATERAL (SELECT * FROM entries e WHERE e.posting_id = bp.posting_id OFFSET 0) e
                   JOIN accounts a USING (account_id)
                   LEFT JOIN users w ON w.user_id = a.user_id AND w.user_id IN (SELECT user_id FROM u)
@@ -325,21 +326,45 @@ fn with_changed(sql: &str, delta: bool) -> String {
     out
 }
 
-/// Writes the snapshot on the target, over whatever an earlier, interrupted run left
-/// (every write is an upsert). Returns the rows sent. The statements are prepared
-/// together, then sent together in table order (tokio-postgres runs pipelined requests
-/// in the order they are first polled): two round trips in all.
-pub async fn write(target: &impl GenericClient, snapshot: &Snapshot) -> Result<u64, tokio_postgres::Error> {
-    let tables: Vec<&(&'static Table, serde_json::Value)> =
-        snapshot.tables.iter().filter(|(_, rows)| !rows.as_array().is_some_and(|a| a.is_empty())).collect();
-    if tables.is_empty() {
-        return Ok(snapshot.rows);
+/// The columns of the tables whose rows a copy replaces (state that moves on), read
+/// once per mover run: a catch-up's write then needs no catalog query, which inside a
+/// fence was a round trip of its own.
+#[derive(Debug, Default)]
+pub struct Columns(std::collections::HashMap<String, Vec<String>>);
+
+impl Columns {
+    pub async fn of(client: &impl GenericClient) -> Result<Self, tokio_postgres::Error> {
+        let tables: Vec<&str> =
+            TABLES.iter().filter(|t| matches!(t.write, Write::Replace(_))).map(|t| t.name).collect();
+        let rows = client
+            .cached_query(
+                "SELECT c.relname::text, array_agg(a.attname::text ORDER BY a.attnum)
+                 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                 WHERE c.relname = ANY($1) AND c.relnamespace = current_schema()::regnamespace
+                   AND a.attnum > 0 AND NOT a.attisdropped
+                 GROUP BY c.relname",
+                &[&tables],
+            )
+            .await?;
+        Ok(Self(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
     }
-    let replaced: Vec<&str> =
-        tables.iter().filter(|(t, _)| matches!(t.write, Write::Replace(_))).map(|(t, _)| t.name).collect();
-    let columns = if replaced.is_empty() { Default::default() } else { columns(target, &replaced).await? };
+}
+
+/// A snapshot's writes, prepared on the target's connection and not yet sent.
+pub struct Prepared<'a> {
+    statements: Vec<(Statement, &'a serde_json::Value)>,
+    rows: u64,
+}
+
+/// Prepares the writes of `snapshot` (from the connection's statement cache: no round
+/// trip once a fence has written the same tables on it).
+pub async fn prepare_write<'a>(
+    target: &impl GenericClient,
+    snapshot: &'a Snapshot,
+    columns: &Columns,
+) -> Result<Prepared<'a>, tokio_postgres::Error> {
     let mut sqls: Vec<(String, &serde_json::Value)> = Vec::new();
-    for (table, rows) in tables {
+    for (table, rows) in snapshot.tables.iter().filter(|(_, rows)| !rows.as_array().is_some_and(|a| a.is_empty())) {
         match &table.write {
             Write::Keep(key) => sqls.push((
                 format!(
@@ -349,7 +374,7 @@ pub async fn write(target: &impl GenericClient, snapshot: &Snapshot) -> Result<u
                 rows,
             )),
             Write::Replace(key) => {
-                let columns = columns.get(table.name).map(Vec::as_slice).unwrap_or_default();
+                let columns = columns.0.get(table.name).map(Vec::as_slice).unwrap_or_default();
                 sqls.push((
                     format!(
                         "INSERT INTO {0} SELECT * FROM jsonb_populate_recordset(NULL::{0}, $1)
@@ -365,32 +390,37 @@ pub async fn write(target: &impl GenericClient, snapshot: &Snapshot) -> Result<u
         }
     }
     let statements = futures::future::try_join_all(sqls.iter().map(|(sql, _)| target.prepare_cached(sql))).await?;
-    futures::future::try_join_all(
-        statements
-            .iter()
-            .zip(&sqls)
-            .map(|(statement, (_, rows))| async move { target.execute(statement, &[&Json(*rows)]).await }),
-    )
-    .await?;
-    Ok(snapshot.rows)
+    Ok(Prepared {
+        statements: statements.into_iter().zip(sqls.into_iter().map(|(_, rows)| rows)).collect(),
+        rows: snapshot.rows,
+    })
 }
 
-/// The columns of `tables` in order, by table name.
-async fn columns(
-    client: &impl GenericClient,
-    tables: &[&str],
-) -> Result<std::collections::HashMap<String, Vec<String>>, tokio_postgres::Error> {
-    let rows = client
-        .cached_query(
-            "SELECT c.relname::text, array_agg(a.attname::text ORDER BY a.attnum)
-             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-             WHERE c.relname = ANY($1) AND c.relnamespace = current_schema()::regnamespace
-               AND a.attnum > 0 AND NOT a.attisdropped
-             GROUP BY c.relname",
-            &[&tables],
+impl Prepared<'_> {
+    /// Sends the writes, in table order, all on this future's first poll
+    /// (tokio-postgres queues a request when it is first polled, and the server runs a
+    /// connection's requests in the order they arrive): statements polled after it on
+    /// the same connection run after the writes and see them, in the same round trip.
+    /// Returns the rows sent.
+    pub async fn send(self, target: &impl GenericClient) -> Result<u64, tokio_postgres::Error> {
+        futures::future::try_join_all(
+            self.statements
+                .iter()
+                .map(|(statement, rows)| async move { target.execute(statement, &[&Json(*rows)]).await }),
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(self.rows)
+    }
+}
+
+/// Writes the snapshot on the target, over whatever an earlier, interrupted run left
+/// (every write is an upsert). Returns the rows sent.
+pub async fn write(
+    target: &impl GenericClient,
+    snapshot: &Snapshot,
+    columns: &Columns,
+) -> Result<u64, tokio_postgres::Error> {
+    prepare_write(target, snapshot, columns).await?.send(target).await
 }
 
 /// The target's tables a copy writes, for `ANALYZE`.

@@ -34,8 +34,8 @@ const FENCE_ATTEMPTS: usize = 20;
 /// Crash tests: `SHARDWALLET_MOVER_FAILPOINT=<name>` aborts the process at that point,
 /// as a kill -9 would (connections drop, open transactions roll back). Points: `begun`
 /// (a batch recorded as copying), `fenced` (inside the fence, buckets locked), `copied`
-/// (the target committed the copy, the source not switched), `source-switched` (the
-/// source switched, the target not yet), `switched` (both switched).
+/// (the catch-up written and compared, nothing committed), `source-switched` (the
+/// source committed its flip, the target not its copy), `switched` (both committed).
 fn failpoint(name: &str) {
     if std::env::var("SHARDWALLET_MOVER_FAILPOINT").is_ok_and(|p| p == name) {
         eprintln!("failpoint {name}: aborting");
@@ -233,14 +233,16 @@ pub async fn move_paced(router: &Router, buckets: &[u32], target: &str, mut pace
     let progress = Progress::new(buckets.len());
     let mut report = Report::default();
     let mut stats = TargetStats::default();
+    let columns = copy::Columns::of(&target.client().await?).await?;
     let result = async {
         let mut rest = buckets;
         while !rest.is_empty() {
             let (chunk, later) = rest.split_at(pace.size().min(rest.len()));
             rest = later;
-            let done = move_batch(router, &lock_client, &target, chunk, &mut stats).await.with_context(|| {
-                format!("moving buckets {}..={} to {}", chunk[0], chunk[chunk.len() - 1], target.name)
-            })?;
+            let done =
+                move_batch(router, &lock_client, &target, chunk, &mut stats, &columns).await.with_context(|| {
+                    format!("moving buckets {}..={} to {}", chunk[0], chunk[chunk.len() - 1], target.name)
+                })?;
             pace.after(&done.fences);
             report.elapsed = started.elapsed();
             report.moved += done.moved;
@@ -314,6 +316,7 @@ async fn move_batch(
     target: &Arc<Shard>,
     buckets: &[u32],
     stats: &mut TargetStats,
+    columns: &copy::Columns,
 ) -> anyhow::Result<Batch> {
     let mut done = Batch::default();
     let mut moving: Vec<u32> = Vec::new();
@@ -354,9 +357,17 @@ async fn move_batch(
                     Some((_, list)) => list.push(bucket),
                     None => fence.push((source.clone(), vec![bucket])),
                 },
-                Step::FinishSwitch { epoch } => {
-                    // A run that stopped between the switch's two commits.
-                    finish_switch(target, &[bucket as i32], epoch).await?;
+                Step::TakeOver { epoch } => {
+                    // A run that stopped between the switch's two commits. Under the
+                    // audit's lock: the bucket is counted on the source until then.
+                    let one = [bucket];
+                    let taken = take_over(source, target, &one, epoch, columns);
+                    let (source_name, target_name) = (&source.name, &target.name);
+                    done.rows += crate::storage::holding(lock, SWITCH_LOCK, crate::storage::LockMode::Exclusive, taken)
+                        .await
+                        .with_context(|| {
+                            format!("taking bucket {bucket} over from {source_name} onto {target_name}")
+                        })?;
                     switched.push(bucket);
                     pending = true;
                 }
@@ -377,7 +388,7 @@ async fn move_batch(
             pending = true;
             // No switch while an audit runs (see SWITCH_LOCK); taken before the fence,
             // so a fence never waits for an audit.
-            let fenced = fenced_copy(router, source, target, list, stats);
+            let fenced = fenced_copy(router, source, target, list, stats, columns);
             match crate::storage::holding(lock, SWITCH_LOCK, crate::storage::LockMode::Exclusive, fenced).await? {
                 Some((rows, took, full)) => {
                     done.rows += rows;
@@ -492,16 +503,18 @@ async fn begin(router: &Router, target: &Shard, buckets: &[(&Arc<Shard>, u32)]) 
     Ok(())
 }
 
-/// fenced → switched (source side): under the buckets' row locks on the source, copies
-/// them, compares, commits the copy on the target, then flips the source: the rows
-/// copied, the fence's length and whether it had to copy in full. `None` when the fence
-/// could not be taken now (writes or the outbox kept it busy).
+/// copying → fenced → switched: copies the buckets while writes continue, then under
+/// their locks on the source catches up, compares, and commits the source's flip, then
+/// the target's copy with its switch: the rows copied, the fence's length and whether
+/// it had to copy in full. `None` when the fence could not be taken now (writes or the
+/// outbox kept it busy).
 async fn fenced_copy(
     router: &Router,
     source: &Shard,
     target: &Shard,
     buckets: &[u32],
     stats: &mut TargetStats,
+    columns: &copy::Columns,
 ) -> anyhow::Result<Option<(u64, Duration, bool)>> {
     let epoch = newest_epoch(router).await? + 1;
     let list: Vec<i32> = buckets.iter().map(|&b| b as i32).collect();
@@ -518,7 +531,7 @@ async fn fenced_copy(
         let mut target_client = target.client().await?;
         let ttx = target_client.transaction().await?;
         ttx.batch_execute(copy::PLANNER).await?;
-        copy::write(&ttx, &rows).await?;
+        copy::write(&ttx, &rows, columns).await?;
         // The copy's balance, checked before the fence (only the mover writes an
         // incoming bucket on the target); the fence checks the postings its catch-up adds.
         // So is its digest, against the snapshot's: the fence then hashes only what its
@@ -569,23 +582,34 @@ async fn fenced_copy(
     let work = async {
         let delta = copy::read(&stx, buckets, Some(&since)).await?;
         let read = fence_began.elapsed();
-        // The source's digest while the target writes and digests its copy: two
-        // servers at work at once.
+        // Each side's statements go together, one round trip per server, both servers
+        // at work at once. The source: its digest, then its flip (the buckets 'moved' to
+        // the target). The target: the catch-up's writes, then its checks, then its
+        // switch (the buckets 'owned', the move 'switched'); the server runs them in
+        // order, so the checks see the writes. Neither side commits before the two
+        // compare, and until a commit nobody sees the flip or the switch.
         let keys = copy::Keys::of(&delta);
-        let source_side = copy::digest_catch_up(&stx, buckets, &keys);
+        let source_side = async {
+            let (digest, _) = tokio::try_join!(
+                biased;
+                copy::digest_catch_up(&stx, buckets, &keys),
+                flip(&stx, &list, &target.name, epoch)
+            )?;
+            Ok::<_, tokio_postgres::Error>(digest)
+        };
         let target_side = async {
-            let rows = copy::write(&ttx, &delta).await?;
-            // The move record `fenced` goes with the checks (rolled back with the
-            // transaction if they fail): one round trip less before the commit.
-            let (unbalanced, copied, _) = tokio::try_join!(
+            let writes = copy::prepare_write(&ttx, &delta, columns).await?;
+            let (rows, unbalanced, copied, _) = tokio::try_join!(
+                biased;
+                writes.send(&ttx),
                 copy::unbalanced_of(&ttx, &delta),
                 copy::digest_catch_up(&ttx, buckets, &keys),
-                record_fenced(&ttx, &list, epoch, precopied.rows + rows, source, target)
+                switch(&ttx, &list, &target.name, epoch, precopied.rows + delta.rows)
             )?;
             Ok::<_, tokio_postgres::Error>((rows, unbalanced, copied))
         };
-        let (expected, target) = tokio::try_join!(source_side, target_side)?;
-        Ok::<_, tokio_postgres::Error>((delta, read, expected, target))
+        let (expected, written) = tokio::try_join!(source_side, target_side)?;
+        Ok::<_, tokio_postgres::Error>((delta, read, expected, written))
     };
     let ((drained, drained_at), work) = tokio::join!(drain, work);
     let (delta, read, mut expected, (delta_rows, mut unbalanced, mut copied)) = work?;
@@ -604,79 +628,141 @@ async fn fenced_copy(
         tracing::warn!(?buckets, "the copy and its catch-up differ from the source; copying in full inside the fence");
         super::cleanup::delete_rows(&ttx, &list).await?;
         let rows = copy::read(&stx, buckets, None).await?;
-        copied_rows = copy::write(&ttx, &rows).await?;
+        copied_rows = copy::write(&ttx, &rows, columns).await?;
         full = true;
         unbalanced = copy::unbalanced(&ttx, buckets).await?;
         (expected, copied) = tokio::try_join!(copy::digest(&stx, buckets), copy::digest(&ttx, buckets))?;
+        switch(&ttx, &list, &target.name, epoch, copied_rows).await?;
     }
     let compared = fence_began.elapsed();
     tracing::debug!(?drained, ?read, ?digested, ?compared, delta_rows = delta.rows, "fence phases");
+    // Both transactions roll back on a difference: the source keeps the buckets.
+    refuse_if_different(&expected, &copied, unbalanced)?;
+    failpoint("copied");
+    // The source's commit is the switch: from it on the source refuses the buckets'
+    // writes and reads, and its rows of them no longer change. The target commits its
+    // catch-up and takes the buckets after it, never before, so no two shards own a
+    // bucket at once; a stop between the two commits leaves the buckets to nobody
+    // (requests are answered `bucket_moving`) until the next run takes them over from
+    // the source's rows, which no write changes any more (`take_over`).
+    stx.commit().await?;
+    let committed = fence_began.elapsed();
+    failpoint("source-switched");
+    if let Err(e) = ttx.commit().await {
+        // The buckets are nobody's until the target takes them: the batch's next
+        // attempt finds the claims of a stop between the two commits and takes over.
+        tracing::warn!(?buckets, error = %e, "the source gave the buckets, the target's commit failed; taking them over");
+        return Ok(None);
+    }
+    failpoint("switched");
+    let took = fence_began.elapsed();
+    tracing::debug!(?committed, target_committed = ?took, "fence phases, commits");
+    crate::telemetry::metrics::reshard_fence(took);
+    record_fence(target, &list, took).await?;
+    Ok(Some((copied_rows, took, full)))
+}
+
+/// Refuses a switch when the copy differs from its source (the names of the digest's
+/// parts that differ) or a posting does not balance on the target.
+fn refuse_if_different(expected: &[String], copied: &[String], unbalanced: i64) -> anyhow::Result<()> {
     let differing: Vec<&str> = copy::DIGEST_PARTS
         .iter()
-        .zip(expected.iter().zip(&copied))
+        .zip(expected.iter().zip(copied))
         .filter(|(_, (a, b))| a != b)
         .map(|(name, _)| *name)
         .collect();
     if unbalanced > 0 || !differing.is_empty() {
-        // Both transactions roll back: the source keeps the buckets, nothing switched.
         bail!(
             "refusing to switch: the copy differs from the source in {} ({} posting(s) do not balance on the target)",
             if differing.is_empty() { "nothing compared".to_string() } else { differing.join(", ") },
             unbalanced
         );
     }
-    if full {
-        record_fenced(&ttx, &list, epoch, copied_rows, source, target).await?;
-    }
-    // The flip, one statement sent while the target commits: it writes nothing anyone
-    // sees until the source's commit, which goes only once the target's copy is
-    // committed (a failed target commit rolls the flip back with the source's
-    // transaction). The stand-in legs of the buckets' split postings are written by
-    // cleanup (`standins_pending`, V11), on the `resharding` accounts made sure of here.
-    let flip_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&list, &target.name, &epoch];
-    let flip = stx.cached_execute(
+    Ok(())
+}
+
+/// The source's flip, in the fence's transaction: the buckets 'moved' to the target at
+/// the switch's epoch, keeping the epoch they were owned since (a copy read after the
+/// flip names its stand-in legs after it, as the copy before, V15). The stand-in legs of the buckets' split postings are written by
+/// cleanup (`standins_pending`, V11), on the `resharding` accounts made sure of here.
+async fn flip(stx: &impl GenericClient, list: &[i32], target: &str, epoch: i64) -> Result<u64, tokio_postgres::Error> {
+    stx.cached_execute(
         "WITH standin_accounts AS (
              INSERT INTO accounts (system_name, currency)
              SELECT DISTINCT 'resharding', a.currency FROM accounts a JOIN users u USING (user_id)
              WHERE u.bucket = ANY($1)
              ON CONFLICT DO NOTHING)
-         UPDATE bucket_owners SET state = 'moved', owner = $2, epoch = $3, standins_pending = true,
-             changed_at = now()
+         UPDATE bucket_owners SET state = 'moved', owner = $2, owned_since_epoch = epoch, epoch = $3,
+             standins_pending = true, changed_at = now()
          WHERE bucket = ANY($1)",
-        &flip_params,
-    );
-    tokio::try_join!(ttx.commit(), flip)?;
-    failpoint("copied");
-    let committed = fence_began.elapsed();
-    stx.commit().await?;
-    tracing::debug!(?committed, source_committed = ?fence_began.elapsed(), "fence phases, source side");
-    failpoint("source-switched");
-    // Until the target takes the buckets, their requests are answered `bucket_moving`:
-    // the fence lasts until then.
-    finish_switch(target, &list, epoch).await?;
-    failpoint("switched");
-    let took = fence_began.elapsed();
-    crate::telemetry::metrics::reshard_fence(took);
-    record_fence(target, &list, took).await?;
-    Ok(Some((copied_rows, took, full)))
-}
-
-/// The target's move record `fenced` at the switch's epoch, with the rows copied.
-async fn record_fenced(
-    ttx: &impl GenericClient,
-    list: &[i32],
-    epoch: i64,
-    rows: u64,
-    source: &Shard,
-    target: &Shard,
-) -> Result<u64, tokio_postgres::Error> {
-    ttx.cached_execute(
-        "INSERT INTO bucket_moves (bucket, source, target, state, epoch, rows_copied)
-         SELECT b, $4, $5, 'fenced', $2, $3 FROM unnest($1::int[]) AS b
-         ON CONFLICT (bucket) DO UPDATE SET source = $4, target = $5, state = 'fenced', epoch = $2, rows_copied = $3",
-        &[&list, &epoch, &(rows as i64), &source.name, &target.name],
+        &[&list, &target, &epoch],
     )
     .await
+}
+
+/// The target's switch, in the transaction that holds its copy: the buckets 'owned' at
+/// the epoch the source's flip records, the move 'switched' with the rows copied. One
+/// statement, so one round trip.
+async fn switch(
+    ttx: &impl GenericClient,
+    list: &[i32],
+    target: &str,
+    epoch: i64,
+    rows: u64,
+) -> Result<u64, tokio_postgres::Error> {
+    ttx.cached_execute(
+        "WITH owned AS (
+             UPDATE bucket_owners SET state = 'owned', owner = $2, epoch = $3, changed_at = now()
+             WHERE bucket = ANY($1) AND state = 'incoming')
+         UPDATE bucket_moves SET state = 'switched', epoch = $3, rows_copied = $4, switched_at = now()
+         WHERE bucket = ANY($1)",
+        &[&list, &target, &epoch, &(rows as i64)],
+    )
+    .await
+}
+
+/// The source switched `buckets` to the target, but the target's commit did not follow
+/// (the mover stopped between the two): the source's rows of them have not changed
+/// since its commit (it refuses their writes), so the target replaces its copy with a
+/// full one from them, compares every row and takes the buckets, in one transaction.
+/// Returns the rows copied.
+async fn take_over(
+    source: &Shard,
+    target: &Shard,
+    buckets: &[u32],
+    epoch: i64,
+    columns: &copy::Columns,
+) -> anyhow::Result<u64> {
+    let list: Vec<i32> = buckets.iter().map(|&b| b as i32).collect();
+    let mut source_client = source.client().await?;
+    let snapshot = crate::storage::read_snapshot(&mut source_client).await?;
+    snapshot.batch_execute(copy::PLANNER).await?;
+    let given: i64 = snapshot
+        .query_one(
+            "SELECT count(*) FROM bucket_owners WHERE bucket = ANY($1) AND state = 'moved' AND owner = $2 AND epoch = $3",
+            &[&list, &target.name, &epoch],
+        )
+        .await?
+        .get(0);
+    if given != list.len() as i64 {
+        bail!("the source no longer says it gave the buckets to {} at epoch {epoch}", target.name);
+    }
+    let mut target_client = target.client().await?;
+    let ttx = target_client.transaction().await?;
+    ttx.batch_execute(copy::PLANNER).await?;
+    super::cleanup::delete_rows(&ttx, &list).await?;
+    let rows = copy::read(&snapshot, buckets, None).await?;
+    let copied_rows = copy::write(&ttx, &rows, columns).await?;
+    let (unbalanced, expected, copied) = tokio::try_join!(
+        copy::unbalanced(&ttx, buckets),
+        copy::digest(&snapshot, buckets),
+        copy::digest(&ttx, buckets)
+    )?;
+    refuse_if_different(&expected, &copied, unbalanced)?;
+    switch(&ttx, &list, &target.name, epoch, copied_rows).await?;
+    ttx.commit().await?;
+    snapshot.rollback().await?;
+    Ok(copied_rows)
 }
 
 async fn record_fence(target: &Shard, list: &[i32], took: Duration) -> anyhow::Result<()> {
@@ -721,24 +807,6 @@ async fn outbox_drained(stx: &impl GenericClient, buckets: &[i32]) -> anyhow::Re
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-/// switched (target side): the target takes the buckets at the epoch the source recorded.
-async fn finish_switch(target: &Shard, list: &[i32], epoch: i64) -> anyhow::Result<()> {
-    // One statement, so one transaction and, cached on the connection, one round trip:
-    // requests for the buckets wait for its commit.
-    target
-        .client()
-        .await?
-        .cached_execute(
-            "WITH owned AS (
-                 UPDATE bucket_owners SET state = 'owned', owner = $2, epoch = $3, changed_at = now()
-                 WHERE bucket = ANY($1) AND state = 'incoming')
-             UPDATE bucket_moves SET state = 'switched', switched_at = now(), epoch = $3 WHERE bucket = ANY($1)",
-            &[&list, &target.name, &epoch],
-        )
-        .await?;
-    Ok(())
 }
 
 /// A move whose target flipped but whose record says otherwise (written by an earlier

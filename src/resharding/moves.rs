@@ -1,24 +1,31 @@
 //! A bucket move's state machine, in one place.
 //!
 //! ```text
-//!   owned ──begin──▶ copying ──fence──▶ fenced ──switch──▶ switched ──cleanup──▶ cleaned
-//!  (source)        (target 'incoming')  (copy committed    (source 'moved',      (source's copy
-//!                                        on the target)     target 'owned')       deleted)
+//!   owned ──begin──▶ copying ──────────fence──────────▶ switched ──cleanup──▶ cleaned
+//!  (source)        (target 'incoming',   (source 'moved' commits,  (source 'moved',     (source's copy
+//!                   copy committed)       then target 'owned')      target 'owned')      deleted)
 //! ```
 //!
 //! What is authoritative at each state, and what a crash there leaves:
 //! - **copying**: the source owns the bucket and serves it; the target holds it as
-//!   'incoming' (refuses writes). A crash leaves a partial copy on the target; the re-run
-//!   copies again over it (every write of `copy` is an upsert).
-//! - **fenced**: inside one source transaction that holds the bucket's row FOR UPDATE
-//!   (writes wait), the bucket is read, written to the target and compared; the target
-//!   commits the copy, then the source flips its row to 'moved' and commits: that commit
-//!   is the switch. A crash before it rolls the fence back (the source still owns the
-//!   bucket, writes resume, the re-run fences again); the target's copy is overwritten.
-//! - **switched**: the source says 'moved' (naming the target and the epoch), the target
-//!   still 'incoming' until its own row flips. Between the two commits nobody owns the
-//!   bucket (writes get 503 `bucket_moving`); the re-run finds this pair of claims and
-//!   flips the target. Never can both own it: the target flips only after the source.
+//!   'incoming' (refuses writes) with a copy taken while writes went on. A crash leaves
+//!   a partial copy on the target; the re-run copies again over it (every write of
+//!   `copy` is an upsert).
+//! - **fenced** (inside two transactions, never committed as such): the source holds
+//!   the bucket's locks (writes wait); what changed since the copy is read, written to
+//!   the target and compared, the source's flip to 'moved' and the target's switch to
+//!   'owned' written in each side's transaction. The source commits first: that commit
+//!   is the switch. A crash before it rolls both back (the source still owns the
+//!   bucket, writes resume, the re-run fences again).
+//! - **between the two commits**: the source says 'moved' (naming the target and the
+//!   epoch), the target still 'incoming' with its copy from before the fence. Nobody
+//!   owns the bucket (requests get 503 `bucket_moving`) and the source's rows are the
+//!   authoritative ones (`verify` counts them there): no write changes them any more
+//!   (only pruning of expired keys and the like, which a copy may leave out). The
+//!   re-run finds this pair of claims and takes the bucket over (`Step::TakeOver`: a
+//!   full copy from the source, compared, committed with the target's switch). Never
+//!   can both own it: the target takes it only after the source gave it.
+//! - **switched**: the target committed its copy and took the bucket.
 //! - **cleaned**: the source's copy is deleted (`reshard cleanup`).
 //!
 //! `next` decides the step from what the two shards record, so a re-run after kill -9
@@ -58,8 +65,9 @@ pub enum Step {
     Begin,
     /// Copy under the fence, compare, and switch the source.
     Fence,
-    /// The source switched: flip the target to 'owned'.
-    FinishSwitch { epoch: i64 },
+    /// The source switched and the target did not: copy the source's rows (no write changes them) in
+    /// full, compare and flip the target to 'owned'.
+    TakeOver { epoch: i64 },
     /// Nothing left: the target owns the bucket.
     Done,
     /// The claims say something no move of ours leads to.
@@ -77,7 +85,7 @@ pub fn next(target_name: &str, source: Option<&(Claim, i64)>, target: Option<&(C
         (Some((Claim::Owned, _)), None | Some((Claim::Moved { .. }, _))) => Step::Begin,
         (Some((Claim::Owned, _)), Some((Claim::Incoming, _))) => Step::Fence,
         (Some((Claim::Moved { owner }, epoch)), Some((Claim::Incoming, _))) if owner == target_name => {
-            Step::FinishSwitch { epoch: *epoch }
+            Step::TakeOver { epoch: *epoch }
         }
         (Some((Claim::Moved { owner }, _)), _) => {
             Step::Refuse(format!("the source gave the bucket to {owner}, not to {target_name}"))
@@ -102,7 +110,7 @@ mod tests {
         assert_eq!(next("s4", Some(&owned), None), Step::Begin);
         assert_eq!(next("s4", Some(&owned), Some(&moved("s1", 3))), Step::Begin, "a bucket coming back");
         assert_eq!(next("s4", Some(&owned), Some(&incoming)), Step::Fence);
-        assert_eq!(next("s4", Some(&moved("s4", 7)), Some(&incoming)), Step::FinishSwitch { epoch: 7 });
+        assert_eq!(next("s4", Some(&moved("s4", 7)), Some(&incoming)), Step::TakeOver { epoch: 7 });
         assert_eq!(next("s4", Some(&moved("s4", 7)), Some(&(Claim::Owned, 7))), Step::Done);
         assert!(matches!(next("s4", Some(&owned), Some(&(Claim::Owned, 2))), Step::Refuse(_)));
         assert!(matches!(next("s4", Some(&moved("s2", 7)), Some(&incoming)), Step::Refuse(_)));

@@ -592,3 +592,59 @@ async fn a_copy_that_lost_a_row_before_the_fence_is_copied_again_in_full_inside_
     assert!(audit.ok, "verify after the move:\n{audit}");
     finish(app, &url).await;
 }
+
+/// A bucket the mover left between the two commits of its switch (stopped after the
+/// source gave it away, before the target took it) belongs to nobody until the next
+/// run takes it over from the source's rows, and those rows stay whole meanwhile: here
+/// the bucket of the user it sent a transfer to (on the same source) is moved and
+/// cleaned up before the re-run, and the taken-over sender still has that transfer, its
+/// history and its key.
+#[tokio::test]
+async fn a_bucket_left_between_the_two_commits_is_taken_over_whole_after_a_neighbours_cleanup() {
+    let deployment = Deployment::new().await;
+    let app = Arc::new(deployment.spawn_default().await);
+    let alice = app.user_on_shard("between-alice", 0);
+    let bob = app.user_on_shard("between-bob", 0);
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "100").await;
+    let r = app.transfer(&app.admin(), &alice, &bob, "EUR", "30", "between-1").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let transfer = body(r).await["transfer_id"].as_str().expect("transfer id").to_string();
+    let (router, url) = add_fourth_shard(&deployment, &app).await;
+    let (a, b) = (
+        router.bucket_of_user(&UserId::parse(&alice).expect("id")),
+        router.bucket_of_user(&UserId::parse(&bob).expect("id")),
+    );
+    assert_ne!(a, b, "the two users are in different buckets of shard-1");
+    let history = entries(&app, &alice).await;
+    let config = mover_config(&deployment, &app);
+    let stopped = mover_command(&config, &a.to_string(), Some("source-switched")).status().expect("run the mover");
+    assert!(!stopped.success(), "the mover stopped between the two commits");
+    let four = connect(&url).await;
+    assert_eq!(owns(&four, a).await + owns(&app.shard_db(0).await, a).await, 0, "nobody owns the bucket");
+    let audit = verify::run(&router).await.expect("verify");
+    assert!(audit.ok, "verify between the two commits (the source's rows counted):\n{audit}");
+
+    // Meanwhile the receiver's bucket moves and the source's copy of it is cleaned up.
+    let moved =
+        resharding::mover::move_buckets(&router, &[b], "shard-4", resharding::mover::BATCH).await.expect("move");
+    assert_eq!(moved.moved, 1);
+    let cleaned = resharding::cleanup::run(&router, Duration::ZERO).await.expect("cleanup");
+    assert_eq!(cleaned.buckets, 1, "only the switched bucket is cleaned up");
+
+    assert!(mover_command(&config, &a.to_string(), None).status().expect("re-run").success(), "the re-run finishes");
+    assert_eq!(owns(&four, a).await, 1, "the new shard took the bucket over");
+    assert_eq!(owns(&app.shard_db(0).await, a).await, 0);
+    let r = app.get(&format!("/v1/transfers/{transfer}"), &app.admin()).await;
+    assert_eq!(r.status(), StatusCode::OK, "the sender's transfer moved with it");
+    assert_eq!(body(r).await["status"], "completed");
+    assert_eq!(entries(&app, &alice).await, history, "the sender's history, unchanged");
+    let r = app.transfer(&app.admin(), &alice, &bob, "EUR", "30", "between-1").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap_or_default()), Some("true"));
+    assert_eq!(app.balance(&alice, "EUR").await, "70");
+    assert_eq!(app.balance(&bob, "EUR").await, "130");
+    let audit = verify::run(&router).await.expect("verify");
+    assert!(audit.ok, "verify after the take-over:\n{audit}");
+    finish(app, &url).await;
+}
