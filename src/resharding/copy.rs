@@ -232,6 +232,11 @@ static TABLES: &[Table] = &[
     },
 ];
 
+/// The tables a fence reads on its second connection to the source (`read_on`): the
+/// scans of a user's whole history that filter what changed (`xmin`) row by row, apart
+/// from `transfers`, which stays with the other ten (about as long as this lane).
+const SECOND_LANE: &[&str] = &["idempotency_keys", "tcc_barriers", "payments", "payment_holds", "payment_events"];
+
 /// Reads every row of `buckets` on the source (`since: None`), or only the rows written
 /// since the snapshot `since` describes: a superset of what changed after it. Run inside the fence, after the
 /// buckets' rows are locked: every write to them has committed, and none can begin.
@@ -240,20 +245,39 @@ pub async fn read(
     buckets: &[u32],
     since: Option<&Since>,
 ) -> Result<Snapshot, tokio_postgres::Error> {
+    read_on(&[source], buckets, since).await
+}
+
+/// `read` over one or two connections to the source, both at once (a fence's reads
+/// are one server's work, and two backends get two cores). Inside a fence a second
+/// connection in READ COMMITTED sees what the fence's own does: every write to the
+/// buckets committed before their locks were granted, and none can begin.
+pub async fn read_on<C: GenericClient>(
+    sources: &[&C],
+    buckets: &[u32],
+    since: Option<&Since>,
+) -> Result<Snapshot, tokio_postgres::Error> {
     let bucket = as_param(buckets);
+    let lane = |table: &Table| usize::from(sources.len() > 1 && SECOND_LANE.contains(&table.name));
     let sqls: Vec<String> = TABLES.iter().map(|table| with_changed(table.read, since.is_some())).collect();
     // One statement per table, pipelined: one round trip for all (the fence waits for
     // each round trip, and under load a round trip is a scheduling delay).
     // Cached on the connection: a fence's reads are parsed once per connection, not once
     // per fence (a Parse of twelve statements is a round trip and CPU on a busy server).
-    let statements = futures::future::try_join_all(sqls.iter().map(|sql| source.prepare_cached(sql))).await?;
+    let statements = futures::future::try_join_all(
+        TABLES.iter().zip(&sqls).map(|(table, sql)| sources[lane(table)].prepare_cached(sql)),
+    )
+    .await?;
     let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match since {
         Some(since) => vec![&bucket, &since.xid, &since.floors],
         None => vec![&bucket],
     };
     // Each read names only the parameters it uses.
     let results = futures::future::try_join_all(
-        statements.iter().map(|statement| source.query_one(statement, &params[..statement.params().len()])),
+        TABLES
+            .iter()
+            .zip(&statements)
+            .map(|(table, statement)| sources[lane(table)].query_one(statement, &params[..statement.params().len()])),
     )
     .await?;
     let mut snapshot = Snapshot::default();

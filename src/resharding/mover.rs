@@ -549,6 +549,12 @@ async fn fenced_copy(
     let mut source_client = source.client().await?;
     let stx = source_client.transaction().await?;
     stx.batch_execute(&format!("SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'; {}", copy::PLANNER)).await?;
+    // A second connection to the source for half the catch-up's reads and for the
+    // outbox check, so that the fence's reads use both of a server's cores and the
+    // outbox polls do not queue before them (it only reads, after the locks).
+    let mut aux_client = source.client().await?;
+    let aux = aux_client.transaction().await?;
+    aux.batch_execute(copy::PLANNER).await?;
     // The buckets' locks (writes in flight hold them shared, `ownership::check_write`),
     // in bucket order, then their rows (background scans skip locked rows).
     let locked = async {
@@ -576,11 +582,11 @@ async fn fenced_copy(
     // the fence copies and compares, checked before anything commits. Only their rows
     // (and rows that name no bucket) are waited for, not the whole shard's backlog.
     let drain = async {
-        let drained = outbox_drained(&stx, &list).await;
+        let drained = outbox_drained(&aux, &list).await;
         (drained, fence_began.elapsed())
     };
     let work = async {
-        let delta = copy::read(&stx, buckets, Some(&since)).await?;
+        let delta = copy::read_on(&[&stx, &aux], buckets, Some(&since)).await?;
         let read = fence_began.elapsed();
         // Each side's statements go together, one round trip per server, both servers
         // at work at once. The source: its digest, then its flip (the buckets 'moved' to
@@ -595,7 +601,7 @@ async fn fenced_copy(
                 copy::digest_catch_up(&stx, buckets, &keys),
                 flip(&stx, &list, &target.name, epoch)
             )?;
-            Ok::<_, tokio_postgres::Error>(digest)
+            Ok::<_, tokio_postgres::Error>((digest, fence_began.elapsed()))
         };
         let target_side = async {
             let writes = copy::prepare_write(&ttx, &delta, columns).await?;
@@ -606,13 +612,13 @@ async fn fenced_copy(
                 copy::digest_catch_up(&ttx, buckets, &keys),
                 switch(&ttx, &list, &target.name, epoch, precopied.rows + delta.rows)
             )?;
-            Ok::<_, tokio_postgres::Error>((rows, unbalanced, copied))
+            Ok::<_, tokio_postgres::Error>((rows, unbalanced, copied, fence_began.elapsed()))
         };
         let (expected, written) = tokio::try_join!(source_side, target_side)?;
         Ok::<_, tokio_postgres::Error>((delta, read, expected, written))
     };
     let ((drained, drained_at), work) = tokio::join!(drain, work);
-    let (delta, read, mut expected, (delta_rows, mut unbalanced, mut copied)) = work?;
+    let (delta, read, (mut expected, source_checked), (delta_rows, mut unbalanced, mut copied, target_checked)) = work?;
     if !drained? {
         return Ok(None);
     }
@@ -635,7 +641,16 @@ async fn fenced_copy(
         switch(&ttx, &list, &target.name, epoch, copied_rows).await?;
     }
     let compared = fence_began.elapsed();
-    tracing::debug!(?drained, ?read, ?digested, ?compared, delta_rows = delta.rows, "fence phases");
+    tracing::debug!(
+        ?drained,
+        ?read,
+        ?source_checked,
+        ?target_checked,
+        ?digested,
+        ?compared,
+        delta_rows = delta.rows,
+        "fence phases"
+    );
     // Both transactions roll back on a difference: the source keeps the buckets.
     refuse_if_different(&expected, &copied, unbalanced)?;
     failpoint("copied");
