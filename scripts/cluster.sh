@@ -25,6 +25,8 @@
 #   NISSHI_REBALANCE_DELAY                the broker's group.initial.rebalance.delay
 #                                         (default 100ms: consumer groups in tests form fast)
 #   NISSHI_EXTRA_ARGS                     extra arguments for the broker
+#   BROKER_RUST_LOG                       the broker's RUST_LOG (the caller's RUST_LOG is not
+#                                         passed on: it would log every span at info)
 #   PG_START_TIMEOUT, BROKER_START_TIMEOUT  seconds (default 60 each)
 #
 # Data lives under .local/ (git-ignored): .local/pg/shard-N, logs in .local/logs/.
@@ -335,7 +337,10 @@ broker_up() {
 	# setsid: its own session, so a Ctrl-C in the terminal that ran `make run` or the
 	# end of a CI step does not take the broker down with it.
 	# shellcheck disable=SC2086 # NISSHI_EXTRA_ARGS is a list of words on purpose
-	(close_extra_fds && exec setsid nohup "$bin" broker \
+	# The broker's log level is its own (BROKER_RUST_LOG), not the RUST_LOG of the shell
+	# that started the cluster: `RUST_LOG=info make bench` would make it log every span
+	# and take a core.
+	(close_extra_fds && exec setsid nohup env -u RUST_LOG ${BROKER_RUST_LOG:+"RUST_LOG=$BROKER_RUST_LOG"} "$bin" broker \
 		--listener-url "tcp://$BROKER_HOST:$BROKER_PORT" \
 		--advertised-listener-url "tcp://$BROKER_HOST:$BROKER_PORT" \
 		--storage-engine "$url" \
