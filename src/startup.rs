@@ -211,6 +211,7 @@ fn spawn_payment_workers(state: &AppState, token: &CancellationToken, set: &mut 
                 _ = token.cancelled() => return,
             };
             let auth = state.messages.clone();
+            let consumer = kafka::ClosedApart::new(consumer);
             payments::worker::Worker { consumer, payments: state.payments.clone(), auth }.run(token).await;
         });
     }
@@ -361,7 +362,7 @@ async fn start_consumer(state: &AppState) -> consumer::Worker {
         max_attempts: STAGE_ATTEMPTS,
     };
     consumer::Worker {
-        consumer,
+        consumer: kafka::ClosedApart::new(consumer),
         handler: Arc::new(handler),
         producer: state.producer.clone(),
         topics: state.topics.clone(),

@@ -72,7 +72,7 @@ impl ConsumerContext for CommitOnRevoke {
 pub type StageConsumer = StreamConsumer<CommitOnRevoke>;
 
 pub struct Worker {
-    pub consumer: StageConsumer,
+    pub consumer: crate::messaging::kafka::ClosedApart<StageConsumer>,
     pub handler: Arc<dyn Handler>,
     pub producer: FutureProducer,
     pub topics: std::sync::Arc<Topics>,
@@ -86,9 +86,9 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut handled: HashMap<i32, i64> = HashMap::new();
         let mut last_trim = Instant::now();
-        while let Some(batch) = next_batch(&self.consumer, MAX_BATCH, &shutdown).await {
+        while let Some(batch) = next_batch(&*self.consumer, MAX_BATCH, &shutdown).await {
             self.process(&batch).await;
-            store_offsets(&self.consumer, &batch);
+            store_offsets(&*self.consumer, &batch);
             for m in &batch {
                 let next = handled.entry(m.partition()).or_default();
                 *next = (*next).max(m.offset() + 1);
@@ -100,7 +100,7 @@ impl Worker {
                 }
             }
         }
-        finish(self.consumer);
+        finish(&*self.consumer);
     }
 
     /// Deletes the records below `handled` (partition -> next offset) in the background.
@@ -216,8 +216,9 @@ pub fn store_offsets<C: ConsumerContext + 'static>(consumer: &StreamConsumer<C>,
     }
 }
 
-/// Commits what was handled and closes the consumer without blocking the runtime.
-pub fn finish<C: ConsumerContext + 'static>(consumer: StreamConsumer<C>) {
+/// Commits what was handled; the consumer closes on its own thread when its worker
+/// drops it (`kafka::ClosedApart`).
+pub fn finish<C: ConsumerContext + 'static>(consumer: &StreamConsumer<C>) {
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "final commit");
     }
@@ -226,7 +227,6 @@ pub fn finish<C: ConsumerContext + 'static>(consumer: StreamConsumer<C>) {
     // drop let librdkafka terminate the group with that unassignment still in
     // progress (`rd_kafka_cgrp_terminated: assert: !rd_kafka_assignment_in_progress`,
     // an abort of the whole process, seen in the test suite).
-    crate::messaging::kafka::close_in_background(consumer);
 }
 
 pub fn subscribe(consumer: &StageConsumer, topics: &Topics) -> anyhow::Result<()> {

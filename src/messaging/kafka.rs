@@ -133,6 +133,39 @@ pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig
     config
 }
 
+/// A group consumer closed on a thread of its own whenever it is dropped: at the end of
+/// its worker's run, and also with a runtime that stops without waiting for the worker
+/// (the tests' apps end so). A close that meets a rebalance in progress can wait
+/// forever in librdkafka (`rd_kafka_assign` from the rebalance callback, librdkafka
+/// #4884): it must not hold the thread a runtime is dropped on.
+pub struct ClosedApart<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> ClosedApart<T> {
+    pub fn new(consumer: T) -> Self {
+        Self(Some(consumer))
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for ClosedApart<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        match &self.0 {
+            Some(consumer) => consumer,
+            // Only `Drop` takes it out.
+            None => unreachable!("a consumer taken out before its drop"),
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for ClosedApart<T> {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            close_in_background(consumer);
+        }
+    }
+}
+
 /// Closes a group consumer on a thread of its own. Dropping a consumer leaves the group
 /// and waits, polling, until librdkafka says the close is done; if the broker never
 /// completes it (seen with nisshi during rebalances), that wait would block the async

@@ -33,7 +33,7 @@ use crate::{
 };
 
 pub struct Worker {
-    pub consumer: StreamConsumer,
+    pub consumer: crate::messaging::kafka::ClosedApart<StreamConsumer>,
     pub payments: Arc<Payments>,
     pub auth: MessageAuth,
 }
@@ -42,7 +42,7 @@ impl Worker {
     #[tracing::instrument(name = "payment_worker", skip_all)]
     pub async fn run(self, shutdown: CancellationToken) {
         let max = self.payments.settings.concurrency.max(1);
-        while let Some(batch) = consumer::next_batch(&self.consumer, max, &shutdown).await {
+        while let Some(batch) = consumer::next_batch(&*self.consumer, max, &shutdown).await {
             let payments = &self.payments;
             let auth = &self.auth;
             let jobs = batch.iter().map(|m| async move {
@@ -61,9 +61,9 @@ impl Worker {
                 }
             });
             futures::future::join_all(jobs).await;
-            consumer::store_offsets(&self.consumer, &batch);
+            consumer::store_offsets(&*self.consumer, &batch);
         }
-        consumer::finish(self.consumer);
+        consumer::finish(&*self.consumer);
     }
 }
 
