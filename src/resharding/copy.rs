@@ -233,8 +233,9 @@ static TABLES: &[Table] = &[
 ];
 
 /// The tables a fence reads on its second connection to the source (`read_on`): the
-/// scans of a user's whole history that filter what changed (`xmin`) row by row, apart
-/// from `transfers`, which stays with the other ten (about as long as this lane).
+/// keys (a scan of each user's whole history, filtered by `xmin` row by row) and the
+/// small tables; `transfers`, as long to read as the keys, stays on the first with the
+/// ledger's tables, so the two lanes take about as long.
 const SECOND_LANE: &[&str] = &["idempotency_keys", "tcc_barriers", "payments", "payment_holds", "payment_events"];
 
 /// Reads every row of `buckets` on the source (`since: None`), or only the rows written

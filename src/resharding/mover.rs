@@ -632,12 +632,8 @@ async fn fenced_copy(
         // say, by pruning): replace the target's provisional copy with a full one, and
         // compare every row.
         tracing::warn!(?buckets, "the copy and its catch-up differ from the source; copying in full inside the fence");
-        super::cleanup::delete_rows(&ttx, &list).await?;
-        let rows = copy::read(&stx, buckets, None).await?;
-        copied_rows = copy::write(&ttx, &rows, columns).await?;
+        (copied_rows, unbalanced, expected, copied) = copy_in_full(&stx, &ttx, buckets, columns).await?;
         full = true;
-        unbalanced = copy::unbalanced(&ttx, buckets).await?;
-        (expected, copied) = tokio::try_join!(copy::digest(&stx, buckets), copy::digest(&ttx, buckets))?;
         switch(&ttx, &list, &target.name, epoch, copied_rows).await?;
     }
     let compared = fence_began.elapsed();
@@ -698,8 +694,9 @@ fn refuse_if_different(expected: &[String], copied: &[String], unbalanced: i64) 
 
 /// The source's flip, in the fence's transaction: the buckets 'moved' to the target at
 /// the switch's epoch, keeping the epoch they were owned since (a copy read after the
-/// flip names its stand-in legs after it, as the copy before, V15). The stand-in legs of the buckets' split postings are written by
-/// cleanup (`standins_pending`, V11), on the `resharding` accounts made sure of here.
+/// flip names its stand-in legs after it, as the copy before, V15). The stand-in legs of
+/// the buckets' split postings are written by cleanup (`standins_pending`, V11), on the
+/// `resharding` accounts made sure of here.
 async fn flip(stx: &impl GenericClient, list: &[i32], target: &str, epoch: i64) -> Result<u64, tokio_postgres::Error> {
     stx.cached_execute(
         "WITH standin_accounts AS (
@@ -765,19 +762,30 @@ async fn take_over(
     let mut target_client = target.client().await?;
     let ttx = target_client.transaction().await?;
     ttx.batch_execute(copy::PLANNER).await?;
-    super::cleanup::delete_rows(&ttx, &list).await?;
-    let rows = copy::read(&snapshot, buckets, None).await?;
-    let copied_rows = copy::write(&ttx, &rows, columns).await?;
-    let (unbalanced, expected, copied) = tokio::try_join!(
-        copy::unbalanced(&ttx, buckets),
-        copy::digest(&snapshot, buckets),
-        copy::digest(&ttx, buckets)
-    )?;
+    let (copied_rows, unbalanced, expected, copied) = copy_in_full(&snapshot, &ttx, buckets, columns).await?;
     refuse_if_different(&expected, &copied, unbalanced)?;
     switch(&ttx, &list, &target.name, epoch, copied_rows).await?;
     ttx.commit().await?;
     snapshot.rollback().await?;
     Ok(copied_rows)
+}
+
+/// Replaces the target's copy of `buckets` (in `ttx`) with every row `source` reads of
+/// them: the rows written, the target's postings that do not balance, and the source's
+/// and the target's digests.
+async fn copy_in_full(
+    source: &impl GenericClient,
+    ttx: &deadpool_postgres::Transaction<'_>,
+    buckets: &[u32],
+    columns: &copy::Columns,
+) -> anyhow::Result<(u64, i64, Vec<String>, Vec<String>)> {
+    let list: Vec<i32> = buckets.iter().map(|&b| b as i32).collect();
+    super::cleanup::delete_rows(ttx, &list).await?;
+    let rows = copy::read(source, buckets, None).await?;
+    let copied_rows = copy::write(ttx, &rows, columns).await?;
+    let (unbalanced, expected, copied) =
+        tokio::try_join!(copy::unbalanced(ttx, buckets), copy::digest(source, buckets), copy::digest(ttx, buckets))?;
+    Ok((copied_rows, unbalanced, expected, copied))
 }
 
 async fn record_fence(target: &Shard, list: &[i32], took: Duration) -> anyhow::Result<()> {

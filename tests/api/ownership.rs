@@ -97,12 +97,8 @@ async fn an_instance_with_the_old_map_never_writes_to_the_shard_that_gave_the_bu
     );
 
     // An instance started later with the same old shard-map.toml routes by the recorded
-    // map from the start. Without a stage consumer: one joining the group as the test
-    // ends starts a rebalance, and librdkafka can hang closing a consumer in the middle
-    // of one (`rd_kafka_assign` waits forever, librdkafka#4884; seen once in 2 cores' CI).
-    let mut settings = deployment.settings();
-    settings.transfers.consumer_enabled = false;
-    let fresh = deployment.spawn(settings).await;
+    // map from the start.
+    let fresh = deployment.spawn_default().await;
     assert_eq!(fresh.balance(&alice, "EUR").await, "20");
     let router = shardwallet::startup::current_router(&app.settings).await.expect("router");
     assert_eq!(router.epoch(), 2);
