@@ -112,6 +112,10 @@ enum ReshardCommand {
         /// fence and grows after short ones, up to --batch (0: always --batch buckets).
         #[arg(long, default_value_t = crate::resharding::mover::FENCE_BUDGET.as_millis() as u64)]
         fence_budget_ms: u64,
+        /// Rest this many times as long as each batch took before the next one, so that
+        /// the move leaves the shards to the requests they serve (0: as fast as it can).
+        #[arg(long, default_value_t = crate::resharding::mover::NICE_RATIO)]
+        nice_ratio: f64,
     },
     /// Move buckets so that every shard owns an equal share (±1); prints the plan first.
     Rebalance {
@@ -125,6 +129,10 @@ enum ReshardCommand {
         /// fence and grows after short ones, up to --batch (0: always --batch buckets).
         #[arg(long, default_value_t = crate::resharding::mover::FENCE_BUDGET.as_millis() as u64)]
         fence_budget_ms: u64,
+        /// Rest this many times as long as each batch took before the next one, so that
+        /// the move leaves the shards to the requests they serve (0: as fast as it can).
+        #[arg(long, default_value_t = crate::resharding::mover::NICE_RATIO)]
+        nice_ratio: f64,
     },
     /// Delete from the old shards what moves left behind (moves switched at least
     /// --grace-secs ago; the copy was compared with the target before the switch).
@@ -272,10 +280,11 @@ impl Cli {
                 use crate::resharding::mover;
                 let router = startup::current_router(&settings()?).await?;
                 match command {
-                    ReshardCommand::Move { buckets, to, batch, fence_budget_ms } => {
+                    ReshardCommand::Move { buckets, to, batch, fence_budget_ms, nice_ratio } => {
                         let buckets = mover::parse_buckets(&buckets)?;
                         println!("moving {} bucket(s) to {to}", buckets.len());
-                        let pace = mover::Pace::within(batch, Duration::from_millis(fence_budget_ms));
+                        let pace =
+                            mover::Pace::within(batch, Duration::from_millis(fence_budget_ms)).resting(nice_ratio);
                         let report = mover::move_paced(&router, &buckets, &to, pace).await?;
                         println!("{report}");
                     }
@@ -283,8 +292,9 @@ impl Cli {
                         let grace = Duration::from_secs(grace_secs);
                         println!("{}", crate::resharding::cleanup::run(&router, grace).await?);
                     }
-                    ReshardCommand::Rebalance { dry_run, batch, fence_budget_ms } => {
-                        let pace = mover::Pace::within(batch, Duration::from_millis(fence_budget_ms));
+                    ReshardCommand::Rebalance { dry_run, batch, fence_budget_ms, nice_ratio } => {
+                        let pace =
+                            mover::Pace::within(batch, Duration::from_millis(fence_budget_ms)).resting(nice_ratio);
                         let layout = router.layout();
                         let names: Vec<String> = layout.map.shards().iter().map(|s| s.name.clone()).collect();
                         let plan = mover::rebalance_plan(layout.map.owners(), names.len());

@@ -116,6 +116,10 @@ pub struct BenchArgs {
     /// --fence-budget-ms`; 0: always --reshard-batch buckets per fence).
     #[arg(long, default_value_t = crate::resharding::mover::FENCE_BUDGET.as_millis() as u64)]
     pub reshard_fence_budget_ms: u64,
+    /// `--mode reshard`: the mover's rest between batches, in multiples of the batch's
+    /// time (as `reshard move --nice-ratio`).
+    #[arg(long, default_value_t = crate::resharding::mover::NICE_RATIO)]
+    pub reshard_nice_ratio: f64,
     /// `--mode reshard`: move only the first N buckets of the rebalance plan (0: all of
     /// it), so that a pass stays short on a long history.
     #[arg(long, default_value_t = 0)]

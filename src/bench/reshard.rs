@@ -43,8 +43,14 @@ pub async fn run(
     cleanup::run(router, Duration::ZERO).await?;
     let window = Duration::from_secs(args.duration);
     println!(
-        "reshard: {} s of load ({} same-shard clients, {}/s cross-shard) before, then the same while buckets move onto {} and back (batches of up to {}, fence budget {} ms)",
-        args.duration, args.clients, args.reshard_cross_rate, args.reshard_shard, args.reshard_batch, args.reshard_fence_budget_ms
+        "reshard: {} s of load ({} same-shard clients, {}/s cross-shard) before, then the same while buckets move onto {} and back (batches of up to {}, fence budget {} ms, nice ratio {})",
+        args.duration,
+        args.clients,
+        args.reshard_cross_rate,
+        args.reshard_shard,
+        args.reshard_batch,
+        args.reshard_fence_budget_ms,
+        args.reshard_nice_ratio
     );
     let before = load_window(target, &local_pairs, &cross_pairs, args, window).await?;
     let original: Vec<u16> = router.layout().map.owners().to_vec();
@@ -109,7 +115,8 @@ async fn pass(
     if args.reshard_buckets > 0 {
         onto.truncate(args.reshard_buckets);
     }
-    let pace = mover::Pace::within(args.reshard_batch, Duration::from_millis(args.reshard_fence_budget_ms));
+    let pace = mover::Pace::within(args.reshard_batch, Duration::from_millis(args.reshard_fence_budget_ms))
+        .resting(args.reshard_nice_ratio);
     record(moves, mover::move_paced(router, &onto, &args.reshard_shard, pace).await?);
     cleanup::run(router, Duration::ZERO).await?;
     for (index, name) in names.iter().enumerate() {

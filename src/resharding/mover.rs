@@ -161,22 +161,33 @@ pub const BATCH: usize = 64;
 /// batches smaller (`--fence-budget-ms`).
 pub const FENCE_BUDGET: Duration = Duration::from_millis(150);
 
+/// How long the mover rests after each batch, by default, in multiples of the batch's
+/// own time (`--nice-ratio`, see `Pace`).
+pub const NICE_RATIO: f64 = 1.0;
+
 /// How many buckets the next batch takes. Fixed, or paced by the fences: what a fence
 /// does grows with its batch (the rows it catches up, counts and hashes), and how long
 /// it takes with how busy the shards are, which the mover cannot know beforehand. So a
 /// paced mover halves its batch after a fence over the budget and grows it by half after
 /// one under half the budget, between one bucket and `max` (the way TCP paces a window).
+///
+/// Between batches the mover also rests, `nice` times as long as the batch took (the
+/// way gh-ost's `--nice-ratio` does): a move is background work, and its copies (a
+/// snapshot read on the source, bulk writes on the target) take CPU and I/O from the
+/// requests the shards serve meanwhile. Resting as long as it worked halves the load a
+/// move adds, for a move twice as long; 0 moves as fast as the shards allow.
 #[derive(Clone, Copy, Debug)]
 pub struct Pace {
     size: usize,
     max: usize,
     budget: Option<Duration>,
+    nice: f64,
 }
 
 impl Pace {
     /// `batch` buckets per fence, whatever the fences take.
     pub fn fixed(batch: usize) -> Self {
-        Self { size: batch.max(1), max: batch.max(1), budget: None }
+        Self { size: batch.max(1), max: batch.max(1), budget: None, nice: 0.0 }
     }
 
     /// Batches of up to `max` buckets whose fences stay within `budget`, starting at a
@@ -186,7 +197,18 @@ impl Pace {
         if budget.is_zero() {
             return Self::fixed(max);
         }
-        Self { size: (max / 4).clamp(1, 16), max, budget: Some(budget) }
+        Self { size: (max / 4).clamp(1, 16), max, budget: Some(budget), nice: 0.0 }
+    }
+
+    /// Rests `nice` times as long as each batch took before the next one (negative or
+    /// not a number: 0).
+    pub fn resting(self, nice: f64) -> Self {
+        Self { nice: if nice.is_finite() { nice.max(0.0) } else { 0.0 }, ..self }
+    }
+
+    /// How long to rest after a batch that took `took`.
+    pub fn rest_after(&self, took: Duration) -> Duration {
+        took.mul_f64(self.nice)
     }
 
     /// The next batch's size.
@@ -239,6 +261,7 @@ pub async fn move_paced(router: &Router, buckets: &[u32], target: &str, mut pace
         while !rest.is_empty() {
             let (chunk, later) = rest.split_at(pace.size().min(rest.len()));
             rest = later;
+            let batch_began = Instant::now();
             let done =
                 move_batch(router, &lock_client, &target, chunk, &mut stats, &columns).await.with_context(|| {
                     format!("moving buckets {}..={} to {}", chunk[0], chunk[chunk.len() - 1], target.name)
@@ -251,6 +274,9 @@ pub async fn move_paced(router: &Router, buckets: &[u32], target: &str, mut pace
             report.fences.extend(&done.fences);
             report.full_copies += done.full_copies;
             progress.batch(chunk, &report, &done, &target.name);
+            if !rest.is_empty() {
+                tokio::time::sleep(pace.rest_after(batch_began.elapsed())).await;
+            }
         }
         anyhow::Ok(())
     }
@@ -937,6 +963,17 @@ mod tests {
         fixed.after(&[ms(900)]);
         assert_eq!(fixed.size(), 16);
         assert_eq!(Pace::within(8, Duration::ZERO).size(), 8, "budget 0: fixed batches");
+    }
+
+    #[test]
+    fn a_nice_mover_rests_in_proportion_to_its_batches() {
+        let ms = Duration::from_millis;
+        assert_eq!(Pace::fixed(4).rest_after(ms(300)), Duration::ZERO, "no rest unless asked");
+        let nice = Pace::within(64, ms(150)).resting(1.5);
+        assert_eq!(nice.rest_after(ms(200)), ms(300));
+        assert_eq!(nice.size(), 16, "resting leaves the batch size alone");
+        assert_eq!(Pace::fixed(4).resting(-1.0).rest_after(ms(300)), Duration::ZERO);
+        assert_eq!(Pace::fixed(4).resting(f64::NAN).rest_after(ms(300)), Duration::ZERO);
     }
 
     #[test]
