@@ -215,10 +215,44 @@ pub async fn handle(router: &Router, msg: &StageMessage) -> Result<usize> {
         let event = match &msg.stage {
             Stage::Tried { ok, reason } => SenderEvent::Tried { ok: *ok, reason: reason.clone() },
             Stage::Cancelled => SenderEvent::CancelAcked,
-            _ => SenderEvent::Confirmed,
+            _ => {
+                if let Some(shard) = complete_if_confirming(router, msg.facts.transfer_id).await? {
+                    crate::telemetry::metrics::cross_shard_completed();
+                    return Ok(shard);
+                }
+                SenderEvent::Confirmed
+            }
         };
         handle_sender(router, msg.facts.transfer_id, &event).await
     }
+}
+
+/// Confirmed for a transfer in `confirming` (`sender_step`: Complete), the common case of
+/// every cross-shard transfer's last hop, as one statement on the sender's shard: the
+/// bucket's claim (`claim_bucket`, the lock and check of `ownership::check_write`; its
+/// query sees what committed before the lock was granted, so a fence's flip) and the
+/// conditional UPDATE together, one round trip and one implicit transaction instead of
+/// five round trips. `None` when it changed nothing (the bucket is not owned here, or
+/// the transfer is unknown, already final, or in another state): then the general path
+/// (`handle_sender`) decides, exactly as before.
+async fn complete_if_confirming(router: &Router, transfer_id: Uuid) -> Result<Option<usize>> {
+    let Some(id) = RoutableId::from_uuid(transfer_id) else { return Ok(None) };
+    let Ok(shard) = router.for_id(&id) else { return Ok(None) };
+    let client = shard.client().await?;
+    let completed = client
+        .cached_execute(
+            "UPDATE transfers SET state = $3, updated_at = now(), completed_at = now()
+             WHERE transfer_id = $1 AND state = $4 AND route = 'cross_shard'
+               AND (SELECT c.state FROM claim_bucket($2) c) = 'owned'",
+            &[
+                &transfer_id,
+                &i32::from(id.bucket()),
+                &SenderState::Completed.as_str(),
+                &SenderState::Confirming.as_str(),
+            ],
+        )
+        .await?;
+    Ok((completed == 1).then_some(shard.index))
 }
 
 /// Applies an event to the sender's transfer (from a message or the sweeper).

@@ -317,3 +317,61 @@ async fn an_outbox_row_names_the_buckets_its_transaction_claimed_so_a_fence_wait
     assert_eq!(row.get::<_, Option<Vec<i32>>>(0), None);
     tx.rollback().await.expect("rollback");
 }
+
+#[tokio::test]
+async fn a_confirmed_reaching_the_shard_that_gave_the_senders_bucket_away_completes_the_transfer_on_the_new_owner_only()
+{
+    use shardwallet::transfer::{
+        messages::{Stage, TransferFacts},
+        tcc,
+    };
+    let deployment = Deployment::new().await;
+    let app = deployment.spawn_default().await;
+    let alice = app.user_on_shard("conf-alice", 0);
+    let bob = app.user_on_shard("conf-bob", 1);
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    let r = app.transfer(&app.admin(), &alice, &bob, "EUR", "30", "conf-1").await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = body(r).await["transfer_id"].as_str().expect("id").to_string();
+    assert_eq!(app.wait_final(&id, Duration::from_secs(30)).await["status"], "completed");
+    let transfer_id: uuid::Uuid = id.parse().expect("uuid");
+
+    // The last hop once more, as if its Confirmed were still on its way while alice's
+    // bucket moved to shard-3: the transfer `confirming` on shard-1 and, as the move
+    // copied it, on shard-3, which owns the bucket now; this instance is not told.
+    let source = app.shard_db(0).await;
+    source
+        .execute(
+            "UPDATE transfers SET state = 'confirming', completed_at = NULL WHERE transfer_id = $1",
+            &[&transfer_id],
+        )
+        .await
+        .expect("back to confirming");
+    let row: serde_json::Value = source
+        .query_one("SELECT to_jsonb(t) FROM transfers t WHERE transfer_id = $1", &[&transfer_id])
+        .await
+        .expect("row")
+        .get(0);
+    let target = app.shard_db(2).await;
+    target
+        .execute("INSERT INTO transfers SELECT * FROM jsonb_populate_record(NULL::transfers, $1)", &[&row])
+        .await
+        .expect("copy");
+    flip(&app, bucket_of(&app, &alice), 0, 2, 2).await;
+
+    let facts = TransferFacts {
+        transfer_id,
+        from_user_id: alice.clone(),
+        to_user_id: bob.clone(),
+        currency: "EUR".into(),
+        amount: "30".into(),
+        description: None,
+    };
+    tcc::handle(&app.router, &facts.message(Stage::Confirmed)).await.expect("Confirmed handled");
+    let read = "SELECT state FROM transfers WHERE transfer_id = $1";
+    let on_source: String = source.query_one(read, &[&transfer_id]).await.expect("state").get(0);
+    let on_target: String = target.query_one(read, &[&transfer_id]).await.expect("state").get(0);
+    assert_eq!(on_source, "confirming", "the shard that gave the bucket away is never written");
+    assert_eq!(on_target, "completed", "the new owner completes the transfer");
+}
