@@ -139,6 +139,10 @@ enum ReshardCommand {
     Cleanup {
         #[arg(long, default_value_t = crate::resharding::cleanup::GRACE.as_secs())]
         grace_secs: u64,
+        /// Rest this many times as long as each transaction (up to 16 buckets) took
+        /// before the next (0: as fast as it can).
+        #[arg(long, default_value_t = crate::resharding::mover::NICE_RATIO)]
+        nice_ratio: f64,
     },
 }
 
@@ -288,9 +292,9 @@ impl Cli {
                         let report = mover::move_paced(&router, &buckets, &to, pace).await?;
                         println!("{report}");
                     }
-                    ReshardCommand::Cleanup { grace_secs } => {
+                    ReshardCommand::Cleanup { grace_secs, nice_ratio } => {
                         let grace = Duration::from_secs(grace_secs);
-                        println!("{}", crate::resharding::cleanup::run(&router, grace).await?);
+                        println!("{}", crate::resharding::cleanup::run_paced(&router, grace, nice_ratio).await?);
                     }
                     ReshardCommand::Rebalance { dry_run, batch, fence_budget_ms, nice_ratio } => {
                         let pace =

@@ -118,14 +118,14 @@ async fn pass(
     let pace = mover::Pace::within(args.reshard_batch, Duration::from_millis(args.reshard_fence_budget_ms))
         .resting(args.reshard_nice_ratio);
     record(moves, mover::move_paced(router, &onto, &args.reshard_shard, pace).await?);
-    cleanup::run(router, Duration::ZERO).await?;
+    cleanup::run_paced(router, Duration::ZERO, args.reshard_nice_ratio).await?;
     for (index, name) in names.iter().enumerate() {
         let back: Vec<u32> = onto.iter().copied().filter(|&b| original[b as usize] as usize == index).collect();
         if !back.is_empty() {
             record(moves, mover::move_paced(router, &back, name, pace).await?);
         }
     }
-    cleanup::run(router, Duration::ZERO).await?;
+    cleanup::run_paced(router, Duration::ZERO, args.reshard_nice_ratio).await?;
     Ok(())
 }
 

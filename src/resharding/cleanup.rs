@@ -74,10 +74,24 @@ const DELETES: &[&str] = &[
     "DELETE FROM users WHERE user_id IN (SELECT user_id FROM gone_users)",
 ];
 
+/// Buckets whose leftovers one transaction deletes at most: a move's leftovers can be
+/// millions of rows, and one transaction for all of them would hold back vacuum and
+/// write its WAL in one burst while the shard serves. Cleaning buckets apart is what
+/// moves cleaned at different times do anyway: a posting shared by two buckets of
+/// different chunks gets a stand-in leg per chunk, and still balances.
+pub const CHUNK: usize = 16;
+
 /// Deletes the leftovers of every move that switched at least `grace` ago, shard by
-/// shard, and marks the moves cleaned. Safe to re-run: a deletion already done finds
-/// nothing.
+/// shard, `CHUNK` buckets per transaction, and marks the moves cleaned. Safe to re-run:
+/// a deletion already done finds nothing.
 pub async fn run(router: &Router, grace: Duration) -> anyhow::Result<Cleaned> {
+    run_paced(router, grace, 0.0).await
+}
+
+/// `run`, resting `nice` times as long as each chunk took before the next (as the
+/// mover does between its batches, `mover::Pace`).
+pub async fn run_paced(router: &Router, grace: Duration, nice: f64) -> anyhow::Result<Cleaned> {
+    let nice = if nice.is_finite() { nice.max(0.0) } else { 0.0 };
     router.refresh().await;
     let layout = router.layout();
     let mut cleaned = Cleaned::default();
@@ -105,19 +119,28 @@ pub async fn run(router: &Router, grace: Duration) -> anyhow::Result<Cleaned> {
                 .iter()
                 .find(|s| s.name == source)
                 .with_context(|| format!("the moves' source '{source}' is not a member"))?;
-            let deleted = delete_leftovers(shard, &target.name, &buckets).await?;
+            let mut deleted = 0;
+            let mut last = Duration::ZERO;
+            for (index, chunk) in buckets.chunks(CHUNK).enumerate() {
+                if index > 0 {
+                    tokio::time::sleep(last.mul_f64(nice)).await;
+                }
+                let began = std::time::Instant::now();
+                deleted += delete_leftovers(shard, &target.name, chunk).await?;
+                client
+                    .execute(
+                        "UPDATE bucket_moves SET state = 'cleaned', cleaned_at = now() WHERE bucket = ANY($1)",
+                        &[&chunk],
+                    )
+                    .await?;
+                cleaned.buckets += chunk.len();
+                last = began.elapsed();
+            }
             cleaned.rows += deleted;
             // The source's statistics, for the next move's plans (see mover::TargetStats).
             if deleted > 1000 {
                 shard.client().await?.batch_execute(&super::copy::quick_analyze()).await?;
             }
-            client
-                .execute(
-                    "UPDATE bucket_moves SET state = 'cleaned', cleaned_at = now() WHERE bucket = ANY($1)",
-                    &[&buckets],
-                )
-                .await?;
-            cleaned.buckets += buckets.len();
         }
     }
     Ok(cleaned)

@@ -648,3 +648,60 @@ async fn a_bucket_left_between_the_two_commits_is_taken_over_whole_after_a_neigh
     assert!(audit.ok, "verify after the take-over:\n{audit}");
     finish(app, &url).await;
 }
+
+/// Cleanup deletes `cleanup::CHUNK` buckets per transaction: two users whose buckets
+/// fall in different chunks and who share postings (same-shard transfers both ways)
+/// are cleaned up in two transactions, and every posting still balances, the leftovers
+/// are gone, both histories read unchanged, and the buckets come back onto the cleaned
+/// shard.
+#[tokio::test]
+async fn a_cleanup_in_chunks_keeps_every_shared_posting_balanced_and_leaves_the_source_clean() {
+    let deployment = Deployment::new().await;
+    let app = Arc::new(deployment.spawn_default().await);
+    let (alice, bob) = split_pair(&app, "chunks").await;
+    let r = app.transfer(&app.admin(), &bob, &alice, "EUR", "5", "chunks-2").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (router, url) = add_fourth_shard(&deployment, &app).await;
+    let bucket = |user: &str| router.bucket_of_user(&UserId::parse(user).expect("id"));
+    let (low, high) = (bucket(&alice).min(bucket(&bob)), bucket(&alice).max(bucket(&bob)));
+    // Buckets of shard-1 between the two, so that the two users' land in different chunks.
+    let between: Vec<u32> = (low + 1..high)
+        .filter(|&b| router.layout().map.owners()[b as usize] == 0)
+        .take(resharding::cleanup::CHUNK + 4)
+        .collect();
+    assert_eq!(between.len(), resharding::cleanup::CHUNK + 4, "buckets {low} and {high} are far enough apart");
+    let mut buckets = vec![low, high];
+    buckets.extend(&between);
+    buckets.sort_unstable();
+    let history = (entries(&app, &alice).await, entries(&app, &bob).await);
+
+    let report =
+        resharding::mover::move_buckets(&router, &buckets, "shard-4", resharding::mover::BATCH).await.expect("move");
+    assert_eq!(report.moved, buckets.len(), "{report}");
+    let cleaned = resharding::cleanup::run_paced(&router, Duration::ZERO, 0.5).await.expect("cleanup");
+    assert_eq!(cleaned.buckets, buckets.len(), "{cleaned}");
+    let source = app.shard_db(0).await;
+    let left: i64 = source
+        .query_one("SELECT count(*) FROM users WHERE user_id = ANY($1)", &[&vec![alice.clone(), bob.clone()]])
+        .await
+        .expect("users")
+        .get(0);
+    assert_eq!(left, 0, "the source holds neither user any more");
+    let audit = verify::run(&router).await.expect("verify");
+    assert!(audit.ok, "verify after the cleanup in chunks:\n{audit}");
+    assert_eq!((entries(&app, &alice).await, entries(&app, &bob).await), history, "both histories, unchanged");
+    assert_eq!(app.balance(&alice, "EUR").await, "75");
+    assert_eq!(app.balance(&bob, "EUR").await, "125");
+
+    // Back onto the cleaned shard: accepted, and still exact.
+    let report =
+        resharding::mover::move_buckets(&router, &buckets, "shard-1", resharding::mover::BATCH).await.expect("back");
+    assert_eq!(report.moved, buckets.len(), "{report}");
+    resharding::cleanup::run(&router, Duration::ZERO).await.expect("cleanup");
+    let audit = verify::run(&router).await.expect("verify");
+    assert!(audit.ok, "verify after the move back:\n{audit}");
+    assert_eq!((entries(&app, &alice).await, entries(&app, &bob).await), history);
+    assert_eq!(app.balance(&alice, "EUR").await, "75");
+    assert_eq!(app.balance(&bob, "EUR").await, "125");
+    finish(app, &url).await;
+}
