@@ -161,9 +161,10 @@ pub const BATCH: usize = 64;
 /// batches smaller (`--fence-budget-ms`).
 pub const FENCE_BUDGET: Duration = Duration::from_millis(150);
 
-/// How long the mover rests after each batch, by default, in multiples of the batch's
-/// own time (`--nice-ratio`, see `Pace`).
-pub const NICE_RATIO: f64 = 1.0;
+/// How long the mover (and cleanup) rests after each batch, by default, in multiples of
+/// the batch's own time (`--nice-ratio`, see `Pace`): none (docs/ARCHITECTURE.md,
+/// "A mover that rests", says why).
+pub const NICE_RATIO: f64 = 0.0;
 
 /// How many buckets the next batch takes. Fixed, or paced by the fences: what a fence
 /// does grows with its batch (the rows it catches up, counts and hashes), and how long
