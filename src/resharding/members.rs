@@ -101,15 +101,22 @@ pub struct Moving {
 pub async fn list(router: &Router) -> anyhow::Result<Cluster> {
     router.refresh().await;
     let layout = router.layout();
+    // Buckets a mover left between the two commits of their switch (the source gave them
+    // away, the target has not taken them): counted on the source, as `verify` does,
+    // until the next run takes them over. Unknown when a shard does not answer.
+    let switching = crate::ledger::verify::Switching::read(router).await.ok();
+    let switching = &switching;
     let counts = futures::future::join_all(layout.shards.iter().map(|shard| async move {
         let client = shard.client().await.ok()?;
         // Only users of buckets the shard owns: a copy left behind by a move is not counted.
+        let stranded: Vec<i32> = switching.as_ref().map(|s| s.of(&shard.name).to_vec()).unwrap_or_default();
         let row = client
             .query_one(
-                "SELECT (SELECT count(*) FROM users u JOIN bucket_owners b ON b.bucket = u.bucket AND b.state = 'owned'),
+                "SELECT (SELECT count(*) FROM users u JOIN bucket_owners b
+                           ON b.bucket = u.bucket AND (b.state = 'owned' OR b.bucket = ANY($1))),
                         (SELECT count(*) FROM accounts a JOIN users u USING (user_id)
-                           JOIN bucket_owners b ON b.bucket = u.bucket AND b.state = 'owned')",
-                &[],
+                           JOIN bucket_owners b ON b.bucket = u.bucket AND (b.state = 'owned' OR b.bucket = ANY($1)))",
+                &[&stranded],
             )
             .await
             .ok()?;

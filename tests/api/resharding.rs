@@ -624,6 +624,8 @@ async fn a_bucket_left_between_the_two_commits_is_taken_over_whole_after_a_neigh
     assert_eq!(owns(&four, a).await + owns(&app.shard_db(0).await, a).await, 0, "nobody owns the bucket");
     let audit = verify::run(&router).await.expect("verify");
     assert!(audit.ok, "verify between the two commits (the source's rows counted):\n{audit}");
+    let cluster = resharding::members::list(&router).await.expect("shards list");
+    assert_eq!(cluster.shards[0].users, Some(2), "shards list counts the stranded sender on the source too");
 
     // Meanwhile the receiver's bucket moves and the source's copy of it is cleaned up.
     let moved =
