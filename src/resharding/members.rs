@@ -103,31 +103,46 @@ pub async fn list(router: &Router) -> anyhow::Result<Cluster> {
     let layout = router.layout();
     // Buckets a mover left between the two commits of their switch (the source gave them
     // away, the target has not taken them): counted on the source, as `verify` does,
-    // until the next run takes them over. Unknown when a shard does not answer.
-    let switching = crate::ledger::verify::Switching::read(router).await.ok();
-    let switching = &switching;
-    let counts = futures::future::join_all(layout.shards.iter().map(|shard| async move {
-        let client = shard.client().await.ok()?;
-        // Only users of buckets the shard owns: a copy left behind by a move is not counted.
-        let stranded: Vec<i32> = switching.as_ref().map(|s| s.of(&shard.name).to_vec()).unwrap_or_default();
-        let row = client
-            .query_one(
-                "SELECT (SELECT count(*) FROM users u JOIN bucket_owners b
-                           ON b.bucket = u.bucket AND (b.state = 'owned' OR b.bucket = ANY($1))),
-                        (SELECT count(*) FROM accounts a JOIN users u USING (user_id)
-                           JOIN bucket_owners b ON b.bucket = u.bucket AND (b.state = 'owned' OR b.bucket = ANY($1)))",
-                &[&stranded],
-            )
-            .await
-            .ok()?;
-        let incoming = client
-            .query("SELECT bucket FROM bucket_owners WHERE state = 'incoming' ORDER BY bucket", &[])
-            .await
-            .ok()?;
-        let incoming: Vec<u32> = incoming.iter().map(|r| r.get::<_, i32>(0) as u32).collect();
-        Some((row.get::<_, i64>(0), row.get::<_, i64>(1), incoming))
-    }))
-    .await;
+    // until the next run takes them over. Read under the switch lock, as the audit is
+    // (`ownership::SWITCH_LOCK`): a switch committing meanwhile would be counted on both
+    // shards. Not counted when the first shard (the lock's) or a shard does not answer.
+    let counting = async {
+        let switching = crate::ledger::verify::Switching::read(router).await.ok();
+        let switching = &switching;
+        let counts = futures::future::join_all(layout.shards.iter().map(|shard| async move {
+            let client = shard.client().await.ok()?;
+            // Only users of buckets the shard owns: a copy left behind by a move is not counted.
+            let stranded: Vec<i32> = switching.as_ref().map(|s| s.of(&shard.name).to_vec()).unwrap_or_default();
+            let row = client
+                .query_one(
+                    "SELECT (SELECT count(*) FROM users u JOIN bucket_owners b
+                               ON b.bucket = u.bucket AND (b.state = 'owned' OR b.bucket = ANY($1))),
+                            (SELECT count(*) FROM accounts a JOIN users u USING (user_id)
+                               JOIN bucket_owners b ON b.bucket = u.bucket AND (b.state = 'owned' OR b.bucket = ANY($1)))",
+                    &[&stranded],
+                )
+                .await
+                .ok()?;
+            let incoming = client
+                .query("SELECT bucket FROM bucket_owners WHERE state = 'incoming' ORDER BY bucket", &[])
+                .await
+                .ok()?;
+            let incoming: Vec<u32> = incoming.iter().map(|r| r.get::<_, i32>(0) as u32).collect();
+            Some((row.get::<_, i64>(0), row.get::<_, i64>(1), incoming))
+        }))
+        .await;
+        anyhow::Ok(counts)
+    };
+    let lock = match layout.shards.first() {
+        Some(first) => first.client().await.ok().map(deadpool_postgres::Object::take),
+        None => None,
+    };
+    let counts = match &lock {
+        Some(lock) => {
+            crate::storage::holding(lock, ownership::SWITCH_LOCK, crate::storage::LockMode::Shared, counting).await?
+        }
+        None => counting.await?,
+    };
     let mut moving = Vec::new();
     let shards = layout
         .map

@@ -653,11 +653,12 @@ async fn a_bucket_left_between_the_two_commits_is_taken_over_whole_after_a_neigh
 
 /// Cleanup deletes `cleanup::CHUNK` buckets per transaction: two users whose buckets
 /// fall in different chunks and who share postings (same-shard transfers both ways)
-/// are cleaned up in two transactions, and every posting still balances, the leftovers
-/// are gone, both histories read unchanged, and the buckets come back onto the cleaned
-/// shard.
+/// are cleaned up in two transactions, and every posting still balances (a posting of
+/// both keeps a stand-in leg per chunk on the source, netting to zero), neither user is
+/// left there, both histories read unchanged, and the buckets come back onto the
+/// cleaned shard.
 #[tokio::test]
-async fn a_cleanup_in_chunks_keeps_every_shared_posting_balanced_and_leaves_the_source_clean() {
+async fn a_cleanup_in_chunks_keeps_every_shared_posting_balanced_and_leaves_no_user_behind() {
     let deployment = Deployment::new().await;
     let app = Arc::new(deployment.spawn_default().await);
     let (alice, bob) = split_pair(&app, "chunks").await;
