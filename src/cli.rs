@@ -97,6 +97,29 @@ enum Command {
     },
 }
 
+/// How a mover paces its batches (`reshard move`, `reshard rebalance`).
+#[derive(clap::Args)]
+struct PaceArgs {
+    /// Buckets fenced and switched together at most (one short stop of their writes).
+    #[arg(long, default_value_t = crate::resharding::mover::BATCH)]
+    batch: usize,
+    /// Keep each fence within this many milliseconds: the batch halves after a longer
+    /// fence and grows after short ones, up to --batch (0: always --batch buckets).
+    #[arg(long, default_value_t = crate::resharding::mover::FENCE_BUDGET.as_millis() as u64)]
+    fence_budget_ms: u64,
+    /// Rest this many times as long as each batch took before the next one, so that
+    /// the move leaves the shards to the requests they serve (0: as fast as it can).
+    #[arg(long, default_value_t = crate::resharding::mover::NICE_RATIO)]
+    nice_ratio: f64,
+}
+
+impl PaceArgs {
+    fn pace(&self) -> crate::resharding::mover::Pace {
+        crate::resharding::mover::Pace::within(self.batch, Duration::from_millis(self.fence_budget_ms))
+            .resting(self.nice_ratio)
+    }
+}
+
 #[derive(Subcommand)]
 enum ReshardCommand {
     /// Move buckets (e.g. `0-1023,4096`) to a shard, from whichever shards own them now.
@@ -105,34 +128,16 @@ enum ReshardCommand {
         buckets: String,
         #[arg(long)]
         to: String,
-        /// Buckets fenced and switched together at most (one short stop of their writes).
-        #[arg(long, default_value_t = crate::resharding::mover::BATCH)]
-        batch: usize,
-        /// Keep each fence within this many milliseconds: the batch halves after a longer
-        /// fence and grows after short ones, up to --batch (0: always --batch buckets).
-        #[arg(long, default_value_t = crate::resharding::mover::FENCE_BUDGET.as_millis() as u64)]
-        fence_budget_ms: u64,
-        /// Rest this many times as long as each batch took before the next one, so that
-        /// the move leaves the shards to the requests they serve (0: as fast as it can).
-        #[arg(long, default_value_t = crate::resharding::mover::NICE_RATIO)]
-        nice_ratio: f64,
+        #[command(flatten)]
+        pace: PaceArgs,
     },
     /// Move buckets so that every shard owns an equal share (±1); prints the plan first.
     Rebalance {
         /// Print the plan only.
         #[arg(long)]
         dry_run: bool,
-        /// Buckets fenced and switched together at most (one short stop of their writes).
-        #[arg(long, default_value_t = crate::resharding::mover::BATCH)]
-        batch: usize,
-        /// Keep each fence within this many milliseconds: the batch halves after a longer
-        /// fence and grows after short ones, up to --batch (0: always --batch buckets).
-        #[arg(long, default_value_t = crate::resharding::mover::FENCE_BUDGET.as_millis() as u64)]
-        fence_budget_ms: u64,
-        /// Rest this many times as long as each batch took before the next one, so that
-        /// the move leaves the shards to the requests they serve (0: as fast as it can).
-        #[arg(long, default_value_t = crate::resharding::mover::NICE_RATIO)]
-        nice_ratio: f64,
+        #[command(flatten)]
+        pace: PaceArgs,
     },
     /// Delete from the old shards what moves left behind (moves switched at least
     /// --grace-secs ago; the copy was compared with the target before the switch).
@@ -284,21 +289,18 @@ impl Cli {
                 use crate::resharding::mover;
                 let router = startup::current_router(&settings()?).await?;
                 match command {
-                    ReshardCommand::Move { buckets, to, batch, fence_budget_ms, nice_ratio } => {
+                    ReshardCommand::Move { buckets, to, pace } => {
                         let buckets = mover::parse_buckets(&buckets)?;
                         println!("moving {} bucket(s) to {to}", buckets.len());
-                        let pace =
-                            mover::Pace::within(batch, Duration::from_millis(fence_budget_ms)).resting(nice_ratio);
-                        let report = mover::move_paced(&router, &buckets, &to, pace).await?;
+                        let report = mover::move_paced(&router, &buckets, &to, pace.pace()).await?;
                         println!("{report}");
                     }
                     ReshardCommand::Cleanup { grace_secs, nice_ratio } => {
                         let grace = Duration::from_secs(grace_secs);
                         println!("{}", crate::resharding::cleanup::run_paced(&router, grace, nice_ratio).await?);
                     }
-                    ReshardCommand::Rebalance { dry_run, batch, fence_budget_ms, nice_ratio } => {
-                        let pace =
-                            mover::Pace::within(batch, Duration::from_millis(fence_budget_ms)).resting(nice_ratio);
+                    ReshardCommand::Rebalance { dry_run, pace } => {
+                        let pace = pace.pace();
                         let layout = router.layout();
                         let names: Vec<String> = layout.map.shards().iter().map(|s| s.name.clone()).collect();
                         let plan = mover::rebalance_plan(layout.map.owners(), names.len());

@@ -88,10 +88,10 @@ pub async fn run(router: &Router, grace: Duration) -> anyhow::Result<Cleaned> {
     run_paced(router, grace, 0.0).await
 }
 
-/// `run`, resting `nice` times as long as each chunk took before the next (as the
-/// mover does between its batches, `mover::Pace`).
+/// `run`, resting `nice` times as long as each chunk took before the next, as the mover
+/// rests between its batches (`mover::Pace`: fixed batches of `CHUNK` buckets).
 pub async fn run_paced(router: &Router, grace: Duration, nice: f64) -> anyhow::Result<Cleaned> {
-    let nice = if nice.is_finite() { nice.max(0.0) } else { 0.0 };
+    let pace = super::mover::Pace::fixed(CHUNK).resting(nice);
     router.refresh().await;
     let layout = router.layout();
     let mut cleaned = Cleaned::default();
@@ -121,9 +121,9 @@ pub async fn run_paced(router: &Router, grace: Duration, nice: f64) -> anyhow::R
                 .with_context(|| format!("the moves' source '{source}' is not a member"))?;
             let mut deleted = 0;
             let mut last = Duration::ZERO;
-            for (index, chunk) in buckets.chunks(CHUNK).enumerate() {
+            for (index, chunk) in buckets.chunks(pace.size()).enumerate() {
                 if index > 0 {
-                    tokio::time::sleep(last.mul_f64(nice)).await;
+                    tokio::time::sleep(pace.rest_after(last)).await;
                 }
                 let began = std::time::Instant::now();
                 deleted += delete_leftovers(shard, &target.name, chunk).await?;
