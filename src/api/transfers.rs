@@ -152,6 +152,31 @@ pub(super) async fn send(state: &AppState, checked: &Checked, idem: &Idempotency
             return Ok(response);
         }
     }
+    // A cross-shard transfer whose receiver is ready starts in one round trip too; when
+    // that writes nothing, the general way below decides again.
+    if cross_shard
+        && state.settings.transfers.direct_credit
+        && transfer::tcc::receiver_ready(&state.router, to, checked.currency.as_str()).await
+    {
+        let at = now_as_stored();
+        let view = transfer::direct_view(&request, at);
+        let done = idem
+            .try_in_one_call(&state.router, bucket, success, &view, async |client, answer| {
+                transfer::start_direct_in_one_call(client, &request, at, answer).await
+            })
+            .await;
+        if let Ok(Some(response)) = done {
+            if let Some(admitted) = admitted {
+                admitted.finish(true);
+            }
+            crate::telemetry::metrics::transfer_created(true, true);
+            state.wakers.wake(crate::messaging::outbox::Outbox::Stages, shard.index);
+            return Ok(response);
+        }
+        if let Err(e) = done {
+            tracing::debug!(error = ?e, "direct start in one call failed; the general path decides");
+        }
+    }
     // The route is decided on each attempt: a retry after a bucket moved may find the
     // users on other shards than the first attempt did.
     let outcome = idem

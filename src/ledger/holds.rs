@@ -6,7 +6,7 @@
 //! `release_hold` (Cancel). Receiver shard: `credit_from_transit` (Confirm).
 use crate::storage::Cached;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{GenericClient, Transaction};
 use num_bigint::BigInt;
 use uuid::Uuid;
 
@@ -16,9 +16,9 @@ use super::{
     queries::{TransferView, TRANSFER_COLUMNS},
     Error, Result,
 };
-use crate::domain::{Currency, SenderState, UserId};
+use crate::domain::{Currency, RoutableId, SenderState, UserId};
 
-use super::local::TransferRequest;
+use super::local::{StoredAnswer, TransferRequest};
 
 /// Locks the sender's wallet of a cross-shard transfer and checks that the amount is
 /// available; returns the wallet and the amount.
@@ -100,6 +100,86 @@ pub async fn debit_direct(tx: &Transaction<'_>, req: &TransferRequest<'_>, state
     // The funds were checked under the wallet's lock: both writes go in one round trip.
     let (row, _) = futures::try_join!(async { Ok(tx.cached_query_one(&sql, &params).await?) }, debit)?;
     Ok(TransferView::from_row(&row))
+}
+
+/// The transfer `debit_direct_in_one_call` records, as the API shows it, created at `at`
+/// (microseconds, as the server stores time) in `state`.
+pub fn direct_view(req: &TransferRequest<'_>, at: DateTime<Utc>, state: SenderState) -> TransferView {
+    use super::queries::{status_of, TransferRoute};
+    TransferView {
+        transfer_id: req.transfer_id.uuid(),
+        status: status_of(state.as_str()),
+        state: state.as_str().to_string(),
+        from_user_id: req.from.to_string(),
+        to_user_id: req.to.to_string(),
+        currency: req.currency.to_string(),
+        amount: req.amount.to_string(),
+        description: req.description.map(str::to_string),
+        route: TransferRoute::CrossShard,
+        reason: None,
+        created_at: at,
+        updated_at: at,
+        completed_at: None,
+        stuck_at: None,
+    }
+}
+
+/// `debit_direct` with its stage message and its stored answer in one statement (V16),
+/// outside any transaction of the caller's: true when it committed. False when it wrote
+/// nothing because it could not simply debit (the shard does not own the sender's
+/// bucket, a wallet is missing, funds are short, or the key was taken): the general path
+/// (`debit_direct` in a transaction of the caller's) decides then. `answer` must be
+/// `direct_view(req, at, state)` as the API serialises it; `message` is the outbox row
+/// (key and payload) of the transfer's first stage.
+#[tracing::instrument(skip_all, fields(transfer_id = %req.transfer_id))]
+pub async fn debit_direct_in_one_call(
+    client: &impl GenericClient,
+    req: &TransferRequest<'_>,
+    at: DateTime<Utc>,
+    state: SenderState,
+    message: (&str, &str),
+    answer: &StoredAnswer<'_>,
+) -> Result<bool> {
+    if req.from == req.to {
+        return Ok(false);
+    }
+    let bucket = req.transfer_id.bucket();
+    let ids = [RoutableId::new(bucket).uuid(), RoutableId::new(bucket).uuid(), RoutableId::new(bucket).uuid()];
+    let amount = req.amount.to_string();
+    let outcome = client
+        .cached_query_one(
+            "SELECT debit_direct_in_one_call($1, $2, $3, $4, $5, $6, $7, $8, $9::text::numeric, $10, $11, $12,
+                                             $13, $14, $15, $16, $17, $18, $19, $20, $21)",
+            &[
+                &i32::from(bucket),
+                &req.transfer_id.uuid(),
+                &ids[0],
+                &ids[1],
+                &ids[2],
+                &req.from.as_str(),
+                &req.to.as_str(),
+                &req.currency.as_str(),
+                &amount,
+                &req.description,
+                &at,
+                &state.as_str(),
+                &message.0,
+                &message.1,
+                &answer.caller,
+                &answer.key,
+                &answer.request_hash,
+                &(answer.status as i16),
+                &answer.body,
+                &(answer.bucket as i32),
+                &answer.own,
+            ],
+        )
+        .await;
+    match outcome {
+        Ok(row) => Ok(row.get::<_, &str>(0) == "debited"),
+        Err(e) if e.code().is_some_and(|c| c.code() == super::local::KEY_TAKEN) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Releases an open hold (on confirm or cancel). Returns the wallet and amount, or

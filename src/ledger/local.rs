@@ -246,7 +246,7 @@ pub async fn transfer_in_one_call(
 }
 
 /// V13's SQLSTATE for a key another request stored first (everything rolled back).
-const KEY_TAKEN: &str = "SW001";
+pub(super) const KEY_TAKEN: &str = "SW001";
 
 /// One item of `transfer_batch`: the transfer, the receiver's bucket and the answer a
 /// completion stores beside it (`completed_view` as the API serialises it, with its

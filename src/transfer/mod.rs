@@ -59,6 +59,40 @@ pub async fn complete_local_in_one_call(
     Ok(local::transfer_in_one_call(client, req, receiver_bucket, at, answer).await?)
 }
 
+/// The transfer a direct cross-shard start records, as the API shows it (`start_direct_in_one_call`).
+pub fn direct_view(req: &TransferRequest<'_>, at: chrono::DateTime<chrono::Utc>) -> TransferView {
+    holds::direct_view(req, at, SenderState::INITIAL_DIRECT)
+}
+
+/// A cross-shard transfer whose receiver was found ready (`Route::CrossDirect`) started
+/// in one statement with its DirectCredit and its stored answer, outside any transaction
+/// of the caller's: true when it committed; false when it wrote nothing and the caller
+/// must `start` it in a transaction (see `holds::debit_direct_in_one_call`). `answer`
+/// must be `direct_view(req, at)` as the API serialises it.
+pub async fn start_direct_in_one_call(
+    client: &impl deadpool_postgres::GenericClient,
+    req: &TransferRequest<'_>,
+    at: chrono::DateTime<chrono::Utc>,
+    answer: &local::StoredAnswer<'_>,
+) -> Result<bool> {
+    let message = facts_of(req).message(Stage::DirectCredit);
+    let payload = serde_json::to_string(&message)
+        .map_err(|e| Error::Invariant(format!("stage message does not serialise: {e}")))?;
+    let key = req.transfer_id.uuid().to_string();
+    Ok(holds::debit_direct_in_one_call(client, req, at, SenderState::INITIAL_DIRECT, (&key, &payload), answer).await?)
+}
+
+fn facts_of(req: &TransferRequest<'_>) -> TransferFacts {
+    TransferFacts {
+        transfer_id: req.transfer_id.uuid(),
+        from_user_id: req.from.to_string(),
+        to_user_id: req.to.to_string(),
+        currency: req.currency.to_string(),
+        amount: req.amount.to_string(),
+        description: req.description.map(str::to_string),
+    }
+}
+
 /// Same-shard transfers of one caller and one shard in one transaction and one commit
 /// (`local::transfer_batch`); items it did not complete or refuse are the caller's to
 /// `start`, and so is every item when a key was taken meanwhile (nothing committed).
@@ -103,14 +137,6 @@ pub async fn start(
             (holds::place_hold(tx, req, deadline, SenderState::INITIAL).await?, Stage::TryCredit)
         }
     };
-    let facts = TransferFacts {
-        transfer_id: req.transfer_id.uuid(),
-        from_user_id: req.from.to_string(),
-        to_user_id: req.to.to_string(),
-        currency: req.currency.to_string(),
-        amount: req.amount.to_string(),
-        description: req.description.map(str::to_string),
-    };
-    messages::enqueue(tx, &facts.message(stage)).await?;
+    messages::enqueue(tx, &facts_of(req).message(stage)).await?;
     Ok(view)
 }

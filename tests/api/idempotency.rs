@@ -129,3 +129,73 @@ async fn keys_are_pruned_after_the_retention_period() {
     assert_ne!(first["entry_id"], second["entry_id"]);
     assert_eq!(app.balance("alice", "EUR").await, "10");
 }
+
+/// A direct cross-shard transfer's answer is written before the server records the
+/// transfer (one statement, V16): it must be what the server recorded, and a retry
+/// replays it byte for byte.
+#[tokio::test]
+async fn a_cross_shard_transfers_answer_is_what_the_server_recorded() {
+    let app = spawn_app().await;
+    let (alice, bob) = (app.user_on_shard("alice", 0), app.user_on_shard("bob", 1));
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    let token = app.user_token(&alice);
+    let created = app.transfer(&token, &alice, &bob, "EUR", "30", "x-1").await;
+    assert_eq!(created.status(), StatusCode::ACCEPTED);
+    let created_bytes = created.bytes().await.expect("body");
+    let created: serde_json::Value = serde_json::from_slice(&created_bytes).expect("json");
+    assert_eq!(created["status"], "pending");
+    assert_eq!(created["route"], "cross_shard");
+    let id = created["transfer_id"].as_str().expect("transfer_id");
+    let done = app.wait_final(id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    for field in
+        ["transfer_id", "from_user_id", "to_user_id", "currency", "amount", "description", "route", "created_at"]
+    {
+        assert_eq!(done[field], created[field], "{field} differs from what was recorded");
+    }
+    let retry = app.transfer(&token, &alice, &bob, "EUR", "30", "x-1").await;
+    assert_eq!(retry.status(), StatusCode::ACCEPTED);
+    assert_eq!(retry.headers().get("idempotent-replayed").map(|v| v.as_bytes()), Some(&b"true"[..]));
+    assert_eq!(retry.bytes().await.expect("body"), created_bytes);
+    let entries = body(app.get(&format!("/v1/users/{alice}/wallets/EUR/entries"), &token).await).await;
+    assert_eq!(entries["data"][0]["amount"], "-30");
+    assert_eq!(entries["data"][0]["balance_after"], "70");
+    assert_eq!(entries["data"][0]["reference"], id);
+    let received = body(app.get(&format!("/v1/users/{bob}/wallets/EUR/entries"), &app.user_token(&bob)).await).await;
+    assert_eq!(received["data"][0]["amount"], "30");
+    assert_eq!(received["data"][0]["balance_after"], "30");
+    assert_eq!(received["data"][0]["reference"], id);
+    assert_eq!(app.balance(&alice, "EUR").await, "70");
+    assert_eq!(app.balance(&bob, "EUR").await, "30");
+    app.assert_verified().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cross_shard_duplicates_never_apply_twice() {
+    let app = spawn_app().await;
+    let (alice, bob) = (app.user_on_shard("alice", 0), app.user_on_shard("bob", 1));
+    app.funded_user(&alice, "EUR", "1000").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    let token = app.user_token(&alice);
+    let requests = (0..20).map(|_| app.transfer(&token, &alice, &bob, "EUR", "7", "same-key"));
+    let responses = futures::future::join_all(requests).await;
+    let mut bodies = Vec::new();
+    for r in responses {
+        match r.status() {
+            StatusCode::ACCEPTED => bodies.push(r.bytes().await.expect("body")),
+            StatusCode::CONFLICT => {
+                assert_problem(r, StatusCode::CONFLICT, "idempotency_request_in_progress").await;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(!bodies.is_empty());
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "replays differ from the original");
+    let sent: serde_json::Value = serde_json::from_slice(&bodies[0]).expect("json");
+    let id = sent["transfer_id"].as_str().expect("id");
+    assert_eq!(app.wait_final(id, Duration::from_secs(60)).await["status"], "completed");
+    assert_eq!(app.balance(&alice, "EUR").await, "993");
+    assert_eq!(app.balance(&bob, "EUR").await, "7");
+    app.assert_verified().await;
+}

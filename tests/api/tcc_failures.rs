@@ -427,3 +427,48 @@ async fn a_lost_cancel_is_sent_again_until_the_receiver_acknowledges_it() {
     assert_eq!(app.balance(&bob, "EUR").await, "0");
     app.assert_verified().await;
 }
+
+/// The receiver's DirectCredit runs as one statement (V16) when nothing of the transfer
+/// is recorded, and the general path otherwise. The same DirectCredit handled by many
+/// tasks at once (redeliveries racing the consumer's own delivery) credits once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_direct_credit_handled_many_times_at_once_credits_once() {
+    let app = spawn_app().await;
+    let alice = app.user_on_shard("alice", 0);
+    let bob = app.user_on_shard("bob", 1);
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "0").await;
+    // Bob's wallet is locked, so the consumer's credit waits, and every task below with it.
+    let mut blocker = app.shard_db(1).await;
+    let lock = blocker.transaction().await.expect("begin");
+    lock.execute("SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE", &[&bob]).await.expect("lock wallet");
+    let sent = app.transfer(&app.user_token(&alice), &alice, &bob, "EUR", "25", "c1").await;
+    assert_eq!(sent.status(), StatusCode::ACCEPTED);
+    let id = body(sent).await["transfer_id"].as_str().expect("id").to_string();
+    let facts = TransferFacts {
+        transfer_id: id.parse().expect("uuid"),
+        from_user_id: alice.clone(),
+        to_user_id: bob.clone(),
+        currency: "EUR".into(),
+        amount: "25".into(),
+        description: None,
+    };
+    let handlers = (0..8).map(|_| {
+        let (router, msg) = (app.router.clone(), facts.message(Stage::DirectCredit));
+        tokio::spawn(async move { tcc::handle(&router, &msg).await })
+    });
+    let handlers: Vec<_> = handlers.collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.rollback().await.expect("release the wallet");
+    for handled in futures::future::join_all(handlers).await {
+        handled.expect("task").expect("DirectCredit handled");
+    }
+    assert_eq!(app.wait_final(&id, FINAL_WITHIN).await["status"], "completed");
+    assert_eq!(app.balance(&alice, "EUR").await, "75");
+    assert_eq!(app.balance(&bob, "EUR").await, "25", "credited once");
+    let uuid: uuid::Uuid = id.parse().expect("uuid");
+    let receiver = app.shard_db(1).await;
+    assert_eq!(count(&receiver, "SELECT count(*) FROM postings WHERE reference = $1", &uuid).await, 1);
+    assert_eq!(count(&receiver, "SELECT count(*) FROM incoming_transfers WHERE transfer_id = $1", &uuid).await, 1);
+    app.assert_verified().await;
+}

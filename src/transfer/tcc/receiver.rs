@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{receiver_step, Barriers, ReceiverState, ReceiverStep};
 use crate::{
-    domain::{Currency, UserId},
+    domain::{Currency, RoutableId, UserId},
     ledger::{accounts, holds},
     sharding::Router,
     storage::Cached,
@@ -21,6 +21,11 @@ use crate::{
 pub(super) async fn handle_receiver(router: &Router, msg: &StageMessage) -> Result<usize> {
     let to = UserId::parse(&msg.facts.to_user_id).map_err(|e| Error::Invariant(e.to_string()))?;
     let bucket = router.bucket_of_user(&to);
+    if msg.stage == Stage::DirectCredit {
+        if let Some(shard) = credit_direct_in_one_call(router, msg, bucket).await? {
+            return Ok(shard);
+        }
+    }
     let to = &to;
     // A stage that reaches a shard the receiver's bucket left is followed to the new
     // owner, never dead-lettered for it.
@@ -37,6 +42,45 @@ pub(super) async fn handle_receiver(router: &Router, msg: &StageMessage) -> Resu
             Ok(shard.index)
         })
         .await
+}
+
+/// A DirectCredit that finds nothing recorded of its transfer, the common case of every
+/// direct cross-shard transfer's first hop, as one statement on the receiver's shard
+/// (V16): the CreditDirect step (`receiver_step` with no barrier and no record) with the
+/// claim, the lock and every write of the general path, one round trip and one implicit
+/// transaction instead of eleven statements. `None` when it wrote nothing (the bucket is
+/// not owned here, something of the transfer is recorded, a wallet is missing): then
+/// the general path reads the records under the same lock and decides, exactly as before.
+async fn credit_direct_in_one_call(router: &Router, msg: &StageMessage, bucket: u32) -> Result<Option<usize>> {
+    let Ok(shard) = router.for_bucket(bucket) else { return Ok(None) };
+    let facts = &msg.facts;
+    let bucket16 = bucket as u16;
+    let ids = [RoutableId::new(bucket16).uuid(), RoutableId::new(bucket16).uuid(), RoutableId::new(bucket16).uuid()];
+    let payload = serde_json::to_string(&facts.message(Stage::Confirmed))
+        .map_err(|e| Error::Invariant(format!("stage message does not serialise: {e}")))?;
+    let client = shard.client().await?;
+    let outcome = client
+        .cached_query_one(
+            "SELECT credit_direct_in_one_call($1, $2, $3, $4, $5, $6::text::numeric, $7, $8, $9, $10, $11, $12)",
+            &[
+                &(bucket as i32),
+                &facts.transfer_id,
+                &facts.from_user_id,
+                &facts.to_user_id,
+                &facts.currency,
+                &facts.amount,
+                &facts.description,
+                &ids[0],
+                &ids[1],
+                &ids[2],
+                &facts.transfer_id.to_string(),
+                &payload,
+            ],
+        )
+        .await?;
+    let credited = outcome.get::<_, &str>(0) == "credited";
+    tracing::debug!(credited, outcome = outcome.get::<_, &str>(0), "direct credit in one call");
+    Ok(credited.then_some(shard.index))
 }
 
 /// What the receiver's shard knows of a transfer, read under its per-transfer lock.
