@@ -49,6 +49,13 @@ pub struct Refused(pub String);
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync {
     async fn handle(&self, payload: &[u8]) -> Result<(), Refused>;
+
+    /// Applies what it can of verified payloads of distinct keys together (one
+    /// transaction per shard, say), before any of them is handled by itself; returns, per
+    /// payload, whether it was handled. `handle` then runs for every one that was not.
+    async fn handle_together(&self, payloads: &[&[u8]]) -> Vec<bool> {
+        vec![false; payloads.len()]
+    }
 }
 
 const MAX_BATCH: usize = 512;
@@ -120,9 +127,30 @@ impl Worker {
     }
 
     async fn process(&self, batch: &[OwnedMessage]) {
-        let mut lanes: HashMap<Option<&[u8]>, Vec<&OwnedMessage>> = HashMap::new();
+        let mut verified = Vec::with_capacity(batch.len());
         for m in batch {
-            lanes.entry(m.key()).or_default().push(m);
+            match self.auth.admit(Purpose::Stage, m) {
+                Ok(()) => verified.push(m),
+                Err(rejection) => self.dead_letter(m, &format!("rejected: {rejection}")).await,
+            }
+        }
+        // The only message of its key in the batch may be applied together with others:
+        // nothing of its transfer comes before it here.
+        let mut per_key: HashMap<Option<&[u8]>, usize> = HashMap::new();
+        for m in &verified {
+            *per_key.entry(m.key()).or_default() += 1;
+        }
+        let alone: Vec<&OwnedMessage> =
+            verified.iter().copied().filter(|m| m.key().is_some() && per_key[&m.key()] == 1).collect();
+        let payloads: Vec<&[u8]> = alone.iter().map(|m| m.payload().unwrap_or_default()).collect();
+        let together = self.handler.handle_together(&payloads).await;
+        let done: std::collections::HashSet<(i32, i64)> =
+            alone.iter().zip(together).filter(|(_, done)| *done).map(|(m, _)| (m.partition(), m.offset())).collect();
+        let mut lanes: HashMap<Option<&[u8]>, Vec<&OwnedMessage>> = HashMap::new();
+        for m in verified {
+            if !done.contains(&(m.partition(), m.offset())) {
+                lanes.entry(m.key()).or_default().push(m);
+            }
         }
         let lanes = lanes.into_values().map(|lane| async move {
             for m in lane {
@@ -132,10 +160,8 @@ impl Worker {
         futures::future::join_all(lanes).await;
     }
 
+    /// Handles one verified message; dead-letters it when the handler refuses it.
     async fn process_one(&self, m: &OwnedMessage) {
-        if let Err(rejection) = self.auth.admit(Purpose::Stage, m) {
-            return self.dead_letter(m, &format!("rejected: {rejection}")).await;
-        }
         if let Err(Refused(why)) = self.handler.handle(m.payload().unwrap_or_default()).await {
             self.dead_letter(m, &why).await;
         }

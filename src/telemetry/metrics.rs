@@ -163,7 +163,12 @@ pub struct StageTimer {
 
 impl StageTimer {
     pub fn start(stage: &'static str) -> Self {
-        Self { stage, started: Instant::now() }
+        Self::started_at(stage, Instant::now())
+    }
+
+    /// For a stage whose handling began at `started` (one of a batch).
+    pub fn started_at(stage: &'static str, started: Instant) -> Self {
+        Self { stage, started }
     }
 }
 

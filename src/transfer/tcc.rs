@@ -401,6 +401,7 @@ pub fn try_deadline(timeout: std::time::Duration) -> chrono::DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::seconds(30))
 }
 
+pub mod batch;
 mod receiver;
 use receiver::handle_receiver;
 pub use receiver::receiver_ready;

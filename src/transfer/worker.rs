@@ -56,4 +56,21 @@ impl Handler for StageHandler {
         }
         Err(Refused(format!("no attempt left after {}", self.max_attempts)))
     }
+
+    /// DirectCredits and Confirmed answers of distinct transfers, one statement per shard
+    /// (`tcc::batch`); what that did not apply, or what did not parse, `handle` takes.
+    async fn handle_together(&self, payloads: &[&[u8]]) -> Vec<bool> {
+        let msgs: Vec<Option<StageMessage>> = payloads.iter().map(|p| serde_json::from_slice(p).ok()).collect();
+        let started = std::time::Instant::now();
+        let applied = tcc::batch::apply(&self.router, &msgs).await;
+        for (msg, done) in msgs.iter().zip(&applied.done) {
+            if let (Some(msg), true) = (msg, done) {
+                drop(metrics::StageTimer::started_at(msg.stage.name(), started));
+            }
+        }
+        for shard in applied.woken {
+            self.wakers.wake(Outbox::Stages, shard);
+        }
+        applied.done
+    }
 }

@@ -472,3 +472,77 @@ async fn a_direct_credit_handled_many_times_at_once_credits_once() {
     assert_eq!(count(&receiver, "SELECT count(*) FROM incoming_transfers WHERE transfer_id = $1", &uuid).await, 1);
     app.assert_verified().await;
 }
+
+/// The consumer applies a fetched batch's DirectCredits and Confirmed answers with one
+/// statement per shard (V17). It applies only what the state machine would apply by
+/// itself in the common case: a DirectCredit whose transfer is already recorded, or
+/// whose receiver has no wallet, and a Confirmed for a transfer not `confirming`, are
+/// left to the general path. Two credits of one wallet in a batch show the balance
+/// after each in order.
+#[tokio::test]
+async fn a_batch_of_stages_applies_the_fresh_ones_and_leaves_the_rest_to_the_general_path() {
+    let deployment = Deployment::new().await;
+    let mut settings = deployment.settings();
+    settings.transfers.relay_enabled = false;
+    let app = deployment.spawn(settings).await;
+    let alice = app.user_on_shard("alice", 0);
+    let (bob, carol) = (app.user_on_shard("bob", 1), app.user_on_shard("carol", 1));
+    app.funded_user(&alice, "EUR", "100").await;
+    app.funded_user(&bob, "EUR", "5").await;
+    app.funded_user(&carol, "EUR", "0").await;
+    let token = app.user_token(&alice);
+    let mut facts = Vec::new();
+    for (to, amount, key) in [(&bob, "10", "b1"), (&carol, "20", "b2"), (&bob, "30", "b3"), (&carol, "1", "b4")] {
+        let sent = app.transfer(&token, &alice, to, "EUR", amount, key).await;
+        assert_eq!(sent.status(), StatusCode::ACCEPTED);
+        facts.push(TransferFacts {
+            transfer_id: body(sent).await["transfer_id"].as_str().expect("id").parse().expect("uuid"),
+            from_user_id: alice.clone(),
+            to_user_id: to.clone(),
+            currency: "EUR".into(),
+            amount: amount.into(),
+            description: None,
+        });
+    }
+    // The fourth was credited already (a redelivery finds it recorded).
+    tcc::handle(&app.router, &facts[3].message(Stage::DirectCredit)).await.expect("credited by itself");
+    let nobody = TransferFacts { to_user_id: app.user_on_shard("nobody", 1), ..facts[0].clone() };
+    let nobody = TransferFacts {
+        transfer_id: app.router.new_id_for(&shardwallet::domain::UserId::parse(&alice).expect("user")).uuid(),
+        ..nobody
+    };
+    let credits: Vec<_> =
+        facts.iter().chain([&nobody]).map(|f| Some(f.message(Stage::DirectCredit))).chain([None]).collect();
+    let applied = tcc::batch::apply(&app.router, &credits).await;
+    assert_eq!(applied.done, [true, true, true, false, false, false]);
+    assert_eq!(applied.woken, [1]);
+    assert_eq!(app.balance(&bob, "EUR").await, "45");
+    assert_eq!(app.balance(&carol, "EUR").await, "21");
+    let entries = body(app.get(&format!("/v1/users/{bob}/wallets/EUR/entries"), &app.user_token(&bob)).await).await;
+    let after: Vec<&str> =
+        entries["data"].as_array().expect("entries").iter().filter_map(|e| e["balance_after"].as_str()).collect();
+    assert_eq!(after, ["45", "15", "5"], "newest first: each credit's balance after, in the batch's order");
+
+    // The senders' side: the first three are confirming; one Confirmed is for a
+    // transfer that is not.
+    let unknown = TransferFacts {
+        transfer_id: app.router.new_id_for(&shardwallet::domain::UserId::parse(&alice).expect("user")).uuid(),
+        ..facts[0].clone()
+    };
+    let confirms: Vec<_> = facts.iter().take(3).chain([&unknown]).map(|f| Some(f.message(Stage::Confirmed))).collect();
+    let applied = tcc::batch::apply(&app.router, &confirms).await;
+    assert_eq!(applied.done, [true, true, true, false]);
+    for f in facts.iter().take(3) {
+        assert_eq!(app.get_transfer(&f.transfer_id.to_string()).await["status"], "completed");
+    }
+    // Applied again, nothing changes and nothing is applied twice.
+    assert_eq!(tcc::batch::apply(&app.router, &credits).await.done, [false; 6]);
+    assert_eq!(tcc::batch::apply(&app.router, &confirms).await.done, [false; 4]);
+    assert_eq!(app.balance(&bob, "EUR").await, "45");
+    assert_eq!(app.balance(&alice, "EUR").await, "39");
+    let receiver = app.shard_db(1).await;
+    for f in &facts {
+        let postings = count(&receiver, "SELECT count(*) FROM postings WHERE reference = $1", &f.transfer_id).await;
+        assert_eq!(postings, 1, "one credit per transfer");
+    }
+}
