@@ -230,7 +230,7 @@ impl Default for TransferSettings {
             relays_per_shard: 2,
             direct_credit: true,
             consumer_enabled: true,
-            admission_max_in_flight: 150,
+            admission_max_in_flight: 400,
             // Not lower: on a loaded machine one slow publish would refuse a whole
             // shard's cross-shard traffic (seen in the test suite at 1000 ms).
             admission_max_outbox_age_ms: 5000,

@@ -112,6 +112,7 @@ impl Application {
             payments,
             messages,
             topics,
+            receivers: Arc::default(),
         };
         Ok(Self { listener, state, port })
     }

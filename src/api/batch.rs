@@ -429,7 +429,9 @@ async fn in_one_transaction(state: &AppState, ready: &[(Checked, Idempotency)]) 
         }
         let request = checked.request(router.new_id_for(&checked.from));
         let direct = state.settings.transfers.direct_credit;
-        let route = transfer::Route::decide(router, &checked.from, &checked.to, &checked.currency, direct).await;
+        let route =
+            transfer::Route::decide(router, &state.receivers, &checked.from, &checked.to, &checked.currency, direct)
+                .await;
         let success =
             if matches!(route, transfer::Route::Local { .. }) { StatusCode::CREATED } else { StatusCode::ACCEPTED };
         match transfer::start(&tx, route, &request, state.try_timeout()).await {

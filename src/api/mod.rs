@@ -40,6 +40,8 @@ pub struct AppState {
     pub messages: crate::messaging::auth::MessageAuth,
     /// This deployment's topic names, from `kafka.topic_prefix` once at start.
     pub topics: Arc<crate::messaging::kafka::Topics>,
+    /// Receivers found ready for a direct credit (`tcc::receiver_ready`).
+    pub receivers: Arc<crate::transfer::tcc::KnownReceivers>,
 }
 
 impl AppState {

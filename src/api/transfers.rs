@@ -156,7 +156,7 @@ pub(super) async fn send(state: &AppState, checked: &Checked, idem: &Idempotency
     // that writes nothing, the general way below decides again.
     if cross_shard
         && state.settings.transfers.direct_credit
-        && transfer::tcc::receiver_ready(&state.router, to, checked.currency.as_str()).await
+        && transfer::tcc::receiver_ready(&state.router, &state.receivers, to, checked.currency.as_str()).await
     {
         let at = now_as_stored();
         let view = transfer::direct_view(&request, at);
@@ -182,7 +182,8 @@ pub(super) async fn send(state: &AppState, checked: &Checked, idem: &Idempotency
     let outcome = idem
         .run(&state.router, bucket, success, async |tx| {
             let direct = state.settings.transfers.direct_credit;
-            let route = transfer::Route::decide(&state.router, from, to, &checked.currency, direct).await;
+            let route =
+                transfer::Route::decide(&state.router, &state.receivers, from, to, &checked.currency, direct).await;
             transfer::start(tx, route, &request, state.try_timeout()).await
         })
         .await;

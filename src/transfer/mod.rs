@@ -35,10 +35,17 @@ pub enum Route {
 }
 
 impl Route {
-    pub async fn decide(router: &Router, from: &UserId, to: &UserId, currency: &Currency, direct: bool) -> Self {
+    pub async fn decide(
+        router: &Router,
+        known: &tcc::KnownReceivers,
+        from: &UserId,
+        to: &UserId,
+        currency: &Currency,
+        direct: bool,
+    ) -> Self {
         if router.same_shard(from, to) {
             Route::Local { receiver_bucket: router.bucket_of_user(to) }
-        } else if direct && tcc::receiver_ready(router, to, currency.as_str()).await {
+        } else if direct && tcc::receiver_ready(router, known, to, currency.as_str()).await {
             Route::CrossDirect
         } else {
             Route::Cross

@@ -404,7 +404,7 @@ pub fn try_deadline(timeout: std::time::Duration) -> chrono::DateTime<Utc> {
 pub mod batch;
 mod receiver;
 use receiver::handle_receiver;
-pub use receiver::receiver_ready;
+pub use receiver::{receiver_ready, KnownReceivers};
 
 #[cfg(test)]
 mod tests;

@@ -66,6 +66,23 @@ async fn a_transfer_to_an_unknown_user_or_currency_is_cancelled_and_funds_releas
         assert_eq!((wallet["balance"].as_str(), wallet["held"].as_str()), (Some("100"), Some("0")));
     }
     assert_eq!(app.balance(&bob, "USD").await, "0");
+    // A receiver found not ready is not remembered as such: once bob has a EUR wallet,
+    // the next transfer goes direct and credits him.
+    assert_eq!(app.create_wallet(&bob, "EUR").await.status(), StatusCode::CREATED);
+    let sent = app.transfer(&token, &alice, &bob, "EUR", "60", "c3").await;
+    assert_eq!(sent.status(), StatusCode::ACCEPTED);
+    let id = body(sent).await["transfer_id"].as_str().expect("id").to_string();
+    assert_eq!(app.wait_final(&id, FINAL_WITHIN).await["status"], "completed");
+    assert_eq!(app.balance(&bob, "EUR").await, "60");
+    let uuid: uuid::Uuid = id.parse().expect("uuid");
+    let direct: bool = app
+        .shard_db(2)
+        .await
+        .query_one("SELECT direct FROM transfers WHERE transfer_id = $1", &[&uuid])
+        .await
+        .expect("transfer row")
+        .get(0);
+    assert!(direct, "the receiver's new wallet was read, not a remembered no");
     app.assert_verified().await;
 }
 

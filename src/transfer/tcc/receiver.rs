@@ -308,13 +308,49 @@ async fn rejection_reason(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Strin
         .and_then(|r| r.get(0)))
 }
 
+/// The receivers found ready in this process: a user with a wallet in a currency. Users
+/// and wallets are never deleted (a bucket move re-homes them, it removes nobody), so a
+/// yes stays true and is not read again; a no is never kept. Bounded: past
+/// `KnownReceivers::MAX` entries it starts again from empty.
+#[derive(Default)]
+pub struct KnownReceivers(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl KnownReceivers {
+    pub(super) const MAX: usize = 100_000;
+
+    fn key(to: &UserId, currency: &str) -> String {
+        format!("{}\u{0}{currency}", to.as_str())
+    }
+
+    pub(super) fn knows(&self, key: &str) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(key)
+    }
+
+    pub(super) fn learn(&self, key: String) {
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= Self::MAX {
+            known.clear();
+        }
+        known.insert(key);
+    }
+}
+
 /// The receiver's Try as a read: whether `to`'s shard already has `to`'s wallet in
 /// `currency`. Only a certain yes counts; a refusal, an error or a slow shard leaves the
-/// decision to the full protocol (TryCredit), which then records the reason.
-pub async fn receiver_ready(router: &Router, to: &UserId, currency: &str) -> bool {
+/// decision to the full protocol (TryCredit), which then records the reason. A yes read
+/// before, by this process, is not read again (`KnownReceivers`).
+pub async fn receiver_ready(router: &Router, known: &KnownReceivers, to: &UserId, currency: &str) -> bool {
+    let key = KnownReceivers::key(to, currency);
+    if known.knows(&key) {
+        return true;
+    }
     let read = async {
         let client = router.for_user(to).client().await?;
         check_receiver(&client, to, currency).await
     };
-    matches!(tokio::time::timeout(std::time::Duration::from_secs(1), read).await, Ok(Ok(None)))
+    let ready = matches!(tokio::time::timeout(std::time::Duration::from_secs(1), read).await, Ok(Ok(None)));
+    if ready {
+        known.learn(key);
+    }
+    ready
 }

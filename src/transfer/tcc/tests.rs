@@ -117,3 +117,19 @@ fn a_final_record_implies_its_barriers() {
         }
     }
 }
+
+#[test]
+fn a_known_receiver_is_remembered_and_the_memory_is_bounded() {
+    let known = KnownReceivers::default();
+    let key = |i: usize| format!("user-{i}\u{0}EUR");
+    assert!(!known.knows(&key(0)));
+    known.learn(key(0));
+    assert!(known.knows(&key(0)));
+    for i in 1..KnownReceivers::MAX {
+        known.learn(key(i));
+    }
+    assert!(known.knows(&key(0)), "full, not yet past the bound");
+    known.learn(key(KnownReceivers::MAX));
+    assert!(!known.knows(&key(0)), "past the bound it starts again");
+    assert!(known.knows(&key(KnownReceivers::MAX)));
+}
