@@ -175,11 +175,7 @@ pub async fn debit_direct_in_one_call(
             ],
         )
         .await;
-    match outcome {
-        Ok(row) => Ok(row.get::<_, &str>(0) == "debited"),
-        Err(e) if e.code().is_some_and(|c| c.code() == super::local::KEY_TAKEN) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    super::local::one_call_outcome(outcome, "debited")
 }
 
 /// Releases an open hold (on confirm or cancel). Returns the wallet and amount, or

@@ -238,15 +238,25 @@ pub async fn transfer_in_one_call(
             ],
         )
         .await;
+    one_call_outcome(outcome, "completed")
+}
+
+/// What a one-statement effect with its stored answer (V13, V16) did: true when it
+/// answered `done` (committed); false when it wrote nothing, a key another request
+/// stored first included (SQLSTATE `KEY_TAKEN`, everything rolled back).
+pub(super) fn one_call_outcome(
+    outcome: std::result::Result<tokio_postgres::Row, tokio_postgres::Error>,
+    done: &str,
+) -> Result<bool> {
     match outcome {
-        Ok(row) => Ok(row.get::<_, &str>(0) == "completed"),
+        Ok(row) => Ok(row.get::<_, &str>(0) == done),
         Err(e) if e.code().is_some_and(|c| c.code() == KEY_TAKEN) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
 
 /// V13's SQLSTATE for a key another request stored first (everything rolled back).
-pub(super) const KEY_TAKEN: &str = "SW001";
+const KEY_TAKEN: &str = "SW001";
 
 /// One item of `transfer_batch`: the transfer, the receiver's bucket and the answer a
 /// completion stores beside it (`completed_view` as the API serialises it, with its

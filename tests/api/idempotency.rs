@@ -74,15 +74,23 @@ async fn the_same_key_with_another_request_is_422_and_a_missing_key_is_400() {
 async fn concurrent_duplicates_never_apply_twice() {
     let app = spawn_app().await;
     let (alice, bob) = (app.user_on_shard("alice", 0), app.user_on_shard("bob", 0));
-    app.funded_user(&alice, "EUR", "1000").await;
-    app.funded_user(&bob, "EUR", "0").await;
-    let token = app.user_token(&alice);
-    let requests = (0..20).map(|_| app.transfer(&token, &alice, &bob, "EUR", "7", "same-key"));
+    send_twenty_duplicates(&app, &alice, &bob, StatusCode::CREATED).await;
+    assert_eq!(app.balance(&alice, "EUR").await, "993");
+    assert_eq!(app.balance(&bob, "EUR").await, "7");
+}
+
+/// Twenty concurrent requests under one key, from a funded `alice` to `bob`: each answer
+/// is `success` (all the same bytes) or 409 in progress. Returns the answer.
+async fn send_twenty_duplicates(app: &TestApp, alice: &str, bob: &str, success: StatusCode) -> serde_json::Value {
+    app.funded_user(alice, "EUR", "1000").await;
+    app.funded_user(bob, "EUR", "0").await;
+    let token = app.user_token(alice);
+    let requests = (0..20).map(|_| app.transfer(&token, alice, bob, "EUR", "7", "same-key"));
     let responses = futures::future::join_all(requests).await;
     let mut bodies = Vec::new();
     for r in responses {
         match r.status() {
-            StatusCode::CREATED => bodies.push(r.bytes().await.expect("body")),
+            s if s == success => bodies.push(r.bytes().await.expect("body")),
             StatusCode::CONFLICT => {
                 assert_problem(r, StatusCode::CONFLICT, "idempotency_request_in_progress").await;
             }
@@ -91,8 +99,7 @@ async fn concurrent_duplicates_never_apply_twice() {
     }
     assert!(!bodies.is_empty());
     assert!(bodies.windows(2).all(|w| w[0] == w[1]), "replays differ from the original");
-    assert_eq!(app.balance(&alice, "EUR").await, "993");
-    assert_eq!(app.balance(&bob, "EUR").await, "7");
+    serde_json::from_slice(&bodies[0]).expect("json")
 }
 
 #[tokio::test]
@@ -175,24 +182,7 @@ async fn a_cross_shard_transfers_answer_is_what_the_server_recorded() {
 async fn concurrent_cross_shard_duplicates_never_apply_twice() {
     let app = spawn_app().await;
     let (alice, bob) = (app.user_on_shard("alice", 0), app.user_on_shard("bob", 1));
-    app.funded_user(&alice, "EUR", "1000").await;
-    app.funded_user(&bob, "EUR", "0").await;
-    let token = app.user_token(&alice);
-    let requests = (0..20).map(|_| app.transfer(&token, &alice, &bob, "EUR", "7", "same-key"));
-    let responses = futures::future::join_all(requests).await;
-    let mut bodies = Vec::new();
-    for r in responses {
-        match r.status() {
-            StatusCode::ACCEPTED => bodies.push(r.bytes().await.expect("body")),
-            StatusCode::CONFLICT => {
-                assert_problem(r, StatusCode::CONFLICT, "idempotency_request_in_progress").await;
-            }
-            other => panic!("unexpected status {other}"),
-        }
-    }
-    assert!(!bodies.is_empty());
-    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "replays differ from the original");
-    let sent: serde_json::Value = serde_json::from_slice(&bodies[0]).expect("json");
+    let sent = send_twenty_duplicates(&app, &alice, &bob, StatusCode::ACCEPTED).await;
     let id = sent["transfer_id"].as_str().expect("id");
     assert_eq!(app.wait_final(id, Duration::from_secs(60)).await["status"], "completed");
     assert_eq!(app.balance(&alice, "EUR").await, "993");
