@@ -165,16 +165,16 @@ pub(super) async fn send(state: &AppState, checked: &Checked, idem: &Idempotency
                 transfer::start_direct_in_one_call(client, &request, at, answer).await
             })
             .await;
-        if let Ok(Some(response)) = done {
+        // An error may come after the server committed (a connection lost on the way
+        // back): answered as an error, not retried here, so the client's retry with its
+        // key finds out (it replays the 202 or starts the transfer).
+        if let Some(response) = done? {
             if let Some(admitted) = admitted {
                 admitted.finish(true);
             }
             crate::telemetry::metrics::transfer_created(true, true);
             state.wakers.wake(crate::messaging::outbox::Outbox::Stages, shard.index);
             return Ok(response);
-        }
-        if let Err(e) = done {
-            tracing::debug!(error = ?e, "direct start in one call failed; the general path decides");
         }
     }
     // The route is decided on each attempt: a retry after a bucket moved may find the
