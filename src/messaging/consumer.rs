@@ -140,17 +140,16 @@ impl Worker {
         for m in &verified {
             *per_key.entry(m.key()).or_default() += 1;
         }
-        let alone: Vec<&OwnedMessage> =
-            verified.iter().copied().filter(|m| m.key().is_some() && per_key[&m.key()] == 1).collect();
-        let payloads: Vec<&[u8]> = alone.iter().map(|m| m.payload().unwrap_or_default()).collect();
-        let together = self.handler.handle_together(&payloads).await;
-        let done: std::collections::HashSet<(i32, i64)> =
-            alone.iter().zip(together).filter(|(_, done)| *done).map(|(m, _)| (m.partition(), m.offset())).collect();
+        let alone: Vec<usize> =
+            (0..verified.len()).filter(|&i| verified[i].key().is_some() && per_key[&verified[i].key()] == 1).collect();
+        let payloads: Vec<&[u8]> = alone.iter().map(|&i| verified[i].payload().unwrap_or_default()).collect();
+        let mut done = vec![false; verified.len()];
+        for (&i, handled) in alone.iter().zip(self.handler.handle_together(&payloads).await) {
+            done[i] = handled;
+        }
         let mut lanes: HashMap<Option<&[u8]>, Vec<&OwnedMessage>> = HashMap::new();
-        for m in verified {
-            if !done.contains(&(m.partition(), m.offset())) {
-                lanes.entry(m.key()).or_default().push(m);
-            }
+        for (m, _) in verified.into_iter().zip(done).filter(|(_, done)| !done) {
+            lanes.entry(m.key()).or_default().push(m);
         }
         let lanes = lanes.into_values().map(|lane| async move {
             for m in lane {

@@ -101,10 +101,17 @@ impl TransferFacts {
     }
 }
 
+impl StageMessage {
+    /// The outbox row's payload: the message's wire form (docs/EVENTS.md).
+    pub fn payload(&self) -> super::Result<String> {
+        serde_json::to_string(self)
+            .map_err(|e| super::Error::Invariant(format!("stage message does not serialise: {e}")))
+    }
+}
+
 /// Writes a stage message to the stage outbox in the caller's transaction.
 pub async fn enqueue(tx: &deadpool_postgres::Transaction<'_>, msg: &StageMessage) -> super::Result<()> {
-    let payload = serde_json::to_string(msg)
-        .map_err(|e| super::Error::Invariant(format!("stage message does not serialise: {e}")))?;
+    let payload = msg.payload()?;
     let key = msg.facts.transfer_id.to_string();
     crate::messaging::outbox::enqueue(tx, crate::messaging::outbox::Outbox::Stages, &key, &payload).await?;
     Ok(())

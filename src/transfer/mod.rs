@@ -82,9 +82,7 @@ pub async fn start_direct_in_one_call(
     at: chrono::DateTime<chrono::Utc>,
     answer: &local::StoredAnswer<'_>,
 ) -> Result<bool> {
-    let message = facts_of(req).message(Stage::DirectCredit);
-    let payload = serde_json::to_string(&message)
-        .map_err(|e| Error::Invariant(format!("stage message does not serialise: {e}")))?;
+    let payload = facts_of(req).message(Stage::DirectCredit).payload()?;
     let key = req.transfer_id.uuid().to_string();
     Ok(holds::debit_direct_in_one_call(client, req, at, SenderState::INITIAL_DIRECT, (&key, &payload), answer).await?)
 }

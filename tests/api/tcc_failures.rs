@@ -12,6 +12,18 @@ use crate::helpers::*;
 
 const FINAL_WITHIN: Duration = Duration::from_secs(90);
 
+/// The facts of a transfer of `amount` EUR, with no description.
+fn eur_facts(transfer_id: uuid::Uuid, from: String, to: String, amount: &str) -> TransferFacts {
+    TransferFacts {
+        transfer_id,
+        from_user_id: from,
+        to_user_id: to,
+        currency: "EUR".into(),
+        amount: amount.into(),
+        description: None,
+    }
+}
+
 async fn count(db: &tokio_postgres::Client, sql: &str, id: &uuid::Uuid) -> i64 {
     db.query_one(sql, &[id]).await.expect("count").get(0)
 }
@@ -65,14 +77,7 @@ async fn redeliver_every_stage(direct: bool) {
     assert_eq!(app.wait_final(&id, FINAL_WITHIN).await["status"], "completed");
 
     // Redeliver every stage, directly to the handlers and again through the broker.
-    let facts = TransferFacts {
-        transfer_id: id.parse().expect("uuid"),
-        from_user_id: alice.clone(),
-        to_user_id: bob.clone(),
-        currency: "EUR".into(),
-        amount: "25".into(),
-        description: None,
-    };
+    let facts = eur_facts(id.parse().expect("uuid"), alice.clone(), bob.clone(), "25");
     let stages = if direct {
         vec![Stage::DirectCredit, Stage::Confirmed, Stage::TryCredit]
     } else {
@@ -124,14 +129,7 @@ async fn cancel_before_try_and_try_after_cancel_leave_nothing_stuck_or_doubled()
     app.funded_user(&bob, "EUR", "0").await;
     let alice = app.user_on_shard("alice", 0);
     let id = app.router.new_id_for(&shardwallet::domain::UserId::parse(&alice).expect("id")).uuid();
-    let facts = TransferFacts {
-        transfer_id: id,
-        from_user_id: alice,
-        to_user_id: bob.clone(),
-        currency: "EUR".into(),
-        amount: "40".into(),
-        description: None,
-    };
+    let facts = eur_facts(id, alice, bob.clone(), "40");
     // Cancel arrives first: empty rollback.
     tcc::handle(&app.router, &facts.message(Stage::CancelCredit)).await.expect("cancel");
     // The delayed Try arrives afterwards: suspended, nothing reserved, nothing answered.
@@ -385,14 +383,7 @@ async fn a_lost_cancel_is_sent_again_until_the_receiver_acknowledges_it() {
 
     // The receiver gets the Try and answers, but the answer is lost (as a broker on
     // memory storage loses what it held when it restarts).
-    let facts = TransferFacts {
-        transfer_id: id,
-        from_user_id: alice.clone(),
-        to_user_id: bob.clone(),
-        currency: "EUR".into(),
-        amount: "30".into(),
-        description: None,
-    };
+    let facts = eur_facts(id, alice.clone(), bob.clone(), "30");
     tcc::handle(&app.router, &facts.message(Stage::TryCredit)).await.expect("try");
     receiver.execute("DELETE FROM outbox", &[]).await.expect("lose Tried");
     // The sender times out and cancels; its CancelCredit is lost too.
@@ -445,14 +436,7 @@ async fn a_direct_credit_handled_many_times_at_once_credits_once() {
     let sent = app.transfer(&app.user_token(&alice), &alice, &bob, "EUR", "25", "c1").await;
     assert_eq!(sent.status(), StatusCode::ACCEPTED);
     let id = body(sent).await["transfer_id"].as_str().expect("id").to_string();
-    let facts = TransferFacts {
-        transfer_id: id.parse().expect("uuid"),
-        from_user_id: alice.clone(),
-        to_user_id: bob.clone(),
-        currency: "EUR".into(),
-        amount: "25".into(),
-        description: None,
-    };
+    let facts = eur_facts(id.parse().expect("uuid"), alice.clone(), bob.clone(), "25");
     let handlers = (0..8).map(|_| {
         let (router, msg) = (app.router.clone(), facts.message(Stage::DirectCredit));
         tokio::spawn(async move { tcc::handle(&router, &msg).await })
@@ -495,14 +479,12 @@ async fn a_batch_of_stages_applies_the_fresh_ones_and_leaves_the_rest_to_the_gen
     for (to, amount, key) in [(&bob, "10", "b1"), (&carol, "20", "b2"), (&bob, "30", "b3"), (&carol, "1", "b4")] {
         let sent = app.transfer(&token, &alice, to, "EUR", amount, key).await;
         assert_eq!(sent.status(), StatusCode::ACCEPTED);
-        facts.push(TransferFacts {
-            transfer_id: body(sent).await["transfer_id"].as_str().expect("id").parse().expect("uuid"),
-            from_user_id: alice.clone(),
-            to_user_id: to.clone(),
-            currency: "EUR".into(),
-            amount: amount.into(),
-            description: None,
-        });
+        facts.push(eur_facts(
+            body(sent).await["transfer_id"].as_str().expect("id").parse().expect("uuid"),
+            alice.clone(),
+            to.clone(),
+            amount,
+        ));
     }
     // The fourth was credited already (a redelivery finds it recorded).
     tcc::handle(&app.router, &facts[3].message(Stage::DirectCredit)).await.expect("credited by itself");

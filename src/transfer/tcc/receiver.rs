@@ -56,8 +56,7 @@ async fn credit_direct_in_one_call(router: &Router, msg: &StageMessage, bucket: 
     let facts = &msg.facts;
     let bucket16 = bucket as u16;
     let ids = [RoutableId::new(bucket16).uuid(), RoutableId::new(bucket16).uuid(), RoutableId::new(bucket16).uuid()];
-    let payload = serde_json::to_string(&facts.message(Stage::Confirmed))
-        .map_err(|e| Error::Invariant(format!("stage message does not serialise: {e}")))?;
+    let payload = facts.message(Stage::Confirmed).payload()?;
     let client = shard.client().await?;
     let outcome = client
         .cached_query_one(
@@ -78,9 +77,9 @@ async fn credit_direct_in_one_call(router: &Router, msg: &StageMessage, bucket: 
             ],
         )
         .await?;
-    let credited = outcome.get::<_, &str>(0) == "credited";
-    tracing::debug!(credited, outcome = outcome.get::<_, &str>(0), "direct credit in one call");
-    Ok(credited.then_some(shard.index))
+    let outcome: &str = outcome.get(0);
+    tracing::debug!(outcome, "direct credit in one call");
+    Ok((outcome == "credited").then_some(shard.index))
 }
 
 /// What the receiver's shard knows of a transfer, read under its per-transfer lock.
