@@ -468,10 +468,9 @@ pub const PLANNER: &str = "SET LOCAL random_page_cost = 1.1";
 
 /// The sets a digest is taken over, for `$1`'s buckets: their users (`u`), wallets
 /// (`w`), transfers (`t`: sent, and same-shard ones received from another bucket),
-/// incoming transfers (`i`) and payments (`p`); the users counted and every wallet
-/// hashed (both digests take them whole), then the digest's other parts.
-macro_rules! digest_of {
-    ($parts:literal) => {
+/// incoming transfers (`i`) and payments (`p`).
+macro_rules! digest_sets {
+    ($($sql:tt)+) => {
         concat!(
             "WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)),
                   w AS (SELECT a.* FROM accounts a JOIN u USING (user_id)),
@@ -480,8 +479,17 @@ macro_rules! digest_of {
                         SELECT t2.* FROM transfers t2 JOIN u ON u.user_id = t2.to_user
                         WHERE t2.route = 'local' AND t2.from_user NOT IN (SELECT user_id FROM u)),
                   i AS (SELECT * FROM incoming_transfers WHERE to_user IN (SELECT user_id FROM u)),
-                  p AS (SELECT * FROM payments WHERE user_id IN (SELECT user_id FROM u))
-             SELECT ARRAY[
+                  p AS (SELECT * FROM payments WHERE user_id IN (SELECT user_id FROM u)) ",
+            $($sql)+
+        )
+    };
+}
+
+/// `digest_sets`, the users counted and every wallet hashed, then the digest's other parts.
+macro_rules! digest_of {
+    ($parts:literal) => {
+        digest_sets!(
+            "SELECT ARRAY[
                  (SELECT count(*) FROM u)::text,
                  (SELECT count(*) || ' ' || coalesce(sum(hashtextextended(user_id || ' ' || currency || ' ' || balance || ' ' || held, 0)), 0) FROM w),",
             $parts
@@ -516,77 +524,248 @@ pub async fn digest(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<
     Ok(row.get(0))
 }
 
-/// The keys of a catch-up's rows, by table, for `digest_catch_up`.
+/// The keys of a snapshot's rows by table (composite keys joined by a NUL), for the
+/// tables whose rows a fence counts by key: read once from the copy before the fence,
+/// so that the fence tells the catch-up's new rows from rows the copy already holds.
+#[derive(Default)]
+pub struct KeySets(std::collections::HashMap<&'static str, std::collections::HashSet<String>>);
+
+/// The tables counted by key in a fence, in `DIGEST_PARTS` order from "entries".
+const KEYED: [&str; 9] = [
+    "entries",
+    "transfers",
+    "holds",
+    "incoming_transfers",
+    "tcc_barriers",
+    "idempotency_keys",
+    "payments",
+    "payment_holds",
+    "payment_events",
+];
+
+/// A row's key in its table as text, for the tables of `KEYED`.
+fn row_key(table: &str, row: &serde_json::Value) -> Option<String> {
+    let field = |name: &str| row.get(name)?.as_str();
+    let pair = |a: &str, b: &str| Some(format!("{}\0{}", field(a)?, field(b)?));
+    match table {
+        "entries" => field("entry_id").map(str::to_string),
+        "transfers" | "holds" | "incoming_transfers" => field("transfer_id").map(str::to_string),
+        "payments" | "payment_holds" => field("payment_id").map(str::to_string),
+        "tcc_barriers" => pair("transfer_id", "branch"),
+        "idempotency_keys" => pair("caller", "key"),
+        "payment_events" => pair("gateway", "event_id"),
+        _ => None,
+    }
+}
+
+fn keys_of<'a>(snapshot: &'a Snapshot, table: &'a str) -> impl Iterator<Item = String> + 'a {
+    snapshot
+        .tables
+        .iter()
+        .filter(move |(t, _)| t.name == table)
+        .filter_map(|(_, rows)| rows.as_array())
+        .flatten()
+        .filter_map(move |row| row_key(table, row))
+}
+
+impl KeySets {
+    pub fn of(snapshot: &Snapshot) -> Self {
+        Self(KEYED.iter().map(|&table| (table, keys_of(snapshot, table).collect())).collect())
+    }
+}
+
+/// The keys of a catch-up's rows: every row's, for the hashes (`hashes`), and the new
+/// rows' (not in the copy before the fence), for the target's count (`new_rows`).
 pub struct Keys {
     entries: Vec<uuid::Uuid>,
     transfers: Vec<uuid::Uuid>,
     holds: Vec<uuid::Uuid>,
     incoming: Vec<uuid::Uuid>,
     payments: Vec<uuid::Uuid>,
+    /// By `KEYED` table: the catch-up's keys that the copy did not hold.
+    new: Vec<Vec<String>>,
 }
 
 impl Keys {
-    pub fn of(snapshot: &Snapshot) -> Self {
-        let ids = |table: &str, field: &str| -> Vec<uuid::Uuid> {
-            snapshot
-                .tables
-                .iter()
-                .filter(|(t, _)| t.name == table)
-                .filter_map(|(_, rows)| rows.as_array())
-                .flatten()
-                .filter_map(|row| row.get(field)?.as_str()?.parse().ok())
-                .collect()
-        };
+    pub fn of(delta: &Snapshot, copied: &KeySets) -> Self {
+        let ids = |table: &str| -> Vec<uuid::Uuid> { keys_of(delta, table).filter_map(|k| k.parse().ok()).collect() };
+        let new = KEYED
+            .iter()
+            .map(|&table| {
+                let known = copied.0.get(table);
+                keys_of(delta, table).filter(|k| known.is_none_or(|known| !known.contains(k))).collect()
+            })
+            .collect();
         Self {
-            entries: ids("entries", "entry_id"),
-            transfers: ids("transfers", "transfer_id"),
-            holds: ids("holds", "transfer_id"),
-            incoming: ids("incoming_transfers", "transfer_id"),
-            payments: ids("payments", "payment_id"),
+            entries: ids("entries"),
+            transfers: ids("transfers"),
+            holds: ids("holds"),
+            incoming: ids("incoming_transfers"),
+            payments: ids("payments"),
+            new,
         }
+    }
+
+    fn new_ids(&self, table: &str) -> Vec<uuid::Uuid> {
+        self.new_keys(table).iter().filter_map(|k| k.parse().ok()).collect()
+    }
+
+    fn new_keys(&self, table: &str) -> &[String] {
+        KEYED.iter().position(|&t| t == table).map_or(&[], |i| &self.new[i])
+    }
+
+    /// A composite key's two columns, as two arrays.
+    fn new_pairs(&self, table: &str) -> (Vec<String>, Vec<String>) {
+        self.new_keys(table)
+            .iter()
+            .filter_map(|k| k.split_once('\0'))
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .unzip()
     }
 }
 
-/// `digest` inside the fence, once the copy's own digest matched outside it (the
-/// snapshot's against the target's right after the copy): the same parts, each row
-/// counted, but hashed only where the catch-up wrote (`keys`, the same on both sides:
-/// ids travel unchanged), plus every wallet. Entries are append-only, and a row changed
-/// since the snapshot is in the catch-up (its `xmin` is newer): so equal counts, equal
-/// wallets and equal hashes of the catch-up's rows mean equal buckets, and the fence
-/// hashes what changed, not the history.
-pub async fn digest_catch_up(
-    client: &impl GenericClient,
-    buckets: &[u32],
-    keys: &Keys,
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    let bucket = as_param(buckets);
+/// The sets a fence's counts and hashes are taken over (see `digest_of`), without the
+/// whole-history sets that only the full counts need.
+macro_rules! of_wallets {
+    ($($sql:tt)+) => {
+        concat!(
+            "WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)),
+                  w AS (SELECT a.* FROM accounts a JOIN u USING (user_id)) ",
+            $($sql)+
+        )
+    };
+}
+
+/// Every part's row count of `buckets`, in `DIGEST_PARTS` order: a scan of the buckets'
+/// whole history, the only one a fence makes (on the source, while it reads the
+/// catch-up; the target's are taken before the fence, `new_rows` adds the catch-up's).
+pub async fn counts(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<i64>, tokio_postgres::Error> {
     let row = client
         .cached_query_one(
-            digest_of!("
-                 (SELECT count(*) FROM w, LATERAL (SELECT 1 FROM entries e WHERE e.account_id = w.account_id OFFSET 0) e)
-                    || ' ' || (SELECT coalesce(sum(hashtextextended(e.entry_id || ' ' || e.amount || ' ' || coalesce(e.balance_after::text, '-'), 0)), 0)
-                               FROM entries e WHERE e.entry_id = ANY($2) AND e.account_id IN (SELECT account_id FROM w)),
-                 (SELECT count(*) FROM t)
-                    || ' ' || (SELECT coalesce(sum(hashtextextended(x.transfer_id || ' ' || x.state || ' ' || x.amount, 0)), 0)
-                               FROM transfers x WHERE x.transfer_id = ANY($3)),
-                 (SELECT count(*) FROM holds h JOIN w USING (account_id))
-                    || ' ' || (SELECT coalesce(sum(hashtextextended(h.transfer_id || ' ' || h.amount || ' ' || coalesce(h.released_by, '-'), 0)), 0)
-                               FROM holds h WHERE h.transfer_id = ANY($4) AND h.account_id IN (SELECT account_id FROM w)),
-                 (SELECT count(*) FROM i)
-                    || ' ' || (SELECT coalesce(sum(hashtextextended(x.transfer_id || ' ' || x.state, 0)), 0)
-                               FROM incoming_transfers x WHERE x.transfer_id = ANY($5)),
-                 (SELECT count(*) FROM tcc_barriers WHERE transfer_id IN (SELECT transfer_id FROM i))::text,
-                 ((SELECT count(*) FROM idempotency_keys k WHERE k.bucket = ANY($1))
-                  + (SELECT count(*) FROM idempotency_keys k JOIN u ON u.user_id = k.caller WHERE k.bucket IS NULL))::text,
-                 (SELECT count(*) FROM p)
-                    || ' ' || (SELECT coalesce(sum(hashtextextended(x.payment_id || ' ' || x.state || ' ' || x.amount, 0)), 0)
-                               FROM payments x WHERE x.payment_id = ANY($6)),
-                 (SELECT count(*) FROM payment_holds h JOIN w USING (account_id))::text,
-                 (SELECT count(*) FROM payment_events WHERE payment_id IN (SELECT payment_id FROM p))::text]"),
-            &[&bucket, &keys.entries, &keys.transfers, &keys.holds, &keys.incoming, &keys.payments],
+            digest_sets!(
+                "SELECT ARRAY[
+                     (SELECT count(*) FROM u),
+                     (SELECT count(*) FROM w),
+                     (SELECT count(*) FROM w, LATERAL (SELECT 1 FROM entries e WHERE e.account_id = w.account_id OFFSET 0) e),
+                     (SELECT count(*) FROM t),
+                     (SELECT count(*) FROM holds h JOIN w USING (account_id)),
+                     (SELECT count(*) FROM i),
+                     (SELECT count(*) FROM tcc_barriers WHERE transfer_id IN (SELECT transfer_id FROM i)),
+                     (SELECT count(*) FROM idempotency_keys k WHERE k.bucket = ANY($1))
+                      + (SELECT count(*) FROM idempotency_keys k JOIN u ON u.user_id = k.caller WHERE k.bucket IS NULL),
+                     (SELECT count(*) FROM p),
+                     (SELECT count(*) FROM payment_holds h JOIN w USING (account_id)),
+                     (SELECT count(*) FROM payment_events WHERE payment_id IN (SELECT payment_id FROM p))]"
+            ),
+            &[&as_param(buckets)],
         )
         .await?;
     Ok(row.get(0))
+}
+
+/// The target's counts inside a fence, from `counts` taken before it (`before`: the copy
+/// as committed, which only the mover writes while the buckets are incoming) and the
+/// rows its catch-up added: each part's rows whose key the copy did not hold, looked up
+/// by key. Users and wallets, few, are counted whole. A row of the copy lost since
+/// `before` and written again by the catch-up is not counted as new: the counts then
+/// differ, and the fence copies in full.
+pub async fn counts_after_catch_up(
+    client: &impl GenericClient,
+    buckets: &[u32],
+    keys: &Keys,
+    before: &[i64],
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let (barrier_ids, barrier_branches) = keys.new_pairs("tcc_barriers");
+    let barrier_ids: Vec<uuid::Uuid> = barrier_ids.iter().filter_map(|k| k.parse().ok()).collect();
+    let (key_callers, key_keys) = keys.new_pairs("idempotency_keys");
+    let (event_gateways, event_ids) = keys.new_pairs("payment_events");
+    let row = client
+        .cached_query_one(
+            of_wallets!(
+                "SELECT ARRAY[
+                     (SELECT count(*) FROM u),
+                     (SELECT count(*) FROM w),
+                     (SELECT count(*) FROM entries e WHERE e.entry_id = ANY($2) AND e.account_id IN (SELECT account_id FROM w)),
+                     (SELECT count(*) FROM transfers x WHERE x.transfer_id = ANY($3)
+                         AND (x.from_user IN (SELECT user_id FROM u)
+                              OR (x.to_user IN (SELECT user_id FROM u) AND x.route = 'local'
+                                  AND x.from_user NOT IN (SELECT user_id FROM u)))),
+                     (SELECT count(*) FROM holds h WHERE h.transfer_id = ANY($4) AND h.account_id IN (SELECT account_id FROM w)),
+                     (SELECT count(*) FROM incoming_transfers x WHERE x.transfer_id = ANY($5) AND x.to_user IN (SELECT user_id FROM u)),
+                     (SELECT count(*) FROM tcc_barriers b JOIN unnest($6::uuid[], $7::text[]) AS n(transfer_id, branch) USING (transfer_id, branch)
+                      WHERE EXISTS (SELECT 1 FROM incoming_transfers x
+                                    WHERE x.transfer_id = b.transfer_id AND x.to_user IN (SELECT user_id FROM u))),
+                     (SELECT count(*) FROM idempotency_keys k JOIN unnest($8::text[], $9::text[]) AS n(caller, key) USING (caller, key)
+                      WHERE k.bucket = ANY($1) OR (k.bucket IS NULL AND k.caller IN (SELECT user_id FROM u))),
+                     (SELECT count(*) FROM payments x WHERE x.payment_id = ANY($10) AND x.user_id IN (SELECT user_id FROM u)),
+                     (SELECT count(*) FROM payment_holds h WHERE h.payment_id = ANY($11) AND h.account_id IN (SELECT account_id FROM w)),
+                     (SELECT count(*) FROM payment_events ev JOIN unnest($12::text[], $13::text[]) AS n(gateway, event_id) USING (gateway, event_id)
+                      WHERE EXISTS (SELECT 1 FROM payments x WHERE x.payment_id = ev.payment_id AND x.user_id IN (SELECT user_id FROM u)))]"
+            ),
+            &[
+                &as_param(buckets),
+                &keys.new_ids("entries"),
+                &keys.new_ids("transfers"),
+                &keys.new_ids("holds"),
+                &keys.new_ids("incoming_transfers"),
+                &barrier_ids,
+                &barrier_branches,
+                &key_callers,
+                &key_keys,
+                &keys.new_ids("payments"),
+                &keys.new_ids("payment_holds"),
+                &event_gateways,
+                &event_ids,
+            ],
+        )
+        .await?;
+    let added: Vec<i64> = row.get(0);
+    // Users and wallets are counted whole; every other part adds to its count before.
+    Ok(added.iter().enumerate().map(|(part, &n)| if part < 2 { n } else { n + before.get(part).copied().unwrap_or(0) }).collect())
+}
+
+/// The parts' hashes inside a fence, the same SQL on both sides: every wallet's balance
+/// and held, and the rows the catch-up wrote (`keys`: ids travel unchanged); empty for
+/// the parts only counted. Entries are append-only, and a row changed since the copy's
+/// snapshot is in the catch-up (its `xmin` is newer), so equal counts, equal wallets and
+/// equal hashes of the catch-up's rows, after the copy's own full digest matched outside
+/// the fence, mean equal buckets: the fence hashes what changed, not the history.
+pub async fn hashes(client: &impl GenericClient, buckets: &[u32], keys: &Keys) -> Result<Vec<String>, tokio_postgres::Error> {
+    let row = client
+        .cached_query_one(
+            of_wallets!(
+                "SELECT ARRAY[
+                     '',
+                     (SELECT coalesce(sum(hashtextextended(user_id || ' ' || currency || ' ' || balance || ' ' || held, 0)), 0) FROM w)::text,
+                     (SELECT coalesce(sum(hashtextextended(e.entry_id || ' ' || e.amount || ' ' || coalesce(e.balance_after::text, '-'), 0)), 0)
+                      FROM entries e WHERE e.entry_id = ANY($2) AND e.account_id IN (SELECT account_id FROM w))::text,
+                     (SELECT coalesce(sum(hashtextextended(x.transfer_id || ' ' || x.state || ' ' || x.amount, 0)), 0)
+                      FROM transfers x WHERE x.transfer_id = ANY($3))::text,
+                     (SELECT coalesce(sum(hashtextextended(h.transfer_id || ' ' || h.amount || ' ' || coalesce(h.released_by, '-'), 0)), 0)
+                      FROM holds h WHERE h.transfer_id = ANY($4) AND h.account_id IN (SELECT account_id FROM w))::text,
+                     (SELECT coalesce(sum(hashtextextended(x.transfer_id || ' ' || x.state, 0)), 0)
+                      FROM incoming_transfers x WHERE x.transfer_id = ANY($5))::text,
+                     '',
+                     '',
+                     (SELECT coalesce(sum(hashtextextended(x.payment_id || ' ' || x.state || ' ' || x.amount, 0)), 0)
+                      FROM payments x WHERE x.payment_id = ANY($6))::text,
+                     '',
+                     '']"
+            ),
+            &[&as_param(buckets), &keys.entries, &keys.transfers, &keys.holds, &keys.incoming, &keys.payments],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// A fence's digest, one text per part of `DIGEST_PARTS` (its count, and its hash where
+/// it has one), as `refuse_if_different` compares them.
+pub fn fence_digest(counts: &[i64], hashes: &[String]) -> Vec<String> {
+    counts
+        .iter()
+        .zip(hashes)
+        .map(|(count, hash)| if hash.is_empty() { count.to_string() } else { format!("{count} {hash}") })
+        .collect()
 }
 
 /// The names of `digest`'s parts, for the refusal message.

@@ -562,17 +562,22 @@ async fn fenced_copy(
         // The copy's balance, checked before the fence (only the mover writes an
         // incoming bucket on the target); the fence checks the postings its catch-up adds.
         // So is its digest, against the snapshot's: the fence then hashes only what its
-        // catch-up writes (`copy::digest_catch_up`).
+        // catch-up writes (`copy::hashes`).
         let (unbalanced, copied) = tokio::try_join!(copy::unbalanced(&ttx, buckets), copy::digest(&ttx, buckets))?;
         ttx.commit().await?;
         stats.after_copy(target, rows.rows).await?;
         (since, rows, unbalanced, copied != expected)
     };
     pause("precopied").await;
-    // The target's transaction begins before the fence: the fence only writes in it.
+    // The keys the copy holds, and the target's counts of what it holds now (only the
+    // mover writes an incoming bucket there): the fence counts on the target only the
+    // rows its catch-up adds (`copy::counts_after_catch_up`), by key, not the history.
+    let copied_keys = copy::KeySets::of(&precopied);
     let mut target_client = target.client().await?;
     let ttx = target_client.transaction().await?;
     ttx.batch_execute(copy::PLANNER).await?;
+    let target_before = copy::counts(&ttx, buckets).await?;
+    // The target's transaction begins before the fence: the fence only writes in it.
     let mut source_client = source.client().await?;
     let stx = source_client.transaction().await?;
     stx.batch_execute(&format!("SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'; {}", copy::PLANNER)).await?;
@@ -582,6 +587,11 @@ async fn fenced_copy(
     let mut aux_client = source.client().await?;
     let aux = aux_client.transaction().await?;
     aux.batch_execute(copy::PLANNER).await?;
+    // A third for the source's counts, the fence's only scan of the buckets' history,
+    // taken while the catch-up is read (they do not depend on it).
+    let mut count_client = source.client().await?;
+    let counter = count_client.transaction().await?;
+    counter.batch_execute(copy::PLANNER).await?;
     // The buckets' locks (writes in flight hold them shared, `ownership::check_write`),
     // in bucket order, then their rows (background scans skip locked rows).
     let locked = async {
@@ -613,7 +623,9 @@ async fn fenced_copy(
         (drained, fence_began.elapsed())
     };
     let work = async {
-        let delta = copy::read_on(&[&stx, &aux], buckets, Some(&since)).await?;
+        let lanes = [&stx, &aux];
+        let (delta, source_counts) =
+            tokio::try_join!(copy::read_on(&lanes, buckets, Some(&since)), copy::counts(&counter, buckets))?;
         let read = fence_began.elapsed();
         // Each side's statements go together, one round trip per server, both servers
         // at work at once. The source: its digest, then its flip (the buckets 'moved' to
@@ -621,25 +633,26 @@ async fn fenced_copy(
         // switch (the buckets 'owned', the move 'switched'); the server runs them in
         // order, so the checks see the writes. Neither side commits before the two
         // compare, and until a commit nobody sees the flip or the switch.
-        let keys = copy::Keys::of(&delta);
+        let keys = copy::Keys::of(&delta, &copied_keys);
         let source_side = async {
-            let (digest, _) = tokio::try_join!(
+            let (hashes, _) = tokio::try_join!(
                 biased;
-                copy::digest_catch_up(&stx, buckets, &keys),
+                copy::hashes(&stx, buckets, &keys),
                 flip(&stx, &list, &target.name, epoch)
             )?;
-            Ok::<_, tokio_postgres::Error>((digest, fence_began.elapsed()))
+            Ok::<_, tokio_postgres::Error>((copy::fence_digest(&source_counts, &hashes), fence_began.elapsed()))
         };
         let target_side = async {
             let writes = copy::prepare_write(&ttx, &delta, columns).await?;
-            let (rows, unbalanced, copied, _) = tokio::try_join!(
+            let (rows, unbalanced, counts, hashes, _) = tokio::try_join!(
                 biased;
                 writes.send(&ttx),
                 copy::unbalanced_of(&ttx, &delta),
-                copy::digest_catch_up(&ttx, buckets, &keys),
+                copy::counts_after_catch_up(&ttx, buckets, &keys, &target_before),
+                copy::hashes(&ttx, buckets, &keys),
                 switch(&ttx, &list, &target.name, epoch, precopied.rows + delta.rows)
             )?;
-            Ok::<_, tokio_postgres::Error>((rows, unbalanced, copied, fence_began.elapsed()))
+            Ok::<_, tokio_postgres::Error>((rows, unbalanced, copy::fence_digest(&counts, &hashes), fence_began.elapsed()))
         };
         let (expected, written) = tokio::try_join!(source_side, target_side)?;
         Ok::<_, tokio_postgres::Error>((delta, read, expected, written))
