@@ -721,7 +721,11 @@ pub async fn counts_after_catch_up(
         .await?;
     let added: Vec<i64> = row.get(0);
     // Users and wallets are counted whole; every other part adds to its count before.
-    Ok(added.iter().enumerate().map(|(part, &n)| if part < 2 { n } else { n + before.get(part).copied().unwrap_or(0) }).collect())
+    Ok(added
+        .iter()
+        .enumerate()
+        .map(|(part, &n)| if part < 2 { n } else { n + before.get(part).copied().unwrap_or(0) })
+        .collect())
 }
 
 /// The parts' hashes inside a fence, the same SQL on both sides: every wallet's balance
@@ -730,7 +734,11 @@ pub async fn counts_after_catch_up(
 /// snapshot is in the catch-up (its `xmin` is newer), so equal counts, equal wallets and
 /// equal hashes of the catch-up's rows, after the copy's own full digest matched outside
 /// the fence, mean equal buckets: the fence hashes what changed, not the history.
-pub async fn hashes(client: &impl GenericClient, buckets: &[u32], keys: &Keys) -> Result<Vec<String>, tokio_postgres::Error> {
+pub async fn hashes(
+    client: &impl GenericClient,
+    buckets: &[u32],
+    keys: &Keys,
+) -> Result<Vec<String>, tokio_postgres::Error> {
     let row = client
         .cached_query_one(
             of_wallets!(

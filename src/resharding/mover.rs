@@ -575,7 +575,12 @@ async fn fenced_copy(
     let copied_keys = copy::KeySets::of(&precopied);
     let mut target_client = target.client().await?;
     let ttx = target_client.transaction().await?;
-    ttx.batch_execute(copy::PLANNER).await?;
+    // The target's commit need not wait for its WAL flush: lost in a crash of the
+    // target's server, it leaves what a stop between the two commits leaves (the source
+    // says `moved`, the target `incoming`), which the next run takes over; and the fence's
+    // record (`record_fence`, a synchronous commit on the same server right after) flushes
+    // it before this function returns. Requests for the buckets wait on this commit.
+    ttx.batch_execute(&format!("SET LOCAL synchronous_commit = off; {}", copy::PLANNER)).await?;
     let target_before = copy::counts(&ttx, buckets).await?;
     // The target's transaction begins before the fence: the fence only writes in it.
     let mut source_client = source.client().await?;
@@ -652,7 +657,12 @@ async fn fenced_copy(
                 copy::hashes(&ttx, buckets, &keys),
                 switch(&ttx, &list, &target.name, epoch, precopied.rows + delta.rows)
             )?;
-            Ok::<_, tokio_postgres::Error>((rows, unbalanced, copy::fence_digest(&counts, &hashes), fence_began.elapsed()))
+            Ok::<_, tokio_postgres::Error>((
+                rows,
+                unbalanced,
+                copy::fence_digest(&counts, &hashes),
+                fence_began.elapsed(),
+            ))
         };
         let (expected, written) = tokio::try_join!(source_side, target_side)?;
         Ok::<_, tokio_postgres::Error>((delta, read, expected, written))
@@ -828,6 +838,9 @@ async fn copy_in_full(
     Ok((copied_rows, unbalanced, expected, copied))
 }
 
+/// Records the fence's length on the target's move records. A synchronous commit: it
+/// flushes the target's WAL up to it, so the switch committed just before (without
+/// waiting for its flush) is durable once this returns.
 async fn record_fence(target: &Shard, list: &[i32], took: Duration) -> anyhow::Result<()> {
     target
         .client()
