@@ -15,7 +15,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{outbox, state::Event, worker::defer, Payments, Result};
-use crate::{gateways::GatewayError, sharding::Shard};
+use crate::{
+    gateways::GatewayError,
+    sharding::{ownership::nothing_incoming, Shard},
+};
 
 /// How often the pruning queries run (they find nothing new in between).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -93,19 +96,27 @@ impl Reconciler {
         let client = self.shard.client().await?;
         let holds = client
             .execute(
-                "DELETE FROM payment_holds WHERE payment_id IN (
+                concat!(
+                    "DELETE FROM payment_holds WHERE payment_id IN (
                      SELECT h.payment_id FROM payment_holds h JOIN payments p USING (payment_id)
                      WHERE p.state IN ('succeeded', 'failed') AND p.completed_at < now() - $1 * interval '1 second'
-                     LIMIT 10000)",
+                       AND ",
+                    nothing_incoming!(),
+                    " LIMIT 10000)"
+                ),
                 &[&secs],
             )
             .await?;
         let events = client
             .execute(
-                "DELETE FROM payment_events WHERE (gateway, event_id) IN (
+                concat!(
+                    "DELETE FROM payment_events WHERE (gateway, event_id) IN (
                      SELECT e.gateway, e.event_id FROM payment_events e JOIN payments p USING (payment_id)
                      WHERE p.state IN ('succeeded', 'failed') AND p.completed_at < now() - $1 * interval '1 second'
-                     LIMIT 10000)",
+                       AND ",
+                    nothing_incoming!(),
+                    " LIMIT 10000)"
+                ),
                 &[&secs],
             )
             .await?;

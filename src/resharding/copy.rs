@@ -622,6 +622,12 @@ impl Keys {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .unzip()
     }
+
+    /// The new barriers' keys: transfer ids and branches, pair by pair.
+    fn new_barriers(&self) -> (Vec<uuid::Uuid>, Vec<String>) {
+        let (ids, branches) = self.new_pairs("tcc_barriers");
+        ids.iter().zip(branches).filter_map(|(id, branch)| Some((id.parse::<uuid::Uuid>().ok()?, branch))).unzip()
+    }
 }
 
 /// The sets a fence's counts and hashes are taken over (see `digest_of`), without the
@@ -664,19 +670,20 @@ pub async fn counts(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<
 }
 
 /// The target's counts inside a fence, from `counts` taken before it (`before`: the copy
-/// as committed, which only the mover writes while the buckets are incoming) and the
-/// rows its catch-up added: each part's rows whose key the copy did not hold, looked up
-/// by key. Users and wallets, few, are counted whole. A row of the copy lost since
-/// `before` and written again by the catch-up is not counted as new: the counts then
-/// differ, and the fence copies in full.
+/// as committed) and the rows its catch-up added: each part's rows whose key the copy
+/// did not hold, looked up by key. Users and wallets, few, are counted whole. Nothing
+/// but the mover writes or deletes an incoming bucket's rows on the target: requests
+/// are refused there (`sharding::ownership`), and pruning waits while any bucket is
+/// incoming (`nothing_incoming!`). A row of the copy lost since `before` and written
+/// again by the catch-up is not counted as new: the counts then differ, and the fence
+/// copies in full.
 pub async fn counts_after_catch_up(
     client: &impl GenericClient,
     buckets: &[u32],
     keys: &Keys,
     before: &[i64],
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
-    let (barrier_ids, barrier_branches) = keys.new_pairs("tcc_barriers");
-    let barrier_ids: Vec<uuid::Uuid> = barrier_ids.iter().filter_map(|k| k.parse().ok()).collect();
+    let (barrier_ids, barrier_branches) = keys.new_barriers();
     let (key_callers, key_keys) = keys.new_pairs("idempotency_keys");
     let (event_gateways, event_ids) = keys.new_pairs("payment_events");
     let row = client
@@ -769,11 +776,30 @@ pub async fn hashes(
 /// A fence's digest, one text per part of `DIGEST_PARTS` (its count, and its hash where
 /// it has one), as `refuse_if_different` compares them.
 pub fn fence_digest(counts: &[i64], hashes: &[String]) -> Vec<String> {
+    debug_assert_eq!((counts.len(), hashes.len()), (DIGEST_PARTS.len(), DIGEST_PARTS.len()));
     counts
         .iter()
         .zip(hashes)
         .map(|(count, hash)| if hash.is_empty() { count.to_string() } else { format!("{count} {hash}") })
         .collect()
+}
+
+/// Each bucket's history, as the entries of its wallets (by index, outside any fence):
+/// what a fence's counts grow with, for the mover's pacing (`mover::Pace`). Buckets
+/// without users are left out.
+pub async fn history(
+    client: &impl GenericClient,
+    buckets: &[u32],
+) -> Result<std::collections::HashMap<u32, u64>, tokio_postgres::Error> {
+    let rows = client
+        .cached_query(
+            "SELECT u.bucket, count(*) FROM users u JOIN accounts a USING (user_id),
+                    LATERAL (SELECT 1 FROM entries e WHERE e.account_id = a.account_id OFFSET 0) e
+             WHERE u.bucket = ANY($1) GROUP BY u.bucket",
+            &[&as_param(buckets)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u64)).collect())
 }
 
 /// The names of `digest`'s parts, for the refusal message.

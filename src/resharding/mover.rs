@@ -177,18 +177,35 @@ pub const NICE_RATIO: f64 = 0.0;
 /// snapshot read on the source, bulk writes on the target) take CPU and I/O from the
 /// requests the shards serve meanwhile. Resting as long as it worked halves the load a
 /// move adds, for a move twice as long; 0 moves as fast as the shards allow.
+///
+/// A bucket's history weighs too: a fence counts every row of its buckets on the source,
+/// and a few users with long histories made one fence of a batch take twice as long as
+/// the others. So a paced mover also caps the history one fence takes (its buckets'
+/// wallets' entries, counted before the copy: `copy::history`), halving the cap to half
+/// of what a fence over the budget took and growing it by half after fences under half
+/// the budget; a batch's buckets on one source are fenced in as many groups as the cap
+/// asks (a bucket over the cap alone).
 #[derive(Clone, Copy, Debug)]
 pub struct Pace {
     size: usize,
     max: usize,
     budget: Option<Duration>,
     nice: f64,
+    history: Option<u64>,
 }
+
+/// The history cap a paced mover starts with: entries of the fenced buckets' wallets
+/// (under `make bench`'s load, 14,000 such entries took a fence of about 200 ms).
+const HISTORY_START: u64 = 8_000;
+const HISTORY_MAX: u64 = 10_000_000;
+/// The cap never goes below this: a fence over the budget with less history was long
+/// for another reason (a busy server), which the batch's size answers.
+const HISTORY_MIN: u64 = 500;
 
 impl Pace {
     /// `batch` buckets per fence, whatever the fences take.
     pub fn fixed(batch: usize) -> Self {
-        Self { size: batch.max(1), max: batch.max(1), budget: None, nice: 0.0 }
+        Self { size: batch.max(1), max: batch.max(1), budget: None, nice: 0.0, history: None }
     }
 
     /// Batches of up to `max` buckets whose fences stay within `budget`, starting at a
@@ -198,7 +215,7 @@ impl Pace {
         if budget.is_zero() {
             return Self::fixed(max);
         }
-        Self { size: (max / 4).clamp(1, 16), max, budget: Some(budget), nice: 0.0 }
+        Self { size: (max / 4).clamp(1, 16), max, budget: Some(budget), nice: 0.0, history: Some(HISTORY_START) }
     }
 
     /// Rests `nice` times as long as each batch took before the next one (negative or
@@ -215,6 +232,26 @@ impl Pace {
     /// The next batch's size.
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// The most history one fence may take (`None`: unbounded, fixed batches).
+    pub fn history(&self) -> Option<u64> {
+        self.history
+    }
+
+    /// Takes the last batch's fences, with the history each took, into account for the
+    /// history cap.
+    pub fn after_history(&mut self, fences: &[Duration], histories: &[u64]) {
+        let (Some(budget), Some(cap)) = (self.budget, self.history) else { return };
+        if fences.is_empty() {
+            return;
+        }
+        let over = fences.iter().zip(histories).filter(|(took, &h)| **took > budget && h > 0).map(|(_, &h)| h).min();
+        self.history = Some(match over {
+            Some(history) => cap.min((history / 2).max(HISTORY_MIN)),
+            None if fences.iter().all(|took| *took < budget / 2) => (cap + cap.div_ceil(2)).min(HISTORY_MAX),
+            None => cap,
+        });
     }
 
     /// Takes the fences of the last batch into account.
@@ -263,11 +300,13 @@ pub async fn move_paced(router: &Router, buckets: &[u32], target: &str, mut pace
             let (chunk, later) = rest.split_at(pace.size().min(rest.len()));
             rest = later;
             let batch_began = Instant::now();
-            let done =
-                move_batch(router, &lock_client, &target, chunk, &mut stats, &columns).await.with_context(|| {
+            let done = move_batch(router, &lock_client, &target, chunk, pace.history(), &mut stats, &columns)
+                .await
+                .with_context(|| {
                     format!("moving buckets {}..={} to {}", chunk[0], chunk[chunk.len() - 1], target.name)
                 })?;
             pace.after(&done.fences);
+            pace.after_history(&done.fences, &done.histories);
             report.elapsed = started.elapsed();
             report.moved += done.moved;
             report.already_there += chunk.len() - done.moved;
@@ -330,6 +369,8 @@ struct Batch {
     moved: usize,
     rows: u64,
     fences: Vec<Duration>,
+    /// Each fence's history (`copy::history`; 0 when not counted).
+    histories: Vec<u64>,
     full_copies: usize,
     sources: Vec<String>,
 }
@@ -342,6 +383,7 @@ async fn move_batch(
     lock: &tokio_postgres::Client,
     target: &Arc<Shard>,
     buckets: &[u32],
+    history_cap: Option<u64>,
     stats: &mut TargetStats,
     columns: &copy::Columns,
 ) -> anyhow::Result<Batch> {
@@ -413,20 +455,30 @@ async fn move_batch(
         }
         for (source, list) in &fence {
             pending = true;
-            // No switch while an audit runs (see SWITCH_LOCK); taken before the fence,
-            // so a fence never waits for an audit.
-            let fenced = fenced_copy(router, source, target, list, stats, columns);
-            match crate::storage::holding(lock, SWITCH_LOCK, crate::storage::LockMode::Exclusive, fenced).await? {
-                Some((rows, took, full)) => {
-                    done.rows += rows;
-                    done.full_copies += usize::from(full);
-                    done.fences.push(took);
-                    switched.extend(list);
-                    if !done.sources.contains(&source.name) {
-                        done.sources.push(source.name.clone());
-                    }
+            let groups = match history_cap {
+                Some(cap) => {
+                    let history = copy::history(&source.client().await?, list).await?;
+                    groups_within(list, &history, cap)
                 }
-                None => tokio::time::sleep(Duration::from_millis(100)).await,
+                None => vec![(list.clone(), 0)],
+            };
+            for (group, history) in groups {
+                // No switch while an audit runs (see SWITCH_LOCK); taken before the fence,
+                // so a fence never waits for an audit.
+                let fenced = fenced_copy(router, source, target, &group, stats, columns);
+                match crate::storage::holding(lock, SWITCH_LOCK, crate::storage::LockMode::Exclusive, fenced).await? {
+                    Some((rows, took, full)) => {
+                        done.rows += rows;
+                        done.full_copies += usize::from(full);
+                        done.fences.push(took);
+                        done.histories.push(history);
+                        switched.extend(&group);
+                        if !done.sources.contains(&source.name) {
+                            done.sources.push(source.name.clone());
+                        }
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
             }
         }
         if !pending {
@@ -435,6 +487,23 @@ async fn move_batch(
         }
     }
     bail!("the buckets' fence could not be taken in {FENCE_ATTEMPTS} attempts (writes or the outbox kept it busy)")
+}
+
+/// `list` in consecutive groups whose history (`copy::history`, by bucket) stays within
+/// `cap`, a bucket over it alone, each with its history.
+fn groups_within(list: &[u32], history: &std::collections::HashMap<u32, u64>, cap: u64) -> Vec<(Vec<u32>, u64)> {
+    let mut groups: Vec<(Vec<u32>, u64)> = Vec::new();
+    for &bucket in list {
+        let weight = history.get(&bucket).copied().unwrap_or(0);
+        match groups.last_mut() {
+            Some((group, sum)) if *sum + weight <= cap => {
+                group.push(bucket);
+                *sum += weight;
+            }
+            _ => groups.push((vec![bucket], weight)),
+        }
+    }
+    groups
 }
 
 /// For each bucket, the shard it leaves: the one a move in progress recorded, or its
@@ -576,10 +645,15 @@ async fn fenced_copy(
     let mut target_client = target.client().await?;
     let ttx = target_client.transaction().await?;
     // The target's commit need not wait for its WAL flush: lost in a crash of the
-    // target's server, it leaves what a stop between the two commits leaves (the source
-    // says `moved`, the target `incoming`), which the next run takes over; and the fence's
-    // record (`record_fence`, a synchronous commit on the same server right after) flushes
-    // it before this function returns. Requests for the buckets wait on this commit.
+    // target's server, it leaves the claims a stop between the two commits leaves (the
+    // source says `moved`, the target `incoming`), which the next run takes over from
+    // the source's rows, which no write changes any more; and the fence's record
+    // (`record_fence`, a synchronous commit on the same server right after) flushes it
+    // before this function returns. Requests for the buckets wait on this commit. Until
+    // that flush, the target serves the buckets' reads (the same rows the source froze)
+    // and any write there commits synchronously, which flushes the switch first; a
+    // gateway query the target's reconciler might make in those milliseconds is an
+    // idempotent read of the gateway.
     ttx.batch_execute(&format!("SET LOCAL synchronous_commit = off; {}", copy::PLANNER)).await?;
     let target_before = copy::counts(&ttx, buckets).await?;
     // The target's transaction begins before the fence: the fence only writes in it.
@@ -723,9 +797,15 @@ async fn fenced_copy(
     Ok(Some((copied_rows, took, full)))
 }
 
+const DIGEST_PARTS_LEN: usize = copy::DIGEST_PARTS.len();
+
 /// Refuses a switch when the copy differs from its source (the names of the digest's
 /// parts that differ) or a posting does not balance on the target.
 fn refuse_if_different(expected: &[String], copied: &[String], unbalanced: i64) -> anyhow::Result<()> {
+    // Every part compared, or nothing switches.
+    if expected.len() != DIGEST_PARTS_LEN || copied.len() != DIGEST_PARTS_LEN {
+        bail!("refusing to switch: a digest has {} and {} parts, not {DIGEST_PARTS_LEN}", expected.len(), copied.len());
+    }
     let differing: Vec<&str> = copy::DIGEST_PARTS
         .iter()
         .zip(expected.iter().zip(copied))
@@ -838,15 +918,19 @@ async fn copy_in_full(
     Ok((copied_rows, unbalanced, expected, copied))
 }
 
-/// Records the fence's length on the target's move records. A synchronous commit: it
-/// flushes the target's WAL up to it, so the switch committed just before (without
-/// waiting for its flush) is durable once this returns.
+/// Records the fence's length on the target's move records. A synchronous commit that
+/// changes rows (the buckets' records, written by `begin`; a commit that wrote nothing
+/// would not flush): it flushes the target's WAL up to it, so the switch committed just
+/// before (without waiting for its flush) is durable once this returns.
 async fn record_fence(target: &Shard, list: &[i32], took: Duration) -> anyhow::Result<()> {
-    target
+    let recorded = target
         .client()
         .await?
         .execute("UPDATE bucket_moves SET fence_ms = $2 WHERE bucket = ANY($1)", &[&list, &(took.as_millis() as i32)])
         .await?;
+    if recorded == 0 {
+        bail!("the move records of buckets {list:?} are gone from {}: the switch may not be on disk yet", target.name);
+    }
     Ok(())
 }
 
@@ -990,6 +1074,38 @@ mod tests {
         fixed.after(&[ms(900)]);
         assert_eq!(fixed.size(), 16);
         assert_eq!(Pace::within(8, Duration::ZERO).size(), 8, "budget 0: fixed batches");
+    }
+
+    #[test]
+    fn a_paced_mover_fences_long_histories_in_smaller_groups_after_a_long_fence() {
+        let ms = Duration::from_millis;
+        let mut pace = Pace::within(64, ms(150));
+        assert_eq!(pace.history(), Some(HISTORY_START));
+        pace.after_history(&[ms(40), ms(220)], &[50_000, 6_000]);
+        assert_eq!(pace.history(), Some(3_000), "half of what the long fence took");
+        pace.after_history(&[ms(100)], &[2_000]);
+        assert_eq!(pace.history(), Some(3_000), "within the budget: kept");
+        pace.after_history(&[ms(30), ms(60)], &[2_000, 2_500]);
+        assert_eq!(pace.history(), Some(4_500), "every fence under half the budget: grown by half");
+        pace.after_history(&[ms(900)], &[0]);
+        assert_eq!(pace.history(), Some(4_500), "a long fence without history: not the history's doing");
+        pace.after_history(&[ms(900)], &[600]);
+        assert_eq!(pace.history(), Some(HISTORY_MIN), "never below the floor");
+        pace.after_history(&[], &[]);
+        assert_eq!(pace.history(), Some(HISTORY_MIN), "a batch without a fence says nothing");
+        let mut fixed = Pace::fixed(16);
+        fixed.after_history(&[ms(900)], &[100_000]);
+        assert_eq!(fixed.history(), None, "fixed batches take any history");
+
+        // Consecutive groups within the cap; a bucket over it alone; empty buckets free.
+        let history: std::collections::HashMap<u32, u64> = [(1, 3_000), (2, 4_000), (4, 9_000), (6, 500)].into();
+        let groups = groups_within(&[1, 2, 3, 4, 5, 6, 7], &history, 5_000);
+        assert_eq!(
+            groups,
+            vec![(vec![1], 3_000), (vec![2, 3], 4_000), (vec![4], 9_000), (vec![5, 6, 7], 500)],
+            "each group within 5,000 entries"
+        );
+        assert_eq!(groups_within(&[1, 2, 3], &history, u64::MAX), vec![(vec![1, 2, 3], 7_000)]);
     }
 
     #[test]

@@ -20,6 +20,20 @@ use super::Error;
 /// one after the other, so it counts every bucket once.
 pub const SWITCH_LOCK: i64 = 0x5357_5357_4954_4348;
 
+/// A condition for a shard's background deletes (pruning of final holds, barriers,
+/// expired keys, settled payments' holds and callbacks): true while no bucket is being
+/// copied onto the shard. An incoming bucket's rows must stay exactly what the mover
+/// copied until its switch: the fence counts them before it and adds only what its
+/// catch-up writes (`resharding::copy::counts_after_catch_up`). So a shard receiving
+/// buckets prunes nothing until the move is over; pruning is housekeeping and catches up.
+macro_rules! nothing_incoming {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM bucket_owners WHERE state = 'incoming')"
+    };
+}
+
+pub(crate) use nothing_incoming;
+
 /// What a shard says about one bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {

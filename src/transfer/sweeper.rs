@@ -20,6 +20,7 @@ use crate::{
     domain::transfer_state::{state_sql, states_sql},
     ledger,
     messaging::outbox::{Outbox, Wakers},
+    sharding::ownership::nothing_incoming,
     sharding::{Router, Shard},
 };
 
@@ -210,6 +211,9 @@ impl Sweeper {
                     "DELETE FROM holds WHERE transfer_id IN (
                      SELECT h.transfer_id FROM holds h JOIN transfers t USING (transfer_id)
                      WHERE h.released_at < now() - $1 * interval '1 second'
+                       AND ",
+                    nothing_incoming!(),
+                    "
                        AND (t.state = ",
                     state_sql!(Sender::Completed),
                     " OR (t.state = ",
@@ -228,6 +232,9 @@ impl Sweeper {
                      WHERE state IN ",
                     states_sql!(Receiver::Confirmed, Receiver::Rejected, Receiver::Cancelled),
                     " AND updated_at < now() - $1 * interval '1 second'
+                       AND ",
+                    nothing_incoming!(),
+                    "
                        AND EXISTS (SELECT 1 FROM tcc_barriers b WHERE b.transfer_id = incoming_transfers.transfer_id)
                      LIMIT 10000)"
                 ),
@@ -241,8 +248,12 @@ impl Sweeper {
         let client = self.shard.client().await?;
         Ok(client
             .execute(
-                "DELETE FROM idempotency_keys WHERE ctid IN (
-                     SELECT ctid FROM idempotency_keys WHERE created_at < now() - $1 * interval '1 second' LIMIT 10000)",
+                concat!(
+                    "DELETE FROM idempotency_keys WHERE ctid IN (
+                     SELECT ctid FROM idempotency_keys WHERE created_at < now() - $1 * interval '1 second' AND ",
+                    nothing_incoming!(),
+                    " LIMIT 10000)"
+                ),
                 &[&(self.key_retention.as_secs() as f64)],
             )
             .await?)

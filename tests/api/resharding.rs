@@ -593,6 +593,78 @@ async fn a_copy_that_lost_a_row_before_the_fence_is_copied_again_in_full_inside_
     finish(app, &url).await;
 }
 
+/// The idempotency keys a shard holds of requests by or on `user`'s bucket.
+async fn keys_of(client: &tokio_postgres::Client, user: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM idempotency_keys
+             WHERE caller = $1 OR bucket IN (SELECT bucket FROM users WHERE user_id = $1)",
+            &[&user],
+        )
+        .await
+        .expect("count keys")
+        .get(0)
+}
+
+/// A shard receiving a bucket prunes nothing until the move is over: the fence counts
+/// the target's copy before it and adds only what its catch-up writes, so a key its own
+/// sweeper deleted from the copy meanwhile would leave the bucket without it. Once the
+/// move is over, the same sweep prunes.
+#[tokio::test]
+async fn a_shard_receiving_a_bucket_prunes_nothing_of_it_until_the_move_is_over() {
+    let deployment = Deployment::new().await;
+    let app = Arc::new(deployment.spawn_default().await);
+    let (alice, bob) = split_pair(&app, "keep").await;
+    let (router, url) = add_fourth_shard(&deployment, &app).await;
+    let router = Arc::new(router);
+    let bucket = router.bucket_of_user(&UserId::parse(&alice).expect("id"));
+    let config = mover_config(&deployment, &app);
+    let gate = config.with_file_name("keep-precopied");
+    let reached = config.with_file_name("keep-precopied.reached");
+    let _ = std::fs::remove_file(&reached);
+    std::fs::write(&gate, "").expect("gate");
+    let mover = mover_command(&config, &bucket.to_string(), None)
+        .env("SHARDWALLET_MOVER_PAUSE", format!("precopied:{}", gate.display()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the mover");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !reached.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "the mover never reached the end of its copy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // shard-4's sweeper, keeping keys for no time at all.
+    let shard4 = router.layout().shards.iter().find(|s| s.name == "shard-4").expect("shard-4").clone();
+    let sweeper = shardwallet::transfer::sweeper::Sweeper {
+        router: router.clone(),
+        shard: shard4,
+        wakers: Default::default(),
+        interval: Duration::from_secs(1),
+        redrive_after: Duration::from_secs(3600),
+        redrive_max: 0,
+        key_retention: Duration::ZERO,
+        prune_after: Some(Duration::ZERO),
+    };
+    let four = connect(&url).await;
+    let copied = keys_of(&four, &alice).await;
+    assert!(copied > 0, "the copy holds alice's keys");
+    assert_eq!(sweeper.sweep().await.keys_pruned, 0, "nothing pruned while a bucket is incoming");
+    assert_eq!(sweeper.prune_final(Duration::ZERO).await.expect("prune"), 0);
+    assert_eq!(keys_of(&four, &alice).await, copied);
+    std::fs::remove_file(&gate).expect("open the gate");
+    let output = tokio::task::spawn_blocking(move || mover.wait_with_output()).await.expect("join").expect("mover");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "the move goes through: {printed}");
+    assert!(!printed.contains("copied in full"), "the copy stayed whole: {printed}");
+    assert_eq!(owns(&four, bucket).await, 1);
+    let r = app.transfer(&app.admin(), &alice, &bob, "EUR", "30", "keep-1").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap_or_default()), Some("true"));
+    // Nothing incoming any more: the shard prunes again.
+    assert!(sweeper.sweep().await.keys_pruned > 0, "the keys past retention go once the move is over");
+    finish(app, &url).await;
+}
+
 /// A bucket the mover left between the two commits of its switch (stopped after the
 /// source gave it away, before the target took it) belongs to nobody until the next
 /// run takes it over from the source's rows, and those rows stay whole meanwhile: here
