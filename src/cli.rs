@@ -104,7 +104,8 @@ struct PaceArgs {
     #[arg(long, default_value_t = crate::resharding::mover::BATCH)]
     batch: usize,
     /// Keep each fence within this many milliseconds: the batch halves after a longer
-    /// fence and grows after short ones, up to --batch (0: always --batch buckets).
+    /// fence and grows after short ones, up to --batch, and buckets with long histories
+    /// are fenced in smaller groups (0: always --batch buckets in one fence).
     #[arg(long, default_value_t = crate::resharding::mover::FENCE_BUDGET.as_millis() as u64)]
     fence_budget_ms: u64,
     /// Rest this many times as long as each batch took before the next one, so that
