@@ -364,6 +364,7 @@ async fn start_consumer(state: &AppState) -> consumer::Worker {
     };
     consumer::Worker {
         consumer: kafka::ClosedApart::new(consumer),
+        wakers: state.wakers.clone(),
         handler: Arc::new(handler),
         producer: state.producer.clone(),
         topics: state.topics.clone(),

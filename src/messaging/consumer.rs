@@ -80,6 +80,8 @@ pub type StageConsumer = StreamConsumer<CommitOnRevoke>;
 
 pub struct Worker {
     pub consumer: crate::messaging::kafka::ClosedApart<StageConsumer>,
+    /// Told when this process's relays publish stage messages (`Idle`).
+    pub wakers: crate::messaging::outbox::Wakers,
     pub handler: Arc<dyn Handler>,
     pub producer: FutureProducer,
     pub topics: std::sync::Arc<Topics>,
@@ -93,7 +95,8 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut handled: HashMap<i32, i64> = HashMap::new();
         let mut last_trim = Instant::now();
-        while let Some(batch) = next_batch(&*self.consumer, MAX_BATCH, &shutdown).await {
+        let mut idle = Idle::new(&self.topics.stages);
+        while let Some(batch) = idle.next_batch(&self.consumer, &self.wakers, &shutdown).await {
             self.process(&batch).await;
             store_offsets(&*self.consumer, &batch);
             for m in &batch {
@@ -196,6 +199,112 @@ impl Worker {
             tracing::warn!(error = %e, "dead-letter publish failed; retrying");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// How long the stage consumer goes without a message before it pauses its partitions.
+pub const IDLE_AFTER: Duration = Duration::from_secs(5);
+/// While paused, how often it resumes to look for messages other instances published.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a look lasts when it finds nothing.
+const PROBE_FOR: Duration = Duration::from_millis(100);
+
+/// An idle stage consumer stops fetching. Against nisshi (the local broker) every
+/// fetch with nothing to return costs the broker a re-read of every partition at
+/// halving intervals until `fetch.wait.max.ms` is over, 50 fetches a second at the
+/// 20 ms wait a hop needs: most of an idle cluster's CPU. After `IDLE_AFTER` without a
+/// message the consumer pauses its assignment; it resumes at once when a relay of this
+/// process publishes stage messages (`Wakers::stages_published`), and every
+/// `PROBE_EVERY` for `PROBE_FOR` to find what other instances published. librdkafka
+/// decides a resumed partition's next fetch on its broker thread, which a resume does not
+/// wake (it sleeps up to a second): a watermark query to the partition's leader does.
+struct Idle {
+    topic: String,
+    paused: bool,
+    /// When to pause if no message comes first.
+    until: tokio::time::Instant,
+}
+
+impl Idle {
+    fn new(topic: &str) -> Self {
+        Self { topic: topic.to_string(), paused: false, until: tokio::time::Instant::now() + IDLE_AFTER }
+    }
+
+    async fn next_batch(
+        &mut self,
+        consumer: &StageConsumer,
+        wakers: &crate::messaging::outbox::Wakers,
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<OwnedMessage>> {
+        loop {
+            let first = tokio::select! {
+                m = consumer.recv() => m,
+                _ = shutdown.cancelled() => return None,
+                _ = wakers.stages_published(), if self.paused => {
+                    self.resume(consumer, IDLE_AFTER);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(self.until) => {
+                    if self.paused {
+                        self.resume(consumer, PROBE_FOR);
+                    } else {
+                        self.pause(consumer);
+                    }
+                    continue;
+                }
+            };
+            match first {
+                Ok(m) => {
+                    if self.paused {
+                        // From a partition a rebalance gave it while paused: take the others too.
+                        self.resume(consumer, IDLE_AFTER);
+                    }
+                    self.until = tokio::time::Instant::now() + IDLE_AFTER;
+                    let mut batch = vec![m.detach()];
+                    while batch.len() < MAX_BATCH {
+                        match consumer.recv().now_or_never() {
+                            Some(Ok(m)) => batch.push(m.detach()),
+                            _ => break,
+                        }
+                    }
+                    return Some(batch);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "consume failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    fn pause(&mut self, consumer: &StageConsumer) {
+        self.until = tokio::time::Instant::now() + PROBE_EVERY;
+        match consumer.assignment() {
+            Ok(assigned) if assigned.count() > 0 => match consumer.pause(&assigned) {
+                Ok(()) => self.paused = true,
+                Err(e) => tracing::debug!(error = %e, "pausing the idle consumer"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "the idle consumer's assignment"),
+        }
+    }
+
+    fn resume(&mut self, consumer: &StageConsumer, stay: Duration) {
+        self.until = tokio::time::Instant::now() + stay;
+        self.paused = false;
+        let assigned = match consumer.assignment() {
+            Ok(assigned) => assigned,
+            Err(e) => return tracing::debug!(error = %e, "the idle consumer's assignment"),
+        };
+        if let Err(e) = consumer.resume(&assigned) {
+            tracing::warn!(error = %e, "resuming the consumer");
+        }
+        // Wake the broker thread: a request through it does the moment it is queued, so
+        // the query does not wait for its answer (a millisecond at most on this thread).
+        let Some(partition) = assigned.elements_for_topic(&self.topic).first().map(|e| e.partition()) else { return };
+        if let Err(e) = consumer.fetch_watermarks(&self.topic, partition, Duration::from_millis(1)) {
+            tracing::trace!(error = %e, "the watermark query that wakes the consumer's broker thread");
         }
     }
 }

@@ -49,12 +49,28 @@ pub async fn enqueue(
 /// were the stage and payment relays of a shard to share one, a stage commit could wake
 /// the payment relay and leave the stage relay to its poll. The relays of one outbox and
 /// shard do share one: any of them publishes the new rows.
+///
+/// It also carries the relays' word to this process's stage consumer that they
+/// published stage messages (`stages_published`): an idle consumer pauses its fetching
+/// (`consumer::Idle`) and resumes at once on it.
 #[derive(Clone, Default)]
-pub struct Wakers(Arc<Vec<[Notify; Outbox::ALL.len()]>>);
+pub struct Wakers {
+    relays: Arc<Vec<[Notify; Outbox::ALL.len()]>>,
+    stages_published: Arc<Notify>,
+}
 
 impl Wakers {
     pub fn new(shards: usize) -> Self {
-        Self(Arc::new((0..shards).map(|_| std::array::from_fn(|_| Notify::new())).collect()))
+        Self {
+            relays: Arc::new((0..shards).map(|_| std::array::from_fn(|_| Notify::new())).collect()),
+            stages_published: Arc::default(),
+        }
+    }
+
+    /// Resolves once a relay of this process published stage messages (at once when
+    /// one did since the last call).
+    pub async fn stages_published(&self) {
+        self.stages_published.notified().await
     }
 
     /// After a commit that wrote to `outbox` on `shard`.
@@ -65,7 +81,7 @@ impl Wakers {
     }
 
     fn get(&self, outbox: Outbox, shard: usize) -> Option<&Notify> {
-        self.0.get(shard).map(|per_outbox| &per_outbox[outbox as usize])
+        self.relays.get(shard).map(|per_outbox| &per_outbox[outbox as usize])
     }
 }
 
@@ -217,6 +233,9 @@ impl Relay {
                 }
                 anyhow::bail!("publish to {topic}: {e}");
             }
+        }
+        if self.outbox == Outbox::Stages {
+            self.wakers.stages_published.notify_one();
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
         tx.cached_execute(self.outbox.delete_sql(), &[&ids]).await?;

@@ -209,3 +209,48 @@ async fn an_overloaded_shard_refuses_cross_shard_transfers_without_storing_the_k
     assert_eq!(app.balance(&bob, "EUR").await, "30");
     app.assert_verified().await;
 }
+
+/// An idle stage consumer stops fetching (`messaging::consumer::Idle`): after
+/// `IDLE_AFTER` without a message it pauses, resumes at once when its own relay
+/// publishes, and looks every second for what other instances published. After both
+/// of two instances went quiet, transfers sent through one of them complete without a
+/// re-drive, though some of their stages land on the other's partitions, which nothing
+/// of its own wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_after_both_instances_went_idle_complete_without_a_redrive() {
+    let deployment = Deployment::new().await;
+    let a = deployment.spawn_default().await;
+    let _b = deployment.spawn_default().await;
+    let alice = a.user_on_shard("idle-alice", 0);
+    let bob = a.user_on_shard("idle-bob", 1);
+    a.funded_user(&alice, "EUR", "100").await;
+    a.funded_user(&bob, "EUR", "100").await;
+    let mut ids = Vec::new();
+    for round in 0..2 {
+        // Quiet for longer than a consumer waits before it pauses.
+        tokio::time::sleep(shardwallet::messaging::consumer::IDLE_AFTER + Duration::from_secs(2)).await;
+        let sends = (0..8).map(|i| {
+            let (a, alice, bob) = (&a, &alice, &bob);
+            async move {
+                let r = a.transfer(&a.admin(), alice, bob, "EUR", "1", &format!("idle-{round}-{i}")).await;
+                assert_eq!(r.status(), StatusCode::ACCEPTED, "transfer {round}/{i}");
+                body(r).await["transfer_id"].as_str().expect("id").to_string()
+            }
+        });
+        ids.extend(futures::future::join_all(sends).await);
+        for id in &ids {
+            assert_eq!(a.wait_final(id, FINAL_WITHIN).await["status"], "completed", "transfer {id}");
+        }
+    }
+    assert_eq!(a.balance(&alice, "EUR").await, "84");
+    assert_eq!(a.balance(&bob, "EUR").await, "116");
+    // None waited for the sweeper (5 s) to publish its stage again.
+    let redriven: i64 = a
+        .shard_db(0)
+        .await
+        .query_one("SELECT count(*) FROM transfers WHERE from_user = $1 AND redrives > 0", &[&alice])
+        .await
+        .expect("redrives")
+        .get(0);
+    assert_eq!(redriven, 0, "a stage waited on a paused consumer until the sweeper re-drove it");
+}
