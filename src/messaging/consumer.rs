@@ -261,14 +261,7 @@ impl Idle {
                         self.resume(consumer, IDLE_AFTER);
                     }
                     self.until = tokio::time::Instant::now() + IDLE_AFTER;
-                    let mut batch = vec![m.detach()];
-                    while batch.len() < MAX_BATCH {
-                        match consumer.recv().now_or_never() {
-                            Some(Ok(m)) => batch.push(m.detach()),
-                            _ => break,
-                        }
-                    }
-                    return Some(batch);
+                    return Some(with_what_is_fetched(consumer, m.detach(), MAX_BATCH));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "consume failed");
@@ -323,22 +316,29 @@ pub async fn next_batch<C: ConsumerContext + 'static>(
             _ = shutdown.cancelled() => return None,
         };
         match first {
-            Ok(m) => {
-                let mut batch = vec![m.detach()];
-                while batch.len() < max {
-                    match consumer.recv().now_or_never() {
-                        Some(Ok(m)) => batch.push(m.detach()),
-                        _ => break,
-                    }
-                }
-                return Some(batch);
-            }
+            Ok(m) => return Some(with_what_is_fetched(consumer, m.detach(), max)),
             Err(e) => {
                 tracing::warn!(error = %e, "consume failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
+}
+
+/// `first`, then what else is already fetched, up to `max` messages in all.
+fn with_what_is_fetched<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    first: OwnedMessage,
+    max: usize,
+) -> Vec<OwnedMessage> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match consumer.recv().now_or_never() {
+            Some(Ok(m)) => batch.push(m.detach()),
+            _ => break,
+        }
+    }
+    batch
 }
 
 /// Marks a handled batch for the next (periodic) offset commit.

@@ -644,7 +644,8 @@ macro_rules! of_wallets {
 
 /// Every part's row count of `buckets`, in `DIGEST_PARTS` order: a scan of the buckets'
 /// whole history, the only one a fence makes (on the source, while it reads the
-/// catch-up; the target's are taken before the fence, `new_rows` adds the catch-up's).
+/// catch-up; the target's are taken before the fence, `counts_after_catch_up` adds the
+/// catch-up's).
 pub async fn counts(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<i64>, tokio_postgres::Error> {
     let row = client
         .cached_query_one(

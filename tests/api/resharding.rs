@@ -44,6 +44,31 @@ fn mover_command(config: &std::path::Path, buckets: &str, failpoint: Option<&str
     command
 }
 
+/// `reshard move` of `bucket` to shard-4, started and waited for until it has copied the
+/// bucket and stands before its fence (`SHARDWALLET_MOVER_PAUSE=precopied:<gate>`); it goes
+/// on once the returned gate file is removed.
+async fn mover_paused_after_its_copy(
+    config: &std::path::Path,
+    bucket: u32,
+    name: &str,
+) -> (std::process::Child, std::path::PathBuf) {
+    let gate = config.with_file_name(name);
+    let reached = config.with_file_name(format!("{name}.reached"));
+    let _ = std::fs::remove_file(&reached);
+    std::fs::write(&gate, "").expect("gate");
+    let mover = mover_command(config, &bucket.to_string(), None)
+        .env("SHARDWALLET_MOVER_PAUSE", format!("precopied:{}", gate.display()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the mover");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !reached.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "the mover never reached the end of its copy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (mover, gate)
+}
+
 /// Stops the app and drops the fourth shard's database (the deployment drops the others).
 async fn finish(app: Arc<TestApp>, url: &str) {
     if let Ok(app) = Arc::try_unwrap(app) {
@@ -558,20 +583,7 @@ async fn a_copy_that_lost_a_row_before_the_fence_is_copied_again_in_full_inside_
     let (router, url) = add_fourth_shard(&deployment, &app).await;
     let bucket = router.bucket_of_user(&UserId::parse(&alice).expect("id"));
     let config = mover_config(&deployment, &app);
-    let gate = config.with_file_name("precopied");
-    let reached = config.with_file_name("precopied.reached");
-    let _ = std::fs::remove_file(&reached);
-    std::fs::write(&gate, "").expect("gate");
-    let mover = mover_command(&config, &bucket.to_string(), None)
-        .env("SHARDWALLET_MOVER_PAUSE", format!("precopied:{}", gate.display()))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the mover");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !reached.exists() {
-        assert!(tokio::time::Instant::now() < deadline, "the mover never reached the end of its copy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mover, gate) = mover_paused_after_its_copy(&config, bucket, "precopied").await;
     let four = connect(&url).await;
     let lost =
         four.execute("DELETE FROM idempotency_keys WHERE key = 'lost-1'", &[]).await.expect("delete the copied key");
@@ -619,20 +631,7 @@ async fn a_shard_receiving_a_bucket_prunes_nothing_of_it_until_the_move_is_over(
     let router = Arc::new(router);
     let bucket = router.bucket_of_user(&UserId::parse(&alice).expect("id"));
     let config = mover_config(&deployment, &app);
-    let gate = config.with_file_name("keep-precopied");
-    let reached = config.with_file_name("keep-precopied.reached");
-    let _ = std::fs::remove_file(&reached);
-    std::fs::write(&gate, "").expect("gate");
-    let mover = mover_command(&config, &bucket.to_string(), None)
-        .env("SHARDWALLET_MOVER_PAUSE", format!("precopied:{}", gate.display()))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the mover");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !reached.exists() {
-        assert!(tokio::time::Instant::now() < deadline, "the mover never reached the end of its copy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mover, gate) = mover_paused_after_its_copy(&config, bucket, "keep-precopied").await;
     // shard-4's sweeper, keeping keys for no time at all.
     let shard4 = router.layout().shards.iter().find(|s| s.name == "shard-4").expect("shard-4").clone();
     let sweeper = shardwallet::transfer::sweeper::Sweeper {
