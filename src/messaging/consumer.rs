@@ -207,8 +207,10 @@ impl Worker {
 pub const IDLE_AFTER: Duration = Duration::from_secs(5);
 /// While paused, how often it resumes to look for messages other instances published.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
-/// How long a look lasts when it finds nothing.
-const PROBE_FOR: Duration = Duration::from_millis(100);
+/// How long a look lasts when it finds nothing: a fetch's round trip (the fetch wait,
+/// 20 ms, and a busy broker's answer) many times over, so that a look on a loaded
+/// cluster still sees what waits for it.
+const PROBE_FOR: Duration = Duration::from_millis(250);
 
 /// An idle stage consumer stops fetching. Against nisshi (the local broker) every
 /// fetch with nothing to return costs the broker a re-read of every partition at
