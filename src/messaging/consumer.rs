@@ -305,8 +305,8 @@ impl Idle {
 }
 
 /// Waits for the next message, then takes what else is already fetched, up to `max`
-/// messages in all. `None` once `shutdown` is cancelled. Shared by every worker that
-/// consumes a topic (stages here, payments in `payments::worker`).
+/// messages in all. `None` once `shutdown` is cancelled. For the payments worker
+/// (`payments::worker`); the stage worker's consumer also idles (`Idle::next_batch`).
 pub async fn next_batch<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
     max: usize,
