@@ -290,7 +290,8 @@ impl Idle {
         self.paused = false;
         let assigned = match consumer.assignment() {
             Ok(assigned) => assigned,
-            Err(e) => return tracing::debug!(error = %e, "the idle consumer's assignment"),
+            // Still paused: the next look (`PROBE_EVERY`) or publish tries again.
+            Err(e) => return tracing::warn!(error = %e, "the idle consumer's assignment, to resume it"),
         };
         if let Err(e) = consumer.resume(&assigned) {
             tracing::warn!(error = %e, "resuming the consumer");

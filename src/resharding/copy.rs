@@ -466,14 +466,25 @@ pub fn quick_analyze() -> String {
 /// rows are found by index. Set per transaction.
 pub const PLANNER: &str = "SET LOCAL random_page_cost = 1.1";
 
+/// `$1`'s buckets' users (`u`) and wallets (`w`): the sets a fence's key lookups and
+/// hashes are taken over, and the first of `digest_sets`.
+macro_rules! of_wallets {
+    ($($sql:tt)+) => {
+        concat!(
+            "WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)),
+                  w AS (SELECT a.* FROM accounts a JOIN u USING (user_id))",
+            $($sql)+
+        )
+    };
+}
+
 /// The sets a digest is taken over, for `$1`'s buckets: their users (`u`), wallets
 /// (`w`), transfers (`t`: sent, and same-shard ones received from another bucket),
 /// incoming transfers (`i`) and payments (`p`).
 macro_rules! digest_sets {
     ($($sql:tt)+) => {
-        concat!(
-            "WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)),
-                  w AS (SELECT a.* FROM accounts a JOIN u USING (user_id)),
+        of_wallets!(
+            ",
                   t AS (SELECT t1.* FROM transfers t1 JOIN u ON u.user_id = t1.from_user
                         UNION ALL
                         SELECT t2.* FROM transfers t2 JOIN u ON u.user_id = t2.to_user
@@ -527,7 +538,6 @@ pub async fn digest(client: &impl GenericClient, buckets: &[u32]) -> Result<Vec<
 /// The keys of a snapshot's rows by table (composite keys joined by a NUL), for the
 /// tables whose rows a fence counts by key: read once from the copy before the fence,
 /// so that the fence tells the catch-up's new rows from rows the copy already holds.
-#[derive(Default)]
 pub struct KeySets(std::collections::HashMap<&'static str, std::collections::HashSet<String>>);
 
 /// The tables counted by key in a fence, in `DIGEST_PARTS` order from "entries".
@@ -575,7 +585,8 @@ impl KeySets {
 }
 
 /// The keys of a catch-up's rows: every row's, for the hashes (`hashes`), and the new
-/// rows' (not in the copy before the fence), for the target's count (`new_rows`).
+/// rows' (not in the copy before the fence), for the target's count
+/// (`counts_after_catch_up`).
 pub struct Keys {
     entries: Vec<uuid::Uuid>,
     transfers: Vec<uuid::Uuid>,
@@ -630,18 +641,6 @@ impl Keys {
     }
 }
 
-/// The sets a fence's counts and hashes are taken over (see `digest_of`), without the
-/// whole-history sets that only the full counts need.
-macro_rules! of_wallets {
-    ($($sql:tt)+) => {
-        concat!(
-            "WITH u AS (SELECT user_id FROM users WHERE bucket = ANY($1)),
-                  w AS (SELECT a.* FROM accounts a JOIN u USING (user_id)) ",
-            $($sql)+
-        )
-    };
-}
-
 /// Every part's row count of `buckets`, in `DIGEST_PARTS` order: a scan of the buckets'
 /// whole history, the only one a fence makes (on the source, while it reads the
 /// catch-up; the target's are taken before the fence, `counts_after_catch_up` adds the
@@ -690,7 +689,7 @@ pub async fn counts_after_catch_up(
     let row = client
         .cached_query_one(
             of_wallets!(
-                "SELECT ARRAY[
+                " SELECT ARRAY[
                      (SELECT count(*) FROM u),
                      (SELECT count(*) FROM w),
                      (SELECT count(*) FROM entries e WHERE e.entry_id = ANY($2) AND e.account_id IN (SELECT account_id FROM w)),
@@ -750,7 +749,7 @@ pub async fn hashes(
     let row = client
         .cached_query_one(
             of_wallets!(
-                "SELECT ARRAY[
+                " SELECT ARRAY[
                      '',
                      (SELECT coalesce(sum(hashtextextended(user_id || ' ' || currency || ' ' || balance || ' ' || held, 0)), 0) FROM w)::text,
                      (SELECT coalesce(sum(hashtextextended(e.entry_id || ' ' || e.amount || ' ' || coalesce(e.balance_after::text, '-'), 0)), 0)

@@ -645,6 +645,7 @@ async fn fenced_copy(
     // mover writes an incoming bucket there): the fence counts on the target only the
     // rows its catch-up adds (`copy::counts_after_catch_up`), by key, not the history.
     let copied_keys = copy::KeySets::of(&precopied);
+    // The target's transaction begins before the fence: the fence only writes in it.
     let mut target_client = target.client().await?;
     let ttx = target_client.transaction().await?;
     // The target's commit need not wait for its WAL flush: lost in a crash of the
@@ -659,7 +660,6 @@ async fn fenced_copy(
     // idempotent read of the gateway.
     ttx.batch_execute(&format!("SET LOCAL synchronous_commit = off; {}", copy::PLANNER)).await?;
     let target_before = copy::counts(&ttx, buckets).await?;
-    // The target's transaction begins before the fence: the fence only writes in it.
     let mut source_client = source.client().await?;
     let stx = source_client.transaction().await?;
     stx.batch_execute(&format!("SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'; {}", copy::PLANNER)).await?;
@@ -710,7 +710,7 @@ async fn fenced_copy(
             tokio::try_join!(copy::read_on(&lanes, buckets, Some(&since)), copy::counts(&counter, buckets))?;
         let read = fence_began.elapsed();
         // Each side's statements go together, one round trip per server, both servers
-        // at work at once. The source: its digest, then its flip (the buckets 'moved' to
+        // at work at once. The source: its hashes, then its flip (the buckets 'moved' to
         // the target). The target: the catch-up's writes, then its checks, then its
         // switch (the buckets 'owned', the move 'switched'); the server runs them in
         // order, so the checks see the writes. Neither side commits before the two

@@ -20,8 +20,7 @@ use crate::{
     domain::transfer_state::{state_sql, states_sql},
     ledger,
     messaging::outbox::{Outbox, Wakers},
-    sharding::ownership::nothing_incoming,
-    sharding::{Router, Shard},
+    sharding::{ownership::nothing_incoming, Router, Shard},
 };
 
 /// How often the pruning queries run (they find nothing new in between).
